@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench mock clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the gateway on its embedded defaults (127.0.0.1:8080, passthrough on).
+run: $(STAMP)
+	RECOVEA_PASSTHROUGH=$${RECOVEA_PASSTHROUGH:-on} $(BIN)/recovea serve
+
+## Start the local mock provider on :9000.
+mock: $(STAMP)
+	$(BIN)/recovea mock-provider --port 9000
+
+## Lint, type-check and run the whole test suite.
+test: $(STAMP)
+	$(BIN)/ruff check recovea_proxy tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .recovea .pytest_cache .mypy_cache .ruff_cache
