@@ -170,20 +170,21 @@ class ResponsesStreamTap(StreamTap):
 class HiddenUsageFilter(StreamFilter):
     """Removes the usage the gateway asked for on the client's behalf from a chat stream."""
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_drop_blank", "_tail")
 
     def __init__(self) -> None:
         self._tail = b""
+        self._drop_blank = False
 
     def feed(self, chunk: bytes) -> bytes:
         buf = self._tail + chunk if self._tail else chunk
         cut = buf.rfind(b"\n") + 1
         self._tail = buf[cut:]
         complete = buf[:cut]
-        if b'"usage"' not in complete:
+        if b'"usage"' not in complete and not self._drop_blank:
             return complete
         out: list[bytes] = []
-        drop_blank = False
+        drop_blank = self._drop_blank
         for line in complete.splitlines(keepends=True):
             if drop_blank:
                 drop_blank = False
@@ -199,6 +200,7 @@ class HiddenUsageFilter(StreamFilter):
             if b'"usage":null' in line:
                 line = line.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
             out.append(line)
+        self._drop_blank = drop_blank
         return b"".join(out)
 
     def flush(self) -> bytes:
