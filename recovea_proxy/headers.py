@@ -100,11 +100,13 @@ def response_headers(
 ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
     """Upstream response headers to return, and the provider's own request id.
 
-    The provider's `x-request-id` is renamed `x-recovea-upstream-request-id` because
-    the gateway's own request id takes its place.
+    The gateway's own `x-request-id` takes the place of the provider's; the provider's
+    request id (its `provider_request_id` header, else its `x-request-id`) is returned
+    as `x-recovea-upstream-request-id`.
     """
     out: list[tuple[bytes, bytes]] = []
     upstream_id: bytes | None = None
+    fallback_id: bytes | None = None
     for name, value in raw:
         lowered = name.lower()
         if lowered in _NOT_RETURNED:
@@ -113,9 +115,11 @@ def response_headers(
             continue
         if lowered == provider_request_id:
             upstream_id = value
-            if lowered == b"x-request-id":
-                continue
+        if lowered == b"x-request-id":
+            fallback_id = value
+            continue
         out.append((lowered, value))
+    upstream_id = upstream_id or fallback_id
     if upstream_id is not None:
         out.append((b"x-recovea-upstream-request-id", upstream_id))
     return out, upstream_id

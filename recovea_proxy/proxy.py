@@ -166,7 +166,9 @@ async def _pipe(
     _add_gateway_headers(out_headers, record)
     protocol = upstream.connection.protocol if upstream.connection else None
     if protocol is not None:
+        # From here on the read timeout is the idle timeout between body chunks.
         protocol.read_timeout = rt.settings.idle_read_timeout_s
+        protocol.start_timeout()
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
     watcher = _DisconnectWatcher(receive, record)
     try:

@@ -1,0 +1,59 @@
+"""Session fixtures: the mock provider and a gateway process in front of it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Gateway, MockServer, short_tmpdir
+
+FAKE_OPENAI_KEY = "sk-test-Zq3J8x1RkD5mV0aLpN7uYc2Wf9Tb4HsE"
+FAKE_ANTHROPIC_KEY = "sk-ant-test-Hq8ZfK2nR5tW1xYbV7mC3pL9sD4gJ0eA"
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mock() -> Iterator[MockServer]:
+    server = MockServer()
+    yield server
+    server.close()
+
+
+def upstream_env(mock: MockServer) -> dict[str, str]:
+    return {
+        "RECOVEA_UPSTREAM_OPENAI": mock.url,
+        "RECOVEA_UPSTREAM_ANTHROPIC": mock.url,
+        "RECOVEA_UPSTREAM_OPENROUTER": f"{mock.url}/api",
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(mock: MockServer, workdir: Path) -> Iterator[Gateway]:
+    """A gateway in passthrough mode in front of the mock, shared by the session."""
+    gw = Gateway(upstream_env(mock), workdir)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def start_gateway(mock: MockServer, workdir: Path) -> Iterator[Callable[..., Gateway]]:
+    """Start a dedicated gateway with extra environment; stopped after the test."""
+    started: list[Gateway] = []
+
+    def start(**env: str) -> Gateway:
+        gw = Gateway({**upstream_env(mock), **env}, workdir)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()

@@ -1,0 +1,65 @@
+"""The command line and configuration: clear failures for bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from recovea_proxy.config import ConfigError, Settings
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "recovea_proxy", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    """With no variables set the gateway uses DESIGN.md's defaults."""
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.upstream_openai == "https://api.openai.com"
+    assert settings.upstream_anthropic == "https://api.anthropic.com"
+    assert settings.upstream_openrouter == "https://openrouter.ai/api"
+    assert settings.passthrough is False
+    assert settings.max_body_bytes == 32 * 1024 * 1024
+    assert settings.meter_queue_max == 100_000
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RECOVEA_PASSTHROUGH", "maybe", "on or off"),
+        ("RECOVEA_UPSTREAM_OPENAI", "ftp://x", "http(s) URL"),
+        ("RECOVEA_MAX_BODY_MB", "lots", "a number"),
+        ("RECOVEA_IDLE_READ_TIMEOUT_S", "0", "at least"),
+        ("RECOVEA_LOG_FORMAT", "xml", "console or json"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_named(name: str, value: str, message: str) -> None:
+    """A bad value names the variable and what it should be."""
+    with pytest.raises(ConfigError, match=name) as caught:
+        Settings.from_env({name: value})
+    assert message in str(caught.value)
+
+
+def test_serve_with_bad_config_exits_2() -> None:
+    """`recovea serve` with a bad variable stops at once with exit code 2 and a clear line."""
+    result = run_cli("serve", env={"RECOVEA_PASSTHROUGH": "perhaps"})
+    assert result.returncode == 2
+    assert "RECOVEA_PASSTHROUGH" in result.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    """`recovea --help` lists serve and mock-provider."""
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout and "mock-provider" in result.stdout

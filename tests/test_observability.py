@@ -1,0 +1,104 @@
+"""Logs, metrics and the gateway's own endpoints: what an operator reads."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from recovea_proxy.observability.redact import redact_text
+from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY
+from tests.support import Gateway, metric_value
+
+AUTH = {"authorization": f"Bearer {FAKE_OPENAI_KEY}"}
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("key sk-proj-abcdefghijklmnop1234 here", "1234"),
+        ("sk-ant-api03-Zx9_yyyyyyyyyyyyyyyyy-QWER", "QWER"),
+        ("Authorization: Bearer eyJhbGciOi.JIUzI1NiJ9.abcd", "abcd"),
+        ("rcv_live_0123456789abcdefXYZW", "XYZW"),
+        ("sk-or-v1-0000000000000000000000000000abcd", "abcd"),
+    ],
+)
+def test_redaction_keeps_only_the_last_four(text: str, kept: str) -> None:
+    """Anything shaped like a key is masked to **** and its last four characters."""
+    masked = redact_text(text)
+    assert "****" + kept in masked
+    assert len(masked) < len(text)
+
+
+def test_redaction_leaves_ordinary_text_alone() -> None:
+    """Text without key-shaped tokens is returned unchanged (the same object)."""
+    text = "request finished in 3 ms for sk-"
+    assert redact_text(text) is text
+
+
+def test_one_body_free_log_line_per_request(gateway: Gateway) -> None:
+    """Each request writes exactly one JSON line that holds neither prompt nor answer."""
+    marker = "MARKER-PROMPT-9c1f"
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        content=orjson.dumps(
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": marker}]}
+        ),
+        headers=AUTH,
+    )
+    assert marker in response.text, "the mock echoes the prompt into the answer"
+    request_id = response.headers["x-request-id"]
+    gateway.record(request_id)
+    lines = [line for line in gateway.log_lines() if line.get("request_id") == request_id]
+    assert len(lines) == 1
+    assert marker not in gateway.log_text()
+
+
+def test_keys_never_reach_the_log(gateway: Gateway) -> None:
+    """Full provider keys sent by callers never appear in the gateway's output."""
+    for headers in (AUTH, {"x-api-key": FAKE_ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}):
+        httpx.post(
+            f"{gateway.url}/v1/messages", content=b'{"model":"claude","max_tokens":1}', headers=headers
+        )
+    httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{", headers=AUTH)
+    text = gateway.log_text()
+    assert FAKE_OPENAI_KEY not in text
+    assert FAKE_ANTHROPIC_KEY not in text
+    assert FAKE_OPENAI_KEY[-12:] not in text
+
+
+def test_metrics_count_requests_by_route_template(gateway: Gateway) -> None:
+    """/metrics counts requests by provider, route template and status, bounded labels."""
+    before = metric_value(
+        gateway.metrics(), "recovea_requests_total", provider="openai",
+        route="/v1/chat/completions", status="200",
+    )
+    httpx.post(
+        f"{gateway.url}/v1/chat/completions", content=b'{"model":"m","messages":[]}', headers=AUTH
+    )
+    httpx.get(f"{gateway.url}/v1/some/random/path/abc123", headers=AUTH)
+    text = gateway.metrics()
+    after = metric_value(
+        text, "recovea_requests_total", provider="openai", route="/v1/chat/completions", status="200"
+    )
+    assert after == before + 1
+    assert "abc123" not in text
+    assert 'route="/v1/other"' in text
+    for name in (
+        "recovea_request_duration_seconds_bucket",
+        "recovea_gateway_overhead_seconds_bucket",
+        "recovea_requests_in_flight",
+        "# TYPE gateway_fail_open_total counter",
+        "# TYPE recovea_upstream_errors_total counter",
+    ):
+        assert name in text, name
+
+
+def test_health_ready_and_security_txt(gateway: Gateway) -> None:
+    """Liveness, readiness and the security contact answer without credentials."""
+    assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+    assert httpx.get(f"{gateway.url}/readyz").text == "ready\n"
+    security = httpx.get(f"{gateway.url}/.well-known/security.txt")
+    assert security.status_code == 200
+    assert security.text.startswith("Contact: ")
+    assert "Expires: " in security.text

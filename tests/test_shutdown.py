@@ -1,0 +1,91 @@
+"""SIGTERM lets in-flight streams finish, then the gateway exits cleanly."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+
+import httpx
+import orjson
+
+from tests.conftest import FAKE_OPENAI_KEY
+from tests.support import Gateway, wait_until
+
+
+def test_sigterm_finishes_in_flight_streams(start_gateway: Callable[..., Gateway]) -> None:
+    """A stream that started before SIGTERM completes; new connections are refused; exit 0."""
+    gw = start_gateway(RECOVEA_SHUTDOWN_GRACE_S="20")
+    body = orjson.dumps(
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "drain"}]}
+    )
+    first_chunk = threading.Event()
+    result: dict[str, object] = {}
+
+    def consume() -> None:
+        with httpx.stream(
+            "POST",
+            f"{gw.url}/v1/chat/completions",
+            content=body,
+            headers={
+                "authorization": f"Bearer {FAKE_OPENAI_KEY}",
+                "x-mock-chunks": "10",
+                "x-mock-chunk-delay-ms": "100",
+            },
+            timeout=30,
+        ) as response:
+            data = b""
+            for chunk in response.iter_raw():
+                data += chunk
+                first_chunk.set()
+            result["body"] = data
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert first_chunk.wait(10)
+    gw.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: _refused(gw.url), 10, "listener closed after SIGTERM")
+    reader.join(30)
+    assert result["body"].endswith(b"data: [DONE]\n\n")  # type: ignore[union-attr]
+    # uvicorn re-raises the signal it caught once shutdown is complete.
+    assert gw.process.wait(30) in (0, -signal.SIGTERM)
+    lines = gw.log_lines()
+    assert any(line.get("event") == "gateway_stopping" for line in lines)
+    assert sum(1 for line in lines if line.get("event") == "request") == 1
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=1)
+    except httpx.ConnectError:
+        return True
+    except httpx.HTTPError:
+        return False
+    return False
+
+
+def test_workers_serve_on_one_port(start_gateway: Callable[..., Gateway]) -> None:
+    """--workers 2 runs two worker processes behind one port, both serving."""
+    gw = start_gateway(_args="--workers 2")
+    children = wait_until(lambda: _children(gw.process.pid) if len(_children(gw.process.pid)) >= 2 else None, 15, "2 workers")
+    assert len(children) == 2
+    for _ in range(20):
+        assert httpx.get(f"{gw.url}/healthz").text == "ok\n"
+
+
+def _children(pid: int) -> list[int]:
+    """Worker processes of the supervisor (multiprocessing's resource tracker excluded)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            children = [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+    workers = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as handle:
+                if b"resource_tracker" not in handle.read():
+                    workers.append(child)
+        except OSError:
+            continue
+    return workers
