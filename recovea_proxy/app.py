@@ -8,9 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 
-from recovea_proxy.asgi import ASGIApp, Receive, Scope, Send
+from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.config import Settings
 from recovea_proxy.endpoints import ROUTES, not_found
 from recovea_proxy.observability.logging import configure_logging
@@ -20,12 +19,12 @@ from recovea_proxy.runtime import open_runtime
 from recovea_proxy.surfaces import SurfaceMap
 
 
-class ProviderSurfaces:
-    """Pure ASGI middleware: provider paths go straight to the pipeline, the rest to
-    Starlette's router. Built once; costs one dict lookup per request."""
+class GatewayApp(Starlette):
+    """Starlette for the gateway's own routes; provider paths skip its middleware stack
+    and go straight to the raw ASGI pipeline (one dict lookup per request)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.surfaces = SurfaceMap()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -34,7 +33,7 @@ class ProviderSurfaces:
             if surface is not None:
                 await handle(scope["state"]["runtime"], surface, scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -48,9 +47,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async with open_runtime(settings, metrics) as runtime:
             yield {"runtime": runtime}
 
-    return Starlette(
+    return GatewayApp(
         routes=ROUTES,
-        middleware=[Middleware(ProviderSurfaces)],
         exception_handlers={404: not_found},
         lifespan=lifespan,
     )

@@ -79,7 +79,9 @@ class Settings:
             data_dir=data_dir,
             upstream_openai=_url(env, "RECOVEA_UPSTREAM_OPENAI", "https://api.openai.com"),
             upstream_anthropic=_url(env, "RECOVEA_UPSTREAM_ANTHROPIC", "https://api.anthropic.com"),
-            upstream_openrouter=_url(env, "RECOVEA_UPSTREAM_OPENROUTER", "https://openrouter.ai/api"),
+            upstream_openrouter=_url(
+                env, "RECOVEA_UPSTREAM_OPENROUTER", "https://openrouter.ai/api"
+            ),
             passthrough=_flag(env, "RECOVEA_PASSTHROUGH", "off"),
             max_body_bytes=int(
                 _number(env, "RECOVEA_MAX_BODY_MB", 32, minimum=0.001) * 1024 * 1024

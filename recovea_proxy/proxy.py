@@ -35,6 +35,7 @@ from recovea_proxy.upstream import UpstreamUnreachable, classify
 _BUFFER_JSON_MAX = 16 * 1024 * 1024
 _JSON_TYPE = b"application/json"
 _SSE_TYPE = b"text/event-stream"
+_WATCH_AFTER_S = 0.05
 
 
 class ClientGone(Exception):
@@ -70,6 +71,15 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
     except ClientGone:
         record.client_gone = True
         record.success = None
+    except Exception:
+        # A bug, not a provider fault: answer in the caller's shape if nothing was sent yet.
+        record.success = False
+        record.error_code = "internal_error"
+        rt.log.exception("request_failed", request_id=record.request_id)
+        if not record.responded:
+            record.status_code = 500
+            error = GatewayError(500, "internal_error", "The gateway failed to handle the request.")
+            await _send_error(send, record, surface.error_shape, error)
     finally:
         record.ended_ns = time.perf_counter_ns()
         rt.metrics.in_flight.dec()
@@ -169,6 +179,7 @@ async def _pipe(
         # From here on the read timeout is the idle timeout between body chunks.
         protocol.read_timeout = rt.settings.idle_read_timeout_s
         protocol.start_timeout()
+    record.responded = True
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
     watcher = _DisconnectWatcher(receive, record)
     try:
@@ -255,6 +266,7 @@ async def _send_buffered(
     _note_upstream_id(record, upstream_id)
     out_headers.append((b"content-length", str(len(body)).encode()))
     _add_gateway_headers(out_headers, record)
+    record.responded = True
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -276,19 +288,30 @@ def _settle_stream(record: RequestRecord, tap: StreamTap | None) -> None:
 
 
 class _DisconnectWatcher:
-    """Cancels the streaming task when the client goes away, so the upstream is cut at once."""
+    """Cancels the streaming task when the client goes away, so the upstream is cut at once.
 
-    __slots__ = ("_done", "_record", "_target", "_task")
+    The watching task starts only once the stream has lasted `_WATCH_AFTER_S`: a short
+    stream ends before a departed client could cost anything, and pays a timer handle
+    instead of a task.
+    """
+
+    __slots__ = ("_done", "_receive", "_record", "_target", "_task", "_timer")
 
     def __init__(self, receive: Receive, record: RequestRecord) -> None:
+        self._receive = receive
         self._record = record
         self._done = False
         self._target = asyncio.current_task()
-        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, self._start)
 
-    async def _watch(self, receive: Receive) -> None:
+    def _start(self) -> None:
+        if not self._done:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
         while True:
-            message = await receive()
+            message = await self._receive()
             if message["type"] == "http.disconnect":
                 break
         if not self._done and self._target is not None:
@@ -298,7 +321,9 @@ class _DisconnectWatcher:
     def stop(self) -> None:
         """The stream ended by itself: stop watching."""
         self._done = True
-        self._task.cancel()
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def _read_body(receive: Receive, headers: RequestHeaders, limit: int) -> bytes:
@@ -363,6 +388,7 @@ async def _send_error(send: Send, record: RequestRecord, shape: str, exc: Gatewa
     if exc.status in (401, 403, 413):
         headers.append((b"x-should-retry", b"false"))
     _add_gateway_headers(headers, record)
+    record.responded = True
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

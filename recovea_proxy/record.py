@@ -40,6 +40,8 @@ class RequestRecord:
     success: bool | None = None
     error_code: str | None = None
     client_gone: bool = False
+    #: the response's status line has been sent (an error can no longer be answered)
+    responded: bool = False
     upstream_wait_ns: int = 0
     ended_ns: int = 0
     levers_fired: dict[str, str] = field(default_factory=dict)

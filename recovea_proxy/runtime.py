@@ -14,6 +14,7 @@ from recovea_proxy.auth import Authenticator
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import Lever, build_chain
 from recovea_proxy.meter.event import event_fields
+from recovea_proxy.observability.logging import RequestLog
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.upstream import open_session
@@ -30,6 +31,7 @@ class Runtime:
     levers: tuple[Lever, ...]
     upstream_base: dict[str, str]
     log: structlog.typing.FilteringBoundLogger
+    request_log: RequestLog
     ready: bool = False
 
     def finish(self, record: RequestRecord) -> None:
@@ -40,7 +42,7 @@ class Runtime:
         route.overhead.observe(record.overhead_ms / 1000)
         if record.client_gone:
             self.metrics.client_disconnects.labels(record.provider).inc()
-        self.log.info("request", **event_fields(record))
+        self.request_log.write(event_fields(record))
 
 
 @asynccontextmanager
@@ -59,6 +61,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
                 name: settings.upstream_for(name) for name in ("openai", "anthropic", "openrouter")
             },
             log=structlog.get_logger("recovea"),
+            request_log=RequestLog(settings.log_format),
         )
         started = time.monotonic()
         runtime.ready = True

@@ -23,6 +23,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         server_header=False,
         date_header=False,
         log_config=None,

@@ -56,9 +56,7 @@ class MockServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(
-            start_mock("127.0.0.1", 0, defaults), self._loop
-        )
+        future = asyncio.run_coroutine_threadsafe(start_mock("127.0.0.1", 0, defaults), self._loop)
         self._runner, self.port = future.result(timeout=10)
         self.url = f"http://127.0.0.1:{self.port}"
 

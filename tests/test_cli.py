@@ -44,7 +44,9 @@ def test_defaults_match_the_documented_ones() -> None:
         ("RECOVEA_LOG_FORMAT", "xml", "console or json"),
     ],
 )
-def test_bad_values_are_refused_with_the_variable_named(name: str, value: str, message: str) -> None:
+def test_bad_values_are_refused_with_the_variable_named(
+    name: str, value: str, message: str
+) -> None:
     """A bad value names the variable and what it should be."""
     with pytest.raises(ConfigError, match=name) as caught:
         Settings.from_env({name: value})

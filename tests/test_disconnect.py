@@ -31,7 +31,7 @@ def test_client_leaving_mid_stream_cancels_upstream(gateway: Gateway) -> None:
         head = sock.recv(65536)
         assert head.startswith(b"HTTP/1.1 200")
         request_id = head.split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
-    # The full stream would take 50 × 200 ms = 10 s.
+    # The full stream would take 50 x 200 ms = 10 s.
     record = gateway.record(request_id, deadline_s=5)
     assert time.monotonic() - started < 5
     assert record["client_gone"] is True
@@ -41,4 +41,6 @@ def test_client_leaving_mid_stream_cancels_upstream(gateway: Gateway) -> None:
         lambda: metric_value(gateway.metrics(), "recovea_requests_in_flight") == 0,
         what="in-flight gauge back to 0",
     )
-    assert metric_value(gateway.metrics(), "recovea_client_disconnects_total", provider="openai") >= 1
+    assert (
+        metric_value(gateway.metrics(), "recovea_client_disconnects_total", provider="openai") >= 1
+    )

@@ -59,7 +59,11 @@ def test_message_stream(client: anthropic.Anthropic, gateway: Gateway) -> None:
     assert "stream-8812" in text
     assert final.usage.output_tokens == 33
     record = gateway.record(request_id)
-    assert (record["input_tokens"], record["cached_tokens"], record["output_tokens"]) == (120, 100, 33)
+    assert (record["input_tokens"], record["cached_tokens"], record["output_tokens"]) == (
+        120,
+        100,
+        33,
+    )
     assert record["stream"] is True
     assert record["success"] is True
 

@@ -141,7 +141,10 @@ def test_responses_api_json_and_stream(client: openai.OpenAI, gateway: Gateway) 
 def test_responses_incomplete_reason_is_recorded(client: openai.OpenAI, gateway: Gateway) -> None:
     """An incomplete response records why it stopped (max_output_tokens)."""
     raw = client.responses.with_raw_response.create(
-        model="gpt-4.1", input="cut", max_output_tokens=16, extra_headers={"x-mock-output-tokens": "40"}
+        model="gpt-4.1",
+        input="cut",
+        max_output_tokens=16,
+        extra_headers={"x-mock-output-tokens": "40"},
     )
     assert raw.parse().status == "incomplete"
     assert gateway.record(raw.headers["x-request-id"])["finish_reason"] == "max_output_tokens"
@@ -184,7 +187,9 @@ def test_openrouter_surface(gateway: Gateway, mock: MockServer) -> None:
 
 def test_explicit_openai_surface(gateway: Gateway) -> None:
     """/openai/v1/* reaches OpenAI as /v1/*."""
-    client = openai.OpenAI(base_url=f"{gateway.url}/openai/v1", api_key=FAKE_OPENAI_KEY, max_retries=0)
+    client = openai.OpenAI(
+        base_url=f"{gateway.url}/openai/v1", api_key=FAKE_OPENAI_KEY, max_retries=0
+    )
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "x"}]
     )

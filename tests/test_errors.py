@@ -152,12 +152,15 @@ def test_reset_mid_stream_ends_with_an_error_event(gateway: Gateway) -> None:
 def test_anthropic_reset_mid_stream_is_an_anthropic_error_event(gateway: Gateway) -> None:
     """On the Anthropic surface the closing error is an `event: error` the SDK raises."""
     client = anthropic.Anthropic(base_url=gateway.url, api_key=FAKE_ANTHROPIC_KEY, max_retries=0)
-    with pytest.raises(anthropic.APIStatusError), client.messages.stream(
-        model="claude",
-        max_tokens=64,
-        messages=[{"role": "user", "content": "x"}],
-        extra_headers={"x-mock-fault": "reset-mid-stream"},
-    ) as stream:
+    with (
+        pytest.raises(anthropic.APIStatusError),
+        client.messages.stream(
+            model="claude",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-mock-fault": "reset-mid-stream"},
+        ) as stream,
+    ):
         for _ in stream:
             pass
 

@@ -103,9 +103,7 @@ def test_feature_and_customer_tags_are_recorded_and_cleaned(gateway: Gateway) ->
     assert record["end_user_id"] == "c" * 128
 
 
-def test_response_headers_from_the_provider_come_back(
-    gateway: Gateway, mock: MockServer
-) -> None:
+def test_response_headers_from_the_provider_come_back(gateway: Gateway, mock: MockServer) -> None:
     """Provider response headers (e.g. openai-processing-ms) reach the client unchanged."""
     response = httpx.post(
         f"{gateway.url}/v1/chat/completions",

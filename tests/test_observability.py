@@ -58,7 +58,9 @@ def test_keys_never_reach_the_log(gateway: Gateway) -> None:
     """Full provider keys sent by callers never appear in the gateway's output."""
     for headers in (AUTH, {"x-api-key": FAKE_ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}):
         httpx.post(
-            f"{gateway.url}/v1/messages", content=b'{"model":"claude","max_tokens":1}', headers=headers
+            f"{gateway.url}/v1/messages",
+            content=b'{"model":"claude","max_tokens":1}',
+            headers=headers,
         )
     httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{", headers=AUTH)
     text = gateway.log_text()
@@ -70,8 +72,11 @@ def test_keys_never_reach_the_log(gateway: Gateway) -> None:
 def test_metrics_count_requests_by_route_template(gateway: Gateway) -> None:
     """/metrics counts requests by provider, route template and status, bounded labels."""
     before = metric_value(
-        gateway.metrics(), "recovea_requests_total", provider="openai",
-        route="/v1/chat/completions", status="200",
+        gateway.metrics(),
+        "recovea_requests_total",
+        provider="openai",
+        route="/v1/chat/completions",
+        status="200",
     )
     httpx.post(
         f"{gateway.url}/v1/chat/completions", content=b'{"model":"m","messages":[]}', headers=AUTH
@@ -79,7 +84,11 @@ def test_metrics_count_requests_by_route_template(gateway: Gateway) -> None:
     httpx.get(f"{gateway.url}/v1/some/random/path/abc123", headers=AUTH)
     text = gateway.metrics()
     after = metric_value(
-        text, "recovea_requests_total", provider="openai", route="/v1/chat/completions", status="200"
+        text,
+        "recovea_requests_total",
+        provider="openai",
+        route="/v1/chat/completions",
+        status="200",
     )
     assert after == before + 1
     assert "abc123" not in text

@@ -67,7 +67,11 @@ def _refused(url: str) -> bool:
 def test_workers_serve_on_one_port(start_gateway: Callable[..., Gateway]) -> None:
     """--workers 2 runs two worker processes behind one port, both serving."""
     gw = start_gateway(_args="--workers 2")
-    children = wait_until(lambda: _children(gw.process.pid) if len(_children(gw.process.pid)) >= 2 else None, 15, "2 workers")
+    children = wait_until(
+        lambda: _children(gw.process.pid) if len(_children(gw.process.pid)) >= 2 else None,
+        15,
+        "2 workers",
+    )
     assert len(children) == 2
     for _ in range(20):
         assert httpx.get(f"{gw.url}/healthz").text == "ok\n"

@@ -35,7 +35,7 @@ def test_first_chunk_arrives_long_before_the_upstream_finishes(gateway: Gateway)
             if chunk:
                 arrivals.append(time.monotonic() - started)
     total = arrivals[-1]
-    assert total >= 1.0, "the mock spreads the stream over at least 5 × 200 ms"
+    assert total >= 1.0, "the mock spreads the stream over at least 5 x 200 ms"
     assert arrivals[0] < total / 3, f"first byte at {arrivals[0]:.3f}s of {total:.3f}s"
     assert len(arrivals) >= 5, "chunks are not merged into one buffer"
 

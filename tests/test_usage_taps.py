@@ -35,7 +35,7 @@ ANTHROPIC_STREAM = (
     b'"assistant","content":[],"model":"claude","stop_reason":null,"usage":{"input_tokens":'
     b'5,"cache_creation_input_tokens":10,"cache_read_input_tokens":100,"output_tokens":1}}}\r\n'
     b"\r\n"
-    b"event: ping\r\ndata: {\"type\": \"ping\"}\r\n\r\n"
+    b'event: ping\r\ndata: {"type": "ping"}\r\n\r\n'
     b"event: content_block_delta\r\n"
     b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
     b'"text":"message_delta \xe2\x9c\x93"}}\r\n\r\n'
@@ -103,7 +103,9 @@ def test_byte_by_byte_feed_reads_the_same_usage() -> None:
 def test_stream_without_usage_reports_none_not_zero() -> None:
     """A stream that reports no usage leaves every count None."""
     tap = new_tap("openai", CHAT)
-    tap.feed(OPENAI_STREAM.split(b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],")[0])
+    tap.feed(
+        OPENAI_STREAM.split(b'data: {"id":"c1","object":"chat.completion.chunk","choices":[],')[0]
+    )
     assert tap.usage.input_tokens is None and tap.usage.output_tokens is None
     assert tap.usage.finish_reason == "length"
     assert tap.usage.terminal is False
@@ -120,7 +122,9 @@ def test_unterminated_last_event_is_not_dispatched() -> None:
 def test_mid_stream_error_event_marks_error() -> None:
     """OpenAI's mid-stream error payload marks the outcome as an error."""
     tap = new_tap("openai", CHAT)
-    tap.feed(b'data: {"error":{"message":"boom","type":"server_error","param":null,"code":null}}\n\n')
+    tap.feed(
+        b'data: {"error":{"message":"boom","type":"server_error","param":null,"code":null}}\n\n'
+    )
     assert tap.usage.error is True
 
 

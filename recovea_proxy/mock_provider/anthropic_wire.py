@@ -1,7 +1,7 @@
 """Anthropic's Messages wire format as the mock writes it: JSON and named SSE events.
 
 Anthropic's `input_tokens` excludes cached input: the mock reports
-`input_tokens = input − cached` and `cache_read_input_tokens = cached`.
+`input_tokens = input - cached` and `cache_read_input_tokens = cached`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def _output(body: dict[str, Any], plan: Plan) -> tuple[int, str]:
     return out, "end_turn"
 
 
-def _message(body: dict[str, Any], plan: Plan, content: list[Any], stop: str | None) -> dict[str, Any]:
+def _message(
+    body: dict[str, Any], plan: Plan, content: list[Any], stop: str | None
+) -> dict[str, Any]:
     return {
         "id": "msg_" + plan.digest[:24],
         "type": "message",
@@ -54,7 +56,9 @@ def message_json(body: dict[str, Any], plan: Plan) -> bytes:
 
 
 def _event(kind: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **payload}) + b"\n\n"
+    return (
+        b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **payload}) + b"\n\n"
+    )
 
 
 def message_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
@@ -65,9 +69,7 @@ def message_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
     if usage:
         start["usage"] = {**_usage(plan, 1)}
     yield _event("message_start", {"message": start})
-    yield _event(
-        "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
-    )
+    yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
     yield _event("ping", {})
     for piece in pieces(reply_text(body), plan.shape.chunks):
         yield _event(

@@ -16,7 +16,7 @@ from recovea_proxy.mock_provider import anthropic_wire, openai_wire
 from recovea_proxy.mock_provider.controls import MockDefaults, Plan, plan_for
 
 DEFAULTS_KEY = web.AppKey("defaults", MockDefaults)
-JOURNAL_KEY = web.AppKey("journal", deque)
+JOURNAL_KEY: web.AppKey[deque[dict[str, Any]]] = web.AppKey("journal")
 _LONG_WAIT_S = 600.0
 _JSON = "application/json"
 _SSE = "text/event-stream; charset=utf-8"
@@ -47,7 +47,9 @@ def _provider_headers(req: _Request) -> dict[str, str]:
     return headers
 
 
-def _error(req: _Request, status: int, message: str, kind: str, code: str | None = None) -> web.Response:
+def _error(
+    req: _Request, status: int, message: str, kind: str, code: str | None = None
+) -> web.Response:
     if req.surface == "anthropic":
         body = anthropic_wire.error_json(kind, message, req.request_id)
     else:
@@ -115,7 +117,9 @@ async def _json(request: web.Request, req: _Request, body: bytes) -> web.Respons
     return web.Response(body=body, content_type=_JSON, headers=headers)
 
 
-async def _stream(request: web.Request, req: _Request, events: Iterable[bytes]) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, req: _Request, events: Iterable[bytes]
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"content-type": _SSE, **_provider_headers(req)})
     await response.prepare(request)
     delay = req.plan.shape.chunk_delay_ms / 1000
@@ -160,8 +164,11 @@ def _openai_handler(kind: str, surface: str) -> Any:
             legacy = kind == "completions"
             if stream:
                 return await _stream(
-                    request, req,
-                    openai_wire.chat_events(req.body, req.plan, legacy=legacy, openrouter=openrouter),
+                    request,
+                    req,
+                    openai_wire.chat_events(
+                        req.body, req.plan, legacy=legacy, openrouter=openrouter
+                    ),
                 )
             body = openai_wire.chat_json(req.body, req.plan, legacy=legacy, openrouter=openrouter)
         elif kind == "responses":
@@ -235,7 +242,8 @@ def _journal(request: web.Request, raw: bytes) -> None:
 
 
 async def _journal_list(request: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(list(request.app[JOURNAL_KEY])), content_type=_JSON)
+    journal = request.app[JOURNAL_KEY]
+    return web.Response(body=orjson.dumps([*journal]), content_type=_JSON)
 
 
 async def _journal_clear(request: web.Request) -> web.Response:

@@ -14,8 +14,16 @@ from multidict import CIMultiDictProxy
 
 FAULTS = frozenset(
     {
-        "500", "429", "529", "reset", "reset-mid-stream", "hang", "stall-mid-stream",
-        "no-usage", "error-event", "gzip",
+        "500",
+        "429",
+        "529",
+        "reset",
+        "reset-mid-stream",
+        "hang",
+        "stall-mid-stream",
+        "no-usage",
+        "error-event",
+        "gzip",
     }
 )
 

@@ -88,10 +88,16 @@ def chat_events(
     if plan.fault == "no-usage":
         include_usage = False
     base = (
-        b'{"id":"' + (b"cmpl-" if legacy else b"chatcmpl-") + plan.digest[:24].encode()
-        + b'","object":"' + (b"text_completion" if legacy else b"chat.completion.chunk")
-        + b'","created":' + str(plan.created).encode()
-        + b',"model":' + orjson.dumps(body.get("model")) + b',"system_fingerprint":"fp_mock"'
+        b'{"id":"'
+        + (b"cmpl-" if legacy else b"chatcmpl-")
+        + plan.digest[:24].encode()
+        + b'","object":"'
+        + (b"text_completion" if legacy else b"chat.completion.chunk")
+        + b'","created":'
+        + str(plan.created).encode()
+        + b',"model":'
+        + orjson.dumps(body.get("model"))
+        + b',"system_fingerprint":"fp_mock"'
         + b',"choices":['
     )
     tail = b'],"usage":null}' if include_usage and not openrouter else b"]}"
@@ -128,7 +134,10 @@ def embeddings_json(body: dict[str, Any], plan: Plan) -> bytes:
         "model": body.get("model"),
     }
     if plan.fault != "no-usage":
-        doc["usage"] = {"prompt_tokens": plan.shape.input_tokens, "total_tokens": plan.shape.input_tokens}
+        doc["usage"] = {
+            "prompt_tokens": plan.shape.input_tokens,
+            "total_tokens": plan.shape.input_tokens,
+        }
     return orjson.dumps(doc)
 
 
@@ -213,8 +222,13 @@ def responses_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
     for piece in pieces(text, plan.shape.chunks):
         yield event(
             "response.output_text.delta",
-            {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": piece,
-             "logprobs": []},
+            {
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": piece,
+                "logprobs": [],
+            },
         )
     yield event(
         "response.output_text.done",
@@ -222,8 +236,7 @@ def responses_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
     )
     yield event(
         "response.content_part.done",
-        {"item_id": item_id, "output_index": 0, "content_index": 0,
-         "part": {**part, "text": text}},
+        {"item_id": item_id, "output_index": 0, "content_index": 0, "part": {**part, "text": text}},
     )
     yield event("response.output_item.done", {"output_index": 0, "item": _message_item(plan, text)})
     final = _response_object(body, plan, "completed")

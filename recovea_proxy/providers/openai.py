@@ -168,7 +168,8 @@ class ResponsesStreamTap(StreamTap):
 
 
 class HiddenUsageFilter(StreamFilter):
-    """Removes the usage the gateway asked for on the client's behalf from a chat stream."""
+    """Removes the usage the gateway asked for on the client's behalf from a chat stream:
+    the `"usage":null` key of every chunk and the final usage-only event."""
 
     __slots__ = ("_drop_blank", "_tail")
 
@@ -180,28 +181,34 @@ class HiddenUsageFilter(StreamFilter):
         buf = self._tail + chunk if self._tail else chunk
         cut = buf.rfind(b"\n") + 1
         self._tail = buf[cut:]
-        complete = buf[:cut]
-        if b'"usage"' not in complete and not self._drop_blank:
-            return complete
-        out: list[bytes] = []
-        drop_blank = self._drop_blank
-        for line in complete.splitlines(keepends=True):
-            if drop_blank:
-                drop_blank = False
-                if not line.strip():
-                    continue
-            if (
-                line.startswith(b"data:")
-                and b'"choices":[]' in line
-                and (b'"usage":{' in line or b'"usage": {' in line)
-            ):
-                drop_blank = True
-                continue
-            if b'"usage":null' in line:
-                line = line.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
-            out.append(line)
-        self._drop_blank = drop_blank
-        return b"".join(out)
+        out = buf[:cut]
+        if self._drop_blank:
+            # The usage event's data line ended the previous chunk; its blank line is here.
+            self._drop_blank = False
+            if out[:1] == b"\n":
+                out = out[1:]
+            elif out[:2] == b"\r\n":
+                out = out[2:]
+        if b'"usage":null' in out:
+            out = out.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
+        at = out.find(b'"choices":[]')
+        while at >= 0:
+            start = out.rfind(b"\n", 0, at) + 1
+            end = out.find(b"\n", at)
+            line = out[start:end]
+            if line.startswith(b"data:") and (b'"usage":{' in line or b'"usage": {' in line):
+                blank = out[end + 1 : end + 3]
+                if blank[:1] == b"\n":
+                    end += 1
+                elif blank == b"\r\n":
+                    end += 2
+                elif end + 1 == len(out):
+                    self._drop_blank = True
+                out = out[:start] + out[end + 1 :]
+                at = out.find(b'"choices":[]', start)
+            else:
+                at = out.find(b'"choices":[]', at + 1)
+        return out
 
     def flush(self) -> bytes:
         tail, self._tail = self._tail, b""

@@ -8,6 +8,7 @@ finish reason and skips the rest with a couple of `bytes.find` calls.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 # A provider line longer than this is not an event a tap needs; the tail is dropped
@@ -18,10 +19,11 @@ MAX_PENDING_LINE = 4 * 1024 * 1024
 class MarkedLines:
     """Splits a byte stream into lines and returns those holding any marker."""
 
-    __slots__ = ("_markers", "_tail")
+    __slots__ = ("_pattern", "_tail")
 
     def __init__(self, markers: Iterable[bytes]) -> None:
-        self._markers = tuple(markers)
+        # One compiled alternation scans a chunk once for every marker.
+        self._pattern = re.compile(b"|".join(re.escape(m) for m in markers))
         self._tail = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
@@ -32,13 +34,22 @@ class MarkedLines:
             self._tail = buf if len(buf) <= MAX_PENDING_LINE else b""
             return []
         self._tail = buf[cut + 1 :]
-        for marker in self._markers:
-            if buf.find(marker, 0, cut) >= 0:
-                break
-        else:
+        found = self._pattern.search(buf, 0, cut)
+        if found is None:
             return []
-        markers = self._markers
-        return [line for line in buf[:cut].splitlines() if any(m in line for m in markers)]
+        # Markers are rare: cut out only the lines that hold them.
+        lines = []
+        at = found.start()
+        while at >= 0:
+            start = max(buf.rfind(b"\n", 0, at), buf.rfind(b"\r", 0, at)) + 1
+            end = buf.find(b"\n", at, cut + 1)
+            cr = buf.find(b"\r", at, cut + 1)
+            if end < 0 or 0 <= cr < end:
+                end = cr
+            lines.append(buf[start:end])
+            found = self._pattern.search(buf, end, cut)
+            at = found.start() if found is not None else -1
+        return lines
 
 
 def data_of(line: bytes) -> bytes | None:

@@ -1,0 +1,1 @@
+"""Benchmarks: the gateway against a bare floor proxy and a direct call."""

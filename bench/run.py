@@ -1,0 +1,213 @@
+"""`make bench`: direct vs floor vs gateway, non-streamed and streamed chat, in one run.
+
+For each target and mode: a warm-up, then a measured closed-loop run. Reported:
+requests/s, CPU µs per request of the proxy's process tree (from /proc; for
+`direct`, the mock's), p50/p99 latency, errors, and the gateway/floor ratios.
+CPU per request is the figure that holds on a shared 2-core machine; wall-time
+numbers drift ±25% between runs (see ../shared/PARTS.md).
+
+    python -m bench.run [--requests N] [--concurrency C] [--quick]
+
+Add a target (e.g. the gateway with metering on) by appending to `targets()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+
+from bench.cpu import tree_cpu_us
+
+RESULTS = Path(__file__).parent / "results"
+MODES = (("chat", False), ("chat-stream-16", True))
+# (name, stream, client asks for include_usage)
+
+
+@dataclass
+class Target:
+    """A proxy to measure: how to start it (None = call the mock directly)."""
+
+    name: str
+    argv: list[str] | None
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/healthz"
+
+
+def targets(mock_url: str) -> list[Target]:
+    upstreams = {
+        "RECOVEA_UPSTREAM_OPENAI": mock_url,
+        "RECOVEA_UPSTREAM_ANTHROPIC": mock_url,
+        "RECOVEA_PASSTHROUGH": "on",
+        "RECOVEA_LOG_FORMAT": "json",
+    }
+    return [
+        Target("direct", None),
+        Target("floor", [sys.executable, "-m", "bench.floor", "--upstream", mock_url]),
+        Target("gateway", [sys.executable, "-m", "recovea_proxy", "serve"], upstreams),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], deadline_s: float = 20) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready within {deadline_s}s")
+
+
+@contextlib.contextmanager
+def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+
+
+def load(url: str, requests: int, concurrency: int, stream: bool) -> dict[str, float]:
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url,
+        "--requests",
+        str(requests),
+        "--concurrency",
+        str(concurrency),
+    ]
+    if stream:
+        argv.append("--stream")
+    out = subprocess.run(argv, capture_output=True, check=True, timeout=600).stdout
+    result: dict[str, float] = orjson.loads(out)
+    return result
+
+
+def measure(
+    base_url: str, cpu_pid: int, requests: int, concurrency: int, stream: bool
+) -> dict[str, float]:
+    url = f"{base_url}/v1/chat/completions"
+    load(url, max(200, requests // 5), concurrency, stream)  # warm-up
+    before = tree_cpu_us(cpu_pid)
+    result = load(url, requests, concurrency, stream)
+    result["cpu_us_per_req"] = (tree_cpu_us(cpu_pid) - before) / max(1, result["requests"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run")
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="500 requests per run")
+    parser.add_argument("--targets", help="comma-separated subset of targets (default: all)")
+    args = parser.parse_args()
+    requests = 500 if args.quick else args.requests
+    workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
+    mock_port = free_port()
+    mock_url = f"http://127.0.0.1:{mock_port}"
+    rows: list[dict[str, object]] = []
+    with started(
+        [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)],
+        {},
+        workdir / "mock.log",
+    ) as mock:
+        wait_ready(f"{mock_url}/v1/models", mock)
+        wanted = set(args.targets.split(",")) if args.targets else None
+        for target in targets(mock_url):
+            if wanted is not None and target.name not in wanted:
+                continue
+            if target.argv is None:
+                for mode, stream in MODES:
+                    result = measure(mock_url, mock.pid, requests, args.concurrency, stream)
+                    rows.append({"target": target.name, "mode": mode, **result})
+                continue
+            port = free_port()
+            argv = [*target.argv, "--port", str(port)]
+            env = {**target.env, "RECOVEA_DATA_DIR": str(workdir / target.name)}
+            with started(argv, env, workdir / f"{target.name}.log") as proxy:
+                base = f"http://127.0.0.1:{port}"
+                try:
+                    wait_ready(base + target.ready_path, proxy)
+                except RuntimeError as exc:
+                    print(f"skipping {target.name}: {exc}", file=sys.stderr)
+                    continue
+                for mode, stream in MODES:
+                    result = measure(base, proxy.pid, requests, args.concurrency, stream)
+                    rows.append({"target": target.name, "mode": mode, **result})
+    report(rows, requests, args.concurrency)
+
+
+def report(rows: list[dict[str, object]], requests: int, concurrency: int) -> None:
+    print(f"\n{requests} requests per run, concurrency {concurrency}\n")
+    print(
+        f"{'target':<10} {'mode':<16} {'req/s':>8} {'cpu µs/req':>11} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>6}"
+    )
+    for row in rows:
+        print(
+            f"{row['target']:<10} {row['mode']:<16} {row['rps']:>8.0f} "
+            f"{row['cpu_us_per_req']:>11.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+            f"{row['errors']:>6.0f}"
+        )
+    by = {(str(r["target"]), str(r["mode"])): r for r in rows}
+    ratios: dict[str, dict[str, float]] = {}
+    print()
+    for mode, _ in MODES:
+        floor = by.get(("floor", mode))
+        for target in sorted({str(r["target"]) for r in rows} - {"direct", "floor"}):
+            row = by.get((target, mode))
+            if floor is None or row is None:
+                continue
+            cpu = float(row["cpu_us_per_req"]) / float(floor["cpu_us_per_req"])  # type: ignore[arg-type]
+            p50 = float(row["p50_ms"]) / float(floor["p50_ms"])  # type: ignore[arg-type]
+            ratios[f"{target}/floor {mode}"] = {"cpu": round(cpu, 3), "p50": round(p50, 3)}
+            print(f"{target}/floor {mode:<16} cpu x{cpu:.2f}   p50 x{p50:.2f}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_bytes(
+        orjson.dumps(
+            {"requests": requests, "concurrency": concurrency, "rows": rows, "ratios": ratios},
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
