@@ -6,6 +6,8 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anthropic
+import openai
 import pytest
 
 from tests.support import Gateway, MockServer, short_tmpdir
@@ -57,3 +59,31 @@ def start_gateway(mock: MockServer, workdir: Path) -> Iterator[Callable[..., Gat
     yield start
     for gw in started:
         gw.stop()
+
+
+class SdkClients:
+    """Official SDK clients pointed at a base URL, closed when the test ends."""
+
+    def __init__(self) -> None:
+        self._opened: list[openai.OpenAI | anthropic.Anthropic] = []
+
+    def openai(self, base_url: str, api_key: str = FAKE_OPENAI_KEY) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+        self._opened.append(client)
+        return client
+
+    def anthropic(self, base_url: str, api_key: str = FAKE_ANTHROPIC_KEY) -> anthropic.Anthropic:
+        client = anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0)
+        self._opened.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._opened:
+            client.close()
+
+
+@pytest.fixture
+def sdk() -> Iterator[SdkClients]:
+    clients = SdkClients()
+    yield clients
+    clients.close()

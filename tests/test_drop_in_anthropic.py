@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import anthropic
 import pytest
 
-from tests.conftest import FAKE_ANTHROPIC_KEY
+from tests.conftest import FAKE_ANTHROPIC_KEY, SdkClients
 from tests.support import Gateway, MockServer
 
 USAGE_HEADERS = {
@@ -18,8 +19,11 @@ USAGE_HEADERS = {
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gateway.url, api_key=FAKE_ANTHROPIC_KEY, max_retries=0)
+def client(gateway: Gateway) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(
+        base_url=gateway.url, api_key=FAKE_ANTHROPIC_KEY, max_retries=0
+    ) as sdk:
+        yield sdk
 
 
 def test_message(client: anthropic.Anthropic, gateway: Gateway) -> None:
@@ -100,11 +104,9 @@ def test_anthropic_headers_reach_the_provider(
     assert seen["accept-encoding"] == "identity"
 
 
-def test_explicit_anthropic_surface_and_count_tokens(gateway: Gateway) -> None:
+def test_explicit_anthropic_surface_and_count_tokens(sdk: SdkClients, gateway: Gateway) -> None:
     """/anthropic/v1/* reaches Anthropic; count_tokens is forwarded and not billed."""
-    client = anthropic.Anthropic(
-        base_url=f"{gateway.url}/anthropic", api_key=FAKE_ANTHROPIC_KEY, max_retries=0
-    )
+    client = sdk.anthropic(f"{gateway.url}/anthropic")
     raw = client.messages.with_raw_response.count_tokens(
         model="claude-sonnet-5-5", messages=[{"role": "user", "content": "count me"}]
     )

@@ -3,10 +3,12 @@ and every response's usage lands in the request's record."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import openai
 import pytest
 
-from tests.conftest import FAKE_OPENAI_KEY
+from tests.conftest import FAKE_OPENAI_KEY, SdkClients
 from tests.support import Gateway, MockServer
 
 USAGE_HEADERS = {
@@ -18,8 +20,9 @@ USAGE_HEADERS = {
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=FAKE_OPENAI_KEY, max_retries=0)
+def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=FAKE_OPENAI_KEY, max_retries=0) as sdk:
+        yield sdk
 
 
 def assert_usage(record: dict[str, object], *, output: bool = True) -> None:
@@ -161,11 +164,9 @@ def test_models_list_and_retrieve(client: openai.OpenAI, gateway: Gateway) -> No
     assert "unique-label-42" not in metrics
 
 
-def test_openrouter_surface(gateway: Gateway, mock: MockServer) -> None:
+def test_openrouter_surface(sdk: SdkClients, gateway: Gateway, mock: MockServer) -> None:
     """OpenRouter via /openrouter/api/v1 reaches the OpenRouter upstream and is metered."""
-    client = openai.OpenAI(
-        base_url=f"{gateway.url}/openrouter/api/v1", api_key="sk-or-v1-abcdefghijkl", max_retries=0
-    )
+    client = sdk.openai(f"{gateway.url}/openrouter/api/v1", "sk-or-v1-abcdefghijkl")
     with client.chat.completions.with_streaming_response.create(
         model="openai/gpt-4o-mini",
         messages=[{"role": "user", "content": "or-1"}],
@@ -185,11 +186,9 @@ def test_openrouter_surface(gateway: Gateway, mock: MockServer) -> None:
     assert seen and "stream_options" not in (seen[-1]["body"] or {})
 
 
-def test_explicit_openai_surface(gateway: Gateway) -> None:
+def test_explicit_openai_surface(sdk: SdkClients, gateway: Gateway) -> None:
     """/openai/v1/* reaches OpenAI as /v1/*."""
-    client = openai.OpenAI(
-        base_url=f"{gateway.url}/openai/v1", api_key=FAKE_OPENAI_KEY, max_retries=0
-    )
+    client = sdk.openai(f"{gateway.url}/openai/v1")
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "x"}]
     )

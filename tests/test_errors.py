@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY
+from tests.conftest import FAKE_OPENAI_KEY, SdkClients
 from tests.support import Gateway, MockServer, free_port, metric_value
 
 AUTH = {"authorization": f"Bearer {FAKE_OPENAI_KEY}"}
@@ -21,12 +21,13 @@ STREAM_CHAT = orjson.dumps(
 
 
 def test_unreachable_upstream_is_502_in_openai_shape(
+    sdk: SdkClients,
     start_gateway: Callable[..., Gateway],
 ) -> None:
     """A refused connection becomes 502 upstream_unreachable, which the SDK raises."""
     dead = f"http://127.0.0.1:{free_port()}"
     gw = start_gateway(RECOVEA_UPSTREAM_OPENAI=dead, RECOVEA_UPSTREAM_ANTHROPIC=dead)
-    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=FAKE_OPENAI_KEY, max_retries=0)
+    client = sdk.openai(f"{gw.url}/v1")
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 502
@@ -34,7 +35,7 @@ def test_unreachable_upstream_is_502_in_openai_shape(
     assert caught.value.request_id is not None
     assert metric_value(gw.metrics(), "recovea_upstream_errors_total", kind="connect") == 1
 
-    aclient = anthropic.Anthropic(base_url=gw.url, api_key=FAKE_ANTHROPIC_KEY, max_retries=0)
+    aclient = sdk.anthropic(gw.url)
     with pytest.raises(anthropic.APIStatusError) as anthropic_caught:
         aclient.messages.create(
             model="claude", max_tokens=5, messages=[{"role": "user", "content": "x"}]
@@ -130,9 +131,9 @@ def test_non_json_body_is_forwarded_as_is(gateway: Gateway) -> None:
     assert echoed["query"] in ("x=1&y=2", {"x": "1", "y": "2"})
 
 
-def test_reset_mid_stream_ends_with_an_error_event(gateway: Gateway) -> None:
+def test_reset_mid_stream_ends_with_an_error_event(sdk: SdkClients, gateway: Gateway) -> None:
     """An upstream cut mid-stream ends the client's stream with an SSE error the SDK raises."""
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=FAKE_OPENAI_KEY, max_retries=0)
+    client = sdk.openai(f"{gateway.url}/v1")
     before = metric_value(gateway.metrics(), "recovea_upstream_errors_total", kind="reset")
     with pytest.raises(openai.APIError, match="stream broke"):
         for _ in client.chat.completions.create(
@@ -149,9 +150,11 @@ def test_reset_mid_stream_ends_with_an_error_event(gateway: Gateway) -> None:
     assert ok.status_code == 200
 
 
-def test_anthropic_reset_mid_stream_is_an_anthropic_error_event(gateway: Gateway) -> None:
+def test_anthropic_reset_mid_stream_is_an_anthropic_error_event(
+    sdk: SdkClients, gateway: Gateway
+) -> None:
     """On the Anthropic surface the closing error is an `event: error` the SDK raises."""
-    client = anthropic.Anthropic(base_url=gateway.url, api_key=FAKE_ANTHROPIC_KEY, max_retries=0)
+    client = sdk.anthropic(gateway.url)
     with (
         pytest.raises(anthropic.APIStatusError),
         client.messages.stream(
@@ -202,9 +205,11 @@ def test_missing_key_is_401_in_each_shape(gateway: Gateway) -> None:
     assert response.json()["error"]["type"] == "authentication_error"
 
 
-def test_passthrough_off_refuses_provider_keys(start_gateway: Callable[..., Gateway]) -> None:
+def test_passthrough_off_refuses_provider_keys(
+    sdk: SdkClients, start_gateway: Callable[..., Gateway]
+) -> None:
     """With passthrough off (the default), a provider key is not served."""
     gw = start_gateway(RECOVEA_PASSTHROUGH="off")
-    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=FAKE_OPENAI_KEY, max_retries=0)
+    client = sdk.openai(f"{gw.url}/v1")
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
