@@ -32,8 +32,13 @@ import orjson
 from bench.cpu import tree_cpu_us
 
 RESULTS = Path(__file__).parent / "results"
-MODES = (("chat", False), ("chat-stream-16", True))
-# (name, stream, client asks for include_usage)
+# (name, streamed, client asks for stream_options.include_usage). Without it the
+# gateway asks upstream for usage itself (and hides it again), which the floor does not.
+MODES = (
+    ("chat", False, False),
+    ("chat-stream-16", True, False),
+    ("chat-stream-16-usage", True, True),
+)
 
 
 @dataclass
@@ -102,7 +107,7 @@ def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 process.wait(5)
 
 
-def load(url: str, requests: int, concurrency: int, stream: bool) -> dict[str, float]:
+def load(url: str, requests: int, concurrency: int, stream: bool, usage: bool) -> dict[str, float]:
     argv = [
         sys.executable,
         "-m",
@@ -116,18 +121,20 @@ def load(url: str, requests: int, concurrency: int, stream: bool) -> dict[str, f
     ]
     if stream:
         argv.append("--stream")
+    if usage:
+        argv.append("--include-usage")
     out = subprocess.run(argv, capture_output=True, check=True, timeout=600).stdout
     result: dict[str, float] = orjson.loads(out)
     return result
 
 
 def measure(
-    base_url: str, cpu_pid: int, requests: int, concurrency: int, stream: bool
+    base_url: str, cpu_pid: int, requests: int, concurrency: int, stream: bool, usage: bool
 ) -> dict[str, float]:
     url = f"{base_url}/v1/chat/completions"
-    load(url, max(200, requests // 5), concurrency, stream)  # warm-up
+    load(url, max(200, requests // 5), concurrency, stream, usage)  # warm-up
     before = tree_cpu_us(cpu_pid)
-    result = load(url, requests, concurrency, stream)
+    result = load(url, requests, concurrency, stream, usage)
     result["cpu_us_per_req"] = (tree_cpu_us(cpu_pid) - before) / max(1, result["requests"])
     return result
 
@@ -155,8 +162,8 @@ def main() -> None:
             if wanted is not None and target.name not in wanted:
                 continue
             if target.argv is None:
-                for mode, stream in MODES:
-                    result = measure(mock_url, mock.pid, requests, args.concurrency, stream)
+                for mode, stream, usage in MODES:
+                    result = measure(mock_url, mock.pid, requests, args.concurrency, stream, usage)
                     rows.append({"target": target.name, "mode": mode, **result})
                 continue
             port = free_port()
@@ -169,8 +176,8 @@ def main() -> None:
                 except RuntimeError as exc:
                     print(f"skipping {target.name}: {exc}", file=sys.stderr)
                     continue
-                for mode, stream in MODES:
-                    result = measure(base, proxy.pid, requests, args.concurrency, stream)
+                for mode, stream, usage in MODES:
+                    result = measure(base, proxy.pid, requests, args.concurrency, stream, usage)
                     rows.append({"target": target.name, "mode": mode, **result})
     report(rows, requests, args.concurrency)
 
@@ -178,19 +185,19 @@ def main() -> None:
 def report(rows: list[dict[str, object]], requests: int, concurrency: int) -> None:
     print(f"\n{requests} requests per run, concurrency {concurrency}\n")
     print(
-        f"{'target':<10} {'mode':<16} {'req/s':>8} {'cpu µs/req':>11} {'p50 ms':>8} "
+        f"{'target':<10} {'mode':<21} {'req/s':>8} {'cpu µs/req':>11} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'errors':>6}"
     )
     for row in rows:
         print(
-            f"{row['target']:<10} {row['mode']:<16} {row['rps']:>8.0f} "
+            f"{row['target']:<10} {row['mode']:<21} {row['rps']:>8.0f} "
             f"{row['cpu_us_per_req']:>11.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
             f"{row['errors']:>6.0f}"
         )
     by = {(str(r["target"]), str(r["mode"])): r for r in rows}
     ratios: dict[str, dict[str, float]] = {}
     print()
-    for mode, _ in MODES:
+    for mode, _, _ in MODES:
         floor = by.get(("floor", mode))
         for target in sorted({str(r["target"]) for r in rows} - {"direct", "floor"}):
             row = by.get((target, mode))
@@ -199,7 +206,7 @@ def report(rows: list[dict[str, object]], requests: int, concurrency: int) -> No
             cpu = float(row["cpu_us_per_req"]) / float(floor["cpu_us_per_req"])  # type: ignore[arg-type]
             p50 = float(row["p50_ms"]) / float(floor["p50_ms"])  # type: ignore[arg-type]
             ratios[f"{target}/floor {mode}"] = {"cpu": round(cpu, 3), "p50": round(p50, 3)}
-            print(f"{target}/floor {mode:<16} cpu x{cpu:.2f}   p50 x{p50:.2f}")
+            print(f"{target}/floor {mode:<21} cpu x{cpu:.2f}   p50 x{p50:.2f}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_bytes(
         orjson.dumps(

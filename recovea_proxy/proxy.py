@@ -274,6 +274,7 @@ async def _send_buffered(
 def _settle_stream(record: RequestRecord, tap: StreamTap | None) -> None:
     """Step 7 for a streamed response: what its outcome was."""
     if tap is not None:
+        tap.close()
         record.usage = tap.usage
     if record.client_gone:
         record.success = None

@@ -62,6 +62,7 @@ RESPONSES_STREAM = (
 def feed_split(tap: StreamTap, data: bytes, cut: int) -> Usage:
     tap.feed(data[:cut])
     tap.feed(data[cut:])
+    tap.close()
     return tap.usage
 
 
@@ -97,6 +98,7 @@ def test_byte_by_byte_feed_reads_the_same_usage() -> None:
     tap = new_tap("openai", CHAT)
     for i in range(len(OPENAI_STREAM)):
         tap.feed(OPENAI_STREAM[i : i + 1])
+    tap.close()
     assert tap.usage == Usage(30, 7, 20, 4, "length", terminal=True, error=False)
 
 
@@ -106,6 +108,7 @@ def test_stream_without_usage_reports_none_not_zero() -> None:
     tap.feed(
         OPENAI_STREAM.split(b'data: {"id":"c1","object":"chat.completion.chunk","choices":[],')[0]
     )
+    tap.close()
     assert tap.usage.input_tokens is None and tap.usage.output_tokens is None
     assert tap.usage.finish_reason == "length"
     assert tap.usage.terminal is False
@@ -115,6 +118,7 @@ def test_unterminated_last_event_is_not_dispatched() -> None:
     """An event without its line end (the stream broke) is never read."""
     tap = new_tap("anthropic", MESSAGES)
     tap.feed(ANTHROPIC_STREAM.rstrip(b"\r\n"))
+    tap.close()
     assert tap.usage.terminal is False
     assert tap.usage.output_tokens == 42
 
@@ -125,6 +129,7 @@ def test_mid_stream_error_event_marks_error() -> None:
     tap.feed(
         b'data: {"error":{"message":"boom","type":"server_error","param":null,"code":null}}\n\n'
     )
+    tap.close()
     assert tap.usage.error is True
 
 
@@ -173,3 +178,20 @@ def test_openrouter_is_not_rewritten() -> None:
     """OpenRouter always reports usage, so its requests go upstream untouched."""
     body = b'{"model":"openai/gpt-4o","stream":true}'
     assert PROVIDERS["openrouter"].prepare_request(CHAT, orjson.loads(body), body) == (body, False)
+
+
+def test_long_stream_usage_is_read_from_the_window_ends() -> None:
+    """A stream far longer than the tap's windows still yields its start and end events."""
+    tap = new_tap("anthropic", MESSAGES)
+    start, rest = ANTHROPIC_STREAM.split(b"event: ping", 1)
+    filler = (
+        b"event: content_block_delta\r\n"
+        b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+        b'"text":"' + b"x" * 1000 + b'"}}\r\n\r\n'
+    )
+    tap.feed(start)
+    for _ in range(200):  # ~200 KB of content between message_start and message_delta
+        tap.feed(filler)
+    tap.feed(b"event: ping" + rest)
+    tap.close()
+    assert tap.usage == Usage(115, 42, 100, None, "end_turn", terminal=True, error=False)

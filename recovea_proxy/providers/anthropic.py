@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from recovea_proxy.providers.base import COUNT_TOKENS, MESSAGES, MODELS, OTHER, Provider, StreamTap
+from recovea_proxy.providers.base import (
+    COUNT_TOKENS,
+    MESSAGES,
+    MODELS,
+    OTHER,
+    Provider,
+    StreamTap,
+    WindowTap,
+)
 from recovea_proxy.providers.usage import Usage, as_count
 
 _EXACT = {
@@ -51,7 +59,7 @@ class _UsageParts:
         usage.cached_tokens = self.cache_read
 
 
-class MessagesStreamTap(StreamTap):
+class MessagesStreamTap(WindowTap):
     """`message_start` gives input usage; `message_delta` the final output and stop reason."""
 
     __slots__ = ("_parts",)

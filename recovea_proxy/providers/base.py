@@ -7,6 +7,8 @@ A provider knows wire formats only; it never imports levers, the meter or auth.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -26,19 +28,29 @@ OTHER = "other"
 
 
 class StreamTap(ABC):
-    """Reads usage and the outcome from an SSE stream as its chunks pass, unchanged."""
+    """Reads usage and the outcome from an SSE stream as its chunks pass, unchanged.
 
-    __slots__ = ("_lines", "usage")
+    `feed` sees every chunk; `close` is called once when the stream ends (normally,
+    broken, or abandoned) and is where window-based taps read their events.
+    """
+
+    __slots__ = ("usage",)
 
     markers: tuple[bytes, ...] = ()
 
     def __init__(self) -> None:
-        self._lines = MarkedLines(self.markers)
         self.usage = Usage()
 
+    @abstractmethod
     def feed(self, chunk: bytes) -> None:
-        """Look at one chunk; parse only the lines that carry a marker."""
-        lines = self._lines.feed(chunk)
+        """Look at one chunk on its way to the client."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """The stream has ended: settle whatever is still pending."""
+
+    def dispatch(self, lines: Iterable[bytes]) -> None:
+        """Parse the `data:` payloads of these lines and hand them to `on_event`."""
         for line in lines:
             data = data_of(line)
             if data is None:
@@ -56,6 +68,83 @@ class StreamTap(ABC):
     @abstractmethod
     def on_event(self, event: dict[str, Any]) -> None:
         """One parsed SSE data payload that contained a marker."""
+
+
+class MarkerTap(StreamTap):
+    """Scans each chunk for the markers and parses the lines that hold one.
+
+    For streams whose usage event can be arbitrarily large (the Responses API's final
+    event carries the whole response).
+    """
+
+    __slots__ = ("_lines",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lines = MarkedLines(self.markers)
+
+    def feed(self, chunk: bytes) -> None:
+        lines = self._lines.feed(chunk)
+        if lines:
+            self.dispatch(lines)
+
+    def close(self) -> None:
+        # Every complete line was read as it passed; an unterminated one never counts.
+        return None
+
+
+class WindowTap(StreamTap):
+    """Keeps the stream's first and last chunks (about WINDOW bytes each) and reads the
+    marked events from them when the stream ends.
+
+    For streams whose usage sits in small events at the start and the end (Chat
+    Completions: finish, usage, [DONE]; Anthropic: message_start, message_delta,
+    message_stop): per chunk this costs an append, not a scan.
+    """
+
+    __slots__ = ("_head", "_head_size", "_tail", "_tail_size", "_trimmed")
+
+    WINDOW = 32 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._head: list[bytes] = []
+        self._head_size = 0
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self._trimmed = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._head_size < self.WINDOW:
+            self._head.append(chunk)
+            self._head_size += len(chunk)
+            return
+        tail = self._tail
+        tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(tail[0]) >= self.WINDOW:
+            self._tail_size -= len(tail.popleft())
+            self._trimmed = True
+
+    def close(self) -> None:
+        if not self._trimmed:
+            self._read(b"".join((*self._head, *self._tail)), whole_start=True)
+        else:
+            self._read(b"".join(self._head), whole_start=True)
+            self._read(b"".join(self._tail), whole_start=False)
+        self._head, self._tail = [], deque()
+
+    def _read(self, buf: bytes, *, whole_start: bool) -> None:
+        """Dispatch the marked, complete lines of `buf` (a window of the stream).
+
+        An unterminated last line is held back by MarkedLines and never dispatched,
+        as SSE requires.
+        """
+        if not whole_start:
+            # The window starts mid-stream: its first line may be a fragment.
+            first = buf.find(b"\n")
+            buf = buf[first + 1 :] if first >= 0 else b""
+        self.dispatch(MarkedLines(self.markers).feed(buf))
 
 
 class Provider(ABC):

@@ -19,9 +19,11 @@ from recovea_proxy.providers.base import (
     MODELS,
     OTHER,
     RESPONSES,
+    MarkerTap,
     Provider,
     StreamFilter,
     StreamTap,
+    WindowTap,
 )
 from recovea_proxy.providers.usage import Usage, as_count, nested_count
 
@@ -121,7 +123,7 @@ def response_outcome(response: Any, usage: Usage) -> None:
         usage.terminal = True
 
 
-class ChatStreamTap(StreamTap):
+class ChatStreamTap(WindowTap):
     """Chat Completions / Completions streams: finish_reason chunk, usage chunk, [DONE]."""
 
     __slots__ = ()
@@ -146,7 +148,7 @@ class ChatStreamTap(StreamTap):
             chat_usage(event["usage"], self.usage)
 
 
-class ResponsesStreamTap(StreamTap):
+class ResponsesStreamTap(MarkerTap):
     """Responses API streams: the final `response.*` event carries the whole response."""
 
     __slots__ = ()

@@ -8,7 +8,6 @@ finish reason and skips the rest with a couple of `bytes.find` calls.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 # A provider line longer than this is not an event a tap needs; the tail is dropped
@@ -19,36 +18,48 @@ MAX_PENDING_LINE = 4 * 1024 * 1024
 class MarkedLines:
     """Splits a byte stream into lines and returns those holding any marker."""
 
-    __slots__ = ("_pattern", "_tail")
+    __slots__ = ("_markers", "_tail")
 
     def __init__(self, markers: Iterable[bytes]) -> None:
-        # One compiled alternation scans a chunk once for every marker.
-        self._pattern = re.compile(b"|".join(re.escape(m) for m in markers))
+        self._markers = tuple(markers)
         self._tail = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The complete lines of `chunk` (joined to the earlier tail) with a marker."""
         buf = self._tail + chunk if self._tail else chunk
+        for marker in self._markers:
+            if marker in buf:
+                break
+        else:
+            # The common chunk: no marker. Keep only an unfinished last line, if any.
+            if buf[-1:] == b"\n":
+                self._tail = b""
+            else:
+                cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
+                tail = buf[cut + 1 :]
+                self._tail = tail if len(tail) <= MAX_PENDING_LINE else b""
+            return []
         cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
         if cut < 0:
             self._tail = buf if len(buf) <= MAX_PENDING_LINE else b""
             return []
         self._tail = buf[cut + 1 :]
-        found = self._pattern.search(buf, 0, cut)
-        if found is None:
+        # bytes.find is a C scan per marker; a regex alternation is several times slower.
+        starts: list[int] = []
+        for marker in self._markers:
+            at = buf.find(marker, 0, cut)
+            while at >= 0:
+                starts.append(max(buf.rfind(b"\n", 0, at), buf.rfind(b"\r", 0, at)) + 1)
+                at = buf.find(marker, at + len(marker), cut)
+        if not starts:
             return []
-        # Markers are rare: cut out only the lines that hold them.
         lines = []
-        at = found.start()
-        while at >= 0:
-            start = max(buf.rfind(b"\n", 0, at), buf.rfind(b"\r", 0, at)) + 1
-            end = buf.find(b"\n", at, cut + 1)
-            cr = buf.find(b"\r", at, cut + 1)
+        for start in sorted(set(starts)):
+            end = buf.find(b"\n", start, cut + 1)
+            cr = buf.find(b"\r", start, cut + 1)
             if end < 0 or 0 <= cr < end:
                 end = cr
             lines.append(buf[start:end])
-            found = self._pattern.search(buf, end, cut)
-            at = found.start() if found is not None else -1
         return lines
 
 
