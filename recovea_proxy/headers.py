@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recovea_proxy.observability.redact import redact_text
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -74,9 +76,12 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
 
 
 def clean_tag(value: bytes) -> str | None:
-    """A caller-supplied tag: control characters removed, cut to MAX_TAG_LENGTH, or None."""
+    """A caller-supplied tag: control characters removed, anything key-shaped masked,
+    cut to MAX_TAG_LENGTH; None when nothing is left."""
     text = value.decode("utf-8", "replace")
-    text = "".join(ch for ch in text if ch.isprintable()).strip()[:MAX_TAG_LENGTH]
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
+    text = redact_text(text.strip())[:MAX_TAG_LENGTH]
     return text or None
 
 

@@ -24,6 +24,7 @@ from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.errors import GatewayError, error_body, stream_error_event
 from recovea_proxy.headers import RequestHeaders, response_headers, split_request_headers
 from recovea_proxy.levers import run_guarded
+from recovea_proxy.observability.redact import redact_text
 from recovea_proxy.providers.base import StreamTap
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
@@ -60,7 +61,7 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
     record.provider = surface.provider.name
     record.route = surface.route
     record.kind = surface.kind
-    rt.metrics.in_flight.inc()
+    rt.in_flight += 1
     try:
         await _serve(rt, surface, scope, receive, send, record)
     except GatewayError as exc:
@@ -82,7 +83,7 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
             await _send_error(send, record, surface.error_shape, error)
     finally:
         record.ended_ns = time.perf_counter_ns()
-        rt.metrics.in_flight.dec()
+        rt.in_flight -= 1
         rt.finish(record)
 
 
@@ -372,7 +373,7 @@ def _parse(body: bytes) -> dict[str, Any] | None:
 
 def _note_upstream_id(record: RequestRecord, upstream_id: bytes | None) -> None:
     if upstream_id is not None:
-        record.upstream_request_id = upstream_id.decode("latin-1")[:128]
+        record.upstream_request_id = redact_text(upstream_id.decode("latin-1")[:128])
 
 
 def _add_gateway_headers(headers: list[tuple[bytes, bytes]], record: RequestRecord) -> None:

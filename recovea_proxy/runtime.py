@@ -33,6 +33,8 @@ class Runtime:
     log: structlog.typing.FilteringBoundLogger
     request_log: RequestLog
     ready: bool = False
+    #: provider requests being served (read by the in-flight gauge at scrape time)
+    in_flight: int = 0
 
     def finish(self, record: RequestRecord) -> None:
         """Report a finished request: one log line and its metrics."""
@@ -63,6 +65,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             log=structlog.get_logger("recovea"),
             request_log=RequestLog(settings.log_format),
         )
+        metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()
         runtime.ready = True
         runtime.log.info(

@@ -195,3 +195,12 @@ def test_long_stream_usage_is_read_from_the_window_ends() -> None:
     tap.feed(b"event: ping" + rest)
     tap.close()
     assert tap.usage == Usage(115, 42, 100, None, "end_turn", terminal=True, error=False)
+
+
+def test_short_stream_with_fewer_events_than_the_window() -> None:
+    """A stream with fewer data events than the tap reads is read whole, each event once."""
+    tap = new_tap("openai", CHAT)
+    tap.feed(b'data: {"choices":[{"index":0,"finish_reason":"stop"}],"usage":null}\n\n')
+    tap.feed(b"data: [DONE]\n\n")
+    tap.close()
+    assert (tap.usage.finish_reason, tap.usage.terminal) == ("stop", True)

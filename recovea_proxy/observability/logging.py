@@ -81,9 +81,11 @@ def configure_logging(log_format: str, level: str = "info") -> None:
 class RequestLog:
     """The one line per request, on the hot path's budget.
 
-    In JSON mode it runs the same processors (timestamp, redaction) and renders with
-    orjson straight to stdout, skipping the bound logger's per-call copies; in
-    console mode it goes through structlog like every other line.
+    In JSON mode it adds the same timestamp and renders with orjson straight to
+    stdout, skipping the bound logger's per-call copies; in console mode it goes
+    through structlog like every other line. Its fields are the gateway's own ids
+    and counts plus caller tags that were redacted when they were read (see
+    `headers.clean_tag`), so the per-line redaction scan is not repeated here.
     """
 
     def __init__(self, log_format: str) -> None:
@@ -99,6 +101,5 @@ class RequestLog:
         fields["event"] = "request"
         fields["level"] = "info"
         utc_timestamp(None, "info", fields)
-        redact_processor(None, "info", fields)
         self._out.write(orjson.dumps(fields) + b"\n")
         self._out.flush()

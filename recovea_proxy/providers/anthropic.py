@@ -64,7 +64,8 @@ class MessagesStreamTap(WindowTap):
 
     __slots__ = ("_parts",)
 
-    markers = (b'"message_start"', b'"message_delta"', b'"message_stop"', b'"error"')
+    HEAD_EVENTS = 1  # message_start
+    TAIL_EVENTS = 4  # message_delta, message_stop (pings or an error may sit among them)
 
     def __init__(self) -> None:
         super().__init__()

@@ -36,8 +36,6 @@ class StreamTap(ABC):
 
     __slots__ = ("usage",)
 
-    markers: tuple[bytes, ...] = ()
-
     def __init__(self) -> None:
         self.usage = Usage()
 
@@ -79,6 +77,8 @@ class MarkerTap(StreamTap):
 
     __slots__ = ("_lines",)
 
+    markers: tuple[bytes, ...] = ()
+
     def __init__(self) -> None:
         super().__init__()
         self._lines = MarkedLines(self.markers)
@@ -94,17 +94,20 @@ class MarkerTap(StreamTap):
 
 
 class WindowTap(StreamTap):
-    """Keeps the stream's first and last chunks (about WINDOW bytes each) and reads the
-    marked events from them when the stream ends.
+    """Keeps the stream's first and last chunks (about WINDOW bytes each) and, when the
+    stream ends, parses only its first HEAD_EVENTS and last TAIL_EVENTS data lines.
 
-    For streams whose usage sits in small events at the start and the end (Chat
-    Completions: finish, usage, [DONE]; Anthropic: message_start, message_delta,
-    message_stop): per chunk this costs an append, not a scan.
+    For streams whose usage sits in small events at their edges (Chat Completions:
+    finish, usage, [DONE] at the end; Anthropic: message_start first, message_delta
+    and message_stop last; an error event is always last): per chunk this costs an
+    append, and per stream a handful of parses, never a scan of every chunk.
     """
 
     __slots__ = ("_head", "_head_size", "_tail", "_tail_size", "_trimmed")
 
     WINDOW = 32 * 1024
+    HEAD_EVENTS = 0
+    TAIL_EVENTS = 4
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,24 +130,31 @@ class WindowTap(StreamTap):
             self._trimmed = True
 
     def close(self) -> None:
-        if not self._trimmed:
-            self._read(b"".join((*self._head, *self._tail)), whole_start=True)
-        else:
-            self._read(b"".join(self._head), whole_start=True)
-            self._read(b"".join(self._tail), whole_start=False)
+        head, tail = self._head, self._tail
         self._head, self._tail = [], deque()
+        if not self._trimmed:
+            data = _data_lines(b"".join((*head, *tail)), whole_start=True)
+            cut = max(self.HEAD_EVENTS, len(data) - self.TAIL_EVENTS)
+            self.dispatch(data[: self.HEAD_EVENTS] + data[cut:])
+            return
+        first = _data_lines(b"".join(head), whole_start=True)[: self.HEAD_EVENTS]
+        last = _data_lines(b"".join(tail), whole_start=False)
+        self.dispatch(first + last[-self.TAIL_EVENTS :])
 
-    def _read(self, buf: bytes, *, whole_start: bool) -> None:
-        """Dispatch the marked, complete lines of `buf` (a window of the stream).
 
-        An unterminated last line is held back by MarkedLines and never dispatched,
-        as SSE requires.
-        """
-        if not whole_start:
-            # The window starts mid-stream: its first line may be a fragment.
-            first = buf.find(b"\n")
-            buf = buf[first + 1 :] if first >= 0 else b""
-        self.dispatch(MarkedLines(self.markers).feed(buf))
+def _data_lines(buf: bytes, *, whole_start: bool) -> list[bytes]:
+    """The complete `data:` lines of a window of the stream, in order.
+
+    A window that starts mid-stream drops its first (possibly partial) line; an
+    unterminated last line is never dispatched, as SSE requires.
+    """
+    if b"\n" not in buf and b"\r" in buf:
+        buf = buf.replace(b"\r", b"\n")
+    lines = buf.split(b"\n")
+    lines.pop()  # after the last line end: empty, or an unterminated fragment
+    if not whole_start and lines:
+        lines.pop(0)
+    return [line for line in lines if line[:5] == b"data:"]
 
 
 class Provider(ABC):

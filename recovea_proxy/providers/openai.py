@@ -128,14 +128,7 @@ class ChatStreamTap(WindowTap):
 
     __slots__ = ()
 
-    markers = (
-        b'"usage":{',
-        b'"usage": {',
-        b'"finish_reason":"',
-        b'"finish_reason": "',
-        b'"error"',
-        b"[DONE]",
-    )
+    TAIL_EVENTS = 4  # the finish chunk(s), the usage chunk, [DONE]; or an error
 
     def on_event(self, event: dict[str, Any]) -> None:
         if event.get("error"):
