@@ -56,7 +56,12 @@ class LeverContext:
 
 async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one provider request; always report it, whatever happens."""
-    record = RequestRecord(request_id=os.urandom(16).hex(), trace_id="")
+    record = RequestRecord(
+        request_id=os.urandom(16).hex(),
+        trace_id="",
+        started_ns=time.perf_counter_ns(),
+        ts_epoch_ms=time.time_ns() // 1_000_000,
+    )
     record.method = scope["method"]
     record.provider = surface.provider.name
     record.route = surface.route

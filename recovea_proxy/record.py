@@ -6,7 +6,6 @@ is here, and nothing else: no prompt text, no response text, no key.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from recovea_proxy.providers.usage import Usage
@@ -18,8 +17,10 @@ class RequestRecord:
 
     request_id: str
     trace_id: str
-    started_ns: int = field(default_factory=time.perf_counter_ns)
-    ts_epoch_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    #: perf_counter_ns() when the request arrived (for durations)
+    started_ns: int
+    #: wall-clock arrival time, epoch milliseconds (for the ledger)
+    ts_epoch_ms: int
     method: str = ""
     provider: str = ""
     route: str = ""
@@ -48,10 +49,11 @@ class RequestRecord:
 
     @property
     def latency_ms(self) -> float:
-        """Wall time from the first byte of the request to the end of the response."""
-        return (self.ended_ns - self.started_ns) / 1e6
+        """Wall time from the first byte of the request to the end of the response
+        (microsecond precision)."""
+        return (self.ended_ns - self.started_ns) // 1000 / 1000
 
     @property
     def overhead_ms(self) -> float:
-        """Time not spent waiting on the provider."""
-        return max(0, self.ended_ns - self.started_ns - self.upstream_wait_ns) / 1e6
+        """Time not spent waiting on the provider (microsecond precision)."""
+        return max(0, self.ended_ns - self.started_ns - self.upstream_wait_ns) // 1000 / 1000

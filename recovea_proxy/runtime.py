@@ -73,6 +73,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             passthrough=settings.passthrough,
             upstreams=runtime.upstream_base,
         )
+        stack.callback(runtime.request_log.flush)
         try:
             yield runtime
         finally:

@@ -35,8 +35,8 @@ def event_fields(record: RequestRecord) -> dict[str, Any]:
         "error_code": record.error_code,
         "client_gone": record.client_gone,
         "upstream_request_id": record.upstream_request_id,
-        "latency_total_ms": round(record.latency_ms, 3),
-        "gateway_overhead_ms": round(record.overhead_ms, 3),
+        "latency_total_ms": record.latency_ms,
+        "gateway_overhead_ms": record.overhead_ms,
         "env": record.env,
         "levers_fired": record.levers_fired,
     }

@@ -6,6 +6,7 @@ Standard-library records (uvicorn, aiohttp) go through the same redaction.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -86,12 +87,17 @@ class RequestLog:
     through structlog like every other line. Its fields are the gateway's own ids
     and counts plus caller tags that were redacted when they were read (see
     `headers.clean_tag`), so the per-line redaction scan is not repeated here.
+
+    Lines are flushed at most FLUSH_AFTER_S after they are written (or when the
+    stream's buffer fills, or at shutdown), not with a system call per request.
     """
 
+    FLUSH_AFTER_S = 0.1
+
     def __init__(self, log_format: str) -> None:
-        self._json = log_format == "json"
-        self._out = sys.stdout.buffer if self._json else None
+        self._out = sys.stdout.buffer if log_format == "json" else None
         self._log = structlog.get_logger("recovea")
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def write(self, fields: dict[str, Any]) -> None:
         """Write one request's body-free fields as the `request` event."""
@@ -102,4 +108,15 @@ class RequestLog:
         fields["level"] = "info"
         utc_timestamp(None, "info", fields)
         self._out.write(orjson.dumps(fields) + b"\n")
-        self._out.flush()
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                self.FLUSH_AFTER_S, self.flush
+            )
+
+    def flush(self) -> None:
+        """Push written lines to the stream now."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._out is not None:
+            self._out.flush()
