@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,49 +142,69 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--quick", action="store_true", help="500 requests per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--quick", action="store_true", help="500 requests, 1 round")
     parser.add_argument("--targets", help="comma-separated subset of targets (default: all)")
     args = parser.parse_args()
     requests = 500 if args.quick else args.requests
+    rounds = 1 if args.quick else args.rounds
     workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
-    rows: list[dict[str, object]] = []
-    with started(
-        [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)],
-        {},
-        workdir / "mock.log",
-    ) as mock:
+    wanted = set(args.targets.split(",")) if args.targets else None
+    chosen = [t for t in targets(mock_url) if wanted is None or t.name in wanted]
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        mock = stack.enter_context(
+            started(
+                [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)],
+                {},
+                workdir / "mock.log",
+            )
+        )
         wait_ready(f"{mock_url}/v1/models", mock)
-        wanted = set(args.targets.split(",")) if args.targets else None
-        for target in targets(mock_url):
-            if wanted is not None and target.name not in wanted:
-                continue
+        # Every proxy runs for the whole bench (idle ones cost nothing); rounds
+        # interleave the targets so drift on a shared machine hits them alike.
+        live: list[tuple[Target, str, int]] = []
+        for target in chosen:
             if target.argv is None:
-                for mode, stream, usage in MODES:
-                    result = measure(mock_url, mock.pid, requests, args.concurrency, stream, usage)
-                    rows.append({"target": target.name, "mode": mode, **result})
+                live.append((target, mock_url, mock.pid))
                 continue
             port = free_port()
-            argv = [*target.argv, "--port", str(port)]
             env = {**target.env, "RECOVEA_DATA_DIR": str(workdir / target.name)}
-            with started(argv, env, workdir / f"{target.name}.log") as proxy:
-                base = f"http://127.0.0.1:{port}"
-                try:
-                    wait_ready(base + target.ready_path, proxy)
-                except RuntimeError as exc:
-                    print(f"skipping {target.name}: {exc}", file=sys.stderr)
-                    continue
+            proxy = stack.enter_context(
+                started([*target.argv, "--port", str(port)], env, workdir / f"{target.name}.log")
+            )
+            base = f"http://127.0.0.1:{port}"
+            try:
+                wait_ready(base + target.ready_path, proxy)
+            except RuntimeError as exc:
+                print(f"skipping {target.name}: {exc}", file=sys.stderr)
+                continue
+            live.append((target, base, proxy.pid))
+        for _ in range(rounds):
+            for target, base, pid in live:
                 for mode, stream, usage in MODES:
-                    result = measure(base, proxy.pid, requests, args.concurrency, stream, usage)
-                    rows.append({"target": target.name, "mode": mode, **result})
-    report(rows, requests, args.concurrency)
+                    result = measure(base, pid, requests, args.concurrency, stream, usage)
+                    runs.setdefault((target.name, mode), []).append(result)
+    rows = [
+        {"target": name, "mode": mode, **_median(results)} for (name, mode), results in runs.items()
+    ]
+    report(rows, requests, args.concurrency, rounds)
 
 
-def report(rows: list[dict[str, object]], requests: int, concurrency: int) -> None:
-    print(f"\n{requests} requests per run, concurrency {concurrency}\n")
+def _median(results: list[dict[str, float]]) -> dict[str, float]:
+    """Per metric, the median over the rounds."""
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def report(rows: list[dict[str, object]], requests: int, concurrency: int, rounds: int) -> None:
+    print(
+        f"\n{requests} requests per run, concurrency {concurrency}, "
+        f"median of {rounds} interleaved rounds\n"
+    )
     print(
         f"{'target':<10} {'mode':<21} {'req/s':>8} {'cpu µs/req':>11} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'errors':>6}"
@@ -210,7 +231,13 @@ def report(rows: list[dict[str, object]], requests: int, concurrency: int) -> No
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_bytes(
         orjson.dumps(
-            {"requests": requests, "concurrency": concurrency, "rows": rows, "ratios": ratios},
+            {
+                "requests": requests,
+                "concurrency": concurrency,
+                "rounds": rounds,
+                "rows": rows,
+                "ratios": ratios,
+            },
             option=orjson.OPT_INDENT_2,
         )
     )
