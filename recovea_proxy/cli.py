@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--port", type=int, default=9000, help="listen port (default 9000)")
     add_cli_arguments(mock)
     mock.set_defaults(run=_mock_provider)
+
+    from recovea_proxy.admin.commands import add_commands
+
+    add_commands(commands)
     return parser
 
 

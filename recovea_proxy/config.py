@@ -34,6 +34,15 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+def _optional_pg_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{name} must be a postgresql:// URL")
+    return raw
+
+
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, default).strip().rstrip("/")
     if not raw.startswith(("http://", "https://")):
@@ -48,6 +57,11 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path(".recovea")
+    database_url: str | None = None
+    app_database_url: str | None = None
+    master_key_file: Path | None = None
+    key_cache_ttl_s: float = 60.0
+    key_negative_ttl_s: float = 5.0
     upstream_openai: str = "https://api.openai.com"
     upstream_anthropic: str = "https://api.anthropic.com"
     upstream_openrouter: str = "https://openrouter.ai/api"
@@ -77,6 +91,13 @@ class Settings:
             host=env.get("RECOVEA_HOST", "127.0.0.1"),
             port=int(_number(env, "RECOVEA_PORT", 8080)),
             data_dir=data_dir,
+            database_url=_optional_pg_url(env, "RECOVEA_DATABASE_URL"),
+            app_database_url=_optional_pg_url(env, "RECOVEA_APP_DATABASE_URL"),
+            master_key_file=Path(env["RECOVEA_MASTER_KEY_FILE"])
+            if env.get("RECOVEA_MASTER_KEY_FILE")
+            else data_dir / "master.key",
+            key_cache_ttl_s=_number(env, "RECOVEA_KEY_CACHE_TTL_S", 60, minimum=0.001),
+            key_negative_ttl_s=_number(env, "RECOVEA_KEY_NEGATIVE_TTL_S", 5, minimum=0),
             upstream_openai=_url(env, "RECOVEA_UPSTREAM_OPENAI", "https://api.openai.com"),
             upstream_anthropic=_url(env, "RECOVEA_UPSTREAM_ANTHROPIC", "https://api.anthropic.com"),
             upstream_openrouter=_url(

@@ -107,7 +107,7 @@ async def _serve(
         record.model = model if isinstance(model, str) else None
         record.stream = parsed.get("stream") is True
 
-    principal = await rt.auth.authenticate(headers)
+    principal = await rt.auth.authenticate(headers, surface.provider)
     record.workspace_id = principal.workspace_id
     record.rcv_key_id = principal.key_id
     record.env = principal.env

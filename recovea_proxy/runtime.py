@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
+import asyncpg
 import structlog
 
 from recovea_proxy.auth import Authenticator
+from recovea_proxy.auth.envelope import LocalMasterKey
+from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import Lever, build_chain
 from recovea_proxy.meter.event import event_fields
 from recovea_proxy.observability.logging import RequestLog
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.record import RequestRecord
+from recovea_proxy.store.database import app_url, connect, open_pool, owner_url
+from recovea_proxy.store.migrate import apply_migrations
 from recovea_proxy.upstream import open_session
 
 
@@ -47,17 +53,46 @@ class Runtime:
         self.request_log.write(event_fields(record))
 
 
+def load_master_key(settings: Settings) -> LocalMasterKey:
+    """The master key that wraps provider data keys (local file backend)."""
+    path = settings.master_key_file or settings.data_dir / "master.key"
+    return LocalMasterKey.load_or_create(path)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    await asyncio.wait_for(pool.close(), timeout=10)
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
-    """Open the client session (and, later, the pool and meter); close them in reverse."""
+    """Migrate, open the pool, the key resolver and the client session; close them in
+    reverse."""
     async with AsyncExitStack() as stack:
+        owner = await asyncio.to_thread(owner_url, settings)
+        conn = await connect(owner)
+        try:
+            applied = await apply_migrations(conn)
+        finally:
+            await conn.close()
+        app = await asyncio.to_thread(app_url, settings)
+        pool = await open_pool(app)
+        stack.push_async_callback(_close_pool, pool)
+        master = await asyncio.to_thread(load_master_key, settings)
+        resolver = KeyResolver(
+            pool,
+            master,
+            ttl_s=settings.key_cache_ttl_s,
+            negative_ttl_s=settings.key_negative_ttl_s,
+        )
+        await resolver.start(app)
+        stack.push_async_callback(resolver.close)
         session = open_session(settings)
         stack.push_async_callback(session.close)
         runtime = Runtime(
             settings=settings,
             metrics=metrics,
             session=session,
-            auth=Authenticator(passthrough=settings.passthrough),
+            auth=Authenticator(passthrough=settings.passthrough, resolver=resolver),
             levers=build_chain(),
             upstream_base={
                 name: settings.upstream_for(name) for name in ("openai", "anthropic", "openrouter")
@@ -70,6 +105,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         runtime.ready = True
         runtime.log.info(
             "gateway_started",
+            migrations_applied=applied,
             passthrough=settings.passthrough,
             upstreams=runtime.upstream_base,
         )

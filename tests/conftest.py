@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.support import Gateway, MockServer, short_tmpdir
+from tests.support import Gateway, MockServer, Postgres, short_tmpdir
 
 FAKE_OPENAI_KEY = "sk-test-Zq3J8x1RkD5mV0aLpN7uYc2Wf9Tb4HsE"
 FAKE_ANTHROPIC_KEY = "sk-ant-test-Hq8ZfK2nR5tW1xYbV7mC3pL9sD4gJ0eA"
@@ -30,6 +30,24 @@ def mock() -> Iterator[MockServer]:
     server.close()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One embedded Postgres for the session (tests that stop Postgres start their own)."""
+    server = Postgres()
+    yield server
+    server.stop()
+    shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def db_env(postgres: Postgres, workdir: Path) -> dict[str, str]:
+    """Environment for the gateway and the CLI: the session's database, a fixed master key."""
+    return {
+        "RECOVEA_DATABASE_URL": postgres.url,
+        "RECOVEA_MASTER_KEY_FILE": str(workdir / "master.key"),
+    }
+
+
 def upstream_env(mock: MockServer) -> dict[str, str]:
     return {
         "RECOVEA_UPSTREAM_OPENAI": mock.url,
@@ -39,20 +57,22 @@ def upstream_env(mock: MockServer) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def gateway(mock: MockServer, workdir: Path) -> Iterator[Gateway]:
+def gateway(mock: MockServer, workdir: Path, db_env: dict[str, str]) -> Iterator[Gateway]:
     """A gateway in passthrough mode in front of the mock, shared by the session."""
-    gw = Gateway(upstream_env(mock), workdir)
+    gw = Gateway({**upstream_env(mock), **db_env}, workdir)
     yield gw
     gw.stop()
 
 
 @pytest.fixture
-def start_gateway(mock: MockServer, workdir: Path) -> Iterator[Callable[..., Gateway]]:
+def start_gateway(
+    mock: MockServer, workdir: Path, db_env: dict[str, str]
+) -> Iterator[Callable[..., Gateway]]:
     """Start a dedicated gateway with extra environment; stopped after the test."""
     started: list[Gateway] = []
 
     def start(**env: str) -> Gateway:
-        gw = Gateway({**upstream_env(mock), **env}, workdir)
+        gw = Gateway({**upstream_env(mock), **db_env, **env}, workdir)
         started.append(gw)
         return gw
 

@@ -179,3 +179,57 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+class Postgres:
+    """An embedded Postgres (pgserver) in its own short data directory."""
+
+    def __init__(self) -> None:
+        from recovea_proxy.store.embedded import embedded_url
+
+        self.data_dir = short_tmpdir()
+        self.url = embedded_url(self.data_dir)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT to the postmaster); waits until it is gone."""
+        from recovea_proxy.store.embedded import postmaster_pid
+
+        pid = postmaster_pid(self.data_dir)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        wait_until(lambda: not _alive(pid), 30, "postgres to stop")
+
+    def start(self) -> None:
+        from recovea_proxy.store.embedded import embedded_url
+
+        self.url = embedded_url(self.data_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `recovea ARGS` and return the finished process (output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "recovea_proxy", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+def cli_json(*args: str, env: dict[str, str], stdin: str | None = None) -> dict[str, Any]:
+    """Run `recovea ARGS --json`; fail the test with its stderr if it does not succeed."""
+    done = cli(*args, "--json", env=env, stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = orjson.loads(done.stdout)
+    return result

@@ -1,18 +1,20 @@
 """Who is calling, and with which provider credentials the call goes upstream.
 
 Fail-closed: every path out of `authenticate` is a Principal or a GatewayError;
-nothing is served without one. Today the only principal is the passthrough one
-(RECOVEA_PASSTHROUGH=on: the caller's own provider key is forwarded untouched).
-rcv_ keys are resolved here once the key store exists (workspaces issue); until
-then an rcv_ key is refused as unknown.
+nothing is served without one. An rcv_ key is resolved through the KeyResolver and
+the call goes upstream on the workspace's own provider key; with
+RECOVEA_PASSTHROUGH=on, a provider key sent instead is forwarded untouched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recovea_proxy.auth.keys import looks_like_key
+from recovea_proxy.auth.resolver import KeyResolver, invalid
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.headers import RequestHeaders
+from recovea_proxy.providers.base import Provider
 
 PASSTHROUGH_WORKSPACE = "passthrough"
 RCV_PREFIX = "rcv_"
@@ -41,16 +43,17 @@ def _bearer(authorization: str | None) -> str | None:
 class Authenticator:
     """Resolves a request's credentials to a Principal, or refuses."""
 
-    def __init__(self, *, passthrough: bool) -> None:
+    def __init__(self, *, passthrough: bool, resolver: KeyResolver | None) -> None:
         self._passthrough = passthrough
+        self._resolver = resolver
 
-    async def authenticate(self, headers: RequestHeaders) -> Principal:
-        """The caller's principal; GatewayError(401) when it has none."""
+    async def authenticate(self, headers: RequestHeaders, provider: Provider) -> Principal:
+        """The caller's principal; GatewayError 401 (no/bad key) or 503 (store down)."""
         token = _bearer(headers.authorization) or headers.api_key
         if not token:
             raise GatewayError(401, "invalid_api_key", "Missing API key.")
         if token.startswith(RCV_PREFIX):
-            raise GatewayError(401, "invalid_api_key", "Invalid API key.")
+            return await self._rcv_principal(token, provider)
         if not self._passthrough:
             raise GatewayError(
                 401,
@@ -71,4 +74,30 @@ class Authenticator:
             project=None,
             team=None,
             upstream_credentials=tuple(credentials),
+        )
+
+    async def _rcv_principal(self, token: str, provider: Provider) -> Principal:
+        if self._resolver is None or not looks_like_key(token):
+            raise invalid()
+        key = await self._resolver.resolve(token)
+        secret = await self._resolver.provider_key(key.customer_id, provider.name)
+        if secret is None:
+            raise GatewayError(
+                400,
+                "provider_key_missing",
+                f"This workspace has no {provider.name} key; store one with "
+                "`recovea provider-key set`.",
+            )
+        try:
+            credentials = provider.credential_headers(secret.decode())
+        finally:
+            secret[:] = bytes(len(secret))
+        return Principal(
+            workspace_id=key.customer_id,
+            key_id=key.id,
+            role=key.role,
+            env=key.env,
+            project=key.project,
+            team=key.team,
+            upstream_credentials=credentials,
         )

@@ -95,6 +95,9 @@ class Anthropic(Provider):
     request_id_header = b"request-id"
     error_shape = "anthropic"
 
+    def credential_headers(self, key: str) -> tuple[tuple[str, str], ...]:
+        return (("x-api-key", key),)
+
     def endpoint_of(self, path: str) -> tuple[str, str]:
         hit = _EXACT.get(path)
         if hit is not None:

@@ -166,6 +166,10 @@ class Provider(ABC):
     #: the shape of the gateway's own errors on this provider's surface
     error_shape: str = "openai"
 
+    def credential_headers(self, key: str) -> tuple[tuple[str, str], ...]:
+        """The request headers that carry the workspace's key to this provider."""
+        return (("authorization", f"Bearer {key}"),)
+
     @abstractmethod
     def endpoint_of(self, path: str) -> tuple[str, str]:
         """(endpoint kind, route template) for an upstream path such as `/v1/chat/completions`."""

@@ -1,0 +1,1 @@
+recovea_proxy/store/sql
