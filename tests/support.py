@@ -215,7 +215,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `recovea ARGS` and return the finished process (output captured)."""
     return subprocess.run(
         [sys.executable, "-m", "recovea_proxy", *args],

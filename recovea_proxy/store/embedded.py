@@ -30,6 +30,9 @@ def embedded_url(data_dir: Path) -> str:
         import pgserver
 
         server = pgserver.get_server(str(pg_dir), cleanup_mode=None)  # type: ignore[attr-defined]
+        # get_server hands back a cached handle within one process: make sure the
+        # server behind it is still (or again) running.
+        server.ensure_postgres_running()
     uri: str = server.get_uri()
     return uri
 
