@@ -60,6 +60,9 @@ class Settings:
     database_url: str | None = None
     app_database_url: str | None = None
     master_key_file: Path | None = None
+    kms_key_id: str | None = None
+    data_key_cache_ttl_s: float = 300.0
+    data_key_max_uses: int = 100_000
     key_cache_ttl_s: float = 60.0
     key_negative_ttl_s: float = 5.0
     upstream_openai: str = "https://api.openai.com"
@@ -96,6 +99,9 @@ class Settings:
             master_key_file=Path(env["RECOVEA_MASTER_KEY_FILE"])
             if env.get("RECOVEA_MASTER_KEY_FILE")
             else data_dir / "master.key",
+            kms_key_id=env.get("RECOVEA_KMS_KEY_ID", "").strip() or None,
+            data_key_cache_ttl_s=_number(env, "RECOVEA_DATA_KEY_CACHE_TTL_S", 300, minimum=0),
+            data_key_max_uses=int(_number(env, "RECOVEA_DATA_KEY_MAX_USES", 100_000, minimum=1)),
             key_cache_ttl_s=_number(env, "RECOVEA_KEY_CACHE_TTL_S", 60, minimum=0.001),
             key_negative_ttl_s=_number(env, "RECOVEA_KEY_NEGATIVE_TTL_S", 5, minimum=0),
             upstream_openai=_url(env, "RECOVEA_UPSTREAM_OPENAI", "https://api.openai.com"),

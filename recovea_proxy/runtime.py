@@ -13,7 +13,7 @@ import asyncpg
 import structlog
 
 from recovea_proxy.auth import Authenticator
-from recovea_proxy.auth.envelope import LocalMasterKey
+from recovea_proxy.auth.keyring import load_keyring
 from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import Lever, build_chain
@@ -53,12 +53,6 @@ class Runtime:
         self.request_log.write(event_fields(record))
 
 
-def load_master_key(settings: Settings) -> LocalMasterKey:
-    """The master key that wraps provider data keys (local file backend)."""
-    path = settings.master_key_file or settings.data_dir / "master.key"
-    return LocalMasterKey.load_or_create(path)
-
-
 async def _close_pool(pool: asyncpg.Pool) -> None:
     await asyncio.wait_for(pool.close(), timeout=10)
 
@@ -77,12 +71,14 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         app = await asyncio.to_thread(app_url, settings)
         pool = await open_pool(app)
         stack.push_async_callback(_close_pool, pool)
-        master = await asyncio.to_thread(load_master_key, settings)
+        keyring = await asyncio.to_thread(load_keyring, settings)
         resolver = KeyResolver(
             pool,
-            master,
+            keyring,
             ttl_s=settings.key_cache_ttl_s,
             negative_ttl_s=settings.key_negative_ttl_s,
+            data_key_ttl_s=settings.data_key_cache_ttl_s,
+            data_key_max_uses=settings.data_key_max_uses,
         )
         await resolver.start(app)
         stack.push_async_callback(resolver.close)

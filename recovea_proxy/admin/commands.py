@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 
 from recovea_proxy.admin import operations as ops
+from recovea_proxy.auth.keyring import load_keyring, retire_local_key
 from recovea_proxy.config import Settings
 from recovea_proxy.store.database import connect, owner_url
 from recovea_proxy.store.migrate import apply_migrations
@@ -116,16 +117,33 @@ async def key_revoke(
 async def provider_key_set(
     conn: asyncpg.Connection, args: argparse.Namespace, settings: Settings
 ) -> dict[str, Any]:
-    from recovea_proxy.runtime import load_master_key
-
     secret = sys.stdin.readline().strip()
-    master = load_master_key(settings)
-    key_id = await ops.set_provider_key(conn, master, args.workspace, args.provider, secret)
+    keyring = await asyncio.to_thread(load_keyring, settings)
+    key_id = await ops.set_provider_key(
+        conn, keyring.current, args.workspace, args.provider, secret
+    )
     last_four = secret[-4:]
     _emit(
         args,
         {"provider_key_id": key_id, "provider": args.provider, "last_four": last_four},
         f"stored {args.provider} key ****{last_four} for workspace {args.workspace}",
+    )
+    return {}
+
+
+async def provider_key_rotate(
+    conn: asyncpg.Connection, args: argparse.Namespace, settings: Settings
+) -> dict[str, Any]:
+    if args.new_local_key:
+        if settings.kms_key_id:
+            raise ops.OperationError("--new-local-key does not apply with RECOVEA_KMS_KEY_ID set")
+        await asyncio.to_thread(retire_local_key, settings)
+    keyring = await asyncio.to_thread(load_keyring, settings)
+    count = await ops.rewrap_provider_keys(conn, keyring)
+    _emit(
+        args,
+        {"rewrapped": count, "master_key_id": keyring.current.key_id},
+        f"re-wrapped {count} provider key(s) under {keyring.current.key_id}",
     )
     return {}
 
@@ -174,3 +192,11 @@ def add_commands(commands: Any) -> None:
     ps.add_argument("--provider", required=True, choices=ops.PROVIDERS)
     ps.add_argument("--json", action="store_true")
     ps.set_defaults(run=lambda args: run(provider_key_set, args))
+    pr = provider_key.add_parser(
+        "rotate", help="re-wrap every data key under the current master key"
+    )
+    pr.add_argument(
+        "--new-local-key", action="store_true", help="retire the local master key, make a new one"
+    )
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(run=lambda args: run(provider_key_rotate, args))

@@ -6,12 +6,14 @@ returned once, to the caller, and never stored or logged in full.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 
 import asyncpg
 
 from recovea_proxy.auth.envelope import MasterKey, context_for, seal
+from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash, last_four, new_key
 
 PROVIDERS = ("openai", "anthropic", "openrouter")
@@ -197,3 +199,29 @@ async def init(conn: asyncpg.Connection) -> tuple[str, CreatedKey]:
     workspace_id = await create_workspace(conn, "default", "free")
     key = await create_key(conn, workspace_id, role="admin", env="live")
     return workspace_id, key
+
+
+async def rewrap_provider_keys(conn: asyncpg.Connection, keyring: Keyring) -> int:
+    """Re-wrap every stored data key under the current master key (no downtime: rows
+    stay readable throughout, each row is rewritten in its own transaction)."""
+    rows = await conn.fetch(
+        "SELECT id, customer_id, provider, wrapped_data_key, master_key_id, backend"
+        " FROM recovea.provider_keys"
+    )
+    current = keyring.current
+    count = 0
+    for row in rows:
+        context = context_for(str(row["customer_id"]), row["provider"], str(row["id"]))
+        reader = keyring.reader(row["backend"], row["master_key_id"])
+        data_key = await asyncio.to_thread(reader.unwrap, row["wrapped_data_key"], context)
+        wrapped = await asyncio.to_thread(current.wrap, data_key, context)
+        await conn.execute(
+            "UPDATE recovea.provider_keys SET wrapped_data_key = $2, master_key_id = $3,"
+            " backend = $4 WHERE id = $1",
+            row["id"],
+            wrapped,
+            current.key_id,
+            current.backend,
+        )
+        count += 1
+    return count

@@ -8,8 +8,10 @@ workspace no longer decrypts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,6 +31,10 @@ class MasterKey(Protocol):
 
     def unwrap(self, wrapped: bytes, context: dict[str, str]) -> bytes:
         """The plaintext data key; raises if `context` differs from the wrapping one."""
+        ...
+
+    def wrap(self, data_key: bytes, context: dict[str, str]) -> bytes:
+        """An existing data key wrapped under this master key (for rotation)."""
         ...
 
 
@@ -77,25 +83,33 @@ class LocalMasterKey:
     @classmethod
     def load_or_create(cls, path: os.PathLike[str] | str) -> LocalMasterKey:
         """Read the key file, creating it (mode 0600) when it does not exist."""
-        import hashlib
-        from pathlib import Path
-
         file = Path(path)
         if not file.exists():
             file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(AESGCM.generate_key(bit_length=256))
-        key = file.read_bytes()
+            try:
+                fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process created it first
+            else:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(AESGCM.generate_key(bit_length=256))
+        return cls.load(file)
+
+    @classmethod
+    def load(cls, path: os.PathLike[str] | str) -> LocalMasterKey:
+        """Read an existing key file."""
+        key = Path(path).read_bytes()
         if len(key) != 32:
-            raise ValueError(f"master key file {file} must hold exactly 32 bytes")
-        key_id = "local:" + hashlib.sha256(key).hexdigest()[:16]
-        return cls(key, key_id)
+            raise ValueError(f"master key file {path} must hold exactly 32 bytes")
+        return cls(key, "local:" + hashlib.sha256(key).hexdigest()[:16])
 
     def generate_data_key(self, context: dict[str, str]) -> tuple[bytes, bytes]:
         data_key = AESGCM.generate_key(bit_length=256)
+        return data_key, self.wrap(data_key, context)
+
+    def wrap(self, data_key: bytes, context: dict[str, str]) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return data_key, nonce + self._aead.encrypt(nonce, data_key, _aad(context))
+        return nonce + self._aead.encrypt(nonce, data_key, _aad(context))
 
     def unwrap(self, wrapped: bytes, context: dict[str, str]) -> bytes:
         return self._aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _aad(context))

@@ -11,6 +11,7 @@ refused with 503 `auth_unavailable`, never served.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from recovea_proxy.auth.envelope import MasterKey, Sealed, context_for, open_sealed
+from recovea_proxy.auth.envelope import Sealed, context_for, open_sealed
+from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash
 from recovea_proxy.errors import GatewayError
 
@@ -40,10 +42,21 @@ class KeyRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class _ProviderSecret:
+class _StoredProviderKey:
+    id: str
     sealed: Sealed
-    data_key: bytes
     context: dict[str, str]
+
+
+class _DataKey:
+    """An unwrapped data key, usable until it expires or runs out of uses."""
+
+    __slots__ = ("expires", "key", "uses_left")
+
+    def __init__(self, key: bytes, expires: float, uses: int) -> None:
+        self.key = key
+        self.expires = expires
+        self.uses_left = uses
 
 
 def unavailable() -> GatewayError:
@@ -58,15 +71,25 @@ class KeyResolver:
     """Resolves rcv_ keys and provider keys through caches in front of Postgres."""
 
     def __init__(
-        self, pool: asyncpg.Pool, master: MasterKey, *, ttl_s: float, negative_ttl_s: float
+        self,
+        pool: asyncpg.Pool,
+        keyring: Keyring,
+        *,
+        ttl_s: float,
+        negative_ttl_s: float,
+        data_key_ttl_s: float,
+        data_key_max_uses: int,
     ) -> None:
         self._pool = pool
-        self._master = master
+        self._keyring = keyring
         self._ttl = ttl_s
         self._negative_ttl = negative_ttl_s
+        self._data_key_ttl = data_key_ttl_s
+        self._data_key_uses = data_key_max_uses
         self._keys: dict[bytes, tuple[float, KeyRecord | None]] = {}
         self._hash_by_id: dict[str, bytes] = {}
-        self._provider: dict[tuple[str, str], tuple[float, _ProviderSecret | None]] = {}
+        self._provider: dict[tuple[str, str], tuple[float, _StoredProviderKey | None]] = {}
+        self._data_keys: dict[str, _DataKey] = {}
         self._listener: asyncpg.Connection | None = None
 
     async def start(self, listen_url: str) -> None:
@@ -119,15 +142,33 @@ class KeyResolver:
         now = time.monotonic()
         cached = self._provider.get((customer_id, provider))
         if cached is None or cached[0] <= now:
-            secret = await self._load_provider_key(customer_id, provider)
-            cached = (now + self._ttl, secret)
+            cached = (now + self._ttl, await self._load_provider_key(customer_id, provider))
             self._provider[(customer_id, provider)] = cached
-        if cached[1] is None:
+        stored = cached[1]
+        if stored is None:
             return None
-        entry = cached[1]
-        return open_sealed(entry.data_key, entry.sealed, entry.context)
+        data_key = self._data_keys.get(stored.id)
+        if data_key is None or data_key.expires <= now or data_key.uses_left <= 0:
+            data_key = await self._unwrap(stored, now)
+        data_key.uses_left -= 1
+        return open_sealed(data_key.key, stored.sealed, stored.context)
 
-    async def _load_provider_key(self, customer_id: str, provider: str) -> _ProviderSecret | None:
+    async def _unwrap(self, stored: _StoredProviderKey, now: float) -> _DataKey:
+        """Unwrap a data key with the master that wrapped it (off the event loop)."""
+        sealed = stored.sealed
+        try:
+            master = self._keyring.reader(sealed.backend, sealed.master_key_id)
+            key = await asyncio.to_thread(master.unwrap, sealed.wrapped_data_key, stored.context)
+        except Exception as exc:  # KMS down, wrong context, missing key file: fail closed
+            _log.error("provider_key_unwrap_failed", error=type(exc).__name__)
+            raise unavailable() from None
+        data_key = _DataKey(key, now + self._data_key_ttl, self._data_key_uses)
+        self._data_keys[stored.id] = data_key
+        return data_key
+
+    async def _load_provider_key(
+        self, customer_id: str, provider: str
+    ) -> _StoredProviderKey | None:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(
@@ -143,17 +184,15 @@ class KeyResolver:
             raise unavailable() from None
         if row is None:
             return None
-        context = context_for(customer_id, provider, str(row["id"]))
-        sealed = Sealed(
-            row["ciphertext"],
-            row["nonce"],
-            row["wrapped_data_key"],
-            row["master_key_id"],
-            row["backend"],
+        key_id = str(row["id"])
+        return _StoredProviderKey(
+            key_id,
+            Sealed(
+                row["ciphertext"],
+                row["nonce"],
+                row["wrapped_data_key"],
+                row["master_key_id"],
+                row["backend"],
+            ),
+            context_for(customer_id, provider, key_id),
         )
-        try:
-            data_key = self._master.unwrap(sealed.wrapped_data_key, context)
-        except Exception:
-            _log.error("provider_key_unwrap_failed", provider=provider, workspace=customer_id)
-            raise unavailable() from None
-        return _ProviderSecret(sealed, data_key, context)
