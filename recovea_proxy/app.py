@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
+from recovea_proxy.admin.api import ADMIN_ROUTES
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.config import Settings
 from recovea_proxy.endpoints import ROUTES, not_found
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield {"runtime": runtime}
 
     return GatewayApp(
-        routes=ROUTES,
+        routes=[*ROUTES, *ADMIN_ROUTES],
         exception_handlers={404: not_found},
         lifespan=lifespan,
     )

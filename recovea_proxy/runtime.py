@@ -13,7 +13,7 @@ import asyncpg
 import structlog
 
 from recovea_proxy.auth import Authenticator
-from recovea_proxy.auth.keyring import load_keyring
+from recovea_proxy.auth.keyring import Keyring, load_keyring
 from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import Lever, build_chain
@@ -36,6 +36,8 @@ class Runtime:
     auth: Authenticator
     levers: tuple[Lever, ...]
     upstream_base: dict[str, str]
+    pool: asyncpg.Pool
+    keyring: Keyring
     log: structlog.typing.FilteringBoundLogger
     request_log: RequestLog
     ready: bool = False
@@ -90,6 +92,8 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             session=session,
             auth=Authenticator(passthrough=settings.passthrough, resolver=resolver),
             levers=build_chain(),
+            pool=pool,
+            keyring=keyring,
             upstream_base={
                 name: settings.upstream_for(name) for name in ("openai", "anthropic", "openrouter")
             },

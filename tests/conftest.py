@@ -107,3 +107,31 @@ def sdk() -> Iterator[SdkClients]:
     clients = SdkClients()
     yield clients
     clients.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_leaks() -> Iterator[None]:
+    """After the whole suite: no provider key sent to the CLI appears in any output,
+    and no rcv_ key appears anywhere but in the one output that created it."""
+    yield
+    import re
+
+    from tests.support import CLI_RUNS, GATEWAY_LOGS
+
+    logs = "\n".join(p.read_text(errors="replace") for p in GATEWAY_LOGS if p.exists())
+    provider_secrets = [stdin.strip() for _, stdin, _ in CLI_RUNS if stdin and stdin.strip()]
+    created: list[tuple[int, str]] = []
+    for index, (_, _, output) in enumerate(CLI_RUNS):
+        created += [
+            (index, key) for key in re.findall(r"rcv_(?:live|test)_[A-Za-z0-9_-]{43}", output)
+        ]
+    leaks = [s[-4:] for s in provider_secrets if s in logs]
+    leaks += [s[-4:] for s in provider_secrets for _, _, out in CLI_RUNS if s in out]
+    leaks += [k[-4:] for _, k in created if k in logs]
+    leaks += [
+        k[-4:] for i, k in created for j, (_, _, out) in enumerate(CLI_RUNS) if j != i and k in out
+    ]
+    for fixed in (FAKE_OPENAI_KEY, FAKE_ANTHROPIC_KEY):
+        if fixed in logs:
+            leaks.append(fixed[-4:])
+    assert not leaks, f"full keys found in output (last four shown): {sorted(set(leaks))}"

@@ -92,6 +92,7 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"gateway-{self.port}.log"
+        GATEWAY_LOGS.append(self.log_path)
         full_env = {
             **os.environ,
             "RECOVEA_HOST": "127.0.0.1",
@@ -215,11 +216,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: every CLI run and gateway log of the session, for the leak check at its end
+CLI_RUNS: list[tuple[tuple[str, ...], str | None, str]] = []
+GATEWAY_LOGS: list[Path] = []
+
+
 def cli(
     *args: str, env: dict[str, str], stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `recovea ARGS` and return the finished process (output captured)."""
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "recovea_proxy", *args],
         input=stdin,
         capture_output=True,
@@ -227,6 +233,8 @@ def cli(
         env={**os.environ, **env},
         timeout=120,
     )
+    CLI_RUNS.append((args, stdin, done.stdout + done.stderr))
+    return done
 
 
 def cli_json(*args: str, env: dict[str, str], stdin: str | None = None) -> dict[str, Any]:

@@ -176,3 +176,20 @@ def test_cli_rejects_bad_input_clearly(
     done = cli(*args, env=db_env)
     assert done.returncode == 1
     assert message in done.stderr
+
+
+def test_init_prints_the_admin_key_once(workdir: Path) -> None:
+    """`recovea init` on a fresh database creates `default` and an admin key; a second
+    run refuses instead of minting another."""
+    own = Postgres()
+    try:
+        env = {"RECOVEA_DATABASE_URL": own.url, "RECOVEA_MASTER_KEY_FILE": str(own.data_dir / "m")}
+        first = cli("init", env=env)
+        assert first.returncode == 0, first.stderr
+        assert "rcv_live_" in first.stdout and "shown once" in first.stdout
+        again = cli("init", env=env)
+        assert again.returncode == 1
+        assert "already initialized" in again.stderr
+        assert "rcv_live_" not in again.stdout
+    finally:
+        own.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -61,15 +62,22 @@ async def create_workspace(conn: asyncpg.Connection, name: str, plan: str = "fre
     name = check_name(name, "workspace name")
     workspace_id = uuid.uuid4()
     try:
-        await conn.execute(
-            "INSERT INTO recovea.workspaces (customer_id, name, plan) VALUES ($1, $2, $3)",
-            workspace_id,
-            name,
-            plan,
-        )
+        async with conn.transaction():
+            await scope(conn, str(workspace_id))
+            await conn.execute(
+                "INSERT INTO recovea.workspaces (customer_id, name, plan) VALUES ($1, $2, $3)",
+                workspace_id,
+                name,
+                plan,
+            )
     except asyncpg.UniqueViolationError:
         raise OperationError(f"a workspace named {name!r} already exists") from None
     return str(workspace_id)
+
+
+async def scope(conn: asyncpg.Connection, workspace_id: str) -> None:
+    """Limit the current transaction to one workspace (row-level security)."""
+    await conn.execute("SELECT set_config('recovea.customer_id', $1, true)", workspace_id)
 
 
 async def _named(
@@ -105,6 +113,7 @@ async def create_key(
         raise OperationError("env must be live or test")
     workspace = parse_id(workspace_id, "workspace id")
     async with conn.transaction():
+        await scope(conn, str(workspace))
         exists = await conn.fetchval(
             "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1", workspace
         )
@@ -132,10 +141,15 @@ async def create_key(
     return CreatedKey(str(key_id), str(workspace), role, env, secret)
 
 
-async def revoke_key(conn: asyncpg.Connection, key_id: str) -> bool:
-    """Revoke a key; every gateway process hears of it at once (NOTIFY)."""
+async def revoke_key(
+    conn: asyncpg.Connection, key_id: str, workspace_id: str | None = None
+) -> bool:
+    """Revoke a key (of `workspace_id` only, when given); every gateway process hears
+    of it at once (NOTIFY)."""
     parsed = parse_id(key_id, "key id")
     async with conn.transaction():
+        if workspace_id is not None:
+            await scope(conn, workspace_id)
         status = await conn.execute(
             "UPDATE recovea.rcv_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
             parsed,
@@ -157,8 +171,10 @@ async def set_provider_key(
         raise OperationError("the provider key must be 8 to 512 printable characters, no spaces")
     workspace = parse_id(workspace_id, "workspace id")
     key_id = uuid.uuid4()
-    sealed = seal(master, secret, context_for(str(workspace), provider, str(key_id)))
+    context = context_for(str(workspace), provider, str(key_id))
+    sealed = await asyncio.to_thread(seal, master, secret, context)  # KMS is blocking
     async with conn.transaction():
+        await scope(conn, str(workspace))
         exists = await conn.fetchval(
             "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1", workspace
         )
@@ -225,3 +241,64 @@ async def rewrap_provider_keys(conn: asyncpg.Connection, keyring: Keyring) -> in
         )
         count += 1
     return count
+
+
+async def describe_workspace(conn: asyncpg.Connection, workspace_id: str) -> dict[str, Any]:
+    """The workspace's settings."""
+    row = await conn.fetchrow(
+        "SELECT customer_id, name, plan, retention_days, created_at FROM recovea.workspaces"
+        " WHERE customer_id = $1",
+        uuid.UUID(workspace_id),
+    )
+    if row is None:
+        raise OperationError(f"no workspace {workspace_id}")
+    return {
+        "id": str(row["customer_id"]),
+        "name": row["name"],
+        "plan": row["plan"],
+        "retention_days": row["retention_days"],
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+async def list_keys(conn: asyncpg.Connection, workspace_id: str) -> list[dict[str, Any]]:
+    """The workspace's rcv_ keys (last four characters only)."""
+    rows = await conn.fetch(
+        "SELECT k.id, k.role, k.env, p.name AS project, t.name AS team, k.last_four,"
+        " k.created_at, k.revoked_at FROM recovea.rcv_keys k"
+        " LEFT JOIN recovea.projects p ON p.id = k.project_id"
+        " LEFT JOIN recovea.teams t ON t.id = k.team_id"
+        " WHERE k.customer_id = $1 ORDER BY k.created_at",
+        uuid.UUID(workspace_id),
+    )
+    return [
+        {
+            "id": str(r["id"]),
+            "role": r["role"],
+            "env": r["env"],
+            "project": r["project"],
+            "team": r["team"],
+            "last_four": r["last_four"],
+            "created_at": r["created_at"].isoformat(),
+            "revoked_at": r["revoked_at"].isoformat() if r["revoked_at"] else None,
+        }
+        for r in rows
+    ]
+
+
+async def list_provider_keys(conn: asyncpg.Connection, workspace_id: str) -> list[dict[str, Any]]:
+    """The workspace's provider keys (last four characters only)."""
+    rows = await conn.fetch(
+        "SELECT provider, last_four, backend, created_at FROM recovea.provider_keys"
+        " WHERE customer_id = $1 ORDER BY provider",
+        uuid.UUID(workspace_id),
+    )
+    return [
+        {
+            "provider": r["provider"],
+            "last_four": r["last_four"],
+            "backend": r["backend"],
+            "created_at": r["created_at"].isoformat(),
+        }
+        for r in rows
+    ]

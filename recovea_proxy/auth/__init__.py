@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recovea_proxy.auth.keys import looks_like_key
-from recovea_proxy.auth.resolver import KeyResolver, invalid
+from recovea_proxy.auth.resolver import KeyRecord, KeyResolver, invalid
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.headers import RequestHeaders
 from recovea_proxy.providers.base import Provider
@@ -75,6 +75,20 @@ class Authenticator:
             team=None,
             upstream_credentials=tuple(credentials),
         )
+
+    async def admin_key(self, headers: RequestHeaders) -> KeyRecord:
+        """The rcv_ key of a management request (any role; the caller checks it)."""
+        token = _bearer(headers.authorization) or headers.api_key
+        if not token:
+            raise GatewayError(401, "invalid_api_key", "Missing API key.")
+        if self._resolver is None or not looks_like_key(token):
+            raise invalid()
+        return await self._resolver.resolve(token)
+
+    def forget_provider_key(self, customer_id: str, provider: str) -> None:
+        """Drop a cached provider key after it changed."""
+        if self._resolver is not None:
+            self._resolver.forget_provider_key(customer_id, provider)
 
     async def _rcv_principal(self, token: str, provider: Provider) -> Principal:
         if self._resolver is None or not looks_like_key(token):

@@ -137,6 +137,10 @@ class KeyResolver:
         self._hash_by_id[record.id] = digest
         return record
 
+    def forget_provider_key(self, customer_id: str, provider: str) -> None:
+        """Drop the cached row of a provider key (it was replaced in this process)."""
+        self._provider.pop((customer_id, provider), None)
+
     async def provider_key(self, customer_id: str, provider: str) -> bytearray | None:
         """The workspace's plaintext provider key (a bytearray to overwrite), or None."""
         now = time.monotonic()
