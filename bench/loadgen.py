@@ -25,6 +25,7 @@ async def run(
     stream: bool,
     chunks: int,
     include_usage: bool = False,
+    key: str = "sk-bench-0000000000000000",
 ) -> dict[str, float]:
     doc: dict[str, object] = {
         "model": "gpt-4o-mini",
@@ -35,7 +36,7 @@ async def run(
         doc["stream_options"] = {"include_usage": True}
     body = orjson.dumps(doc)
     headers = {
-        "authorization": "Bearer sk-bench-0000000000000000",
+        "authorization": f"Bearer {key}",
         "content-type": "application/json",
         "x-mock-chunks": str(chunks),
     }
@@ -83,9 +84,18 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--include-usage", action="store_true", help="ask for stream usage")
+    parser.add_argument("--key", default="sk-bench-0000000000000000", help="API key to send")
     args = parser.parse_args()
     result = uvloop.run(
-        run(args.url, args.requests, args.concurrency, args.stream, args.chunks, args.include_usage)
+        run(
+            args.url,
+            args.requests,
+            args.concurrency,
+            args.stream,
+            args.chunks,
+            args.include_usage,
+            args.key,
+        )
     )
     print(orjson.dumps(result).decode())
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,8 @@ class Target:
     argv: list[str] | None
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/healthz"
+    #: prepares the target's data (given its environment) and returns the key to send
+    setup: Callable[[dict[str, str]], str] | None = None
 
 
 def targets(mock_url: str) -> list[Target]:
@@ -63,7 +65,51 @@ def targets(mock_url: str) -> list[Target]:
         Target("direct", None),
         Target("floor", [sys.executable, "-m", "bench.floor", "--upstream", mock_url]),
         Target("gateway", [sys.executable, "-m", "recovea_proxy", "serve"], upstreams),
+        Target(
+            "gateway-auth",
+            [sys.executable, "-m", "recovea_proxy", "serve"],
+            {**upstreams, "RECOVEA_PASSTHROUGH": "off"},
+            setup=workspace_key,
+        ),
     ]
+
+
+def workspace_key(env: dict[str, str]) -> str:
+    """A workspace with an OpenAI key and an rcv_ key, made with the CLI; the rcv_ key."""
+
+    def recovea(*args: str, stdin: str | None = None) -> dict[str, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "recovea_proxy", *args, "--json"],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=True,
+        )
+        result: dict[str, str] = orjson.loads(done.stdout)
+        return result
+
+    workspace = recovea("workspace", "create", "bench")["workspace_id"]
+    recovea(
+        "provider-key",
+        "set",
+        "--workspace",
+        workspace,
+        "--provider",
+        "openai",
+        stdin="sk-bench-provider-0000000000\n",
+    )
+    return recovea("key", "create", "--workspace", workspace)["key"]
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    """Stop the embedded Postgres a target started (it outlives its processes)."""
+    from recovea_proxy.store.embedded import postmaster_pid
+
+    pid = postmaster_pid(data_dir)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
 
 
 def free_port() -> int:
@@ -108,7 +154,9 @@ def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 process.wait(5)
 
 
-def load(url: str, requests: int, concurrency: int, stream: bool, usage: bool) -> dict[str, float]:
+def load(
+    url: str, requests: int, concurrency: int, stream: bool, usage: bool, key: str | None
+) -> dict[str, float]:
     argv = [
         sys.executable,
         "-m",
@@ -124,18 +172,26 @@ def load(url: str, requests: int, concurrency: int, stream: bool, usage: bool) -
         argv.append("--stream")
     if usage:
         argv.append("--include-usage")
+    if key:
+        argv += ["--key", key]
     out = subprocess.run(argv, capture_output=True, check=True, timeout=600).stdout
     result: dict[str, float] = orjson.loads(out)
     return result
 
 
 def measure(
-    base_url: str, cpu_pid: int, requests: int, concurrency: int, stream: bool, usage: bool
+    base_url: str,
+    cpu_pid: int,
+    requests: int,
+    concurrency: int,
+    stream: bool,
+    usage: bool,
+    key: str | None = None,
 ) -> dict[str, float]:
     url = f"{base_url}/v1/chat/completions"
-    load(url, max(200, requests // 5), concurrency, stream, usage)  # warm-up
+    load(url, max(200, requests // 5), concurrency, stream, usage, key)  # warm-up
     before = tree_cpu_us(cpu_pid)
-    result = load(url, requests, concurrency, stream, usage)
+    result = load(url, requests, concurrency, stream, usage, key)
     result["cpu_us_per_req"] = (tree_cpu_us(cpu_pid) - before) / max(1, result["requests"])
     return result
 
@@ -167,13 +223,15 @@ def main() -> None:
         wait_ready(f"{mock_url}/v1/models", mock)
         # Every proxy runs for the whole bench (idle ones cost nothing); rounds
         # interleave the targets so drift on a shared machine hits them alike.
-        live: list[tuple[Target, str, int]] = []
+        live: list[tuple[Target, str, int, str | None]] = []
         for target in chosen:
             if target.argv is None:
-                live.append((target, mock_url, mock.pid))
+                live.append((target, mock_url, mock.pid, None))
                 continue
             port = free_port()
             env = {**target.env, "RECOVEA_DATA_DIR": str(workdir / target.name)}
+            stack.callback(stop_embedded_postgres, workdir / target.name)
+            key = target.setup(env) if target.setup else None
             proxy = stack.enter_context(
                 started([*target.argv, "--port", str(port)], env, workdir / f"{target.name}.log")
             )
@@ -183,11 +241,11 @@ def main() -> None:
             except RuntimeError as exc:
                 print(f"skipping {target.name}: {exc}", file=sys.stderr)
                 continue
-            live.append((target, base, proxy.pid))
+            live.append((target, base, proxy.pid, key))
         for _ in range(rounds):
-            for target, base, pid in live:
+            for target, base, pid, key in live:
                 for mode, stream, usage in MODES:
-                    result = measure(base, pid, requests, args.concurrency, stream, usage)
+                    result = measure(base, pid, requests, args.concurrency, stream, usage, key)
                     runs.setdefault((target.name, mode), []).append(result)
     rows = [
         {"target": name, "mode": mode, **_median(results)} for (name, mode), results in runs.items()

@@ -20,7 +20,7 @@ PASSTHROUGH_WORKSPACE = "passthrough"
 RCV_PREFIX = "rcv_"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Principal:
     """The authenticated caller of one request."""
 

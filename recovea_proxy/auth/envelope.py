@@ -54,6 +54,11 @@ def context_for(workspace_id: str, provider: str, key_id: str) -> dict[str, str]
     return {"workspace": workspace_id, "provider": provider, "key_id": key_id}
 
 
+def associated_data(context: dict[str, str]) -> bytes:
+    """The AEAD associated data that binds a ciphertext to its context."""
+    return _aad(context)
+
+
 def _aad(context: dict[str, str]) -> bytes:
     return "|".join(f"{k}={context[k]}" for k in sorted(context)).encode()
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import asyncpg
 import structlog
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from recovea_proxy.auth.envelope import Sealed, context_for, open_sealed
+from recovea_proxy.auth.envelope import Sealed, associated_data, context_for
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash
 from recovea_proxy.errors import GatewayError
@@ -46,15 +47,17 @@ class _StoredProviderKey:
     id: str
     sealed: Sealed
     context: dict[str, str]
+    aad: bytes
 
 
 class _DataKey:
-    """An unwrapped data key, usable until it expires or runs out of uses."""
+    """An unwrapped data key (as a ready AEAD), usable until it expires or runs out
+    of uses."""
 
-    __slots__ = ("expires", "key", "uses_left")
+    __slots__ = ("aead", "expires", "uses_left")
 
     def __init__(self, key: bytes, expires: float, uses: int) -> None:
-        self.key = key
+        self.aead = AESGCM(key)
         self.expires = expires
         self.uses_left = uses
 
@@ -155,7 +158,8 @@ class KeyResolver:
         if data_key is None or data_key.expires <= now or data_key.uses_left <= 0:
             data_key = await self._unwrap(stored, now)
         data_key.uses_left -= 1
-        return open_sealed(data_key.key, stored.sealed, stored.context)
+        sealed = stored.sealed
+        return bytearray(data_key.aead.decrypt(sealed.nonce, sealed.ciphertext, stored.aad))
 
     async def _unwrap(self, stored: _StoredProviderKey, now: float) -> _DataKey:
         """Unwrap a data key with the master that wrapped it (off the event loop)."""
@@ -189,6 +193,7 @@ class KeyResolver:
         if row is None:
             return None
         key_id = str(row["id"])
+        context = context_for(customer_id, provider, key_id)
         return _StoredProviderKey(
             key_id,
             Sealed(
@@ -198,5 +203,6 @@ class KeyResolver:
                 row["master_key_id"],
                 row["backend"],
             ),
-            context_for(customer_id, provider, key_id),
+            context,
+            associated_data(context),
         )

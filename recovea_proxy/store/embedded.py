@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 PG_SUBDIR = "pg"
 
@@ -33,8 +34,9 @@ def embedded_url(data_dir: Path) -> str:
         # get_server hands back a cached handle within one process: make sure the
         # server behind it is still (or again) running.
         server.ensure_postgres_running()
-    uri: str = server.get_uri()
-    return uri
+    # pgserver's URI puts the socket directory in the query string unescaped; a '+'
+    # or '&' in the path would change its meaning, so build it escaped.
+    return f"postgresql://postgres:@/postgres?host={quote(str(pg_dir), safe='/')}"
 
 
 def postmaster_pid(data_dir: Path) -> int | None:
