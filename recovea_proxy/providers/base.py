@@ -133,13 +133,40 @@ class WindowTap(StreamTap):
         head, tail = self._head, self._tail
         self._head, self._tail = [], deque()
         if not self._trimmed:
-            data = _data_lines(b"".join((*head, *tail)), whole_start=True)
+            buf = b"".join((*head, *tail))
+            if buf.count(b"\n") > _EDGE_LINES * 2:
+                self.dispatch(
+                    _first_data(buf, self.HEAD_EVENTS) + _last_data(buf, self.TAIL_EVENTS)
+                )
+                return
+            data = _data_lines(buf, whole_start=True)
             cut = max(self.HEAD_EVENTS, len(data) - self.TAIL_EVENTS)
             self.dispatch(data[: self.HEAD_EVENTS] + data[cut:])
             return
-        first = _data_lines(b"".join(head), whole_start=True)[: self.HEAD_EVENTS]
-        last = _data_lines(b"".join(tail), whole_start=False)
-        self.dispatch(first + last[-self.TAIL_EVENTS :])
+        first = _first_data(b"".join(head), self.HEAD_EVENTS)
+        self.dispatch(first + _last_data(b"".join(tail), self.TAIL_EVENTS))
+
+
+# Lines looked at from each edge: enough for 4 events of up to 3 lines (event:, data:,
+# blank) plus comments and pings in between.
+_EDGE_LINES = 16
+
+
+def _first_data(buf: bytes, count: int) -> list[bytes]:
+    """The first `count` complete data lines of a stream's start."""
+    if not count:
+        return []
+    lines = buf.split(b"\n", _EDGE_LINES)
+    lines.pop()  # the rest of the buffer, or an unterminated fragment
+    return [line for line in lines if line[:5] == b"data:"][:count]
+
+
+def _last_data(buf: bytes, count: int) -> list[bytes]:
+    """The last `count` complete data lines of a stream's end."""
+    lines = buf.rsplit(b"\n", _EDGE_LINES)
+    lines.pop()  # after the last line end: empty, or an unterminated fragment
+    del lines[0]  # before the edge window: possibly a partial line
+    return [line for line in lines if line[:5] == b"data:"][-count:]
 
 
 def _data_lines(buf: bytes, *, whole_start: bool) -> list[bytes]:
