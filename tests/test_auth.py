@@ -138,6 +138,11 @@ def test_key_store_down_fails_closed(start_gateway: Callable[..., Gateway], work
         assert post(gw, "rcv_live_" + "C" * 43).status_code == 503
         own.start()
         wait_until(lambda: post(gw, uncached).status_code == 200, 20, "recovery")
+        # The revocation listener reconnects by itself: revocations work again.
+        later = cli_json("key", "create", "--workspace", workspace, env=env)
+        assert post(gw, later["key"]).status_code == 200
+        cli_json("key", "revoke", later["key_id"], env=env)
+        wait_until(lambda: post(gw, later["key"]).status_code == 401, 15, "revocation")
     finally:
         own.stop()
 

@@ -12,6 +12,7 @@ refused with 503 `auth_unavailable`, never served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -94,18 +95,58 @@ class KeyResolver:
         self._provider: dict[tuple[str, str], tuple[float, _StoredProviderKey | None]] = {}
         self._data_keys: dict[str, _DataKey] = {}
         self._listener: asyncpg.Connection | None = None
+        self._listen_url = ""
+        self._reconnect: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self, listen_url: str) -> None:
-        """Listen for revocations (best effort: the TTL still bounds staleness)."""
-        try:
-            self._listener = await asyncpg.connect(listen_url, timeout=5)
-            await self._listener.add_listener(REVOCATIONS_CHANNEL, self._on_revoked)
-        except _STORE_ERRORS as exc:
-            _log.warning("revocation_listener_unavailable", error=type(exc).__name__)
+        """Listen for revocations; if the listener cannot connect (now or later), keep
+        retrying in the background, the TTL bounding staleness meanwhile."""
+        self._listen_url = listen_url
+        if not await self._connect_listener():
+            self._reconnect_later()
 
     async def close(self) -> None:
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
         if self._listener is not None:
             await self._listener.close(timeout=5)
+
+    async def _connect_listener(self) -> bool:
+        try:
+            conn = await asyncpg.connect(self._listen_url, timeout=5)
+            await conn.add_listener(REVOCATIONS_CHANNEL, self._on_revoked)
+        except _STORE_ERRORS as exc:
+            _log.warning("revocation_listener_unavailable", error=type(exc).__name__)
+            return False
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+        return True
+
+    def _on_listener_lost(self, _conn: Any) -> None:
+        self._listener = None
+        if not self._closing:
+            _log.warning("revocation_listener_lost")
+            self._reconnect_later()
+
+    def _reconnect_later(self) -> None:
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.25
+        while not self._closing:
+            await asyncio.sleep(delay)
+            if await self._connect_listener():
+                # Revocations sent while we were deaf are lost: forget every cached key.
+                self._keys.clear()
+                self._hash_by_id.clear()
+                _log.info("revocation_listener_back")
+                return
+            delay = min(delay * 2, 10.0)
 
     def _on_revoked(self, _conn: Any, _pid: int, _channel: str, key_id: str) -> None:
         digest = self._hash_by_id.pop(key_id, None)
