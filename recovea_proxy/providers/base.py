@@ -129,9 +129,20 @@ class WindowTap(StreamTap):
             self._tail_size -= len(tail.popleft())
             self._trimmed = True
 
+    def read_end(self, end: bytes) -> bool:
+        """Settle the usage from the stream's last bytes alone, without parsing events;
+        False to fall back to parsing the edge events. (A cheaper path a provider may
+        offer when its final events have a fixed, compact shape.)"""
+        return False
+
     def close(self) -> None:
         head, tail = self._head, self._tail
         self._head, self._tail = [], deque()
+        if not self.HEAD_EVENTS:
+            last = tail[-1] if tail else (head[-1] if head else b"")
+            end = last if len(last) >= _END_BYTES else b"".join((*head, *tail))[-_END_BYTES:]
+            if self.read_end(end):
+                return
         if not self._trimmed:
             buf = b"".join((*head, *tail))
             if buf.count(b"\n") > _EDGE_LINES * 2:
@@ -150,6 +161,8 @@ class WindowTap(StreamTap):
 # Lines looked at from each edge: enough for 4 events of up to 3 lines (event:, data:,
 # blank) plus comments and pings in between.
 _EDGE_LINES = 16
+# How much of a stream's end `read_end` sees.
+_END_BYTES = 8 * 1024
 
 
 def _first_data(buf: bytes, count: int) -> list[bytes]:

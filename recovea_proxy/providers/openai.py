@@ -130,6 +130,32 @@ class ChatStreamTap(WindowTap):
 
     TAIL_EVENTS = 4  # the finish chunk(s), the usage chunk, [DONE]; or an error
 
+    def read_end(self, end: bytes) -> bool:
+        """The compact shape OpenAI and OpenRouter send: read the finish reason and the
+        usage object by position, parse only the usage object."""
+        if b'"error"' in end or not end.endswith(b"data: [DONE]\n\n"):
+            return False
+        at = end.rfind(b'"usage":{')
+        if at < 0:
+            return False
+        line_end = end.find(b"\n", at)
+        try:
+            # The usage object is the chunk's last key: drop the chunk's closing brace.
+            usage = orjson.loads(end[at + 8 : line_end].rstrip()[:-1])
+        except orjson.JSONDecodeError:
+            return False
+        reason_at = end.rfind(b'"finish_reason":"', 0, at)
+        if reason_at >= 0:
+            start = reason_at + 17
+            self.usage.finish_reason = end[start : end.find(b'"', start)].decode(
+                "utf-8", "replace"
+            )[:64]
+        else:
+            return False
+        chat_usage(usage, self.usage)
+        self.usage.terminal = True
+        return True
+
     def on_event(self, event: dict[str, Any]) -> None:
         if event.get("error"):
             self.usage.error = True
