@@ -6,7 +6,7 @@ requests/s, CPU µs per request of the proxy's process tree (from /proc; for
 CPU per request is the figure that holds on a shared 2-core machine; wall-time
 numbers drift ±25% between runs (see ../shared/PARTS.md).
 
-    python -m bench.run [--requests N] [--concurrency C] [--quick]
+    python -m bench.run [--requests N] [--concurrency C] [--rounds R] [--quick] [--no-pin]
 
 Add a target (e.g. the gateway with metering on) by appending to `targets()`.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -154,6 +155,19 @@ def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 process.wait(5)
 
 
+def _pinned(argv: list[str], cores: str | None) -> list[str]:
+    """`argv` under `taskset -c cores` when pinning is on and taskset exists."""
+    if cores is None or shutil.which("taskset") is None:
+        return argv
+    return ["taskset", "-c", cores, *argv]
+
+
+# Set by --pin: the proxy under test gets the last core to itself; the mock and the
+# load generator share the others. Less migration and cache interference, steadier
+# CPU-per-request figures (throughput then reflects one core per proxy).
+PIN: dict[str, str | None] = {"proxy": None, "others": None}
+
+
 def load(
     url: str, requests: int, concurrency: int, stream: bool, usage: bool, key: str | None
 ) -> dict[str, float]:
@@ -174,7 +188,9 @@ def load(
         argv.append("--include-usage")
     if key:
         argv += ["--key", key]
-    out = subprocess.run(argv, capture_output=True, check=True, timeout=600).stdout
+    out = subprocess.run(
+        _pinned(argv, PIN["others"]), capture_output=True, check=True, timeout=600
+    ).stdout
     result: dict[str, float] = orjson.loads(out)
     return result
 
@@ -203,7 +219,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--quick", action="store_true", help="500 requests, 1 round")
     parser.add_argument("--targets", help="comma-separated subset of targets (default: all)")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let every process float over all cores (default: the proxy under test "
+        "gets the last core, the mock and load generator the others)",
+    )
     args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    if args.pin and cores >= 2:
+        PIN["proxy"] = str(cores - 1)
+        PIN["others"] = f"0-{cores - 2}"
     requests = 500 if args.quick else args.requests
     rounds = 1 if args.quick else args.rounds
     workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
@@ -215,7 +242,10 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         mock = stack.enter_context(
             started(
-                [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)],
+                _pinned(
+                    [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)],
+                    PIN["others"],
+                ),
                 {},
                 workdir / "mock.log",
             )
@@ -233,7 +263,11 @@ def main() -> None:
             stack.callback(stop_embedded_postgres, workdir / target.name)
             key = target.setup(env) if target.setup else None
             proxy = stack.enter_context(
-                started([*target.argv, "--port", str(port)], env, workdir / f"{target.name}.log")
+                started(
+                    _pinned([*target.argv, "--port", str(port)], PIN["proxy"]),
+                    env,
+                    workdir / f"{target.name}.log",
+                )
             )
             base = f"http://127.0.0.1:{port}"
             try:
