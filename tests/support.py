@@ -243,3 +243,17 @@ def cli_json(*args: str, env: dict[str, str], stdin: str | None = None) -> dict[
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = orjson.loads(done.stdout)
     return result
+
+
+def set_provider_key(env: dict[str, str], workspace: str, provider: str, secret: str) -> None:
+    """Store a workspace's provider key with the CLI (key on stdin, as users do)."""
+    cli_json(
+        "provider-key",
+        "set",
+        "--workspace",
+        workspace,
+        "--provider",
+        provider,
+        env=env,
+        stdin=secret + "\n",
+    )

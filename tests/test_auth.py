@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import Gateway, MockServer, Postgres, cli, cli_json, wait_until
+from tests.support import Gateway, MockServer, Postgres, cli, cli_json, set_provider_key, wait_until
 
 PROVIDER_SECRET = "sk-proj-Workspace0penAIKey9xQ7"
 CHAT = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "auth"}]})
@@ -18,16 +18,7 @@ CHAT = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content":
 
 def new_workspace(env: dict[str, str], name: str) -> str:
     workspace: str = cli_json("workspace", "create", name, env=env)["workspace_id"]
-    cli_json(
-        "provider-key",
-        "set",
-        "--workspace",
-        workspace,
-        "--provider",
-        "openai",
-        env=env,
-        stdin=PROVIDER_SECRET + "\n",
-    )
+    set_provider_key(env, workspace, "openai", PROVIDER_SECRET)
     return workspace
 
 
@@ -61,16 +52,7 @@ def test_anthropic_surface_gets_x_api_key(
 ) -> None:
     """On Anthropic the workspace key travels as x-api-key."""
     workspace = new_workspace(db_env, "auth-anthropic")
-    cli_json(
-        "provider-key",
-        "set",
-        "--workspace",
-        workspace,
-        "--provider",
-        "anthropic",
-        env=db_env,
-        stdin="sk-ant-api03-WorkspaceKeyForTests-XYZW\n",
-    )
+    set_provider_key(db_env, workspace, "anthropic", "sk-ant-api03-WorkspaceKeyForTests-XYZW")
     key = cli_json("key", "create", "--workspace", workspace, env=db_env)["key"]
     mock.clear()
     response = httpx.post(

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from recovea_proxy.auth.envelope import context_for, open_sealed, seal
 from recovea_proxy.auth.kms import KmsMasterKey
-from tests.support import Gateway, MockServer, Postgres, cli_json
+from tests.support import Gateway, MockServer, Postgres, cli_json, set_provider_key
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -92,16 +92,7 @@ def test_gateway_serves_with_a_kms_wrapped_key_and_rotation_moves_keys_to_kms(
     gateway (KMS configured) keeps serving with it."""
     local_env = {**own_db, **AWS_ENV, "AWS_ENDPOINT_URL_KMS": kms_endpoint}
     workspace = cli_json("workspace", "create", "kms-rotate", env=local_env)["workspace_id"]
-    cli_json(
-        "provider-key",
-        "set",
-        "--workspace",
-        workspace,
-        "--provider",
-        "openai",
-        env=local_env,
-        stdin="sk-proj-RotateMeToKms-7777\n",
-    )
+    set_provider_key(local_env, workspace, "openai", "sk-proj-RotateMeToKms-7777")
     key = cli_json("key", "create", "--workspace", workspace, env=local_env)["key"]
     kms_env = {**local_env, "RECOVEA_KMS_KEY_ID": kms_key}
     rotated = cli_json("provider-key", "rotate", env=kms_env)
@@ -125,16 +116,7 @@ def test_new_local_master_key_keeps_old_rows_readable(
     """Rotating the local master key re-wraps every row; the old file is kept, retired."""
     env = {**own_db, "RECOVEA_MASTER_KEY_FILE": str(workdir / "rotating" / "master.key")}
     workspace = cli_json("workspace", "create", "local-rotate", env=env)["workspace_id"]
-    cli_json(
-        "provider-key",
-        "set",
-        "--workspace",
-        workspace,
-        "--provider",
-        "openai",
-        env=env,
-        stdin="sk-proj-LocalRotation-8888\n",
-    )
+    set_provider_key(env, workspace, "openai", "sk-proj-LocalRotation-8888")
     before = (workdir / "rotating" / "master.key").read_bytes()
     rotated = cli_json("provider-key", "rotate", "--new-local-key", env=env)
     assert rotated["rewrapped"] >= 1

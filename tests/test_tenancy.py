@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 
 from recovea_proxy.store.database import APP_ROLE
-from tests.support import Postgres, cli_json
+from tests.support import Postgres, cli_json, set_provider_key
 
 TABLES = ("workspaces", "projects", "teams", "rcv_keys", "provider_keys")
 
@@ -34,16 +34,7 @@ def test_unscoped_select_sees_only_the_scoped_workspace(
             "t",
             env=db_env,
         )
-        cli_json(
-            "provider-key",
-            "set",
-            "--workspace",
-            workspace,
-            "--provider",
-            "openai",
-            env=db_env,
-            stdin="sk-test-rls-key-0000\n",
-        )
+        set_provider_key(db_env, workspace, "openai", "sk-test-rls-key-0000")
         ids.append(workspace)
     a, b = ids
 

@@ -80,6 +80,14 @@ async def scope(conn: asyncpg.Connection, workspace_id: str) -> None:
     await conn.execute("SELECT set_config('recovea.customer_id', $1, true)", workspace_id)
 
 
+async def _require_workspace(conn: asyncpg.Connection, workspace: uuid.UUID) -> None:
+    """Fail with a clear message when the workspace does not exist (or is out of scope)."""
+    if not await conn.fetchval(
+        "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1", workspace
+    ):
+        raise OperationError(f"no workspace {workspace}")
+
+
 async def _named(
     conn: asyncpg.Connection, table: str, workspace: uuid.UUID, name: str
 ) -> uuid.UUID:
@@ -114,11 +122,7 @@ async def create_key(
     workspace = parse_id(workspace_id, "workspace id")
     async with conn.transaction():
         await scope(conn, str(workspace))
-        exists = await conn.fetchval(
-            "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1", workspace
-        )
-        if not exists:
-            raise OperationError(f"no workspace {workspace}")
+        await _require_workspace(conn, workspace)
         project_id = (
             await _named(conn, "projects", workspace, check_name(project)) if project else None
         )
@@ -175,11 +179,7 @@ async def set_provider_key(
     sealed = await asyncio.to_thread(seal, master, secret, context)  # KMS is blocking
     async with conn.transaction():
         await scope(conn, str(workspace))
-        exists = await conn.fetchval(
-            "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1", workspace
-        )
-        if not exists:
-            raise OperationError(f"no workspace {workspace}")
+        await _require_workspace(conn, workspace)
         await conn.execute(
             "INSERT INTO recovea.provider_keys (id, customer_id, provider, ciphertext, nonce,"
             " wrapped_data_key, master_key_id, backend, last_four)"
