@@ -147,7 +147,10 @@ async def _serve(
     try:
         await _pipe(rt, surface, upstream, send, receive, record, hide_usage)
     finally:
-        upstream.close() if record.client_gone or record.error_code else upstream.release()
+        if record.client_gone or record.error_code:
+            upstream.close()  # a broken or abandoned response: drop the connection
+        else:
+            upstream.release()
 
 
 async def _pipe(
