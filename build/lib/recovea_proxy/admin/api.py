@@ -1,0 +1,184 @@
+"""`/admin/v1/*`: the management API. An admin rcv_ key manages its own workspace;
+member keys get 403. The operator's workspace (`default`) may also create
+workspaces. Errors use the OpenAI shape; input is validated before anything is
+written, and each operation runs in one transaction.
+
+| method, path                              | what |
+| GET    /admin/v1/workspace                | the caller's workspace |
+| POST   /admin/v1/workspaces               | new workspace + first admin key (operator only) |
+| GET    /admin/v1/keys                     | the workspace's rcv_ keys (last four only) |
+| POST   /admin/v1/keys                     | create a key (shown once) |
+| DELETE /admin/v1/keys/{key_id}            | revoke a key |
+| GET    /admin/v1/provider-keys            | the workspace's provider keys (last four only) |
+| PUT    /admin/v1/provider-keys/{provider} | store a provider key |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from recovea_proxy.admin import operations as ops
+from recovea_proxy.auth.resolver import KeyRecord
+from recovea_proxy.errors import GatewayError, error_body
+from recovea_proxy.headers import split_request_headers
+from recovea_proxy.runtime import Runtime
+
+MAX_BODY = 64 * 1024
+OPERATOR_WORKSPACE = "default"
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+Handler = Callable[[Request, Runtime, KeyRecord], Awaitable[Response]]
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _error(exc: GatewayError) -> Response:
+    return Response(
+        error_body("openai", exc.status, exc.code, exc.message),
+        status_code=exc.status,
+        media_type="application/json",
+    )
+
+
+def _bad(message: str) -> GatewayError:
+    return GatewayError(400, "invalid_request", message)
+
+
+async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise GatewayError(413, "request_too_large", "Request body is larger than 64 KB.")
+    try:
+        body = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        raise _bad("The body must be a JSON object.") from None
+    if not isinstance(body, dict):
+        raise _bad("The body must be a JSON object.")
+    unknown = set(body) - allowed
+    if unknown:
+        raise _bad(f"Unknown field(s): {', '.join(sorted(unknown))[:200]}.")
+    for key, value in body.items():
+        if value is not None and not isinstance(value, str):
+            raise _bad(f"{key} must be a string.")
+    return body
+
+
+def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Authenticate (fail-closed), require the admin role, map errors to responses."""
+
+    async def endpoint(request: Request) -> Response:
+        runtime: Runtime = request.state.runtime
+        try:
+            headers = split_request_headers(request.scope["headers"])
+            key = await runtime.auth.admin_key(headers)
+            if key.role != "admin":
+                raise GatewayError(403, "forbidden", "This route needs an admin key.")
+            return await handler(request, runtime, key)
+        except GatewayError as exc:
+            return _error(exc)
+        except ops.OperationError as exc:
+            return _error(_bad(str(exc)))
+        except _DB_ERRORS:
+            return _error(GatewayError(503, "store_unavailable", "The database is unreachable."))
+
+    return endpoint
+
+
+async def _scoped(
+    runtime: Runtime, key: KeyRecord, work: Callable[[asyncpg.Connection], Awaitable[Any]]
+) -> Any:
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        await ops.scope(conn, key.customer_id)
+        return await work(conn)
+
+
+async def get_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    return _json(await _scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id)))
+
+
+async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    body = await _body(request, {"name", "plan"})
+    caller = await _scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
+    if caller["name"] != OPERATOR_WORKSPACE:
+        raise GatewayError(403, "forbidden", "Only the operator workspace creates workspaces.")
+    async with runtime.pool.acquire() as conn:
+        workspace_id = await ops.create_workspace(
+            conn, body.get("name") or "", body.get("plan") or "free"
+        )
+        first = await ops.create_key(conn, workspace_id, role="admin", env="live")
+    return _json({"id": workspace_id, "admin_key_id": first.id, "admin_key": first.secret}, 201)
+
+
+async def list_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    keys = await _scoped(runtime, key, lambda c: ops.list_keys(c, key.customer_id))
+    return _json({"data": keys})
+
+
+async def create_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    body = await _body(request, {"role", "env", "project", "team"})
+    async with runtime.pool.acquire() as conn:
+        created = await ops.create_key(
+            conn,
+            key.customer_id,
+            role=body.get("role") or "member",
+            env=body.get("env") or "live",
+            project=body.get("project"),
+            team=body.get("team"),
+        )
+    return _json(
+        {
+            "id": created.id,
+            "role": created.role,
+            "env": created.env,
+            "key": created.secret,
+            "last_four": created.last_four,
+        },
+        201,
+    )
+
+
+async def revoke_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    key_id = request.path_params["key_id"]
+    ops.parse_id(key_id, "key id")
+    async with runtime.pool.acquire() as conn:
+        revoked = await ops.revoke_key(conn, key_id, key.customer_id)
+    if not revoked:
+        raise GatewayError(404, "not_found", "No active key with that id in this workspace.")
+    return _json({"id": key_id, "revoked": True})
+
+
+async def list_provider_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    keys = await _scoped(runtime, key, lambda c: ops.list_provider_keys(c, key.customer_id))
+    return _json({"data": keys})
+
+
+async def set_provider_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    provider = request.path_params["provider"]
+    if provider not in ops.PROVIDERS:
+        raise GatewayError(404, "not_found", f"Unknown provider; use one of {ops.PROVIDERS}.")
+    body = await _body(request, {"key"})
+    secret = body.get("key") or ""
+    async with runtime.pool.acquire() as conn:
+        await ops.set_provider_key(conn, runtime.keyring.current, key.customer_id, provider, secret)
+    runtime.auth.forget_provider_key(key.customer_id, provider)
+    return _json({"provider": provider, "last_four": secret.strip()[-4:]})
+
+
+ADMIN_ROUTES = [
+    Route("/admin/v1/workspace", admin(get_workspace), methods=["GET"]),
+    Route("/admin/v1/workspaces", admin(create_workspace), methods=["POST"]),
+    Route("/admin/v1/keys", admin(list_keys), methods=["GET"]),
+    Route("/admin/v1/keys", admin(create_key), methods=["POST"]),
+    Route("/admin/v1/keys/{key_id}", admin(revoke_key), methods=["DELETE"]),
+    Route("/admin/v1/provider-keys", admin(list_provider_keys), methods=["GET"]),
+    Route("/admin/v1/provider-keys/{provider}", admin(set_provider_key), methods=["PUT"]),
+]

@@ -1,0 +1,55 @@
+"""Builds the ASGI app: Starlette for the gateway's own routes, a raw ASGI hot path
+for the provider surfaces, and the lifespan that owns every resource."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+
+from recovea_proxy.admin.api import ADMIN_ROUTES
+from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.config import Settings
+from recovea_proxy.endpoints import ROUTES, not_found
+from recovea_proxy.observability.logging import configure_logging
+from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.proxy import handle
+from recovea_proxy.runtime import open_runtime
+from recovea_proxy.surfaces import SurfaceMap
+
+
+class GatewayApp(Starlette):
+    """Starlette for the gateway's own routes; provider paths skip its middleware stack
+    and go straight to the raw ASGI pipeline (one dict lookup per request)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.surfaces = SurfaceMap()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            surface = self.surfaces.resolve(scope["path"])
+            if surface is not None:
+                await handle(scope["state"]["runtime"], surface, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The gateway app (a factory: `uvicorn --factory recovea_proxy.app:create_app`)."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with open_runtime(settings, metrics) as runtime:
+            yield {"runtime": runtime}
+
+    return GatewayApp(
+        routes=[*ROUTES, *ADMIN_ROUTES],
+        exception_handlers={404: not_found},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,70 @@
+"""Which master key wraps new data keys, and which can unwrap the stored ones.
+
+New provider keys are wrapped by the current master: AWS KMS when
+RECOVEA_KMS_KEY_ID is set, otherwise the local key file. Stored keys are
+unwrapped by the backend and key id recorded with them, so switching backends or
+rotating the local file keeps old rows readable until `provider-key rotate`
+re-wraps them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recovea_proxy.auth.envelope import LocalMasterKey, MasterKey
+from recovea_proxy.config import Settings
+
+RETIRED_SUFFIX = ".retired-"
+
+
+class Keyring:
+    """The current master key plus every key that may still unwrap stored rows."""
+
+    def __init__(self, current: MasterKey, readers: dict[str, MasterKey]) -> None:
+        self.current = current
+        self._readers = {current.key_id: current, **readers}
+
+    def reader(self, backend: str, key_id: str) -> MasterKey:
+        """The master key that wrapped a stored row; KeyError when it is not available."""
+        found = self._readers.get(key_id)
+        if found is None and backend == "kms":
+            from recovea_proxy.auth.kms import KmsMasterKey
+
+            found = self._readers[key_id] = KmsMasterKey(key_id)
+        if found is None:
+            raise KeyError(f"master key {key_id} ({backend}) is not available")
+        return found
+
+
+def master_key_path(settings: Settings) -> Path:
+    return settings.master_key_file or settings.data_dir / "master.key"
+
+
+def load_keyring(settings: Settings) -> Keyring:
+    """Blocking (file reads, boto3 set-up): call it off the event loop."""
+    path = master_key_path(settings)
+    readers: dict[str, MasterKey] = {}
+    for retired in sorted(path.parent.glob(path.name + RETIRED_SUFFIX + "*")):
+        key = LocalMasterKey.load(retired)
+        readers[key.key_id] = key
+    current: MasterKey
+    if settings.kms_key_id:
+        from recovea_proxy.auth.kms import KmsMasterKey
+
+        current = KmsMasterKey(settings.kms_key_id)
+        if path.exists():
+            local = LocalMasterKey.load(path)
+            readers[local.key_id] = local
+    else:
+        current = LocalMasterKey.load_or_create(path)
+    return Keyring(current, readers)
+
+
+def retire_local_key(settings: Settings) -> LocalMasterKey:
+    """Move the local master key aside (still readable) and create a new one."""
+    import time
+
+    path = master_key_path(settings)
+    if path.exists():
+        path.rename(path.with_name(f"{path.name}{RETIRED_SUFFIX}{int(time.time())}"))
+    return LocalMasterKey.load_or_create(path)

@@ -1,0 +1,249 @@
+"""rcv_ key resolution on the hot path, and the workspace's provider key.
+
+A known key costs a dict lookup: resolved keys are cached (positive TTL, short
+negative TTL), provider keys are cached sealed with their unwrapped data key and
+decrypted per request. Revocations arrive over LISTEN/NOTIFY and evict at once;
+the TTL bounds the damage if that channel is down.
+
+Fail-closed: a key that is not cached while the key store cannot be reached is
+refused with 503 `auth_unavailable`, never served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from recovea_proxy.auth.envelope import Sealed, associated_data, context_for
+from recovea_proxy.auth.keyring import Keyring
+from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash
+from recovea_proxy.errors import GatewayError
+
+_log = structlog.get_logger("recovea.auth")
+_STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What the key store says about one rcv_ key."""
+
+    id: str
+    customer_id: str
+    role: str
+    env: str
+    project: str | None
+    team: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredProviderKey:
+    id: str
+    sealed: Sealed
+    context: dict[str, str]
+    aad: bytes
+
+
+class _DataKey:
+    """An unwrapped data key (as a ready AEAD), usable until it expires or runs out
+    of uses."""
+
+    __slots__ = ("aead", "expires", "uses_left")
+
+    def __init__(self, key: bytes, expires: float, uses: int) -> None:
+        self.aead = AESGCM(key)
+        self.expires = expires
+        self.uses_left = uses
+
+
+def unavailable() -> GatewayError:
+    return GatewayError(503, "auth_unavailable", "The key store is unreachable; try again.")
+
+
+def invalid() -> GatewayError:
+    return GatewayError(401, "invalid_api_key", "Invalid API key.")
+
+
+class KeyResolver:
+    """Resolves rcv_ keys and provider keys through caches in front of Postgres."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keyring: Keyring,
+        *,
+        ttl_s: float,
+        negative_ttl_s: float,
+        data_key_ttl_s: float,
+        data_key_max_uses: int,
+    ) -> None:
+        self._pool = pool
+        self._keyring = keyring
+        self._ttl = ttl_s
+        self._negative_ttl = negative_ttl_s
+        self._data_key_ttl = data_key_ttl_s
+        self._data_key_uses = data_key_max_uses
+        self._keys: dict[bytes, tuple[float, KeyRecord | None]] = {}
+        self._hash_by_id: dict[str, bytes] = {}
+        self._provider: dict[tuple[str, str], tuple[float, _StoredProviderKey | None]] = {}
+        self._data_keys: dict[str, _DataKey] = {}
+        self._listener: asyncpg.Connection | None = None
+        self._listen_url = ""
+        self._reconnect: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self, listen_url: str) -> None:
+        """Listen for revocations; if the listener cannot connect (now or later), keep
+        retrying in the background, the TTL bounding staleness meanwhile."""
+        self._listen_url = listen_url
+        if not await self._connect_listener():
+            self._reconnect_later()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+        if self._listener is not None:
+            await self._listener.close(timeout=5)
+
+    async def _connect_listener(self) -> bool:
+        try:
+            conn = await asyncpg.connect(self._listen_url, timeout=5)
+            await conn.add_listener(REVOCATIONS_CHANNEL, self._on_revoked)
+        except _STORE_ERRORS as exc:
+            _log.warning("revocation_listener_unavailable", error=type(exc).__name__)
+            return False
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+        return True
+
+    def _on_listener_lost(self, _conn: Any) -> None:
+        self._listener = None
+        if not self._closing:
+            _log.warning("revocation_listener_lost")
+            self._reconnect_later()
+
+    def _reconnect_later(self) -> None:
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.25
+        while not self._closing:
+            await asyncio.sleep(delay)
+            if await self._connect_listener():
+                # Revocations sent while we were deaf are lost: forget every cached key.
+                self._keys.clear()
+                self._hash_by_id.clear()
+                _log.info("revocation_listener_back")
+                return
+            delay = min(delay * 2, 10.0)
+
+    def _on_revoked(self, _conn: Any, _pid: int, _channel: str, key_id: str) -> None:
+        digest = self._hash_by_id.pop(key_id, None)
+        if digest is not None:
+            self._keys.pop(digest, None)
+
+    async def resolve(self, token: str) -> KeyRecord:
+        """The key's record; GatewayError 401 (unknown/revoked) or 503 (store down)."""
+        digest = key_hash(token)
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[0] > now:
+            if cached[1] is None:
+                raise invalid()
+            return cached[1]
+        try:
+            row = await self._pool.fetchrow("SELECT * FROM recovea.resolve_rcv_key($1)", digest)
+        except _STORE_ERRORS:
+            raise unavailable() from None
+        if row is None or row["revoked"]:
+            self._keys[digest] = (now + self._negative_ttl, None)
+            raise invalid()
+        record = KeyRecord(
+            id=str(row["id"]),
+            customer_id=str(row["customer_id"]),
+            role=row["role"],
+            env=row["env"],
+            project=row["project"],
+            team=row["team"],
+        )
+        self._keys[digest] = (now + self._ttl, record)
+        self._hash_by_id[record.id] = digest
+        return record
+
+    def forget_provider_key(self, customer_id: str, provider: str) -> None:
+        """Drop the cached row of a provider key (it was replaced in this process)."""
+        self._provider.pop((customer_id, provider), None)
+
+    async def provider_key(self, customer_id: str, provider: str) -> bytearray | None:
+        """The workspace's plaintext provider key (a bytearray to overwrite), or None."""
+        now = time.monotonic()
+        cached = self._provider.get((customer_id, provider))
+        if cached is None or cached[0] <= now:
+            cached = (now + self._ttl, await self._load_provider_key(customer_id, provider))
+            self._provider[(customer_id, provider)] = cached
+        stored = cached[1]
+        if stored is None:
+            return None
+        data_key = self._data_keys.get(stored.id)
+        if data_key is None or data_key.expires <= now or data_key.uses_left <= 0:
+            data_key = await self._unwrap(stored, now)
+        data_key.uses_left -= 1
+        sealed = stored.sealed
+        return bytearray(data_key.aead.decrypt(sealed.nonce, sealed.ciphertext, stored.aad))
+
+    async def _unwrap(self, stored: _StoredProviderKey, now: float) -> _DataKey:
+        """Unwrap a data key with the master that wrapped it (off the event loop)."""
+        sealed = stored.sealed
+        try:
+            master = self._keyring.reader(sealed.backend, sealed.master_key_id)
+            key = await asyncio.to_thread(master.unwrap, sealed.wrapped_data_key, stored.context)
+        except Exception as exc:  # KMS down, wrong context, missing key file: fail closed
+            _log.error("provider_key_unwrap_failed", error=type(exc).__name__)
+            raise unavailable() from None
+        data_key = _DataKey(key, now + self._data_key_ttl, self._data_key_uses)
+        self._data_keys[stored.id] = data_key
+        return data_key
+
+    async def _load_provider_key(
+        self, customer_id: str, provider: str
+    ) -> _StoredProviderKey | None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('recovea.customer_id', $1, true)", customer_id
+                )
+                row = await conn.fetchrow(
+                    "SELECT id, ciphertext, nonce, wrapped_data_key, master_key_id, backend"
+                    " FROM recovea.provider_keys WHERE customer_id = $1 AND provider = $2",
+                    uuid.UUID(customer_id),
+                    provider,
+                )
+        except _STORE_ERRORS:
+            raise unavailable() from None
+        if row is None:
+            return None
+        key_id = str(row["id"])
+        context = context_for(customer_id, provider, key_id)
+        return _StoredProviderKey(
+            key_id,
+            Sealed(
+                row["ciphertext"],
+                row["nonce"],
+                row["wrapped_data_key"],
+                row["master_key_id"],
+                row["backend"],
+            ),
+            context,
+            associated_data(context),
+        )

@@ -1,0 +1,142 @@
+"""Settings: every environment variable the gateway reads, parsed once at startup."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value the gateway cannot use."""
+
+
+def _flag(env: Mapping[str, str], name: str, default: str) -> bool:
+    raw = env.get(name, default).strip().lower()
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no", ""):
+        return False
+    raise ConfigError(f"{name} must be on or off, not {raw!r}")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {raw!r}")
+    return value
+
+
+def _optional_pg_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{name} must be a postgresql:// URL")
+    return raw
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, default).strip().rstrip("/")
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http(s) URL, not {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The gateway's configuration; see docs/configuration.md for each field."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".recovea")
+    database_url: str | None = None
+    app_database_url: str | None = None
+    master_key_file: Path | None = None
+    kms_key_id: str | None = None
+    data_key_cache_ttl_s: float = 300.0
+    data_key_max_uses: int = 100_000
+    key_cache_ttl_s: float = 60.0
+    key_negative_ttl_s: float = 5.0
+    upstream_openai: str = "https://api.openai.com"
+    upstream_anthropic: str = "https://api.anthropic.com"
+    upstream_openrouter: str = "https://openrouter.ai/api"
+    passthrough: bool = False
+    max_body_bytes: int = 32 * 1024 * 1024
+    connect_timeout_s: float = 10.0
+    first_byte_timeout_s: float = 600.0
+    idle_read_timeout_s: float = 300.0
+    upstream_max_connections: int = 1000
+    shutdown_grace_s: float = 30.0
+    log_format: str = "json"
+    log_level: str = "info"
+    meter_queue_max: int = 100_000
+    security_contact: str = "mailto:security@example.invalid"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every RECOVEA_* variable, falling back to the documented defaults."""
+        env = os.environ if env is None else env
+        log_format = env.get("RECOVEA_LOG_FORMAT", "").strip().lower()
+        if not log_format:
+            log_format = "console" if _stdout_is_tty() else "json"
+        if log_format not in ("console", "json"):
+            raise ConfigError(f"RECOVEA_LOG_FORMAT must be console or json, not {log_format!r}")
+        data_dir = Path(env.get("RECOVEA_DATA_DIR", ".recovea"))
+        return cls(
+            host=env.get("RECOVEA_HOST", "127.0.0.1"),
+            port=int(_number(env, "RECOVEA_PORT", 8080)),
+            data_dir=data_dir,
+            database_url=_optional_pg_url(env, "RECOVEA_DATABASE_URL"),
+            app_database_url=_optional_pg_url(env, "RECOVEA_APP_DATABASE_URL"),
+            master_key_file=Path(env["RECOVEA_MASTER_KEY_FILE"])
+            if env.get("RECOVEA_MASTER_KEY_FILE")
+            else data_dir / "master.key",
+            kms_key_id=env.get("RECOVEA_KMS_KEY_ID", "").strip() or None,
+            data_key_cache_ttl_s=_number(env, "RECOVEA_DATA_KEY_CACHE_TTL_S", 300, minimum=0),
+            data_key_max_uses=int(_number(env, "RECOVEA_DATA_KEY_MAX_USES", 100_000, minimum=1)),
+            key_cache_ttl_s=_number(env, "RECOVEA_KEY_CACHE_TTL_S", 60, minimum=0.001),
+            key_negative_ttl_s=_number(env, "RECOVEA_KEY_NEGATIVE_TTL_S", 5, minimum=0),
+            upstream_openai=_url(env, "RECOVEA_UPSTREAM_OPENAI", "https://api.openai.com"),
+            upstream_anthropic=_url(env, "RECOVEA_UPSTREAM_ANTHROPIC", "https://api.anthropic.com"),
+            upstream_openrouter=_url(
+                env, "RECOVEA_UPSTREAM_OPENROUTER", "https://openrouter.ai/api"
+            ),
+            passthrough=_flag(env, "RECOVEA_PASSTHROUGH", "off"),
+            max_body_bytes=int(
+                _number(env, "RECOVEA_MAX_BODY_MB", 32, minimum=0.001) * 1024 * 1024
+            ),
+            connect_timeout_s=_number(env, "RECOVEA_CONNECT_TIMEOUT_S", 10, minimum=0.001),
+            first_byte_timeout_s=_number(env, "RECOVEA_FIRST_BYTE_TIMEOUT_S", 600, minimum=0.001),
+            idle_read_timeout_s=_number(env, "RECOVEA_IDLE_READ_TIMEOUT_S", 300, minimum=0.001),
+            upstream_max_connections=int(
+                _number(env, "RECOVEA_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
+            ),
+            shutdown_grace_s=_number(env, "RECOVEA_SHUTDOWN_GRACE_S", 30),
+            log_format=log_format,
+            log_level=env.get("RECOVEA_LOG_LEVEL", "info").strip().lower(),
+            meter_queue_max=int(_number(env, "RECOVEA_METER_QUEUE_MAX", 100_000, minimum=1)),
+            security_contact=env.get("RECOVEA_SECURITY_CONTACT", "mailto:security@example.invalid"),
+        )
+
+    def upstream_for(self, provider: str) -> str:
+        """The configured base URL of a provider."""
+        return {
+            "openai": self.upstream_openai,
+            "anthropic": self.upstream_anthropic,
+            "openrouter": self.upstream_openrouter,
+        }[provider]
+
+
+def _stdout_is_tty() -> bool:
+    try:
+        return os.isatty(1)
+    except OSError:
+        return False

@@ -1,0 +1,130 @@
+"""Which headers cross the gateway, in each direction, and the gateway's own.
+
+Hop-by-hop headers never cross. Credentials are not forwarded as they came: auth
+decides what the provider sees. `x-recovea-*` headers are the gateway's and stay
+here. Everything else passes both ways unchanged (anthropic-version,
+anthropic-beta, OpenAI-Organization, x-stainless-*, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recovea_proxy.observability.redact import redact_text
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Request headers the gateway sets itself (or lets aiohttp set) instead of forwarding.
+_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"accept-encoding"}
+# Response headers replaced by the gateway's own.
+_NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
+
+MAX_TAG_LENGTH = 128
+
+
+@dataclass(slots=True)
+class RequestHeaders:
+    """A request's headers, split into what is forwarded and what the gateway reads."""
+
+    forward: list[tuple[str, str]]
+    authorization: str | None = None
+    api_key: str | None = None
+    feature: str | None = None
+    customer: str | None = None
+    cache: str | None = None
+    trace_id: str | None = None
+    content_length: int | None = None
+
+
+def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
+    """Sort an ASGI header list into forwarded headers and the gateway's inputs."""
+    forward: list[tuple[str, str]] = [("accept-encoding", "identity")]
+    out = RequestHeaders(forward)
+    extra_hop: frozenset[bytes] = frozenset()
+    for name, value in raw:
+        if name in _NOT_FORWARDED:
+            if name == b"content-length":
+                out.content_length = int(value) if value.isdigit() else None
+            elif name == b"connection":
+                extra_hop = frozenset(t.strip().lower() for t in value.split(b","))
+            continue
+        if name == b"authorization":
+            out.authorization = value.decode("latin-1")
+        elif name == b"x-api-key":
+            out.api_key = value.decode("latin-1")
+        elif name.startswith(b"x-recovea-"):
+            _read_gateway_header(out, name, value)
+        else:
+            if name == b"traceparent" and len(value) >= 35:
+                out.trace_id = value[3:35].decode("latin-1")
+            forward.append((name.decode("latin-1"), value.decode("latin-1")))
+    if extra_hop:
+        out.forward = [(n, v) for n, v in forward if n.encode("latin-1") not in extra_hop]
+    return out
+
+
+def clean_tag(value: bytes) -> str | None:
+    """A caller-supplied tag: control characters removed, anything key-shaped masked,
+    cut to MAX_TAG_LENGTH; None when nothing is left."""
+    text = value.decode("utf-8", "replace")
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
+    text = redact_text(text.strip())[:MAX_TAG_LENGTH]
+    return text or None
+
+
+def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None:
+    if name == b"x-recovea-feature":
+        out.feature = clean_tag(value)
+    elif name == b"x-recovea-customer":
+        out.customer = clean_tag(value)
+    elif name == b"x-recovea-cache":
+        out.cache = value.decode("latin-1").strip().lower()
+    elif name == b"x-recovea-trace-id":
+        tag = clean_tag(value)
+        out.trace_id = tag[:64] if tag else None
+
+
+def response_headers(
+    raw: tuple[tuple[bytes, bytes], ...],
+    provider_request_id: bytes,
+    *,
+    keep_length: bool,
+) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """Upstream response headers to return, and the provider's own request id.
+
+    The gateway's own `x-request-id` takes the place of the provider's; the provider's
+    request id (its `provider_request_id` header, else its `x-request-id`) is returned
+    as `x-recovea-upstream-request-id`.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    upstream_id: bytes | None = None
+    fallback_id: bytes | None = None
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in _NOT_RETURNED:
+            if keep_length and lowered == b"content-length":
+                out.append((lowered, value))
+            continue
+        if lowered == provider_request_id:
+            upstream_id = value
+        if lowered == b"x-request-id":
+            fallback_id = value
+            continue
+        out.append((lowered, value))
+    upstream_id = upstream_id or fallback_id
+    if upstream_id is not None:
+        out.append((b"x-recovea-upstream-request-id", upstream_id))
+    return out, upstream_id

@@ -1,0 +1,1 @@
+"""Logging and metrics: how the gateway tells operators what it is doing."""

@@ -1,0 +1,122 @@
+"""structlog set-up: JSON lines (orjson) off a TTY, console on one, always redacted.
+
+The gateway logs one line per request (`event="request"`) plus lifecycle events.
+Standard-library records (uvicorn, aiohttp) go through the same redaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+import structlog
+
+from recovea_proxy.observability.redact import redact_processor
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class _IsoSeconds:
+    """The ISO-8601 UTC prefix of the current second, formatted once per second."""
+
+    second = -1
+    prefix = ""
+
+
+def utc_timestamp(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Adds `timestamp` (ISO 8601, UTC, milliseconds) at a fraction of TimeStamper's cost."""
+    now = time.time()
+    second = int(now)
+    if second != _IsoSeconds.second:
+        _IsoSeconds.second = second
+        _IsoSeconds.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event_dict["timestamp"] = f"{_IsoSeconds.prefix}.{int((now - second) * 1000):03d}Z"
+    return event_dict
+
+
+def configure_logging(log_format: str, level: str = "info") -> None:
+    """Configure structlog and the standard library's root logger once per process."""
+    level_no = _LEVELS.get(level, 20)
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        utc_timestamp,
+        redact_processor,
+    ]
+    if log_format == "json":
+        renderer: Any = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        factory = structlog.PrintLoggerFactory(sys.stdout)
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+    std_renderer: Any = structlog.processors.JSONRenderer() if log_format == "json" else renderer
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, std_renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level_no)
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # The gateway writes its own line per request; uvicorn's access line would repeat it.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
+
+
+class RequestLog:
+    """The one line per request, on the hot path's budget.
+
+    In JSON mode it adds the same timestamp and renders with orjson straight to
+    stdout, skipping the bound logger's per-call copies; in console mode it goes
+    through structlog like every other line. Its fields are the gateway's own ids
+    and counts plus caller tags that were redacted when they were read (see
+    `headers.clean_tag`), so the per-line redaction scan is not repeated here.
+
+    Lines are flushed at most FLUSH_AFTER_S after they are written (or when the
+    stream's buffer fills, or at shutdown), not with a system call per request.
+    """
+
+    FLUSH_AFTER_S = 0.1
+
+    def __init__(self, log_format: str) -> None:
+        self._out = sys.stdout.buffer if log_format == "json" else None
+        self._log = structlog.get_logger("recovea")
+        self._flush_timer: asyncio.TimerHandle | None = None
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """Write one request's body-free fields as the `request` event."""
+        if self._out is None:
+            self._log.info("request", **fields)
+            return
+        fields["event"] = "request"
+        fields["level"] = "info"
+        utc_timestamp(None, "info", fields)
+        self._out.write(orjson.dumps(fields) + b"\n")
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                self.FLUSH_AFTER_S, self.flush
+            )
+
+    def flush(self) -> None:
+        """Push written lines to the stream now."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._out is not None:
+            self._out.flush()

@@ -1,0 +1,290 @@
+"""OpenAI's wire format: endpoints, usage fields, stream taps and the usage opt-in.
+
+Chat Completions and Completions report usage in a stream only when the client asks
+for `stream_options.include_usage`. The gateway always asks, and when the client did
+not, `HiddenUsageFilter` removes the extra usage chunk and the `"usage":null` keys so
+the client receives exactly the stream it would have received directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from recovea_proxy.providers.base import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    MODELS,
+    OTHER,
+    RESPONSES,
+    MarkerTap,
+    Provider,
+    StreamFilter,
+    StreamTap,
+    WindowTap,
+)
+from recovea_proxy.providers.usage import Usage, as_count, nested_count
+
+_EXACT = {
+    "/v1/chat/completions": (CHAT, "/v1/chat/completions"),
+    "/v1/completions": (COMPLETIONS, "/v1/completions"),
+    "/v1/embeddings": (EMBEDDINGS, "/v1/embeddings"),
+    "/v1/responses": (RESPONSES, "/v1/responses"),
+    "/v1/models": (MODELS, "/v1/models"),
+}
+
+# First path segments that get their own metric label; anything else is "/v1/other"
+# so a client cannot grow the label set.
+_KNOWN_SEGMENTS = frozenset(
+    {
+        "assistants",
+        "audio",
+        "batches",
+        "chat",
+        "completions",
+        "containers",
+        "conversations",
+        "embeddings",
+        "evals",
+        "files",
+        "fine_tuning",
+        "images",
+        "models",
+        "moderations",
+        "realtime",
+        "responses",
+        "threads",
+        "uploads",
+        "vector_stores",
+    }
+)
+
+
+def openai_endpoint_of(path: str) -> tuple[str, str]:
+    """Endpoint kind and bounded route template of an OpenAI-style `/v1/...` path."""
+    hit = _EXACT.get(path)
+    if hit is not None:
+        return hit
+    parts = path.split("/", 3)
+    segment = parts[2] if len(parts) > 2 and parts[1] == "v1" else ""
+    if segment == "models":
+        return MODELS, "/v1/models/{model}"
+    if segment in _KNOWN_SEGMENTS:
+        return OTHER, f"/v1/{segment}/*"
+    return OTHER, "/v1/other"
+
+
+def chat_usage(obj: Any, usage: Usage) -> None:
+    """Copy a Chat Completions / Completions / Embeddings `usage` object into `usage`."""
+    if not isinstance(obj, dict):
+        return
+    usage.input_tokens = as_count(obj.get("prompt_tokens"))
+    usage.output_tokens = as_count(obj.get("completion_tokens"))
+    usage.cached_tokens = nested_count(obj, "prompt_tokens_details", "cached_tokens")
+    usage.reasoning_tokens = nested_count(obj, "completion_tokens_details", "reasoning_tokens")
+
+
+def responses_usage(obj: Any, usage: Usage) -> None:
+    """Copy a Responses API `usage` object into `usage`."""
+    if not isinstance(obj, dict):
+        return
+    usage.input_tokens = as_count(obj.get("input_tokens"))
+    usage.output_tokens = as_count(obj.get("output_tokens"))
+    usage.cached_tokens = nested_count(obj, "input_tokens_details", "cached_tokens")
+    usage.reasoning_tokens = nested_count(obj, "output_tokens_details", "reasoning_tokens")
+
+
+def _first_finish_reason(choices: Any) -> str | None:
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict):
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str):
+                    return reason
+    return None
+
+
+def response_outcome(response: Any, usage: Usage) -> None:
+    """Finish reason and terminal state of a Responses API `response` object."""
+    if not isinstance(response, dict):
+        return
+    responses_usage(response.get("usage"), usage)
+    status = response.get("status")
+    details = response.get("incomplete_details")
+    if status == "incomplete" and isinstance(details, dict) and details.get("reason"):
+        usage.finish_reason = str(details["reason"])
+    elif isinstance(status, str):
+        usage.finish_reason = status
+    if status == "failed" or response.get("error"):
+        usage.error = True
+    if status in ("completed", "incomplete", "failed", "cancelled"):
+        usage.terminal = True
+
+
+class ChatStreamTap(WindowTap):
+    """Chat Completions / Completions streams: finish_reason chunk, usage chunk, [DONE]."""
+
+    __slots__ = ()
+
+    TAIL_EVENTS = 4  # the finish chunk(s), the usage chunk, [DONE]; or an error
+
+    def read_end(self, end: bytes) -> bool:
+        """The compact shape OpenAI and OpenRouter send: read the finish reason and the
+        usage object by position, parse only the usage object."""
+        if b'"error"' in end or not end.endswith(b"data: [DONE]\n\n"):
+            return False
+        at = end.rfind(b'"usage":{')
+        if at < 0:
+            return False
+        line_end = end.find(b"\n", at)
+        try:
+            # The usage object is the chunk's last key: drop the chunk's closing brace.
+            usage = orjson.loads(end[at + 8 : line_end].rstrip()[:-1])
+        except orjson.JSONDecodeError:
+            return False
+        reason_at = end.rfind(b'"finish_reason":"', 0, at)
+        if reason_at >= 0:
+            start = reason_at + 17
+            self.usage.finish_reason = end[start : end.find(b'"', start)].decode(
+                "utf-8", "replace"
+            )[:64]
+        else:
+            return False
+        chat_usage(usage, self.usage)
+        self.usage.terminal = True
+        return True
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event.get("error"):
+            self.usage.error = True
+            return
+        reason = _first_finish_reason(event.get("choices"))
+        if reason is not None:
+            self.usage.finish_reason = reason
+        if event.get("usage"):
+            chat_usage(event["usage"], self.usage)
+
+
+class ResponsesStreamTap(MarkerTap):
+    """Responses API streams: the final `response.*` event carries the whole response."""
+
+    __slots__ = ()
+
+    markers = (
+        b'"response.completed"',
+        b'"response.incomplete"',
+        b'"response.failed"',
+        b'"type":"error"',
+        b'"type": "error"',
+    )
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "error":
+            self.usage.error = True
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response_outcome(event.get("response"), self.usage)
+
+
+class HiddenUsageFilter(StreamFilter):
+    """Removes the usage the gateway asked for on the client's behalf from a chat stream:
+    the `"usage":null` key of every chunk and the final usage-only event."""
+
+    __slots__ = ("_drop_blank", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._drop_blank = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._tail + chunk if self._tail else chunk
+        cut = buf.rfind(b"\n") + 1
+        self._tail = buf[cut:]
+        out = buf[:cut]
+        if self._drop_blank:
+            # The usage event's data line ended the previous chunk; its blank line is here.
+            self._drop_blank = False
+            if out[:1] == b"\n":
+                out = out[1:]
+            elif out[:2] == b"\r\n":
+                out = out[2:]
+        if b'"usage":null' in out:
+            out = out.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
+        at = out.find(b'"choices":[]')
+        while at >= 0:
+            start = out.rfind(b"\n", 0, at) + 1
+            end = out.find(b"\n", at)
+            line = out[start:end]
+            if line.startswith(b"data:") and (b'"usage":{' in line or b'"usage": {' in line):
+                blank = out[end + 1 : end + 3]
+                if blank[:1] == b"\n":
+                    end += 1
+                elif blank == b"\r\n":
+                    end += 2
+                elif end + 1 == len(out):
+                    self._drop_blank = True
+                out = out[:start] + out[end + 1 :]
+                at = out.find(b'"choices":[]', start)
+            else:
+                at = out.find(b'"choices":[]', at + 1)
+        return out
+
+    def flush(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        return tail
+
+
+class OpenAI(Provider):
+    """api.openai.com."""
+
+    name = "openai"
+    request_id_header = b"x-request-id"
+    error_shape = "openai"
+
+    def endpoint_of(self, path: str) -> tuple[str, str]:
+        return openai_endpoint_of(path)
+
+    def usage_from_json(self, kind: str, body: Any) -> Usage:
+        usage = Usage()
+        if not isinstance(body, dict):
+            return usage
+        if body.get("error"):
+            usage.error = True
+            return usage
+        usage.terminal = True
+        if kind == RESPONSES:
+            response_outcome(body, usage)
+        elif kind in (CHAT, COMPLETIONS, EMBEDDINGS):
+            chat_usage(body.get("usage"), usage)
+            usage.finish_reason = _first_finish_reason(body.get("choices"))
+        return usage
+
+    def stream_tap(self, kind: str) -> StreamTap | None:
+        if kind in (CHAT, COMPLETIONS):
+            return ChatStreamTap()
+        if kind == RESPONSES:
+            return ResponsesStreamTap()
+        return None
+
+    def prepare_request(self, kind: str, parsed: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
+        if kind not in (CHAT, COMPLETIONS) or parsed.get("stream") is not True:
+            return body, False
+        options = parsed.get("stream_options")
+        if options is None and body[:1] == b"{":
+            # Cheapest exact rewrite: add the one key at the front, keep every byte after.
+            return b'{"stream_options":{"include_usage":true},' + body[1:], True
+        if options is None or (
+            isinstance(options, dict) and options.get("include_usage") is not True
+        ):
+            rewritten = dict(parsed)
+            rewritten["stream_options"] = {**(options or {}), "include_usage": True}
+            return orjson.dumps(rewritten), True
+        return body, False
+
+    def stream_filter(self) -> StreamFilter | None:
+        return HiddenUsageFilter()
+
+
+PROVIDER = OpenAI()

@@ -1,0 +1,43 @@
+"""What a provider reported about one response: token usage, finish reason, outcome.
+
+`Usage` is filled by a provider's parser from a JSON body or by its stream tap as
+SSE lines pass. A count the provider did not report stays None, never 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts and outcome read from one response, normalized across providers.
+
+    `input_tokens` counts every input token, cached ones included (OpenAI's
+    convention; Anthropic's three input fields are summed). `terminal` is True once
+    the provider signalled a normal end; `error` once it reported an error.
+    """
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    finish_reason: str | None = None
+    terminal: bool = False
+    error: bool = False
+
+
+def as_count(value: Any) -> int | None:
+    """A token count as the provider sent it: a non-negative int, or None."""
+    if type(value) is int and value >= 0:
+        return value
+    return None
+
+
+def nested_count(obj: Any, outer: str, inner: str) -> int | None:
+    """`obj[outer][inner]` as a count, None when any level is missing."""
+    details = obj.get(outer) if isinstance(obj, dict) else None
+    if isinstance(details, dict):
+        return as_count(details.get(inner))
+    return None

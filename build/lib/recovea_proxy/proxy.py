@@ -1,0 +1,410 @@
+"""The request pipeline: one coroutine per provider request, read top to bottom.
+
+1. surface (resolved by the dispatcher) → body (bounded) → parse once
+2. auth (fail-closed) → principal
+3. spend cap (fail-closed-hybrid)                          [caps issue]
+4. levers, each through the one fault-catching wrapper     [levers issue]
+5. upstream call on the shared session
+6. response pipe: tap the bytes on their way to the client, unchanged
+7. end: finalize the record                                  (receipt: metering issue)
+8. after the response: report it (log, metrics; later: meter queue, cap settle)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.errors import GatewayError, error_body, stream_error_event
+from recovea_proxy.headers import RequestHeaders, response_headers, split_request_headers
+from recovea_proxy.levers import run_guarded
+from recovea_proxy.observability.redact import redact_text
+from recovea_proxy.providers.base import StreamTap
+from recovea_proxy.record import RequestRecord
+from recovea_proxy.runtime import Runtime
+from recovea_proxy.surfaces import Surface
+from recovea_proxy.upstream import UpstreamUnreachable, classify
+
+# Non-streamed JSON up to this size is buffered whole (usage is read from it and,
+# later, the receipt header needs it); anything else streams through.
+_BUFFER_JSON_MAX = 16 * 1024 * 1024
+_JSON_TYPE = b"application/json"
+_SSE_TYPE = b"text/event-stream"
+_WATCH_AFTER_S = 0.05
+
+
+class ClientGone(Exception):
+    """The client disconnected before the gateway could answer."""
+
+
+class LeverContext:
+    """The mutable request a lever may inspect or rewrite."""
+
+    __slots__ = ("body", "parsed", "record")
+
+    def __init__(self, record: RequestRecord, parsed: dict[str, Any] | None, body: bytes) -> None:
+        self.record = record
+        self.parsed = parsed
+        self.body = body
+
+
+async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve one provider request; always report it, whatever happens."""
+    record = RequestRecord(
+        request_id=os.urandom(16).hex(),
+        trace_id="",
+        started_ns=time.perf_counter_ns(),
+        ts_epoch_ms=time.time_ns() // 1_000_000,
+    )
+    record.method = scope["method"]
+    record.provider = surface.provider.name
+    record.route = surface.route
+    record.kind = surface.kind
+    rt.in_flight += 1
+    try:
+        await _serve(rt, surface, scope, receive, send, record)
+    except GatewayError as exc:
+        record.status_code = exc.status
+        record.error_code = exc.code
+        record.success = False
+        await _send_error(send, record, surface.error_shape, exc)
+    except ClientGone:
+        record.client_gone = True
+        record.success = None
+    except Exception:
+        # A bug, not a provider fault: answer in the caller's shape if nothing was sent yet.
+        record.success = False
+        record.error_code = "internal_error"
+        rt.log.exception("request_failed", request_id=record.request_id)
+        if not record.responded:
+            record.status_code = 500
+            error = GatewayError(500, "internal_error", "The gateway failed to handle the request.")
+            await _send_error(send, record, surface.error_shape, error)
+    finally:
+        record.ended_ns = time.perf_counter_ns()
+        rt.in_flight -= 1
+        rt.finish(record)
+
+
+async def _serve(
+    rt: Runtime, surface: Surface, scope: Scope, receive: Receive, send: Send, record: RequestRecord
+) -> None:
+    headers = split_request_headers(scope["headers"])
+    record.trace_id = headers.trace_id or os.urandom(16).hex()
+    record.feature = headers.feature
+    record.end_user_id = headers.customer
+    body = await _read_body(receive, headers, rt.settings.max_body_bytes)
+    record.request_bytes = len(body)
+    parsed = _parse(body)
+    if parsed is not None:
+        model = parsed.get("model")
+        record.model = model if isinstance(model, str) else None
+        record.stream = parsed.get("stream") is True
+
+    principal = await rt.auth.authenticate(headers, surface.provider)
+    record.workspace_id = principal.workspace_id
+    record.rcv_key_id = principal.key_id
+    record.env = principal.env
+
+    if rt.levers:
+        context = LeverContext(record, parsed, body)
+        for lever in rt.levers:
+            await run_guarded(lever, context, _fault_counter(rt))
+        body, parsed = context.body, context.parsed
+
+    provider = surface.provider
+    hide_usage = False
+    if parsed is not None:
+        body, hide_usage = provider.prepare_request(surface.kind, parsed, body)
+
+    forward = headers.forward
+    forward.extend(principal.upstream_credentials)
+    url = rt.upstream_base[provider.name] + surface.upstream_path
+    query = scope["query_string"]
+    if query:
+        url += "?" + query.decode("latin-1")
+
+    waited = time.perf_counter_ns()
+    try:
+        upstream = await rt.session.request(
+            scope["method"], url, headers=forward, data=body or None, allow_redirects=False
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        kind = classify(exc)
+        rt.metrics.upstream_errors.labels(provider.name, kind).inc()
+        raise GatewayError(
+            502, "upstream_unreachable", f"The provider could not be reached ({kind})."
+        ) from UpstreamUnreachable(kind)
+    finally:
+        record.upstream_wait_ns += time.perf_counter_ns() - waited
+
+    try:
+        await _pipe(rt, surface, upstream, send, receive, record, hide_usage)
+    finally:
+        if record.client_gone or record.error_code:
+            upstream.close()  # a broken or abandoned response: drop the connection
+        else:
+            upstream.release()
+
+
+async def _pipe(
+    rt: Runtime,
+    surface: Surface,
+    upstream: aiohttp.ClientResponse,
+    send: Send,
+    receive: Receive,
+    record: RequestRecord,
+    hide_usage: bool,
+) -> None:
+    """Step 6: the response, from the provider to the client."""
+    record.status_code = upstream.status
+    content_type = upstream.headers.get("content-type", "").encode("latin-1").lower()
+    length = upstream.content_length
+    if (
+        content_type.startswith(_JSON_TYPE)
+        and (length is None or length <= _BUFFER_JSON_MAX)
+        and upstream.headers.get("content-encoding") in (None, "identity")
+    ):
+        await _send_buffered(rt, surface, upstream, send, record)
+        return
+    is_sse = content_type.startswith(_SSE_TYPE)
+    tap = surface.provider.stream_tap(surface.kind) if is_sse else None
+    stream_filter = surface.provider.stream_filter() if is_sse and hide_usage else None
+    out_headers, upstream_id = response_headers(
+        upstream.raw_headers,
+        surface.provider.request_id_header,
+        keep_length=stream_filter is None,
+    )
+    _note_upstream_id(record, upstream_id)
+    _add_gateway_headers(out_headers, record)
+    protocol = upstream.connection.protocol if upstream.connection else None
+    if protocol is not None:
+        # From here on the read timeout is the idle timeout between body chunks.
+        protocol.read_timeout = rt.settings.idle_read_timeout_s
+        protocol.start_timeout()
+    record.responded = True
+    await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
+    watcher = _DisconnectWatcher(receive, record)
+    try:
+        await _stream(rt, surface, upstream, send, record, tap, stream_filter)
+    except asyncio.CancelledError:
+        if not record.client_gone:
+            raise
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+    finally:
+        watcher.stop()
+    _settle_stream(record, tap)
+
+
+async def _stream(
+    rt: Runtime,
+    surface: Surface,
+    upstream: aiohttp.ClientResponse,
+    send: Send,
+    record: RequestRecord,
+    tap: StreamTap | None,
+    stream_filter: Any,
+) -> None:
+    content = upstream.content
+    perf = time.perf_counter_ns
+    try:
+        while True:
+            waited = perf()
+            chunk = await content.readany()
+            record.upstream_wait_ns += perf() - waited
+            if not chunk:
+                break
+            if tap is not None:
+                tap.feed(chunk)
+            if stream_filter is not None:
+                chunk = stream_filter.feed(chunk)
+                if not chunk:
+                    continue
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        tail = stream_filter.flush() if stream_filter is not None else b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        kind = classify(exc)
+        if kind == "timeout":
+            kind = "idle_timeout"
+        rt.metrics.upstream_errors.labels(surface.provider.name, kind).inc()
+        record.error_code = f"upstream_{kind}"
+        rt.log.warning("upstream_stream_broken", request_id=record.request_id, kind=kind)
+        event = stream_error_event(
+            surface.error_shape, record.error_code, f"The provider stream broke ({kind})."
+        )
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+
+
+async def _send_buffered(
+    rt: Runtime,
+    surface: Surface,
+    upstream: aiohttp.ClientResponse,
+    send: Send,
+    record: RequestRecord,
+) -> None:
+    waited = time.perf_counter_ns()
+    try:
+        body = await upstream.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        kind = classify(exc)
+        rt.metrics.upstream_errors.labels(surface.provider.name, kind).inc()
+        record.error_code = "upstream_unreachable"
+        raise GatewayError(
+            502, "upstream_unreachable", f"The provider response broke off ({kind})."
+        ) from exc
+    finally:
+        record.upstream_wait_ns += time.perf_counter_ns() - waited
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    record.usage = surface.provider.usage_from_json(surface.kind, parsed)
+    record.success = 200 <= upstream.status < 300 and not record.usage.error
+    out_headers, upstream_id = response_headers(
+        upstream.raw_headers, surface.provider.request_id_header, keep_length=False
+    )
+    _note_upstream_id(record, upstream_id)
+    out_headers.append((b"content-length", str(len(body)).encode()))
+    _add_gateway_headers(out_headers, record)
+    record.responded = True
+    await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _settle_stream(record: RequestRecord, tap: StreamTap | None) -> None:
+    """Step 7 for a streamed response: what its outcome was."""
+    if tap is not None:
+        tap.close()
+        record.usage = tap.usage
+    if record.client_gone:
+        record.success = None
+    elif record.error_code or not 200 <= record.status_code < 300:
+        record.success = False
+    elif tap is None:
+        record.success = True
+    elif tap.usage.error:
+        record.success = False
+    else:
+        record.success = True if tap.usage.terminal else None
+
+
+class _DisconnectWatcher:
+    """Cancels the streaming task when the client goes away, so the upstream is cut at once.
+
+    The watching task starts only once the stream has lasted `_WATCH_AFTER_S`: a short
+    stream ends before a departed client could cost anything, and pays a timer handle
+    instead of a task.
+    """
+
+    __slots__ = ("_done", "_receive", "_record", "_target", "_task", "_timer")
+
+    def __init__(self, receive: Receive, record: RequestRecord) -> None:
+        self._receive = receive
+        self._record = record
+        self._done = False
+        self._target = asyncio.current_task()
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, self._start)
+
+    def _start(self) -> None:
+        if not self._done:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+        if not self._done and self._target is not None:
+            self._record.client_gone = True
+            self._target.cancel()
+
+    def stop(self) -> None:
+        """The stream ended by itself: stop watching."""
+        self._done = True
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def _read_body(receive: Receive, headers: RequestHeaders, limit: int) -> bytes:
+    if headers.content_length is not None and headers.content_length > limit:
+        raise _too_large(limit)
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, "request_too_large", f"Request body is larger than {limit // (1024 * 1024)} MB."
+    )
+
+
+def _parse(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one (it is forwarded as is)."""
+    if body[:1] != b"{":
+        stripped = body.lstrip()
+        if stripped[:1] != b"{":
+            return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _note_upstream_id(record: RequestRecord, upstream_id: bytes | None) -> None:
+    if upstream_id is not None:
+        record.upstream_request_id = redact_text(upstream_id.decode("latin-1")[:128])
+
+
+def _add_gateway_headers(headers: list[tuple[bytes, bytes]], record: RequestRecord) -> None:
+    headers.append((b"x-request-id", record.request_id.encode()))
+    headers.append((b"x-recovea-trace-id", record.trace_id.encode("latin-1")))
+
+
+async def _send_error(send: Send, record: RequestRecord, shape: str, exc: GatewayError) -> None:
+    body = error_body(shape, exc.status, exc.code, exc.message)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if exc.status in (401, 403, 413):
+        headers.append((b"x-should-retry", b"false"))
+    _add_gateway_headers(headers, record)
+    record.responded = True
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _fault_counter(rt: Runtime) -> Any:
+    def count(layer: str, reason: str) -> None:
+        rt.metrics.fail_open.labels(layer, reason).inc()
+
+    return count

@@ -1,0 +1,59 @@
+"""The per-request record: filled step by step as a request runs, read at its end.
+
+Everything the log line, the metrics and (later) the metering row and receipt need
+is here, and nothing else: no prompt text, no response text, no key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recovea_proxy.providers.usage import Usage
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request's body-free facts."""
+
+    request_id: str
+    trace_id: str
+    #: perf_counter_ns() when the request arrived (for durations)
+    started_ns: int
+    #: wall-clock arrival time, epoch milliseconds (for the ledger)
+    ts_epoch_ms: int
+    method: str = ""
+    provider: str = ""
+    route: str = ""
+    kind: str = ""
+    model: str | None = None
+    stream: bool = False
+    workspace_id: str | None = None
+    rcv_key_id: str | None = None
+    env: str | None = None
+    feature: str | None = None
+    end_user_id: str | None = None
+    request_bytes: int = 0
+    status_code: int = 0
+    upstream_request_id: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    #: True when the provider answered 2xx and signalled a normal end; False on any
+    #: error; None when the outcome is ambiguous (client left, no terminal event).
+    success: bool | None = None
+    error_code: str | None = None
+    client_gone: bool = False
+    #: the response's status line has been sent (an error can no longer be answered)
+    responded: bool = False
+    upstream_wait_ns: int = 0
+    ended_ns: int = 0
+    levers_fired: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def latency_ms(self) -> float:
+        """Wall time from the first byte of the request to the end of the response
+        (microsecond precision)."""
+        return (self.ended_ns - self.started_ns) // 1000 / 1000
+
+    @property
+    def overhead_ms(self) -> float:
+        """Time not spent waiting on the provider (microsecond precision)."""
+        return max(0, self.ended_ns - self.started_ns - self.upstream_wait_ns) // 1000 / 1000

@@ -1,0 +1,117 @@
+"""The resources one gateway process runs with, opened and closed by the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import structlog
+
+from recovea_proxy.auth import Authenticator
+from recovea_proxy.auth.keyring import Keyring, load_keyring
+from recovea_proxy.auth.resolver import KeyResolver
+from recovea_proxy.config import Settings
+from recovea_proxy.levers import Lever, build_chain
+from recovea_proxy.meter.event import event_fields
+from recovea_proxy.observability.logging import RequestLog
+from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.record import RequestRecord
+from recovea_proxy.store.database import app_url, connect, open_pool, owner_url
+from recovea_proxy.store.migrate import apply_migrations
+from recovea_proxy.upstream import open_session
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Settings plus every long-lived object a request uses."""
+
+    settings: Settings
+    metrics: GatewayMetrics
+    session: aiohttp.ClientSession
+    auth: Authenticator
+    levers: tuple[Lever, ...]
+    upstream_base: dict[str, str]
+    pool: asyncpg.Pool
+    keyring: Keyring
+    log: structlog.typing.FilteringBoundLogger
+    request_log: RequestLog
+    ready: bool = False
+    #: provider requests being served (read by the in-flight gauge at scrape time)
+    in_flight: int = 0
+
+    def finish(self, record: RequestRecord) -> None:
+        """Report a finished request: one log line and its metrics."""
+        route = self.metrics.route(record.provider, record.route)
+        route.count(record.status_code)
+        route.duration.observe(record.latency_ms / 1000)
+        route.overhead.observe(record.overhead_ms / 1000)
+        if record.client_gone:
+            self.metrics.client_disconnects.labels(record.provider).inc()
+        self.request_log.write(event_fields(record))
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    await asyncio.wait_for(pool.close(), timeout=10)
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
+    """Migrate, open the pool, the key resolver and the client session; close them in
+    reverse."""
+    async with AsyncExitStack() as stack:
+        owner = await asyncio.to_thread(owner_url, settings)
+        conn = await connect(owner)
+        try:
+            applied = await apply_migrations(conn)
+        finally:
+            await conn.close()
+        app = await asyncio.to_thread(app_url, settings)
+        pool = await open_pool(app)
+        stack.push_async_callback(_close_pool, pool)
+        keyring = await asyncio.to_thread(load_keyring, settings)
+        resolver = KeyResolver(
+            pool,
+            keyring,
+            ttl_s=settings.key_cache_ttl_s,
+            negative_ttl_s=settings.key_negative_ttl_s,
+            data_key_ttl_s=settings.data_key_cache_ttl_s,
+            data_key_max_uses=settings.data_key_max_uses,
+        )
+        await resolver.start(app)
+        stack.push_async_callback(resolver.close)
+        session = open_session(settings)
+        stack.push_async_callback(session.close)
+        runtime = Runtime(
+            settings=settings,
+            metrics=metrics,
+            session=session,
+            auth=Authenticator(passthrough=settings.passthrough, resolver=resolver),
+            levers=build_chain(),
+            pool=pool,
+            keyring=keyring,
+            upstream_base={
+                name: settings.upstream_for(name) for name in ("openai", "anthropic", "openrouter")
+            },
+            log=structlog.get_logger("recovea"),
+            request_log=RequestLog(settings.log_format),
+        )
+        metrics.in_flight.set_function(lambda: runtime.in_flight)
+        started = time.monotonic()
+        runtime.ready = True
+        runtime.log.info(
+            "gateway_started",
+            migrations_applied=applied,
+            passthrough=settings.passthrough,
+            upstreams=runtime.upstream_base,
+        )
+        stack.callback(runtime.request_log.flush)
+        try:
+            yield runtime
+        finally:
+            runtime.ready = False
+            runtime.log.info("gateway_stopping", uptime_s=round(time.monotonic() - started, 1))
