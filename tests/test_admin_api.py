@@ -161,3 +161,15 @@ def _default_id(env: dict[str, str]) -> str:
             await conn.close()
 
     return asyncio.run(fetch())
+
+
+def test_chunked_oversized_body_is_cut_off(gateway: Gateway, admin_setup: dict[str, Any]) -> None:
+    """A body without a length that grows past 64 KB is refused with 413 as it streams."""
+
+    def chunks() -> Any:
+        for _ in range(100):
+            yield b" " * 1024
+
+    response = call(gateway, admin_setup["admin"]["key"], "POST", "/keys", content=chunks())
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
