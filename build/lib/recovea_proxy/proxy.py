@@ -252,8 +252,17 @@ async def _send_buffered(
     record: RequestRecord,
 ) -> None:
     waited = time.perf_counter_ns()
+    parts: list[bytes] = []
+    size = 0
     try:
-        body = await upstream.read()
+        while chunk := await upstream.content.readany():
+            parts.append(chunk)
+            size += len(chunk)
+            if size > _BUFFER_JSON_MAX:
+                record.upstream_wait_ns += time.perf_counter_ns() - waited
+                await _pass_oversized(rt, surface, upstream, send, record, parts)
+                return
+        body = b"".join(parts)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         kind = classify(exc)
         rt.metrics.upstream_errors.labels(surface.provider.name, kind).inc()
@@ -278,6 +287,27 @@ async def _send_buffered(
     record.responded = True
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _pass_oversized(
+    rt: Runtime,
+    surface: Surface,
+    upstream: aiohttp.ClientResponse,
+    send: Send,
+    record: RequestRecord,
+    head: list[bytes],
+) -> None:
+    """A JSON body of unannounced length outgrew the buffer: stream it on, unread."""
+    out_headers, upstream_id = response_headers(
+        upstream.raw_headers, surface.provider.request_id_header, keep_length=False
+    )
+    _note_upstream_id(record, upstream_id)
+    _add_gateway_headers(out_headers, record)
+    record.responded = True
+    await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
+    await send({"type": "http.response.body", "body": b"".join(head), "more_body": True})
+    await _stream(rt, surface, upstream, send, record, None, None)
+    _settle_stream(record, None)
 
 
 def _settle_stream(record: RequestRecord, tap: StreamTap | None) -> None:

@@ -49,14 +49,26 @@ def _error(exc: GatewayError) -> Response:
     )
 
 
+def _too_large() -> GatewayError:
+    return GatewayError(413, "request_too_large", "Request body is larger than 64 KB.")
+
+
 def _bad(message: str) -> GatewayError:
     return GatewayError(400, "invalid_request", message)
 
 
 async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise GatewayError(413, "request_too_large", "Request body is larger than 64 KB.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise _too_large()
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _too_large()
+        parts.append(chunk)
+    raw = b"".join(parts)
     try:
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
