@@ -1,4 +1,5 @@
-"""Anthropic's Messages wire format as the mock writes it: JSON and named SSE events.
+"""Anthropic's Messages wire format as the mock writes it: the message JSON, the named
+SSE events of a stream, token counting and the model list.
 
 Anthropic's `input_tokens` excludes cached input: the mock reports
 `input_tokens = input - cached` and `cache_read_input_tokens = cached`.
@@ -17,27 +18,20 @@ from recovea_proxy.mock_provider.text import pieces, reply_text
 
 def _usage(plan: Plan, output: int) -> dict[str, Any]:
     s = plan.shape
+    cached = min(s.cached_tokens, s.input_tokens)
     return {
-        "input_tokens": max(0, s.input_tokens - s.cached_tokens),
+        "input_tokens": s.input_tokens - cached,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": s.cached_tokens,
+        "cache_read_input_tokens": cached,
         "output_tokens": output,
     }
-
-
-def _output(body: dict[str, Any], plan: Plan) -> tuple[int, str]:
-    limit = body.get("max_tokens")
-    out = plan.shape.output_tokens
-    if isinstance(limit, int) and limit < out:
-        return limit, "max_tokens"
-    return out, "end_turn"
 
 
 def _message(
     body: dict[str, Any], plan: Plan, content: list[Any], stop: str | None
 ) -> dict[str, Any]:
     return {
-        "id": "msg_" + plan.digest[:24],
+        "id": plan.ident("msg_"),
         "type": "message",
         "role": "assistant",
         "model": body.get("model"),
@@ -48,52 +42,80 @@ def _message(
 
 
 def message_json(body: dict[str, Any], plan: Plan) -> bytes:
-    output, stop = _output(body, plan)
+    """A whole `message` body."""
+    output, cut = plan.output_tokens(body.get("max_tokens"))
+    stop = "max_tokens" if cut else "end_turn"
     doc = _message(body, plan, [{"type": "text", "text": reply_text(body)}], stop)
-    if plan.fault != "no-usage":
+    if plan.usage:
         doc["usage"] = _usage(plan, output)
     return orjson.dumps(doc)
 
 
 def _event(kind: str, payload: dict[str, Any]) -> bytes:
-    return (
-        b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **payload}) + b"\n\n"
-    )
+    data = orjson.dumps({"type": kind, **payload})
+    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+_BLOCK_START = _event(
+    "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+)
+_PING = _event("ping", {})
+_BLOCK_STOP = _event("content_block_stop", {"index": 0})
+_MESSAGE_STOP = _event("message_stop", {})
+_DELTA_HEAD = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":'
+)
 
 
 def message_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
     """Every SSE event of a Messages stream, in order."""
-    output, stop = _output(body, plan)
-    usage = plan.fault != "no-usage"
+    output, cut = plan.output_tokens(body.get("max_tokens"))
     start = _message(body, plan, [], None)
-    if usage:
-        start["usage"] = {**_usage(plan, 1)}
+    if plan.usage:
+        start["usage"] = _usage(plan, 1)
     yield _event("message_start", {"message": start})
-    yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-    yield _event("ping", {})
+    yield _BLOCK_START
+    yield _PING
     for piece in pieces(reply_text(body), plan.shape.chunks):
-        yield _event(
-            "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}}
-        )
-    yield _event("content_block_stop", {"index": 0})
-    delta: dict[str, Any] = {"delta": {"stop_reason": stop, "stop_sequence": None}}
-    if usage:
+        yield _DELTA_HEAD + orjson.dumps(piece) + b"}}\n\n"
+    yield _BLOCK_STOP
+    delta: dict[str, Any] = {
+        "delta": {"stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None}
+    }
+    if plan.usage:
         delta["usage"] = {"output_tokens": output}
     yield _event("message_delta", delta)
-    yield _event("message_stop", {})
+    yield _MESSAGE_STOP
 
 
 def count_tokens_json(plan: Plan) -> bytes:
+    """`{"input_tokens": n}` (all input, cached or not)."""
     return orjson.dumps({"input_tokens": plan.shape.input_tokens})
 
 
-def error_json(kind: str, message: str, request_id: str) -> bytes:
-    return orjson.dumps(
-        {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
-    )
+MODELS = (
+    ("claude-sonnet-4-6", "Claude Sonnet 4.6"),
+    ("claude-haiku-4-5", "Claude Haiku 4.5"),
+    ("claude-opus-4-7", "Claude Opus 4.7"),
+)
+_CREATED_AT = "2025-01-01T00:00:00Z"
 
 
-MID_STREAM_ERROR = (
-    b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
-    b'"message":"Overloaded"}}\n\n'
+def _model(model_id: str, name: str) -> dict[str, Any]:
+    return {"type": "model", "id": model_id, "display_name": name, "created_at": _CREATED_AT}
+
+
+def model_json(model_id: str) -> bytes:
+    """One model object (any id is known to the mock)."""
+    return orjson.dumps(_model(model_id, dict(MODELS).get(model_id, model_id)))
+
+
+MODELS_JSON = orjson.dumps(
+    {
+        "data": [_model(model_id, name) for model_id, name in MODELS],
+        "has_more": False,
+        "first_id": MODELS[0][0],
+        "last_id": MODELS[-1][0],
+    }
 )

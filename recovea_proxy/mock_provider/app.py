@@ -1,272 +1,225 @@
-"""The mock provider's aiohttp app: routes, auth, faults and the request journal."""
+"""The mock provider's aiohttp application: its routes and the steps every API request
+goes through — journal, credentials, body, model, first-byte delay, faults, render.
+
+One server answers for three providers whose paths do not clash:
+
+    OpenAI      /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
+                /v1/models[/{model}]
+    Anthropic   /v1/messages, /v1/messages/count_tokens
+                (/v1/models answers in Anthropic's shape to requests with anthropic-version)
+    OpenRouter  /api/v1/... as OpenAI, plus usage always, cost, X-Generation-Id and
+                a keep-alive comment at the start of each stream
+
+Anything else is a 404 in the shape of the provider the path or headers point at.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import gzip
-import hashlib
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from recovea_proxy.mock_provider import anthropic_wire, openai_wire
-from recovea_proxy.mock_provider.controls import MockDefaults, Plan, plan_for
+from recovea_proxy.mock_provider import anthropic_wire, journal, openai_wire, responses_wire
+from recovea_proxy.mock_provider.controls import MockDefaults, Plan, identity, plan_for
+from recovea_proxy.mock_provider.delivery import abort, idle, json_response, stream_response
+from recovea_proxy.mock_provider.errors import (
+    ANTHROPIC_STREAM_ERROR,
+    OPENAI_STREAM_ERROR,
+    OPENROUTER_STREAM_ERROR,
+    Failure,
+    Surface,
+    error_body,
+    responses_stream_error,
+)
 
-DEFAULTS_KEY = web.AppKey("defaults", MockDefaults)
-JOURNAL_KEY: web.AppKey[deque[dict[str, Any]]] = web.AppKey("journal")
-_LONG_WAIT_S = 600.0
-_JSON = "application/json"
-_SSE = "text/event-stream; charset=utf-8"
+DEFAULTS_KEY = web.AppKey("mock_defaults", MockDefaults)
+OPENROUTER_KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
+_MAX_BODY = 64 * 1024 * 1024
+_ANTHROPIC_ORG = "5b1c2d3e-0000-4000-8000-0000000000c4"
+_OPENAI_SURFACES: tuple[tuple[str, Surface], ...] = (("/v1", "openai"), ("/api/v1", "openrouter"))
 
-
-class _Request:
-    """One parsed mock request: surface, body and plan."""
-
-    __slots__ = ("body", "plan", "raw", "surface")
-
-    def __init__(self, surface: str, raw: bytes, body: dict[str, Any], plan: Plan) -> None:
-        self.surface = surface
-        self.raw = raw
-        self.body = body
-        self.plan = plan
-
-    @property
-    def request_id(self) -> str:
-        return "req_" + self.plan.digest[24:48]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Render = Callable[[dict[str, Any], Plan], bytes]
+RenderStream = Callable[[dict[str, Any], Plan], Iterator[bytes]]
 
 
-def _provider_headers(req: _Request) -> dict[str, str]:
-    if req.surface == "anthropic":
-        return {"request-id": req.request_id, "anthropic-organization-id": "org-mock"}
-    headers = {"x-request-id": req.request_id, "openai-processing-ms": "1"}
-    if req.surface == "openrouter":
-        headers["x-generation-id"] = "gen-" + req.plan.digest[:20]
-    return headers
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One API route: its provider, how it renders JSON and (if it can) a stream."""
+
+    surface: Surface
+    render: Render
+    render_stream: RenderStream | None = None
+    stream_error: Callable[[int], bytes] = lambda _index: OPENAI_STREAM_ERROR
+
+
+def _always(event: bytes) -> Callable[[int], bytes]:
+    """A mid-stream error event that does not depend on its position."""
+    return lambda _index: event
+
+
+def provider_headers(surface: Surface, plan: Plan) -> dict[str, str]:
+    """The provider's own response headers (request ids) for one request."""
+    if surface == "anthropic":
+        return {"request-id": plan.request_id, "anthropic-organization-id": _ANTHROPIC_ORG}
+    if surface == "openrouter":
+        return {"x-generation-id": "gen-" + plan.digest[:20]}
+    return {"x-request-id": plan.request_id, "openai-processing-ms": "1"}
 
 
 def _error(
-    req: _Request, status: int, message: str, kind: str, code: str | None = None
+    request: web.Request, surface: Surface, plan: Plan, failure: Failure, detail: str = ""
 ) -> web.Response:
-    if req.surface == "anthropic":
-        body = anthropic_wire.error_json(kind, message, req.request_id)
-    else:
-        body = openai_wire.error_json(status, message, kind, code)
-    headers = _provider_headers(req)
-    if status == 429:
+    headers = provider_headers(surface, plan)
+    if failure is Failure.RATE_LIMIT:
         headers["retry-after"] = "0"
-    return web.Response(body=body, status=status, content_type=_JSON, headers=headers)
+    body = error_body(surface, failure, plan.request_id, detail)
+    return json_response(request, plan, body, headers, failure.status)
 
 
-async def _parse(request: web.Request, surface: str) -> _Request | web.Response:
-    raw = await request.read()
-    _journal(request, raw)
-    try:
-        body = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        body = None
-    plan = plan_for(request.app[DEFAULTS_KEY], request.headers, _identity(raw, body))
-    empty = _Request(surface, raw, {}, plan)
+def _has_key(request: web.Request) -> bool:
     auth = request.headers.get("authorization", "")
-    if not (auth.lower().startswith("bearer ") and auth[7:].strip()) and not request.headers.get(
-        "x-api-key"
-    ):
-        kind = "authentication_error" if surface == "anthropic" else "invalid_request_error"
-        return _error(empty, 401, "No API key provided.", kind, "invalid_api_key")
-    if not isinstance(body, dict):
-        return _error(empty, 400, "Body must be a JSON object.", "invalid_request_error")
-    return _Request(surface, raw, body, plan)
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return True
+    return bool(request.headers.get("x-api-key", "").strip())
 
 
-def _identity(raw: bytes, body: Any) -> bytes:
-    """What ids derive from: the body without `stream_options`, which only shapes the
-    stream's usage (so a gateway that adds it gets the same ids as a direct call)."""
-    if isinstance(body, dict):
-        rest = {k: v for k, v in body.items() if k != "stream_options"}
-        return orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)
-    return raw
+_FAULT_FAILURES = {"500": Failure.SERVER, "429": Failure.RATE_LIMIT, "529": Failure.OVERLOADED}
 
 
-async def _apply_fault(request: web.Request, req: _Request) -> web.Response | None:
-    fault = req.plan.fault
-    if req.plan.shape.first_byte_delay_ms:
-        await asyncio.sleep(req.plan.shape.first_byte_delay_ms / 1000)
-    if fault == "500":
-        kind = "api_error" if req.surface == "anthropic" else "server_error"
-        return _error(req, 500, "The mock failed on purpose.", kind)
-    if fault == "429":
-        return _error(req, 429, "Rate limited by the mock.", "rate_limit_error")
-    if fault == "529":
-        return _error(req, 529, "Overloaded", "overloaded_error")
-    if fault == "reset":
-        if request.transport is not None:
-            request.transport.abort()
-        raise asyncio.CancelledError  # no response at all
-    if fault == "hang":
-        await asyncio.sleep(_LONG_WAIT_S)
-    return None
+async def _admit(
+    request: web.Request, surface: Surface, *, needs_body: bool
+) -> tuple[dict[str, Any], Plan] | web.StreamResponse:
+    """Journal the request and run the steps before rendering: either (body, plan) to
+    render, or the response (an error, a fault) that ends the request here."""
+    raw = await request.read() if needs_body else b""
+    body = journal.parse_json(raw)
+    journal.record(request, raw, body if needs_body else None)
+    ident = identity(raw, body) if needs_body else request.path.encode()
+    plan = plan_for(request.app[DEFAULTS_KEY], request.headers, ident)
+    if not _has_key(request):
+        return _error(request, surface, plan, Failure.AUTH)
+    if not needs_body:
+        body = {}
+    elif not isinstance(body, dict):
+        return _error(request, surface, plan, Failure.BAD_JSON)
+    elif not isinstance(body.get("model"), str) or not body["model"]:
+        return _error(request, surface, plan, Failure.NO_MODEL)
+    if plan.shape.first_byte_delay_ms:
+        if await idle(request, plan.shape.first_byte_delay_ms / 1000):
+            return abort(request)
+    fault = plan.fault
+    if fault is not None:
+        if fault in _FAULT_FAILURES:
+            return _error(request, surface, plan, _FAULT_FAILURES[fault])
+        if fault == "error-200":
+            body_bytes = error_body(surface, Failure.SERVER, plan.request_id)
+            return json_response(request, plan, body_bytes, provider_headers(surface, plan))
+        if fault == "reset":
+            return abort(request)
+        if fault == "hang" and await idle(request):
+            return abort(request)
+    return body, plan
 
 
-async def _json(request: web.Request, req: _Request, body: bytes) -> web.Response:
-    headers = _provider_headers(req)
-    if req.plan.fault == "gzip" and "gzip" in request.headers.get("accept-encoding", ""):
-        headers["content-encoding"] = "gzip"
-        body = gzip.compress(body)
-    return web.Response(body=body, content_type=_JSON, headers=headers)
+def _api_handler(endpoint: Endpoint) -> Handler:
+    prelude = OPENROUTER_KEEPALIVE if endpoint.surface == "openrouter" else b""
 
-
-async def _stream(
-    request: web.Request, req: _Request, events: Iterable[bytes]
-) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"content-type": _SSE, **_provider_headers(req)})
-    await response.prepare(request)
-    delay = req.plan.shape.chunk_delay_ms / 1000
-    fault = req.plan.fault
-    if req.surface == "openrouter":
-        await response.write(b": OPENROUTER PROCESSING\n\n")
-    for index, event in enumerate(events):
-        if index and delay:
-            await asyncio.sleep(delay)
-        if fault == "reset-mid-stream" and index == 3:
-            if request.transport is not None:
-                request.transport.abort()
-            raise asyncio.CancelledError
-        if fault == "stall-mid-stream" and index == 2:
-            await asyncio.sleep(_LONG_WAIT_S)
-        if fault == "error-event" and index == 2:
-            await response.write(
-                anthropic_wire.MID_STREAM_ERROR
-                if req.surface == "anthropic"
-                else openai_wire.MID_STREAM_ERROR
+    async def handler(request: web.Request) -> web.StreamResponse:
+        admitted = await _admit(request, endpoint.surface, needs_body=True)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        body, plan = admitted
+        headers = provider_headers(endpoint.surface, plan)
+        if endpoint.render_stream is not None and body.get("stream") is True:
+            events = endpoint.render_stream(body, plan)
+            return await stream_response(
+                request, plan, headers, events, endpoint.stream_error, prelude
             )
-            break
-        await response.write(event)
-    await response.write_eof()
-    return response
-
-
-def _openai_handler(kind: str, surface: str) -> Any:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        parsed = await _parse(request, surface)
-        if isinstance(parsed, web.Response):
-            return parsed
-        req = parsed
-        if not isinstance(req.body.get("model"), str):
-            return _error(req, 400, "you must provide a model parameter", "invalid_request_error")
-        faulted = await _apply_fault(request, req)
-        if faulted is not None:
-            return faulted
-        stream = req.body.get("stream") is True
-        openrouter = surface == "openrouter"
-        if kind in ("chat", "completions"):
-            legacy = kind == "completions"
-            if stream:
-                return await _stream(
-                    request,
-                    req,
-                    openai_wire.chat_events(
-                        req.body, req.plan, legacy=legacy, openrouter=openrouter
-                    ),
-                )
-            body = openai_wire.chat_json(req.body, req.plan, legacy=legacy, openrouter=openrouter)
-        elif kind == "responses":
-            if stream:
-                return await _stream(request, req, openai_wire.responses_events(req.body, req.plan))
-            body = openai_wire.responses_json(req.body, req.plan)
-        else:
-            body = openai_wire.embeddings_json(req.body, req.plan)
-        return await _json(request, req, body)
+        return json_response(request, plan, endpoint.render(body, plan), headers)
 
     return handler
 
 
-def _anthropic_handler(count_tokens: bool) -> Any:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        parsed = await _parse(request, "anthropic")
-        if isinstance(parsed, web.Response):
-            return parsed
-        req = parsed
-        if not isinstance(req.body.get("model"), str):
-            return _error(req, 400, "model: Field required", "invalid_request_error")
-        faulted = await _apply_fault(request, req)
-        if faulted is not None:
-            return faulted
-        if count_tokens:
-            return await _json(request, req, anthropic_wire.count_tokens_json(req.plan))
-        if req.body.get("stream") is True:
-            return await _stream(request, req, anthropic_wire.message_events(req.body, req.plan))
-        return await _json(request, req, anthropic_wire.message_json(req.body, req.plan))
-
-    return handler
+def _request_surface(request: web.Request) -> Surface:
+    if request.path.startswith("/api/"):
+        return "openrouter"
+    if "anthropic-version" in request.headers:
+        return "anthropic"
+    return "openai"
 
 
-async def _models(request: web.Request) -> web.Response:
-    _journal(request, b"")
+async def _models(request: web.Request) -> web.StreamResponse:
+    surface = _request_surface(request)
+    admitted = await _admit(request, surface, needs_body=False)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    _, plan = admitted
     model = request.match_info.get("model")
-    body = orjson.dumps(openai_wire.model_json(model)) if model else openai_wire.models_json()
-    return web.Response(body=body, content_type=_JSON, headers={"x-request-id": "req_models"})
+    wire = anthropic_wire if surface == "anthropic" else openai_wire
+    body = wire.model_json(model) if model else wire.MODELS_JSON
+    return json_response(request, plan, body, provider_headers(surface, plan))
 
 
-async def _echo(request: web.Request) -> web.Response:
+async def _not_found(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
-    _journal(request, raw)
-    return web.json_response(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string,
-            "headers": {k.lower(): v for k, v in request.headers.items()},
-            "body_sha256": hashlib.sha256(raw).hexdigest(),
-        },
-        headers={"x-request-id": "req_echo"},
-    )
+    journal.record(request, raw, journal.parse_json(raw))
+    surface = _request_surface(request)
+    plan = plan_for(request.app[DEFAULTS_KEY], request.headers, raw)
+    detail = f" ({request.method} {request.path})"
+    return _error(request, surface, plan, Failure.NOT_FOUND, detail)
 
 
-def _journal(request: web.Request, raw: bytes) -> None:
-    try:
-        body = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        body = None
-    request.app[JOURNAL_KEY].append(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string,
-            "headers": {k.lower(): v for k, v in request.headers.items()},
-            "body": body,
-            "body_bytes": len(raw),
-        }
-    )
-
-
-async def _journal_list(request: web.Request) -> web.Response:
-    journal = request.app[JOURNAL_KEY]
-    return web.Response(body=orjson.dumps([*journal]), content_type=_JSON)
-
-
-async def _journal_clear(request: web.Request) -> web.Response:
-    request.app[JOURNAL_KEY].clear()
-    return web.Response(status=204)
+def _endpoints(surface: Surface) -> dict[str, Endpoint]:
+    """The OpenAI-format endpoints, for OpenAI itself or for OpenRouter."""
+    openrouter = surface == "openrouter"
+    stream_error = OPENROUTER_STREAM_ERROR if openrouter else OPENAI_STREAM_ERROR
+    chat: dict[str, Endpoint] = {}
+    for path, legacy in (("chat/completions", False), ("completions", True)):
+        chat[path] = Endpoint(
+            surface,
+            partial(openai_wire.chat_json, legacy=legacy, openrouter=openrouter),
+            partial(openai_wire.chat_events, legacy=legacy, openrouter=openrouter),
+            _always(stream_error),
+        )
+    return {
+        **chat,
+        "embeddings": Endpoint(surface, openai_wire.embeddings_json),
+        "responses": Endpoint(
+            surface,
+            responses_wire.responses_json,
+            responses_wire.responses_events,
+            responses_stream_error,
+        ),
+    }
 
 
 def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
     """The mock provider (OpenAI under /v1, Anthropic /v1/messages, OpenRouter /api/v1)."""
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=_MAX_BODY)
     app[DEFAULTS_KEY] = defaults or MockDefaults()
-    app[JOURNAL_KEY] = deque(maxlen=200)
+    app[journal.JOURNAL_KEY] = journal.new_journal()
     routes = app.router
-    for prefix, surface in (("/v1", "openai"), ("/api/v1", "openrouter")):
-        routes.add_post(f"{prefix}/chat/completions", _openai_handler("chat", surface))
-        routes.add_post(f"{prefix}/completions", _openai_handler("completions", surface))
-        routes.add_post(f"{prefix}/embeddings", _openai_handler("embeddings", surface))
-        routes.add_post(f"{prefix}/responses", _openai_handler("responses", surface))
+    routes.add_get("/_mock/requests", journal.list_requests)
+    routes.add_delete("/_mock/requests", journal.clear_requests)
+    for prefix, surface in _OPENAI_SURFACES:
+        for path, endpoint in _endpoints(surface).items():
+            routes.add_post(f"{prefix}/{path}", _api_handler(endpoint))
         routes.add_get(f"{prefix}/models", _models)
-        routes.add_get(f"{prefix}/models/{{model}}", _models)
-        routes.add_route("*", f"{prefix}/_mock/echo", _echo)
-    routes.add_post("/v1/messages", _anthropic_handler(count_tokens=False))
-    routes.add_post("/v1/messages/count_tokens", _anthropic_handler(count_tokens=True))
-    routes.add_get("/_mock/requests", _journal_list)
-    routes.add_delete("/_mock/requests", _journal_clear)
+        routes.add_get(f"{prefix}/models/{{model:.+}}", _models)
+        routes.add_route("*", f"{prefix}/_mock/echo", journal.echo)
+        routes.add_route("*", f"{prefix}/_mock/echo/{{tail:.*}}", journal.echo)
+    messages = Endpoint(
+        "anthropic",
+        anthropic_wire.message_json,
+        anthropic_wire.message_events,
+        _always(ANTHROPIC_STREAM_ERROR),
+    )
+    count = Endpoint("anthropic", lambda _body, plan: anthropic_wire.count_tokens_json(plan))
+    routes.add_post("/v1/messages", _api_handler(messages))
+    routes.add_post("/v1/messages/count_tokens", _api_handler(count))
+    routes.add_route("*", "/{tail:.*}", _not_found)
     return app

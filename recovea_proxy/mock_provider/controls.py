@@ -1,22 +1,27 @@
-"""What one mock request should look like: token counts, pacing and the fault to inject.
+"""What the mock does for one request: the defaults, the `x-mock-*` header overrides,
+the fault to inject, and the ids derived from the request body.
 
-Defaults come from the command line (`MockDefaults`); each request may override
-them with `x-mock-*` headers, which a gateway forwards like any other header.
+Ids and `created` derive from the sha256 of the request body (made canonical, without
+`stream_options`), so the same request always gets the same bytes back — also when a
+gateway adds `stream_options.include_usage` on the client's behalf.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
-from multidict import CIMultiDictProxy
+import orjson
 
 FAULTS = frozenset(
     {
         "500",
         "429",
         "529",
+        "error-200",
         "reset",
         "reset-mid-stream",
         "hang",
@@ -43,7 +48,7 @@ class MockDefaults:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """One request's behaviour: defaults, header overrides, and derived ids."""
+    """One request's behaviour: the token shape, the fault, and the body digest."""
 
     shape: MockDefaults
     fault: str | None
@@ -53,52 +58,83 @@ class Plan:
     def created(self) -> int:
         return 1_700_000_000 + int(self.digest[:6], 16) % 1_000_000
 
+    @property
+    def request_id(self) -> str:
+        return "req_" + self.digest[24:48]
 
-_INT_HEADERS = {
-    "x-mock-chunks": "chunks",
-    "x-mock-input-tokens": "input_tokens",
-    "x-mock-output-tokens": "output_tokens",
-    "x-mock-cached-tokens": "cached_tokens",
-    "x-mock-reasoning-tokens": "reasoning_tokens",
-}
-_FLOAT_HEADERS = {
-    "x-mock-chunk-delay-ms": "chunk_delay_ms",
-    "x-mock-first-byte-delay-ms": "first_byte_delay_ms",
-}
+    @property
+    def usage(self) -> bool:
+        """False when the request asked for no usage anywhere (`x-mock-fault: no-usage`)."""
+        return self.fault != "no-usage"
+
+    def ident(self, prefix: str) -> str:
+        return prefix + self.digest[:24]
+
+    def output_tokens(self, limit: Any) -> tuple[int, bool]:
+        """(output tokens, cut short by `limit`?) for a request's max-tokens value."""
+        out = self.shape.output_tokens
+        if isinstance(limit, int) and not isinstance(limit, bool) and 0 <= limit < out:
+            return limit, True
+        return out, False
 
 
-def plan_for(defaults: MockDefaults, headers: CIMultiDictProxy[str], identity: bytes) -> Plan:
-    """The plan of one request (header overrides that do not parse are ignored).
+_INT_HEADERS = (
+    ("x-mock-chunks", "chunks"),
+    ("x-mock-input-tokens", "input_tokens"),
+    ("x-mock-output-tokens", "output_tokens"),
+    ("x-mock-cached-tokens", "cached_tokens"),
+    ("x-mock-reasoning-tokens", "reasoning_tokens"),
+)
+_FLOAT_HEADERS = (
+    ("x-mock-chunk-delay-ms", "chunk_delay_ms"),
+    ("x-mock-first-byte-delay-ms", "first_byte_delay_ms"),
+)
 
-    Ids derive from `identity`, so the same request always gets the same bytes back.
-    """
-    changes: dict[str, float | int] = {}
-    for header, field in _INT_HEADERS.items():
+
+def identity(raw: bytes, body: Any) -> bytes:
+    """The bytes ids derive from: the body without `stream_options`, keys sorted."""
+    if isinstance(body, dict):
+        if "stream_options" in body:
+            body = {k: v for k, v in body.items() if k != "stream_options"}
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return raw
+
+
+def plan_for(defaults: MockDefaults, headers: Mapping[str, str], ident: bytes) -> Plan:
+    """The plan of one request; header overrides that do not parse are ignored."""
+    changes: dict[str, Any] = {}
+    for header, field in _INT_HEADERS:
         raw = headers.get(header)
         if raw is not None and raw.strip().isdigit():
             changes[field] = int(raw)
-    for header, field in _FLOAT_HEADERS.items():
+    for header, field in _FLOAT_HEADERS:
         raw = headers.get(header)
         if raw is not None:
             try:
                 changes[field] = max(0.0, float(raw))
             except ValueError:
                 pass
-    shape = replace(defaults, **changes) if changes else defaults  # type: ignore[arg-type]
     fault = headers.get("x-mock-fault")
     return Plan(
-        shape=shape,
+        shape=replace(defaults, **changes) if changes else defaults,
         fault=fault if fault in FAULTS else None,
-        digest=hashlib.sha256(identity).hexdigest(),
+        digest=hashlib.sha256(ident).hexdigest(),
     )
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """The mock's flags (defaults for every request)."""
+    """The mock's flags: defaults for every request."""
     d = MockDefaults()
     parser.add_argument("--chunks", type=int, default=d.chunks, help="content chunks per stream")
-    parser.add_argument("--chunk-delay-ms", type=float, default=d.chunk_delay_ms)
-    parser.add_argument("--first-byte-delay-ms", type=float, default=d.first_byte_delay_ms)
+    parser.add_argument(
+        "--chunk-delay-ms", type=float, default=d.chunk_delay_ms, help="pause between events"
+    )
+    parser.add_argument(
+        "--first-byte-delay-ms",
+        type=float,
+        default=d.first_byte_delay_ms,
+        help="pause before the response headers",
+    )
     parser.add_argument("--input-tokens", type=int, default=d.input_tokens)
     parser.add_argument("--output-tokens", type=int, default=d.output_tokens)
     parser.add_argument("--cached-tokens", type=int, default=d.cached_tokens)

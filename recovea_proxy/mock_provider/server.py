@@ -1,5 +1,5 @@
-"""A local OpenAI-, Anthropic- and OpenRouter-compatible provider for the quickstart,
-the tests and the bench: real wire formats, usage fields, pacing and faults."""
+"""Running the mock on a real socket: inside a caller's event loop (`start_mock`) or as
+its own blocking process on uvloop (`run_mock`, behind `recovea mock-provider`)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,10 @@ import signal
 from aiohttp import web
 
 from recovea_proxy.mock_provider.app import create_mock_app
-from recovea_proxy.mock_provider.controls import MockDefaults, add_cli_arguments, defaults_from_args
+from recovea_proxy.mock_provider.controls import MockDefaults
 
-__all__ = [
-    "MockDefaults",
-    "add_cli_arguments",
-    "create_mock_app",
-    "defaults_from_args",
-    "run_mock",
-    "start_mock",
-]
+SHUTDOWN_TIMEOUT_S = 1.0
+BACKLOG = 1024
 
 
 async def start_mock(
@@ -26,15 +20,21 @@ async def start_mock(
 ) -> tuple[web.AppRunner, int]:
     """Start the mock on a real socket (port 0: any free port); return runner and port."""
     runner = web.AppRunner(
-        create_mock_app(defaults), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        create_mock_app(defaults),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        # A client that goes away cancels its handler: hangs and stalls end with it.
+        handler_cancellation=True,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(bound)
+    try:
+        site = web.TCPSite(runner, host, port, backlog=BACKLOG)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])
 
 
 def run_mock(host: str, port: int, defaults: MockDefaults) -> None:

@@ -1,1 +1,0 @@
-"""Logging and metrics: how the gateway tells operators what it is doing."""

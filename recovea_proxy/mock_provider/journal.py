@@ -1,0 +1,80 @@
+"""What the mock received: a bounded journal of requests, its introspection routes
+(`GET`/`DELETE /_mock/requests`) and the echo route that mirrors a request back.
+
+Every request except the introspection calls is journalled, oldest first, the last
+200 kept: method, path, query, lowercased headers, the body parsed as JSON (null when
+it is not JSON) and the body's length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+JOURNAL_SIZE = 200
+JOURNAL_KEY: web.AppKey[deque[dict[str, Any]]] = web.AppKey("mock_journal")
+_JSON = "application/json"
+
+
+def new_journal() -> deque[dict[str, Any]]:
+    return deque(maxlen=JOURNAL_SIZE)
+
+
+def _headers(request: web.Request) -> dict[str, str]:
+    return {name.lower(): value for name, value in request.headers.items()}
+
+
+def record(request: web.Request, raw: bytes, body: Any) -> None:
+    """Journal one request; `body` is its parsed JSON, or None."""
+    request.app[JOURNAL_KEY].append(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "headers": _headers(request),
+            "body": body,
+            "body_bytes": len(raw),
+        }
+    )
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON, or None when it is empty or not JSON."""
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    """`GET /_mock/requests`: the journal, oldest first."""
+    entries: deque[dict[str, Any]] = request.app[JOURNAL_KEY]
+    return web.Response(body=orjson.dumps([*entries]), content_type=_JSON)
+
+
+async def clear_requests(request: web.Request) -> web.Response:
+    """`DELETE /_mock/requests`: empty the journal."""
+    request.app[JOURNAL_KEY].clear()
+    return web.Response(status=204)
+
+
+async def echo(request: web.Request) -> web.Response:
+    """`ANY …/_mock/echo`: what arrived — method, path, query, headers, body digest."""
+    raw = await request.read()
+    record(request, raw, parse_json(raw))
+    doc = {
+        "method": request.method,
+        "path": request.path,
+        "query": request.query_string,
+        "headers": _headers(request),
+        "body_sha256": hashlib.sha256(raw).hexdigest(),
+    }
+    return web.Response(
+        body=orjson.dumps(doc), content_type=_JSON, headers={"x-request-id": "req_echo"}
+    )
