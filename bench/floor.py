@@ -108,7 +108,10 @@ class Floor:
                 {
                     "type": "http.response.start",
                     "status": 502,
-                    "headers": [(b"content-type", b"application/json")],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(_BAD_GATEWAY)).encode()),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": _BAD_GATEWAY})

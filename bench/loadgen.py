@@ -1,32 +1,57 @@
-"""A closed-loop load generator: C concurrent clients send N requests in total.
+"""The load generator: POSTs one chat body again and again and times each response.
 
-Runs in its own process so its CPU never counts against the proxy under test.
-Prints one JSON object: requests, errors, seconds, rps, p50_ms, p99_ms.
+Two shapes of load:
+
+- closed loop (default): C clients, each sending its next request as soon as the
+  last one was read in full, for N requests in total or for D seconds;
+- open loop (`--rate R`): a request starts every 1/R s whatever is in flight;
+  latency counts from when the request was due, so a slow server cannot hide
+  its queueing (no coordinated omission). Beyond `--max-in-flight` a due
+  request is counted as dropped instead of sent.
+
+A response counts as a success when its status is 200 and, for a stream, it
+ends with `data: [DONE]`. It runs in its own process so its CPU never counts
+against the proxy under test, and prints one JSON object of numbers:
+requests, ok, errors, dropped, seconds, rps, p50_ms, p90_ms, p99_ms, max_ms.
 
     python -m bench.loadgen --url http://127.0.0.1:8080/v1/chat/completions \
-        --requests 2000 --concurrency 16 [--stream]
+        --requests 2000 --concurrency 16 [--stream] [--rate 500] [--duration 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 import uvloop
 
+Fire = Callable[[], Awaitable[bool]]
+_DONE = b"data: [DONE]"
 
-async def run(
-    url: str,
-    requests: int,
-    concurrency: int,
-    stream: bool,
-    chunks: int,
-    include_usage: bool = False,
-    key: str = "sk-bench-0000000000000000",
-) -> dict[str, float]:
+
+@dataclass
+class Tally:
+    """What one run saw: latencies of successful requests (s), failures, drops."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    dropped: int = 0
+
+    def add(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self.latencies.append(seconds)
+        else:
+            self.errors += 1
+
+
+def chat_body(stream: bool, include_usage: bool) -> bytes:
+    """A ~400-byte chat completion request, like a short real prompt."""
     doc: dict[str, object] = {
         "model": "gpt-4o-mini",
         "stream": stream,
@@ -34,70 +59,142 @@ async def run(
     }
     if include_usage:
         doc["stream_options"] = {"include_usage": True}
-    body = orjson.dumps(doc)
-    headers = {
-        "authorization": f"Bearer {key}",
-        "content-type": "application/json",
-        "x-mock-chunks": str(chunks),
-    }
-    latencies: list[float] = []
-    errors = 0
-    remaining = requests
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    return orjson.dumps(doc)
 
-        async def client() -> None:
-            nonlocal remaining, errors
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                try:
-                    async with session.post(url, data=body, headers=headers) as response:
-                        await response.read()
-                        if response.status != 200:
-                            errors += 1
-                except aiohttp.ClientError:
-                    errors += 1
-                latencies.append(time.perf_counter() - started)
 
-        began = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        seconds = time.perf_counter() - began
-    latencies.sort()
+def make_fire(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], stream: bool
+) -> Fire:
+    """One request, read to its end; True when it succeeded."""
+
+    async def fire() -> bool:
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                payload = await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+        if response.status != 200:
+            return False
+        return not stream or payload.rstrip().endswith(_DONE)
+
+    return fire
+
+
+async def closed_loop(
+    fire: Fire, concurrency: int, requests: int | None, duration: float | None
+) -> Tally:
+    """`concurrency` clients back to back until `requests` are sent or `duration` is over."""
+    tally = Tally()
+    remaining = requests if requests is not None else math.inf
+    end = time.perf_counter() + duration if duration is not None else math.inf
+
+    async def client() -> None:
+        nonlocal remaining
+        while remaining > 0 and time.perf_counter() < end:
+            remaining -= 1
+            started = time.perf_counter()
+            ok = await fire()
+            tally.add(ok, time.perf_counter() - started)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return tally
+
+
+async def open_loop(
+    fire: Fire, rate: float, requests: int | None, duration: float | None, max_in_flight: int
+) -> Tally:
+    """One request due every 1/`rate` s, until `requests` are due or `duration` is over."""
+    tally = Tally()
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def timed(due: float) -> None:
+        ok = await fire()
+        tally.add(ok, time.perf_counter() - due)
+
+    start = time.perf_counter()
+    sent = 0
+    while requests is None or sent < requests:
+        due = start + sent / rate
+        if duration is not None and due - start >= duration:
+            break
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)  # pacing the schedule, not waiting on anything
+        if len(in_flight) >= max_in_flight:
+            tally.dropped += 1
+        else:
+            task = asyncio.create_task(timed(due))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        sent += 1
+    await asyncio.gather(*in_flight)
+    return tally
+
+
+def summarize(tally: Tally, seconds: float) -> dict[str, float]:
+    """Counts, throughput and latency percentiles (nearest rank) of a run."""
+    done = sorted(tally.latencies)
+
+    def pct(p: float) -> float:
+        return done[max(0, math.ceil(p * len(done)) - 1)] * 1000 if done else 0.0
+
     return {
-        "requests": len(latencies),
-        "errors": errors,
+        "requests": len(done) + tally.errors,
+        "ok": len(done),
+        "errors": tally.errors,
+        "dropped": tally.dropped,
         "seconds": seconds,
-        "rps": len(latencies) / seconds if seconds else 0.0,
-        "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
-        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-        if latencies
-        else 0.0,
+        "rps": len(done) / seconds if seconds else 0.0,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": done[-1] * 1000 if done else 0.0,
     }
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    """The run `args` describe (see `main`), summarized."""
+    headers = {
+        "authorization": f"Bearer {args.key}",
+        "content-type": "application/json",
+        "x-mock-chunks": str(args.chunks),
+    }
+    requests: int | None = args.requests
+    if requests is None and args.duration is None:
+        requests = 2000
+    limit = args.concurrency if args.rate is None else 0
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0),
+        timeout=aiohttp.ClientTimeout(total=args.timeout),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    ) as session:
+        fire = make_fire(
+            session, args.url, chat_body(args.stream, args.include_usage), headers, args.stream
+        )
+        began = time.perf_counter()
+        if args.rate is None:
+            tally = await closed_loop(fire, args.concurrency, requests, args.duration)
+        else:
+            tally = await open_loop(fire, args.rate, requests, args.duration, args.max_in_flight)
+        return summarize(tally, time.perf_counter() - began)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--stream", action="store_true")
-    parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--url", required=True, help="the chat completions URL")
+    parser.add_argument("--requests", type=int, help="requests in total (default 2000)")
+    parser.add_argument("--duration", type=float, help="seconds to run instead of a count")
+    parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients")
+    parser.add_argument("--rate", type=float, help="open loop: requests per second")
+    parser.add_argument("--max-in-flight", type=int, default=10_000, help="open-loop cap")
+    parser.add_argument("--stream", action="store_true", help='send "stream": true')
+    parser.add_argument("--chunks", type=int, default=16, help="x-mock-chunks for the mock")
     parser.add_argument("--include-usage", action="store_true", help="ask for stream usage")
     parser.add_argument("--key", default="sk-bench-0000000000000000", help="API key to send")
+    parser.add_argument("--timeout", type=float, default=60, help="per-request timeout (s)")
     args = parser.parse_args()
-    result = uvloop.run(
-        run(
-            args.url,
-            args.requests,
-            args.concurrency,
-            args.stream,
-            args.chunks,
-            args.include_usage,
-            args.key,
-        )
-    )
-    print(orjson.dumps(result).decode())
+    print(orjson.dumps(uvloop.run(run(args))).decode())
 
 
 if __name__ == "__main__":

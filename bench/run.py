@@ -1,14 +1,17 @@
 """`make bench`: direct vs floor vs gateway, non-streamed and streamed chat, in one run.
 
-For each target and mode: a warm-up, then a measured closed-loop run. Reported:
-requests/s, CPU µs per request of the proxy's process tree (from /proc; for
-`direct`, the mock's), p50/p99 latency, errors, and the gateway/floor ratios.
-CPU per request is the figure that holds on a shared 2-core machine; wall-time
-numbers drift ±25% between runs (see ../shared/PARTS.md).
+Starts the mock provider, then every target of `bench.targets` side by side (a
+target that does not become ready is skipped with its reason). Each round runs,
+for every target and mode, a warm-up and then a measured closed-loop run of
+`bench.loadgen` in its own process; rounds interleave the targets so drift on a
+shared machine hits them alike, and the report shows per-figure medians.
+Measured: requests/s, CPU µs per request of the target's process tree over the
+measured run only (the mock's for `direct`; the mock's and the embedded
+database's as context), p50/p99 latency, errors, and each gateway's CPU and p50
+over the floor's. Prints a table; writes `bench/results/latest.json`.
 
-    python -m bench.run [--requests N] [--concurrency C] [--rounds R] [--quick] [--no-pin]
-
-Add a target (e.g. the gateway with metering on) by appending to `targets()`.
+    python -m bench.run [--requests N] [--concurrency C] [--rounds R] [--quick]
+                        [--targets floor,gateway] [--no-pin]
 """
 
 from __future__ import annotations
@@ -16,324 +19,238 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import platform
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import orjson
 
-from bench.cpu import tree_cpu_us
+from bench import report
+from bench.cpu import CpuTime, tree_cpu
+from bench.procs import NotReady, free_port, http_ok, pinned, started, tcp_open, wait_ready
+from bench.targets import Target, postmaster_pid, stop_embedded_postgres, targets
 
-RESULTS = Path(__file__).parent / "results"
-# (name, streamed, client asks for stream_options.include_usage). Without it the
-# gateway asks upstream for usage itself (and hides it again), which the floor does not.
+RESULTS = Path(__file__).parent / "results" / "latest.json"
+READY_DEADLINE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A kind of request: streamed or not, and whether the client asks for usage."""
+
+    name: str
+    stream: bool
+    include_usage: bool = False
+
+
+# Without include_usage the gateway asks upstream for usage itself (and hides it
+# again), which the floor does not: the third mode compares like with like.
 MODES = (
-    ("chat", False, False),
-    ("chat-stream-16", True, False),
-    ("chat-stream-16-usage", True, True),
+    Mode("chat", stream=False),
+    Mode("chat-stream-16", stream=True),
+    Mode("chat-stream-16-usage", stream=True, include_usage=True),
 )
 
 
-@dataclass
-class Target:
-    """A proxy to measure: how to start it (None = call the mock directly)."""
+@dataclass(frozen=True)
+class Live:
+    """A started target: where to send requests, which processes to watch."""
 
-    name: str
-    argv: list[str] | None
-    env: dict[str, str] = field(default_factory=dict)
-    ready_path: str = "/healthz"
-    #: prepares the target's data (given its environment) and returns the key to send
-    setup: Callable[[dict[str, str]], str] | None = None
-
-
-def targets(mock_url: str) -> list[Target]:
-    upstreams = {
-        "RECOVEA_UPSTREAM_OPENAI": mock_url,
-        "RECOVEA_UPSTREAM_ANTHROPIC": mock_url,
-        "RECOVEA_PASSTHROUGH": "on",
-        "RECOVEA_LOG_FORMAT": "json",
-    }
-    return [
-        Target("direct", None),
-        Target("floor", [sys.executable, "-m", "bench.floor", "--upstream", mock_url]),
-        Target("gateway", [sys.executable, "-m", "recovea_proxy", "serve"], upstreams),
-        Target(
-            "gateway-auth",
-            [sys.executable, "-m", "recovea_proxy", "serve"],
-            {**upstreams, "RECOVEA_PASSTHROUGH": "off"},
-            setup=workspace_key,
-        ),
-    ]
+    target: Target
+    base_url: str
+    pid: int
+    db_pid: int | None
+    key: str | None
 
 
-def workspace_key(env: dict[str, str]) -> str:
-    """A workspace with an OpenAI key and an rcv_ key, made with the CLI; the rcv_ key."""
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of each run, and the cores the load generator may use."""
 
-    def recovea(*args: str, stdin: str | None = None) -> dict[str, str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "recovea_proxy", *args, "--json"],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env={**os.environ, **env},
-            check=True,
-        )
-        result: dict[str, str] = orjson.loads(done.stdout)
-        return result
-
-    workspace = recovea("workspace", "create", "bench")["workspace_id"]
-    recovea(
-        "provider-key",
-        "set",
-        "--workspace",
-        workspace,
-        "--provider",
-        "openai",
-        stdin="sk-bench-provider-0000000000\n",
-    )
-    return recovea("key", "create", "--workspace", workspace)["key"]
+    requests: int
+    warmup: int
+    concurrency: int
+    others_cores: str | None  # where the load generator runs
 
 
-def stop_embedded_postgres(data_dir: Path) -> None:
-    """Stop the embedded Postgres a target started (it outlives its processes)."""
-    from recovea_proxy.store.embedded import postmaster_pid
-
-    pid = postmaster_pid(data_dir)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], deadline_s: float = 20) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready within {deadline_s}s")
-
-
-@contextlib.contextmanager
-def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
-
-
-def _pinned(argv: list[str], cores: str | None) -> list[str]:
-    """`argv` under `taskset -c cores` when pinning is on and taskset exists."""
-    if cores is None or shutil.which("taskset") is None:
-        return argv
-    return ["taskset", "-c", cores, *argv]
-
-
-# Set by --pin: the proxy under test gets the last core to itself; the mock and the
-# load generator share the others. Less migration and cache interference, steadier
-# CPU-per-request figures (throughput then reflects one core per proxy).
-PIN: dict[str, str | None] = {"proxy": None, "others": None}
-
-
-def load(
-    url: str, requests: int, concurrency: int, stream: bool, usage: bool, key: str | None
-) -> dict[str, float]:
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.loadgen",
-        "--url",
-        url,
-        "--requests",
-        str(requests),
-        "--concurrency",
-        str(concurrency),
-    ]
-    if stream:
+def load(plan: Plan, url: str, mode: Mode, key: str | None, requests: int) -> dict[str, float]:
+    """One load generator run, in its own process; its JSON summary."""
+    argv = [sys.executable, "-m", "bench.loadgen", "--url", url]
+    argv += ["--requests", str(requests), "--concurrency", str(plan.concurrency)]
+    if mode.stream:
         argv.append("--stream")
-    if usage:
+    if mode.include_usage:
         argv.append("--include-usage")
     if key:
         argv += ["--key", key]
-    out = subprocess.run(
-        _pinned(argv, PIN["others"]), capture_output=True, check=True, timeout=600
-    ).stdout
-    result: dict[str, float] = orjson.loads(out)
+    done = subprocess.run(
+        pinned(argv, plan.others_cores), capture_output=True, check=True, timeout=600
+    )
+    result: dict[str, float] = orjson.loads(done.stdout)
     return result
 
 
-def measure(
-    base_url: str,
-    cpu_pid: int,
-    requests: int,
-    concurrency: int,
-    stream: bool,
-    usage: bool,
-    key: str | None = None,
-) -> dict[str, float]:
-    url = f"{base_url}/v1/chat/completions"
-    load(url, max(200, requests // 5), concurrency, stream, usage, key)  # warm-up
-    before = tree_cpu_us(cpu_pid)
-    result = load(url, requests, concurrency, stream, usage, key)
-    result["cpu_us_per_req"] = (tree_cpu_us(cpu_pid) - before) / max(1, result["requests"])
+def measure(plan: Plan, live: Live, mock_pid: int, mode: Mode) -> dict[str, float]:
+    """Warm up, then one measured run with the CPU of the watched trees around it."""
+    url = f"{live.base_url}/v1/chat/completions"
+    load(plan, url, mode, live.key, plan.warmup)
+    watched = {"cpu": live.pid, "mock": mock_pid, "db": live.db_pid}
+    before = {name: tree_cpu(pid) if pid else CpuTime(0, 0) for name, pid in watched.items()}
+    result = load(plan, url, mode, live.key, plan.requests)
+    spent = {
+        name: (tree_cpu(pid) if pid else CpuTime(0, 0)) - before[name]
+        for name, pid in watched.items()
+    }
+    served = max(1.0, result["requests"])
+    result["cpu_us_per_req"] = spent["cpu"].best_us / served
+    result["cpu_stat_us_per_req"] = spent["cpu"].stat_us / served
+    result["mock_cpu_us_per_req"] = spent["mock"].best_us / served
+    result["db_cpu_us_per_req"] = spent["db"].best_us / served
     return result
 
 
-def main() -> None:
+def start_target(
+    stack: contextlib.ExitStack,
+    target: Target,
+    mock_url: str,
+    mock_pid: int,
+    workdir: Path,
+    proxy_cores: str | None,
+) -> Live:
+    """Start `target` (NotReady if it cannot be started) and keep it until `stack` closes."""
+    if target.argv is None:
+        return Live(target, mock_url, mock_pid, None, None)
+    data_dir = workdir / target.name
+    env = {**target.env, "RECOVEA_DATA_DIR": str(data_dir)}
+    stack.callback(stop_embedded_postgres, data_dir)
+    key = None
+    if target.setup is not None:
+        try:
+            key = target.setup(env)
+        except (
+            subprocess.CalledProcessError,
+            subprocess.TimeoutExpired,
+            ValueError,
+            KeyError,
+        ) as exc:
+            raise NotReady(f"{target.name}: setup failed: {exc}") from exc
+    port = free_port()
+    argv = [*target.argv, "--host", "127.0.0.1", "--port", str(port)]
+    process = stack.enter_context(
+        started(pinned(argv, proxy_cores), env, workdir / f"{target.name}.log")
+    )
+    base = f"http://127.0.0.1:{port}"
+    check = http_ok(base + target.ready_path) if target.ready_path else tcp_open(port)
+    wait_ready(check, process, target.name, READY_DEADLINE_S)
+    return Live(target, base, process.pid, postmaster_pid(data_dir), key)
+
+
+def clean_up(workdir: Path, skipped: dict[str, str]) -> None:
+    """Remove the run's scratch directory, unless a skipped target's log explains why."""
+    if not skipped:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=3000, help="per measured run")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
-    parser.add_argument("--quick", action="store_true", help="500 requests, 1 round")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (median)")
+    parser.add_argument("--quick", action="store_true", help="600 requests, 1 round")
     parser.add_argument("--targets", help="comma-separated subset of targets (default: all)")
     parser.add_argument(
         "--no-pin",
         dest="pin",
         action="store_false",
-        help="let every process float over all cores (default: the proxy under test "
-        "gets the last core, the mock and load generator the others)",
+        help="let every process use every core (default: the target under test gets the "
+        "last core; the mock and the load generator the others)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     cores = os.cpu_count() or 1
-    if args.pin and cores >= 2:
-        PIN["proxy"] = str(cores - 1)
-        PIN["others"] = f"0-{cores - 2}"
-    requests = 500 if args.quick else args.requests
+    pin = args.pin and cores >= 2
+    proxy_cores, others_cores = (str(cores - 1), f"0-{cores - 2}") if pin else (None, None)
+    requests = 600 if args.quick else args.requests
     rounds = 1 if args.quick else args.rounds
-    workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
+    plan = Plan(requests, max(200, requests // 5), args.concurrency, others_cores)
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
-    wanted = set(args.targets.split(",")) if args.targets else None
-    chosen = [t for t in targets(mock_url) if wanted is None or t.name in wanted]
-    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    known = targets(mock_url)
+    wanted = set(args.targets.split(",")) if args.targets else {t.name for t in known}
+    if unknown := wanted - {t.name for t in known}:
+        names = ", ".join(t.name for t in known)
+        raise SystemExit(f"unknown target(s): {', '.join(sorted(unknown))} (known: {names})")
+    chosen = [t for t in known if t.name in wanted]
+    skipped: dict[str, str] = {}
+    runs: report.Runs = {}
+    began = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
     with contextlib.ExitStack() as stack:
+        stack.callback(clean_up, workdir, skipped)  # runs last
+        mock_argv = [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)]
         mock = stack.enter_context(
-            started(
-                _pinned(
-                    [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)],
-                    PIN["others"],
-                ),
-                {},
-                workdir / "mock.log",
-            )
+            started(pinned(mock_argv, others_cores), {}, workdir / "mock.log")
         )
-        wait_ready(f"{mock_url}/v1/models", mock)
-        # Every proxy runs for the whole bench (idle ones cost nothing); rounds
-        # interleave the targets so drift on a shared machine hits them alike.
-        live: list[tuple[Target, str, int, str | None]] = []
+        wait_ready(tcp_open(mock_port), mock, "mock provider", READY_DEADLINE_S)
+        live: list[Live] = []
         for target in chosen:
-            if target.argv is None:
-                live.append((target, mock_url, mock.pid, None))
-                continue
-            port = free_port()
-            env = {**target.env, "RECOVEA_DATA_DIR": str(workdir / target.name)}
-            stack.callback(stop_embedded_postgres, workdir / target.name)
-            key = target.setup(env) if target.setup else None
-            proxy = stack.enter_context(
-                started(
-                    _pinned([*target.argv, "--port", str(port)], PIN["proxy"]),
-                    env,
-                    workdir / f"{target.name}.log",
-                )
-            )
-            base = f"http://127.0.0.1:{port}"
             try:
-                wait_ready(base + target.ready_path, proxy)
-            except RuntimeError as exc:
-                print(f"skipping {target.name}: {exc}", file=sys.stderr)
-                continue
-            live.append((target, base, proxy.pid, key))
-        for _ in range(rounds):
-            for target, base, pid, key in live:
-                for mode, stream, usage in MODES:
-                    result = measure(base, pid, requests, args.concurrency, stream, usage, key)
-                    runs.setdefault((target.name, mode), []).append(result)
-    rows = [
-        {"target": name, "mode": mode, **_median(results)} for (name, mode), results in runs.items()
-    ]
-    report(rows, requests, args.concurrency, rounds)
-
-
-def _median(results: list[dict[str, float]]) -> dict[str, float]:
-    """Per metric, the median over the rounds."""
-    return {key: statistics.median(r[key] for r in results) for key in results[0]}
-
-
-def report(rows: list[dict[str, object]], requests: int, concurrency: int, rounds: int) -> None:
+                live.append(start_target(stack, target, mock_url, mock.pid, workdir, proxy_cores))
+            except NotReady as exc:
+                skipped[target.name] = str(exc)
+                print(f"skipping {exc} (log: {workdir / target.name}.log)", file=sys.stderr)
+        for n in range(rounds):
+            print(f"round {n + 1}/{rounds}", file=sys.stderr, flush=True)
+            for one in live:
+                for mode in MODES:
+                    result = measure(plan, one, mock.pid, mode)
+                    runs.setdefault((one.target.name, mode.name), []).append(result)
+    rows = report.summarize(runs)
+    found = report.ratios(runs, [m.name for m in MODES])
     print(
-        f"\n{requests} requests per run, concurrency {concurrency}, "
-        f"median of {rounds} interleaved rounds\n"
+        f"\n{requests} requests per run (warm-up {plan.warmup}), concurrency "
+        f"{args.concurrency}, median of {rounds} interleaved round(s), "
+        f"{'target pinned to core ' + proxy_cores if proxy_cores else 'unpinned'}, "
+        f"{time.monotonic() - began:.0f} s\n"
     )
-    print(
-        f"{'target':<10} {'mode':<21} {'req/s':>8} {'cpu µs/req':>11} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'errors':>6}"
-    )
-    for row in rows:
-        print(
-            f"{row['target']:<10} {row['mode']:<21} {row['rps']:>8.0f} "
-            f"{row['cpu_us_per_req']:>11.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-            f"{row['errors']:>6.0f}"
-        )
-    by = {(str(r["target"]), str(r["mode"])): r for r in rows}
-    ratios: dict[str, dict[str, float]] = {}
+    print(report.table(rows))
     print()
-    for mode, _, _ in MODES:
-        floor = by.get(("floor", mode))
-        for target in sorted({str(r["target"]) for r in rows} - {"direct", "floor"}):
-            row = by.get((target, mode))
-            if floor is None or row is None:
-                continue
-            cpu = float(row["cpu_us_per_req"]) / float(floor["cpu_us_per_req"])  # type: ignore[arg-type]
-            p50 = float(row["p50_ms"]) / float(floor["p50_ms"])  # type: ignore[arg-type]
-            ratios[f"{target}/floor {mode}"] = {"cpu": round(cpu, 3), "p50": round(p50, 3)}
-            print(f"{target}/floor {mode:<21} cpu x{cpu:.2f}   p50 x{p50:.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_bytes(
-        orjson.dumps(
-            {
-                "requests": requests,
-                "concurrency": concurrency,
-                "rounds": rounds,
-                "rows": rows,
-                "ratios": ratios,
-            },
-            option=orjson.OPT_INDENT_2,
-        )
+    print(report.ratio_lines(found))
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}")
+    report.write_json(
+        RESULTS,
+        {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {"cores": cores, "python": platform.python_version()},
+            "requests": requests,
+            "warmup": plan.warmup,
+            "concurrency": args.concurrency,
+            "rounds": rounds,
+            "pinned": pin,
+            "rows": rows,
+            "runs": [
+                {"target": name, "mode": mode, "rounds": results}
+                for (name, mode), results in runs.items()
+            ],
+            "ratios": found,
+            "skipped": skipped,
+        },
     )
+    print(f"\nwritten to {RESULTS}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; every child process was stopped", file=sys.stderr)
+        raise SystemExit(130) from None

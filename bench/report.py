@@ -1,0 +1,114 @@
+"""The bench's output: per-round results reduced to medians, the gateway/floor
+ratios, the table printed after a run, and the JSON written to
+`bench/results/latest.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+Row = dict[str, Any]
+#: per (target, mode), one load generator result per round, in round order
+Runs = dict[tuple[str, str], list[dict[str, float]]]
+
+_COLUMNS = (
+    # (heading, row key, format)
+    ("req/s", "rps", "{:>8.0f}"),
+    ("cpu µs/req", "cpu_us_per_req", "{:>10.0f}"),
+    ("±%", "cpu_spread_pct", "{:>4.0f}"),
+    ("(ticks)", "cpu_stat_us_per_req", "{:>8.0f}"),
+    ("mock µs/req", "mock_cpu_us_per_req", "{:>11.0f}"),
+    ("db µs/req", "db_cpu_us_per_req", "{:>9.0f}"),
+    ("p50 ms", "p50_ms", "{:>7.2f}"),
+    ("p99 ms", "p99_ms", "{:>7.2f}"),
+    ("errors", "errors", "{:>6.0f}"),
+)
+
+
+def table(rows: list[Row]) -> str:
+    """One line per target and mode, the figures aligned."""
+    name_w = max([len("target"), *(len(r["target"]) for r in rows)])
+    mode_w = max([len("mode"), *(len(r["mode"]) for r in rows)])
+    head = f"{'target':<{name_w}}  {'mode':<{mode_w}}"
+    head += "".join(f"  {h:>{len(fmt.format(0))}}" for h, _, fmt in _COLUMNS)
+    lines = [head]
+    for row in rows:
+        line = f"{row['target']:<{name_w}}  {row['mode']:<{mode_w}}"
+        line += "".join(f"  {fmt.format(row[key])}" for _, key, fmt in _COLUMNS)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def summarize(runs: Runs) -> list[Row]:
+    """One row per target and mode: each figure's median over the rounds, errors
+    summed, and the CPU figure's spread (half its range, in % of the median)."""
+    out: list[Row] = []
+    for (name, mode), results in runs.items():
+        row: Row = {"target": name, "mode": mode}
+        row |= {key: statistics.median(r[key] for r in results) for key in results[0]}
+        row["errors"] = sum(r["errors"] for r in results)
+        cpu = [r["cpu_us_per_req"] for r in results]
+        row["cpu_spread_pct"] = (max(cpu) - min(cpu)) / 2 / row["cpu_us_per_req"] * 100
+        out.append(row)
+    return out
+
+
+def ratios(runs: Runs, modes: list[str]) -> dict[str, dict[str, float]]:
+    """Per gateway-like target and mode, its CPU/request and p50 over the floor's.
+
+    Taken round by round (rounds interleave the targets, so drift common to a round
+    cancels out), then the median over the rounds, with the lowest and highest."""
+    names = dict.fromkeys(n for n, _ in runs if n not in ("direct", "floor"))
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        for mode in modes:
+            floor, target = runs.get(("floor", mode)), runs.get((name, mode))
+            if not floor or not target:
+                continue
+            pairs = [
+                (t, f)
+                for t, f in zip(target, floor, strict=True)
+                if f["cpu_us_per_req"] and f["p50_ms"]
+            ]
+            if not pairs:
+                continue
+            cpu = [t["cpu_us_per_req"] / f["cpu_us_per_req"] for t, f in pairs]
+            with_db = [
+                (t["cpu_us_per_req"] + t["db_cpu_us_per_req"]) / f["cpu_us_per_req"]
+                for t, f in pairs
+            ]
+            p50 = [t["p50_ms"] / f["p50_ms"] for t, f in pairs]
+            out[f"{name}/floor {mode}"] = {
+                "cpu": round(statistics.median(cpu), 3),
+                "cpu_min": round(min(cpu), 3),
+                "cpu_max": round(max(cpu), 3),
+                "cpu_with_db": round(statistics.median(with_db), 3),
+                "p50": round(statistics.median(p50), 3),
+            }
+    return out
+
+
+def ratio_lines(found: dict[str, dict[str, float]]) -> str:
+    """The ratios, one line each."""
+    width = max((len(k) for k in found), default=0)
+    lines = []
+    for key, r in found.items():
+        line = f"{key:<{width}}  cpu x{r['cpu']:.2f} ({r['cpu_min']:.2f}-{r['cpu_max']:.2f})"
+        line += f"  p50 x{r['p50']:.2f}"
+        if r["cpu_with_db"] - r["cpu"] >= 0.01:
+            line += f"  (cpu with its database x{r['cpu_with_db']:.2f})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write `doc` to `path` whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.tmp")
+    partial.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    os.replace(partial, path)

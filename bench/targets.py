@@ -1,0 +1,127 @@
+"""What the bench measures: the ways a client reaches the mock provider.
+
+A target is a command line and its environment; `bench.run` appends
+`--host 127.0.0.1 --port P` and, for the gateway, its own `RECOVEA_DATA_DIR`.
+A gateway variant (metering on, a lever on, auth) is one more `gateway(...)`
+line in `targets()`, with the environment that turns the feature on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+Setup = Callable[[dict[str, str]], str]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A way to reach the mock: `argv` None means the load generator calls it directly."""
+
+    name: str
+    argv: list[str] | None
+    env: dict[str, str] = field(default_factory=dict)
+    #: answers 200 when the target is ready; None: poll a TCP connect instead
+    ready_path: str | None = None
+    #: prepares the target's data (given its environment); returns the API key to send
+    setup: Setup | None = None
+
+
+def targets(mock_url: str) -> list[Target]:
+    """Every target, in the order they are run and reported."""
+    return [
+        Target("direct", None),
+        Target("floor", [sys.executable, "-m", "bench.floor", "--upstream", mock_url]),
+        gateway("gateway", mock_url),
+        gateway("gateway-auth", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=workspace_key),
+    ]
+
+
+def gateway(
+    name: str, mock_url: str, env: dict[str, str] | None = None, setup: Setup | None = None
+) -> Target:
+    """`recovea serve` in passthrough mode in front of the mock, `env` on top."""
+    base = {
+        "RECOVEA_UPSTREAM_OPENAI": mock_url,
+        "RECOVEA_UPSTREAM_ANTHROPIC": mock_url,
+        "RECOVEA_PASSTHROUGH": "on",
+        "RECOVEA_LOG_FORMAT": "json",
+    }
+    return Target(
+        name,
+        [sys.executable, "-m", "recovea_proxy", "serve"],
+        {**base, **(env or {})},
+        ready_path="/readyz",
+        setup=setup,
+    )
+
+
+def workspace_key(env: dict[str, str]) -> str:
+    """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI."""
+
+    def recovea(*args: str, stdin: str | None = None) -> dict[str, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "recovea_proxy", *args, "--json"],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=True,
+            timeout=120,
+        )
+        result: dict[str, str] = orjson.loads(done.stdout)
+        return result
+
+    workspace = recovea("workspace", "create", "bench")["workspace_id"]
+    recovea(
+        "provider-key",
+        "set",
+        "--workspace",
+        workspace,
+        "--provider",
+        "openai",
+        stdin="sk-bench-provider-0000000000\n",
+    )
+    return recovea("key", "create", "--workspace", workspace)["key"]
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The pid of the embedded Postgres a gateway started in `data_dir`, if any."""
+    # Read here rather than imported from recovea_proxy.store.embedded, so that the
+    # bench still runs (and reports the gateway as skipped) when the gateway is broken.
+    try:
+        return int((data_dir / "pg" / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def stop_embedded_postgres(data_dir: Path, deadline_s: float = 10.0) -> None:
+    """Stop the embedded Postgres a target started (it outlives the gateway): a fast
+    shutdown, waited for until the deadline."""
+    pid = postmaster_pid(data_dir)
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + deadline_s
+    while _alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie (a container's init may never reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
