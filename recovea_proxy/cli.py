@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     mock.set_defaults(run=_mock_provider)
 
     from recovea_proxy.admin.commands import add_commands
+    from recovea_proxy.meter.verify_cli import add_command as add_verify_receipt
 
     add_commands(commands)
+    add_verify_receipt(commands)
     return parser
 
 

@@ -78,6 +78,11 @@ class Settings:
     log_format: str = "json"
     log_level: str = "info"
     meter_queue_max: int = 100_000
+    meter_batch_max: int = 5000
+    meter_flush_interval_s: float = 0.2
+    meter_spool_max_mb: float = 256.0
+    maintenance_interval_s: float = 300.0
+    rollup_interval_s: float = 300.0
     security_contact: str = "mailto:security@example.invalid"
 
     @classmethod
@@ -123,6 +128,15 @@ class Settings:
             log_format=log_format,
             log_level=env.get("RECOVEA_LOG_LEVEL", "info").strip().lower(),
             meter_queue_max=int(_number(env, "RECOVEA_METER_QUEUE_MAX", 100_000, minimum=1)),
+            meter_batch_max=int(_number(env, "RECOVEA_METER_BATCH_MAX", 5000, minimum=1)),
+            meter_flush_interval_s=_number(
+                env, "RECOVEA_METER_FLUSH_INTERVAL_S", 0.2, minimum=0.001
+            ),
+            meter_spool_max_mb=_number(env, "RECOVEA_METER_SPOOL_MAX_MB", 256, minimum=0),
+            maintenance_interval_s=_number(
+                env, "RECOVEA_MAINTENANCE_INTERVAL_S", 300, minimum=0.01
+            ),
+            rollup_interval_s=_number(env, "RECOVEA_ROLLUP_INTERVAL_S", 300, minimum=0.01),
             security_contact=env.get("RECOVEA_SECURITY_CONTACT", "mailto:security@example.invalid"),
         )
 

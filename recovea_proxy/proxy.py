@@ -6,13 +6,14 @@
 4. levers, each through the one fault-catching wrapper     [levers issue]
 5. upstream call on the shared session
 6. response pipe: tap the bytes on their way to the client, unchanged
-7. end: finalize the record                                  (receipt: metering issue)
-8. after the response: report it (log, metrics; later: meter queue, cap settle)
+7. end: finalize the record, sign the receipt, send it as the response's last bytes
+8. after the response: report it (log, metrics, meter queue; later: cap settle)
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from typing import Any
@@ -73,7 +74,7 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
         record.status_code = exc.status
         record.error_code = exc.code
         record.success = False
-        await _send_error(send, record, surface.error_shape, exc)
+        await _send_error(rt, send, record, surface.error_shape, exc)
     except ClientGone:
         record.client_gone = True
         record.success = None
@@ -85,7 +86,7 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
         if not record.responded:
             record.status_code = 500
             error = GatewayError(500, "internal_error", "The gateway failed to handle the request.")
-            await _send_error(send, record, surface.error_shape, error)
+            await _send_error(rt, send, record, surface.error_shape, error)
     finally:
         record.ended_ns = time.perf_counter_ns()
         rt.in_flight -= 1
@@ -109,8 +110,11 @@ async def _serve(
 
     principal = await rt.auth.authenticate(headers, surface.provider)
     record.workspace_id = principal.workspace_id
+    record.project_id = principal.project_id
+    record.team_id = principal.team_id
     record.rcv_key_id = principal.key_id
     record.env = principal.env
+    record.request_sha256 = hashlib.sha256(body).hexdigest()
 
     if rt.levers:
         context = LeverContext(record, parsed, body)
@@ -190,18 +194,25 @@ async def _pipe(
         protocol.start_timeout()
     record.responded = True
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
+    hasher = record.response_hash = hashlib.sha256()
     watcher = _DisconnectWatcher(receive, record)
     try:
-        await _stream(rt, surface, upstream, send, record, tap, stream_filter)
+        last = await _stream(rt, surface, upstream, send, record, tap, stream_filter, hasher)
     except asyncio.CancelledError:
         if not record.client_gone:
             raise
         current = asyncio.current_task()
         if current is not None:
             current.uncancel()
+        _settle_stream(record, tap)
+        return
     finally:
         watcher.stop()
     _settle_stream(record, tap)
+    hasher.update(last)
+    if is_sse:
+        last += rt.receipts.sse_line(rt.receipts.sign(record, hasher.hexdigest()))
+    await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 async def _stream(
@@ -212,7 +223,10 @@ async def _stream(
     record: RequestRecord,
     tap: StreamTap | None,
     stream_filter: Any,
-) -> None:
+    hasher: Any,
+) -> bytes:
+    """Pipe the body through; return the last bytes (a filter's tail, or an error event
+    when the provider's stream broke), which the caller sends with the receipt."""
     content = upstream.content
     perf = time.perf_counter_ns
     try:
@@ -228,9 +242,9 @@ async def _stream(
                 chunk = stream_filter.feed(chunk)
                 if not chunk:
                     continue
+            hasher.update(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        tail = stream_filter.flush() if stream_filter is not None else b""
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        return stream_filter.flush() if stream_filter is not None else b""
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         kind = classify(exc)
         if kind == "timeout":
@@ -238,10 +252,9 @@ async def _stream(
         rt.metrics.upstream_errors.labels(surface.provider.name, kind).inc()
         record.error_code = f"upstream_{kind}"
         rt.log.warning("upstream_stream_broken", request_id=record.request_id, kind=kind)
-        event = stream_error_event(
+        return stream_error_event(
             surface.error_shape, record.error_code, f"The provider stream broke ({kind})."
         )
-        await send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 async def _send_buffered(
@@ -284,6 +297,9 @@ async def _send_buffered(
     _note_upstream_id(record, upstream_id)
     out_headers.append((b"content-length", str(len(body)).encode()))
     _add_gateway_headers(out_headers, record)
+    if record.workspace_id is not None:
+        token = rt.receipts.sign(record, hashlib.sha256(body).hexdigest())
+        out_headers.append((b"recovea-receipt", token.encode()))
     record.responded = True
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -305,9 +321,13 @@ async def _pass_oversized(
     _add_gateway_headers(out_headers, record)
     record.responded = True
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
-    await send({"type": "http.response.body", "body": b"".join(head), "more_body": True})
-    await _stream(rt, surface, upstream, send, record, None, None)
+    first = b"".join(head)
+    hasher = record.response_hash = hashlib.sha256(first)
+    await send({"type": "http.response.body", "body": first, "more_body": True})
+    last = await _stream(rt, surface, upstream, send, record, None, None, hasher)
+    hasher.update(last)
     _settle_stream(record, None)
+    await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 def _settle_stream(record: RequestRecord, tap: StreamTap | None) -> None:
@@ -419,7 +439,9 @@ def _add_gateway_headers(headers: list[tuple[bytes, bytes]], record: RequestReco
     headers.append((b"x-recovea-trace-id", record.trace_id.encode("latin-1")))
 
 
-async def _send_error(send: Send, record: RequestRecord, shape: str, exc: GatewayError) -> None:
+async def _send_error(
+    rt: Runtime, send: Send, record: RequestRecord, shape: str, exc: GatewayError
+) -> None:
     body = error_body(shape, exc.status, exc.code, exc.message)
     headers = [
         (b"content-type", b"application/json"),
@@ -428,6 +450,9 @@ async def _send_error(send: Send, record: RequestRecord, shape: str, exc: Gatewa
     if exc.status in (401, 403, 413):
         headers.append((b"x-should-retry", b"false"))
     _add_gateway_headers(headers, record)
+    if record.workspace_id is not None:
+        token = rt.receipts.sign(record, hashlib.sha256(body).hexdigest())
+        headers.append((b"recovea-receipt", token.encode()))
     record.responded = True
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

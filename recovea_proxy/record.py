@@ -7,6 +7,7 @@ is here, and nothing else: no prompt text, no response text, no key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from recovea_proxy.providers.usage import Usage
 
@@ -26,8 +27,12 @@ class RequestRecord:
     route: str = ""
     kind: str = ""
     model: str | None = None
+    #: the model that served the request when a lever changed it (None: the baseline)
+    realized_model: str | None = None
     stream: bool = False
     workspace_id: str | None = None
+    project_id: str | None = None
+    team_id: str | None = None
     rcv_key_id: str | None = None
     env: str | None = None
     feature: str | None = None
@@ -46,6 +51,18 @@ class RequestRecord:
     upstream_wait_ns: int = 0
     ended_ns: int = 0
     levers_fired: dict[str, str] = field(default_factory=dict)
+    cache_hit: bool = False
+    cache_type: str | None = None
+    dedup_singleflight: bool = False
+    fell_back: bool = False
+    #: hex SHA-256 of the request body the client sent (receipts)
+    request_sha256: str = ""
+    #: the signed receipt token, once the response's end has been reached
+    receipt: str | None = None
+    #: the running SHA-256 of the response bytes sent (streams)
+    response_hash: Any = None
+    #: (chain, seq, kid) of that receipt, for the ledger
+    receipt_place: tuple[str, int, str] | None = None
 
     @property
     def latency_ms(self) -> float:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -17,12 +18,19 @@ from recovea_proxy.auth.keyring import Keyring, load_keyring
 from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import Lever, build_chain
-from recovea_proxy.meter.event import event_fields
+from recovea_proxy.meter.drain import Drainer
+from recovea_proxy.meter.event import event_fields, event_row
+from recovea_proxy.meter.queue import MeterQueue
+from recovea_proxy.meter.receipt_keys import active_signing_key
+from recovea_proxy.meter.receipts import ReceiptSigner
+from recovea_proxy.meter.spool import Spool
+from recovea_proxy.meter.writer import EventWriter
 from recovea_proxy.observability.logging import RequestLog
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.store.database import app_url, connect, open_pool, owner_url
 from recovea_proxy.store.migrate import apply_migrations
+from recovea_proxy.store.service import ensure_partitions, passthrough_workspace
 from recovea_proxy.upstream import open_session
 
 
@@ -40,6 +48,8 @@ class Runtime:
     keyring: Keyring
     log: structlog.typing.FilteringBoundLogger
     request_log: RequestLog
+    receipts: ReceiptSigner
+    meter: MeterQueue
     ready: bool = False
     #: provider requests being served (read by the in-flight gauge at scrape time)
     in_flight: int = 0
@@ -53,6 +63,37 @@ class Runtime:
         if record.client_gone:
             self.metrics.client_disconnects.labels(record.provider).inc()
         self.request_log.write(event_fields(record))
+        receipt = None
+        if record.workspace_id is not None:
+            if record.receipt is None:
+                digest = record.response_hash
+                self.receipts.sign(record, digest.hexdigest() if digest else _EMPTY_SHA256)
+            place = record.receipt_place
+            assert place is not None
+            receipt = (
+                place[0],
+                place[1],
+                record.request_id,
+                record.workspace_id,
+                place[2],
+                record.ts_epoch_ms,
+                record.receipt,
+            )
+        self.meter.put((event_row(record), receipt))
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def _drop_counter(metrics: GatewayMetrics) -> Callable[[], None]:
+    dropped = metrics.meter_events.labels("dropped")
+    fail_open = metrics.fail_open.labels("meter", "queue_full")
+
+    def count() -> None:
+        dropped.inc()
+        fail_open.inc()
+
+    return count
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:
@@ -68,12 +109,16 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         conn = await connect(owner)
         try:
             applied = await apply_migrations(conn)
+            await ensure_partitions(conn)
+            passthrough_id = await passthrough_workspace(conn) if settings.passthrough else None
         finally:
             await conn.close()
         app = await asyncio.to_thread(app_url, settings)
         pool = await open_pool(app)
         stack.push_async_callback(_close_pool, pool)
         keyring = await asyncio.to_thread(load_keyring, settings)
+        async with pool.acquire() as signing_conn:
+            signing_key = await active_signing_key(signing_conn, keyring)
         resolver = KeyResolver(
             pool,
             keyring,
@@ -86,11 +131,30 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         stack.push_async_callback(resolver.close)
         session = open_session(settings)
         stack.push_async_callback(session.close)
+        queue = MeterQueue(
+            settings.meter_queue_max,
+            settings.meter_batch_max,
+            _drop_counter(metrics),
+        )
+        drainer = Drainer(
+            queue,
+            EventWriter(app),
+            Spool(settings.data_dir / "spool", int(settings.meter_spool_max_mb * 1024 * 1024)),
+            metrics,
+            batch_max=settings.meter_batch_max,
+            interval_s=settings.meter_flush_interval_s,
+        )
+        await drainer.start()
+        stack.push_async_callback(drainer.close, settings.shutdown_grace_s)
         runtime = Runtime(
             settings=settings,
             metrics=metrics,
             session=session,
-            auth=Authenticator(passthrough=settings.passthrough, resolver=resolver),
+            auth=Authenticator(
+                passthrough=settings.passthrough,
+                resolver=resolver,
+                passthrough_workspace_id=passthrough_id or "",
+            ),
             levers=build_chain(),
             pool=pool,
             keyring=keyring,
@@ -99,6 +163,8 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             },
             log=structlog.get_logger("recovea"),
             request_log=RequestLog(settings.log_format),
+            receipts=ReceiptSigner(signing_key),
+            meter=queue,
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import orjson
 
+from recovea_proxy.meter.verify import split_response
 from recovea_proxy.mock_provider import MockDefaults, start_mock
 
 STARTUP_DEADLINE_S = 20.0
@@ -257,3 +258,10 @@ def set_provider_key(env: dict[str, str], workspace: str, provider: str, secret:
         env=env,
         stdin=secret + "\n",
     )
+
+
+def without_receipt(body: bytes) -> bytes:
+    """A streamed response's bytes before its closing receipt line (which must be there)."""
+    content, token = split_response(body)
+    assert token is not None, "the stream does not end with a receipt line"
+    return content

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from recovea_proxy.store.migrate import migration_files
 from tests.support import Postgres, short_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,7 @@ def test_wheel_runs_migrations_from_its_own_files() -> None:
             env={**os.environ, "PYTHONPATH": str(target), "RECOVEA_DATABASE_URL": server.url},
         )
         assert done.returncode == 0, done.stderr
-        assert orjson.loads(done.stdout)["applied"] == ["0001_tenancy.sql"]
+        assert orjson.loads(done.stdout)["applied"] == [p.name for p in migration_files()]
+        assert "recovea_proxy/store/sql/0002_ledger.sql" in names
     finally:
         server.stop()

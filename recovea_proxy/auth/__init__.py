@@ -32,6 +32,8 @@ class Principal:
     team: str | None
     #: headers that carry the provider credential upstream
     upstream_credentials: tuple[tuple[str, str], ...]
+    project_id: str | None = None
+    team_id: str | None = None
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -43,9 +45,16 @@ def _bearer(authorization: str | None) -> str | None:
 class Authenticator:
     """Resolves a request's credentials to a Principal, or refuses."""
 
-    def __init__(self, *, passthrough: bool, resolver: KeyResolver | None) -> None:
+    def __init__(
+        self,
+        *,
+        passthrough: bool,
+        resolver: KeyResolver | None,
+        passthrough_workspace_id: str = PASSTHROUGH_WORKSPACE,
+    ) -> None:
         self._passthrough = passthrough
         self._resolver = resolver
+        self._passthrough_workspace_id = passthrough_workspace_id
 
     async def authenticate(self, headers: RequestHeaders, provider: Provider) -> Principal:
         """The caller's principal; GatewayError 401 (no/bad key) or 503 (store down)."""
@@ -67,7 +76,7 @@ class Authenticator:
         if headers.api_key is not None:
             credentials.append(("x-api-key", headers.api_key))
         return Principal(
-            workspace_id=PASSTHROUGH_WORKSPACE,
+            workspace_id=self._passthrough_workspace_id,
             key_id=None,
             role="member",
             env="live",
@@ -114,4 +123,6 @@ class Authenticator:
             project=key.project,
             team=key.team,
             upstream_credentials=credentials,
+            project_id=key.project_id,
+            team_id=key.team_id,
         )

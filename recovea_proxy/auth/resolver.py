@@ -41,6 +41,8 @@ class KeyRecord:
     env: str
     project: str | None
     team: str | None
+    project_id: str | None = None
+    team_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,8 @@ class KeyResolver:
             env=row["env"],
             project=row["project"],
             team=row["team"],
+            project_id=_str_or_none(row["project_id"]),
+            team_id=_str_or_none(row["team_id"]),
         )
         self._keys[digest] = (now + self._ttl, record)
         self._hash_by_id[record.id] = digest
@@ -247,3 +251,7 @@ class KeyResolver:
             context,
             associated_data(context),
         )
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -94,6 +94,37 @@ class GatewayMetrics:
             ("provider",),
             registry=self.registry,
         )
+        self.meter_events = Counter(
+            "meter_events",
+            "Metering events by outcome: written to the database, dropped (queue and spool "
+            "full), retried (a failed write attempt), spooled (spilled to the spool file).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.meter_queue_depth = Gauge(
+            "meter_queue_depth", "Events waiting in memory for the drainer.", registry=self.registry
+        )
+        self.meter_spool_bytes = Gauge(
+            "meter_spool_bytes", "Bytes waiting in the metering spool.", registry=self.registry
+        )
+        self.meter_flush_seconds = Histogram(
+            "meter_flush_seconds",
+            "Time to write one batch to the database.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.meter_batch_size = Histogram(
+            "meter_batch_size",
+            "Events per written batch.",
+            buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000),
+            registry=self.registry,
+        )
+        self.maintenance_runs = Counter(
+            "recovea_maintenance_runs",
+            "Background maintenance runs (partitions, rollup, prune) by job and outcome.",
+            ("job", "outcome"),
+            registry=self.registry,
+        )
         self._routes: dict[tuple[str, str], RouteMetrics] = {}
 
     def route(self, provider: str, route: str) -> RouteMetrics:

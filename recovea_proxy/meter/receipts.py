@@ -1,0 +1,94 @@
+"""Signs `recovea-receipt-v1` receipts and keeps this process's chains.
+
+A receipt is the canonical JSON (sorted keys, no spaces, UTF-8, integers only) of
+a request's body-free facts, the SHA-256 of the request and response bodies, and
+its place in a chain, signed with Ed25519. One chain per (workspace, process):
+`seq` counts from 1 and `prev` is the SHA-256 of the previous receipt's canonical
+JSON (64 zeros for the first). Token: base64url(canonical) "." base64url(signature),
+unpadded. `recovea_proxy.meter.verify` checks all of it from public data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from base64 import urlsafe_b64encode
+
+import orjson
+
+from recovea_proxy.meter.event import status_of
+from recovea_proxy.meter.receipt_keys import SigningKey
+from recovea_proxy.record import RequestRecord
+
+VERSION = "recovea-receipt-v1"
+GENESIS = "0" * 64
+#: the SSE comment a streamed response ends with (then the token and a blank line)
+SSE_PREFIX = b": recovea-receipt-v1 "
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+class _Chain:
+    __slots__ = ("id", "prev", "seq")
+
+    def __init__(self) -> None:
+        self.id = os.urandom(16).hex()
+        self.seq = 0
+        self.prev = GENESIS
+
+
+def _b64(data: bytes) -> str:
+    return urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class ReceiptSigner:
+    """Signs each billed request's receipt, in chain order."""
+
+    def __init__(self, key: SigningKey) -> None:
+        self.kid = key.kid
+        self._sign = key.private.sign
+        self._chains: dict[str, _Chain] = {}
+
+    def sign(self, record: RequestRecord, response_sha256: str) -> str:
+        """Sign the record's receipt, store it on the record, return the token."""
+        workspace = record.workspace_id
+        assert workspace is not None
+        chain = self._chains.get(workspace)
+        if chain is None:
+            chain = self._chains[workspace] = _Chain()
+        chain.seq += 1
+        usage = record.usage
+        model = record.model
+        canonical = orjson.dumps(
+            {
+                "v": VERSION,
+                "kid": self.kid,
+                "request_id": record.request_id,
+                "ts": record.ts_epoch_ms,
+                "customer_id": workspace,
+                "rcv_key_id": record.rcv_key_id,
+                "provider": record.provider,
+                "baseline_model": model,
+                "realized_model": record.realized_model or model,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
+                "cache_hit": record.cache_hit,
+                "status": status_of(record),
+                "request_sha256": record.request_sha256,
+                "response_sha256": response_sha256,
+                "chain": chain.id,
+                "seq": chain.seq,
+                "prev": chain.prev,
+            },
+            option=_SORTED,
+        )
+        chain.prev = hashlib.sha256(canonical).hexdigest()
+        token = _b64(canonical) + "." + _b64(self._sign(canonical))
+        record.receipt = token
+        record.receipt_place = (chain.id, chain.seq, self.kid)
+        return token
+
+    def sse_line(self, token: str) -> bytes:
+        """The closing SSE comment that carries a streamed response's receipt."""
+        return SSE_PREFIX + token.encode() + b"\n\n"
