@@ -10,9 +10,11 @@ from typing import Any
 from starlette.applications import Starlette
 
 from recovea_proxy.admin.api import ADMIN_ROUTES
+from recovea_proxy.admin.ledger_api import LEDGER_ADMIN_ROUTES
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.config import Settings
 from recovea_proxy.endpoints import ROUTES, not_found
+from recovea_proxy.meter.api import LEDGER_ROUTES
 from recovea_proxy.observability.logging import configure_logging
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.proxy import handle
@@ -49,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield {"runtime": runtime}
 
     return GatewayApp(
-        routes=[*ROUTES, *ADMIN_ROUTES],
+        routes=[*ROUTES, *ADMIN_ROUTES, *LEDGER_ADMIN_ROUTES, *LEDGER_ROUTES],
         exception_handlers={404: not_found},
         lifespan=lifespan,
     )

@@ -82,7 +82,6 @@ class Settings:
     meter_flush_interval_s: float = 0.2
     meter_spool_max_mb: float = 256.0
     maintenance_interval_s: float = 300.0
-    rollup_interval_s: float = 300.0
     security_contact: str = "mailto:security@example.invalid"
 
     @classmethod
@@ -136,7 +135,6 @@ class Settings:
             maintenance_interval_s=_number(
                 env, "RECOVEA_MAINTENANCE_INTERVAL_S", 300, minimum=0.01
             ),
-            rollup_interval_s=_number(env, "RECOVEA_ROLLUP_INTERVAL_S", 300, minimum=0.01),
             security_contact=env.get("RECOVEA_SECURITY_CONTACT", "mailto:security@example.invalid"),
         )
 

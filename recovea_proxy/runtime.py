@@ -20,6 +20,7 @@ from recovea_proxy.config import Settings
 from recovea_proxy.levers import Lever, build_chain
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import event_fields, event_row
+from recovea_proxy.meter.maintenance import Maintenance
 from recovea_proxy.meter.queue import MeterQueue
 from recovea_proxy.meter.receipt_keys import active_signing_key
 from recovea_proxy.meter.receipts import ReceiptSigner
@@ -146,6 +147,9 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         )
         await drainer.start()
         stack.push_async_callback(drainer.close, settings.shutdown_grace_s)
+        maintenance = Maintenance(owner, metrics, interval_s=settings.maintenance_interval_s)
+        maintenance.start()
+        stack.push_async_callback(maintenance.close)
         runtime = Runtime(
             settings=settings,
             metrics=metrics,

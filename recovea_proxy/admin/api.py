@@ -37,7 +37,7 @@ _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutErr
 Handler = Callable[[Request, Runtime, KeyRecord], Awaitable[Response]]
 
 
-def _json(payload: Any, status: int = 200) -> Response:
+def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
@@ -53,11 +53,13 @@ def _too_large() -> GatewayError:
     return GatewayError(413, "request_too_large", "Request body is larger than 64 KB.")
 
 
-def _bad(message: str) -> GatewayError:
+def bad_request(message: str) -> GatewayError:
     return GatewayError(400, "invalid_request", message)
 
 
-async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
+async def json_body(
+    request: Request, allowed: set[str], *, strings_only: bool = True
+) -> dict[str, Any]:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise _too_large()
@@ -72,40 +74,46 @@ async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
     try:
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
-        raise _bad("The body must be a JSON object.") from None
+        raise bad_request("The body must be a JSON object.") from None
     if not isinstance(body, dict):
-        raise _bad("The body must be a JSON object.")
+        raise bad_request("The body must be a JSON object.")
     unknown = set(body) - allowed
     if unknown:
-        raise _bad(f"Unknown field(s): {', '.join(sorted(unknown))[:200]}.")
+        raise bad_request(f"Unknown field(s): {', '.join(sorted(unknown))[:200]}.")
     for key, value in body.items():
-        if value is not None and not isinstance(value, str):
-            raise _bad(f"{key} must be a string.")
+        if strings_only and value is not None and not isinstance(value, str):
+            raise bad_request(f"{key} must be a string.")
     return body
 
 
 def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Authenticate (fail-closed), require the admin role, map errors to responses."""
+    return keyed(handler, admin_only=True)
+
+
+def keyed(handler: Handler, *, admin_only: bool) -> Callable[[Request], Awaitable[Response]]:
+    """Authenticate an rcv_ key (fail-closed), optionally require the admin role, map
+    errors to OpenAI-shaped responses."""
 
     async def endpoint(request: Request) -> Response:
         runtime: Runtime = request.state.runtime
         try:
             headers = split_request_headers(request.scope["headers"])
             key = await runtime.auth.admin_key(headers)
-            if key.role != "admin":
+            if admin_only and key.role != "admin":
                 raise GatewayError(403, "forbidden", "This route needs an admin key.")
             return await handler(request, runtime, key)
         except GatewayError as exc:
             return _error(exc)
         except ops.OperationError as exc:
-            return _error(_bad(str(exc)))
+            return _error(bad_request(str(exc)))
         except _DB_ERRORS:
             return _error(GatewayError(503, "store_unavailable", "The database is unreachable."))
 
     return endpoint
 
 
-async def _scoped(
+async def scoped(
     runtime: Runtime, key: KeyRecord, work: Callable[[asyncpg.Connection], Awaitable[Any]]
 ) -> Any:
     async with runtime.pool.acquire() as conn, conn.transaction():
@@ -114,12 +122,14 @@ async def _scoped(
 
 
 async def get_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    return _json(await _scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id)))
+    return json_response(
+        await scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
+    )
 
 
 async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await _body(request, {"name", "plan"})
-    caller = await _scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
+    body = await json_body(request, {"name", "plan"})
+    caller = await scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
     if caller["name"] != OPERATOR_WORKSPACE:
         raise GatewayError(403, "forbidden", "Only the operator workspace creates workspaces.")
     async with runtime.pool.acquire() as conn:
@@ -127,16 +137,18 @@ async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -
             conn, body.get("name") or "", body.get("plan") or "free"
         )
         first = await ops.create_key(conn, workspace_id, role="admin", env="live")
-    return _json({"id": workspace_id, "admin_key_id": first.id, "admin_key": first.secret}, 201)
+    return json_response(
+        {"id": workspace_id, "admin_key_id": first.id, "admin_key": first.secret}, 201
+    )
 
 
 async def list_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    keys = await _scoped(runtime, key, lambda c: ops.list_keys(c, key.customer_id))
-    return _json({"data": keys})
+    keys = await scoped(runtime, key, lambda c: ops.list_keys(c, key.customer_id))
+    return json_response({"data": keys})
 
 
 async def create_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await _body(request, {"role", "env", "project", "team"})
+    body = await json_body(request, {"role", "env", "project", "team"})
     async with runtime.pool.acquire() as conn:
         created = await ops.create_key(
             conn,
@@ -146,7 +158,7 @@ async def create_key(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
             project=body.get("project"),
             team=body.get("team"),
         )
-    return _json(
+    return json_response(
         {
             "id": created.id,
             "role": created.role,
@@ -165,24 +177,24 @@ async def revoke_key(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
         revoked = await ops.revoke_key(conn, key_id, key.customer_id)
     if not revoked:
         raise GatewayError(404, "not_found", "No active key with that id in this workspace.")
-    return _json({"id": key_id, "revoked": True})
+    return json_response({"id": key_id, "revoked": True})
 
 
 async def list_provider_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    keys = await _scoped(runtime, key, lambda c: ops.list_provider_keys(c, key.customer_id))
-    return _json({"data": keys})
+    keys = await scoped(runtime, key, lambda c: ops.list_provider_keys(c, key.customer_id))
+    return json_response({"data": keys})
 
 
 async def set_provider_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     provider = request.path_params["provider"]
     if provider not in ops.PROVIDERS:
         raise GatewayError(404, "not_found", f"Unknown provider; use one of {ops.PROVIDERS}.")
-    body = await _body(request, {"key"})
+    body = await json_body(request, {"key"})
     secret = body.get("key") or ""
     async with runtime.pool.acquire() as conn:
         await ops.set_provider_key(conn, runtime.keyring.current, key.customer_id, provider, secret)
     runtime.auth.forget_provider_key(key.customer_id, provider)
-    return _json({"provider": provider, "last_four": secret.strip()[-4:]})
+    return json_response({"provider": provider, "last_four": secret.strip()[-4:]})
 
 
 ADMIN_ROUTES = [

@@ -22,7 +22,7 @@ from recovea_proxy.store.migrate import apply_migrations
 Command = Callable[[asyncpg.Connection, argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
 
 
-def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
     if args.json:
         print(orjson.dumps(result).decode())
     else:
@@ -57,13 +57,13 @@ async def migrate(
     conn: asyncpg.Connection, args: argparse.Namespace, _: Settings
 ) -> dict[str, Any]:
     applied = await apply_migrations(conn)
-    _emit(args, {"applied": applied}, f"applied: {', '.join(applied) or 'nothing (up to date)'}")
+    emit(args, {"applied": applied}, f"applied: {', '.join(applied) or 'nothing (up to date)'}")
     return {}
 
 
 async def init(conn: asyncpg.Connection, args: argparse.Namespace, _: Settings) -> dict[str, Any]:
     workspace_id, key = await ops.init(conn)
-    _emit(
+    emit(
         args,
         {"workspace_id": workspace_id, "key_id": key.id, "key": key.secret, "role": key.role},
         f"workspace default: {workspace_id}\nadmin key id: {key.id}\n"
@@ -76,7 +76,7 @@ async def workspace_create(
     conn: asyncpg.Connection, args: argparse.Namespace, _: Settings
 ) -> dict[str, Any]:
     workspace_id = await ops.create_workspace(conn, args.name, args.plan)
-    _emit(
+    emit(
         args,
         {"workspace_id": workspace_id, "name": args.name, "plan": args.plan},
         f"workspace {args.name}: {workspace_id}",
@@ -90,7 +90,7 @@ async def key_create(
     key = await ops.create_key(
         conn, args.workspace, role=args.role, env=args.env, project=args.project, team=args.team
     )
-    _emit(
+    emit(
         args,
         {
             "key_id": key.id,
@@ -110,7 +110,7 @@ async def key_revoke(
     revoked = await ops.revoke_key(conn, args.key_id)
     if not revoked:
         raise ops.OperationError(f"no active key {args.key_id}")
-    _emit(args, {"key_id": args.key_id, "revoked": True}, f"revoked {args.key_id}")
+    emit(args, {"key_id": args.key_id, "revoked": True}, f"revoked {args.key_id}")
     return {}
 
 
@@ -123,7 +123,7 @@ async def provider_key_set(
         conn, keyring.current, args.workspace, args.provider, secret
     )
     last_four = secret[-4:]
-    _emit(
+    emit(
         args,
         {"provider_key_id": key_id, "provider": args.provider, "last_four": last_four},
         f"stored {args.provider} key ****{last_four} for workspace {args.workspace}",
@@ -140,7 +140,7 @@ async def provider_key_rotate(
         await asyncio.to_thread(retire_local_key, settings)
     keyring = await asyncio.to_thread(load_keyring, settings)
     count = await ops.rewrap_provider_keys(conn, keyring)
-    _emit(
+    emit(
         args,
         {"rewrapped": count, "master_key_id": keyring.current.key_id},
         f"re-wrapped {count} provider key(s) under {keyring.current.key_id}",
@@ -169,6 +169,9 @@ def add_commands(commands: Any) -> None:
     create.add_argument("--plan", choices=("free", "pro"), default="free")
     create.add_argument("--json", action="store_true")
     create.set_defaults(run=lambda args: run(workspace_create, args))
+    from recovea_proxy.meter.commands import add_commands as add_ledger_commands
+
+    add_ledger_commands(commands, workspace)
 
     key = commands.add_parser("key", help="rcv_ keys").add_subparsers(dest="action", required=True)
     kc = key.add_parser("create", help="create an rcv_ key (printed once)")

@@ -36,6 +36,10 @@ _MOVE_RECEIPTS = (
     f"INSERT INTO recovea.receipts ({', '.join(RECEIPT_COLUMNS)})"
     f" SELECT {', '.join(RECEIPT_COLUMNS)} FROM staging_receipts ON CONFLICT DO NOTHING"
 )
+_MARK_HOURS = (
+    "INSERT INTO recovea.rollup_pending (hour)"
+    " SELECT DISTINCT date_trunc('hour', ts) FROM staging_events ON CONFLICT DO NOTHING"
+)
 _ADD_ROUTE = (
     "INSERT INTO recovea.routes (route_id, customer_id, provider, path, first_model)"
     " VALUES ($1, $2, $3, $4, $5)"
@@ -94,6 +98,7 @@ class EventWriter:
                 await conn.executemany(_ADD_ROUTE, list(new_routes.values()))
             await conn.copy_records_to_table("staging_events", records=events, columns=COLUMNS)
             await conn.execute(_MOVE_EVENTS)
+            await conn.execute(_MARK_HOURS)
             if receipts:
                 await conn.copy_records_to_table(
                     "staging_receipts", records=receipts, columns=RECEIPT_COLUMNS

@@ -38,7 +38,7 @@ def app_url(settings: Settings) -> str:
 async def connect(url: str, *, timeout_s: float = 10) -> asyncpg.Connection:
     """One connection, with bounded connect and statement times."""
     return await asyncpg.connect(
-        url, timeout=timeout_s, server_settings={"statement_timeout": "5000"}
+        url, timeout=timeout_s, server_settings={"statement_timeout": "5000", "TimeZone": "UTC"}
     )
 
 
@@ -51,7 +51,11 @@ async def open_pool(url: str, *, size: int = 10) -> asyncpg.Pool:
         timeout=5,
         command_timeout=5,
         max_inactive_connection_lifetime=300,
-        server_settings={"statement_timeout": "5000", "application_name": "recovea"},
+        server_settings={
+            "statement_timeout": "5000",
+            "application_name": "recovea",
+            "TimeZone": "UTC",
+        },
     )
     assert pool is not None
     return pool

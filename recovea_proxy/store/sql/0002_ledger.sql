@@ -198,3 +198,10 @@ CREATE POLICY service_access ON recovea.workspaces USING (recovea.service_mode()
 -- task keeps creating them ahead.
 SELECT recovea.ensure_event_partition((now() AT TIME ZONE 'UTC')::date);
 SELECT recovea.ensure_event_partition((now() AT TIME ZONE 'UTC')::date + 1);
+
+-- Hours that received events since their last rollup (the drainer marks them in the
+-- same transaction as the events; the rollup takes them). Not tenant data.
+CREATE TABLE recovea.rollup_pending (
+  hour timestamptz PRIMARY KEY
+);
+GRANT SELECT, INSERT, DELETE ON recovea.rollup_pending TO recovea_app;

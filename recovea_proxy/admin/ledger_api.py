@@ -1,0 +1,160 @@
+"""`/admin/v1/*` routes for the ledger: price overrides, retention, deletion.
+
+| GET    /admin/v1/prices         | the effective price table (shipped + overrides) |
+| PUT    /admin/v1/prices/{model} | override a model's prices (USD per 1M tokens) |
+| DELETE /admin/v1/prices/{model} | drop an override |
+| PATCH  /admin/v1/workspace      | set `retention_days` (days, or null: the plan's) |
+| DELETE /admin/v1/workspace      | delete the workspace and all it owns (`?confirm=<id>`) |
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.auth.resolver import KeyRecord
+from recovea_proxy.errors import GatewayError
+from recovea_proxy.meter.prices import Price, shipped_prices
+from recovea_proxy.meter.retention import PLAN_RETENTION_DAYS, delete_workspace
+from recovea_proxy.runtime import Runtime
+
+_PRICE_FIELDS = ("input", "cached_input", "output")
+
+
+def _price_json(price: Price, overridden: bool) -> dict[str, Any]:
+    return {
+        "input": str(price.input),
+        "cached_input": str(price.cached_input),
+        "output": str(price.output),
+        "source": price.source,
+        "as_of": price.as_of,
+        "override": overridden,
+    }
+
+
+async def list_prices(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    rows = await scoped(
+        runtime,
+        key,
+        lambda c: c.fetch(
+            "SELECT model, input, cached_input, output, updated_at FROM recovea.model_prices"
+            " WHERE customer_id = $1::uuid",
+            key.customer_id,
+        ),
+    )
+    shipped = shipped_prices()
+    data = {model: _price_json(price, False) for model, price in shipped.entries().items()}
+    for row in rows:
+        price = Price(
+            row["input"],
+            row["cached_input"],
+            row["output"],
+            "workspace override",
+            row["updated_at"].date().isoformat(),
+        )
+        data[row["model"]] = _price_json(price, True)
+    return json_response({"unit": "USD per 1M tokens", "version": shipped.version, "data": data})
+
+
+def _decimal(body: dict[str, Any], name: str) -> Decimal:
+    raw = body.get(name)
+    try:
+        value = Decimal(str(raw))
+    except InvalidOperation:
+        raise bad_request(f"{name} must be a decimal number of USD per 1M tokens.") from None
+    if not value.is_finite() or value < 0 or value > 1_000_000:
+        raise bad_request(f"{name} must be between 0 and 1000000.")
+    return value
+
+
+def _model(request: Request) -> str:
+    model: str = request.path_params["model"]
+    if not 1 <= len(model) <= 200 or not model.isprintable():
+        raise bad_request("The model name must be 1 to 200 printable characters.")
+    return model
+
+
+async def set_price(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    model = _model(request)
+    body = await json_body(request, set(_PRICE_FIELDS), strings_only=False)
+    missing = [name for name in _PRICE_FIELDS if body.get(name) is None]
+    if missing:
+        raise bad_request(f"Missing field(s): {', '.join(missing)}.")
+    values = [_decimal(body, name) for name in _PRICE_FIELDS]
+    await scoped(
+        runtime,
+        key,
+        lambda c: c.execute(
+            "INSERT INTO recovea.model_prices (customer_id, model, input, cached_input, output)"
+            " VALUES ($1::uuid, $2, $3, $4, $5) ON CONFLICT (customer_id, model) DO UPDATE"
+            " SET input = EXCLUDED.input, cached_input = EXCLUDED.cached_input,"
+            " output = EXCLUDED.output, updated_at = now()",
+            key.customer_id,
+            model,
+            *values,
+        ),
+    )
+    return json_response(
+        {"model": model, **dict(zip(_PRICE_FIELDS, map(str, values), strict=True))}
+    )
+
+
+async def delete_price(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    model = _model(request)
+    status = await scoped(
+        runtime,
+        key,
+        lambda c: c.execute(
+            "DELETE FROM recovea.model_prices WHERE customer_id = $1::uuid AND model = $2",
+            key.customer_id,
+            model,
+        ),
+    )
+    if status == "DELETE 0":
+        raise GatewayError(404, "not_found", "No price override for that model.")
+    return json_response({"model": model, "deleted": True})
+
+
+async def set_retention(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    body = await json_body(request, {"retention_days"}, strings_only=False)
+    days = body.get("retention_days")
+    if days is not None and (
+        not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650
+    ):
+        raise bad_request("retention_days must be an integer from 1 to 3650, or null.")
+    row = await scoped(
+        runtime,
+        key,
+        lambda c: c.fetchrow(
+            "UPDATE recovea.workspaces SET retention_days = $2 WHERE customer_id = $1::uuid"
+            " RETURNING plan, retention_days",
+            key.customer_id,
+            days,
+        ),
+    )
+    effective = row["retention_days"] or PLAN_RETENTION_DAYS[row["plan"]]
+    return json_response(
+        {"retention_days": row["retention_days"], "effective_retention_days": effective}
+    )
+
+
+async def delete_own_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    if request.query_params.get("confirm") != key.customer_id:
+        raise bad_request("Deleting a workspace removes all its data: add ?confirm=<workspace id>.")
+    async with runtime.pool.acquire() as conn:
+        counts = await delete_workspace(conn, key.customer_id)
+    return json_response({"id": key.customer_id, "deleted": counts})
+
+
+LEDGER_ADMIN_ROUTES = [
+    Route("/admin/v1/prices", admin(list_prices), methods=["GET"]),
+    Route("/admin/v1/prices/{model:path}", admin(set_price), methods=["PUT"]),
+    Route("/admin/v1/prices/{model:path}", admin(delete_price), methods=["DELETE"]),
+    Route("/admin/v1/workspace", admin(set_retention), methods=["PATCH"]),
+    Route("/admin/v1/workspace", admin(delete_own_workspace), methods=["DELETE"]),
+]

@@ -1,0 +1,292 @@
+"""The ledger, read back: `/v1/recovea/*` for any rcv_ key of a workspace (results
+scoped to it, by query and by row-level security), and the receipt public keys.
+
+| GET /v1/recovea/requests/{request_id} | the stored row: exactly the request_events columns |
+| GET /v1/recovea/receipts/{request_id} | that request's receipt (token and decoded fields) |
+| GET /v1/recovea/ledger                | the workspace's chains; `?chain=` one chain, paged |
+| GET /v1/recovea/usage                 | rollup totals grouped by one dimension |
+| GET /.well-known/recovea-receipt-keys | Ed25519 public keys (no auth) |
+
+Rows are written by the drainer, so a request's row and receipt appear within a
+flush interval (`RECOVEA_METER_FLUSH_INTERVAL_S`) of its end; usage reflects the
+last rollup (`RECOVEA_MAINTENANCE_INTERVAL_S`, or `recovea rollup`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from recovea_proxy.admin.api import bad_request, json_response, keyed, scoped
+from recovea_proxy.auth.resolver import KeyRecord
+from recovea_proxy.errors import GatewayError
+from recovea_proxy.meter.event import COLUMNS
+from recovea_proxy.meter.receipt_keys import published_keys
+from recovea_proxy.runtime import Runtime
+
+LEDGER_PAGE_MAX = 10_000
+_GROUPS = {
+    "feature": "r.feature",
+    "model": "r.baseline_model",
+    "realized_model": "r.realized_model",
+    "end_user": "r.end_user_id",
+    "project": "coalesce(p.name, r.project_id::text)",
+    "team": "coalesce(t.name, r.team_id::text)",
+    "route": "coalesce(ro.provider || ' ' || ro.path, r.route_id::text)",
+    "provider": "r.provider",
+}
+_SUMS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cache_hits",
+    "dedup_hits",
+    "fallbacks",
+    "unpriced",
+)
+
+
+def _not_found(what: str) -> GatewayError:
+    return GatewayError(404, "not_found", f"No {what} with that id in this workspace.")
+
+
+def _request_id(request: Request) -> uuid.UUID:
+    raw = request.path_params["request_id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise _not_found("request") from None
+
+
+def _row_json(row: asyncpg.Record) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in COLUMNS:
+        value = row[name]
+        if name == "request_id":
+            value = value.hex
+        elif isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif name == "levers_fired":
+            value = orjson.loads(value)
+        elif isinstance(value, Decimal):
+            value = str(value)
+        out[name] = value
+    return out
+
+
+async def get_request(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    request_id = _request_id(request)
+    row = await scoped(
+        runtime,
+        key,
+        lambda c: c.fetchrow(
+            f"SELECT {', '.join(COLUMNS)} FROM recovea.request_events"
+            " WHERE request_id = $1 AND customer_id = $2::uuid",
+            request_id,
+            key.customer_id,
+        ),
+    )
+    if row is None:
+        raise _not_found("request")
+    return json_response(_row_json(row))
+
+
+def _receipt_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "request_id": row["request_id"].hex,
+        "chain": row["chain_id"],
+        "seq": row["seq"],
+        "kid": row["kid"],
+        "token": row["token"],
+    }
+
+
+async def get_receipt(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    request_id = _request_id(request)
+    row = await scoped(
+        runtime,
+        key,
+        lambda c: c.fetchrow(
+            "SELECT request_id, chain_id, seq, kid, token FROM recovea.receipts"
+            " WHERE request_id = $1 AND customer_id = $2::uuid",
+            request_id,
+            key.customer_id,
+        ),
+    )
+    if row is None:
+        raise _not_found("receipt")
+    return json_response(_receipt_json(row))
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 0 <= int(raw) <= maximum:
+        raise bad_request(f"{name} must be an integer from 0 to {maximum}.")
+    return int(raw)
+
+
+async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    chain = request.query_params.get("chain")
+    if not chain:
+        rows = await scoped(
+            runtime,
+            key,
+            lambda c: c.fetch(
+                "SELECT chain_id, min(seq) AS first_seq, max(seq) AS last_seq, count(*) AS n,"
+                " min(ts) AS first_ts, max(ts) AS last_ts FROM recovea.receipts"
+                " WHERE customer_id = $1::uuid GROUP BY chain_id ORDER BY min(ts)",
+                key.customer_id,
+            ),
+        )
+        chains = [
+            {
+                "chain": row["chain_id"],
+                "first_seq": row["first_seq"],
+                "last_seq": row["last_seq"],
+                "receipts": row["n"],
+                "first_ts": row["first_ts"].isoformat(),
+                "last_ts": row["last_ts"].isoformat(),
+            }
+            for row in rows
+        ]
+        return json_response({"object": "list", "data": chains})
+    after = _int_param(request, "after_seq", 0, 2**62)
+    limit = _int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
+    rows = await scoped(
+        runtime,
+        key,
+        lambda c: c.fetch(
+            "SELECT request_id, chain_id, seq, kid, token FROM recovea.receipts"
+            " WHERE customer_id = $1::uuid AND chain_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+            key.customer_id,
+            chain,
+            after,
+            limit + 1,
+        ),
+    )
+    more = len(rows) > limit
+    page = [_receipt_json(row) for row in rows[:limit]]
+    return json_response(
+        {
+            "object": "recovea-chain-v1",
+            "chain": chain,
+            "receipts": [{k: v for k, v in r.items() if k != "chain"} for r in page],
+            "has_more": more,
+            "next_after_seq": page[-1]["seq"] if more else None,
+        }
+    )
+
+
+def _moment(request: Request, name: str, default: datetime) -> datetime:
+    raw = request.query_params.get(name)
+    if not raw:
+        return default
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request(f"{name} must be an ISO 8601 date or time.") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def get_usage(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    group_by = request.query_params.get("group_by", "model")
+    expression = _GROUPS.get(group_by)
+    if expression is None:
+        raise bad_request(f"group_by must be one of {', '.join(_GROUPS)}.")
+    now = datetime.now(UTC)
+    until = _moment(request, "to", now)
+    since = _moment(request, "from", until - timedelta(days=30))
+    if since >= until:
+        raise bad_request("from must be before to.")
+    sums = ", ".join(f"sum(r.{name})::bigint AS {name}" for name in _SUMS)
+    rows = await scoped(
+        runtime,
+        key,
+        lambda c: c.fetch(
+            f"SELECT {expression} AS key, {sums},"
+            " sum(r.baseline_cost) AS baseline_cost, sum(r.realized_cost) AS realized_cost"
+            " FROM recovea.usage_rollups r"
+            " LEFT JOIN recovea.projects p ON p.id = r.project_id"
+            " LEFT JOIN recovea.teams t ON t.id = r.team_id"
+            " LEFT JOIN recovea.routes ro ON ro.route_id = r.route_id"
+            " WHERE r.customer_id = $1::uuid AND r.hour >= $2 AND r.hour < $3"
+            " GROUP BY 1 ORDER BY sum(r.requests) DESC, 1",
+            key.customer_id,
+            since,
+            until,
+        ),
+    )
+    data = [_usage_json(row, row["key"]) for row in rows]
+    totals = _totals(data)
+    return json_response(
+        {
+            "object": "usage",
+            "group_by": group_by,
+            "from": since.isoformat(),
+            "to": until.isoformat(),
+            "data": data,
+            "totals": totals,
+        }
+    )
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else format(value.normalize(), "f")
+
+
+def _usage_json(row: Any, key: Any) -> dict[str, Any]:
+    baseline, realized = row["baseline_cost"], row["realized_cost"]
+    savings = baseline - realized if baseline is not None and realized is not None else None
+    out: dict[str, Any] = {"key": key}
+    out.update({name: row[name] for name in _SUMS})
+    out["baseline_cost_usd"] = _money(baseline)
+    out["realized_cost_usd"] = _money(realized)
+    out["savings_usd"] = _money(savings)
+    return out
+
+
+def _totals(data: list[dict[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, Any] = {name: sum(item[name] for item in data) for name in _SUMS}
+    for name in ("baseline_cost_usd", "realized_cost_usd", "savings_usd"):
+        values = [Decimal(item[name]) for item in data if item[name] is not None]
+        totals[name] = _money(sum(values, Decimal(0))) if values else None
+    return totals
+
+
+async def receipt_keys(request: Request) -> Response:
+    """The receipt public keys; no auth."""
+    runtime: Runtime = request.state.runtime
+    try:
+        document = await published_keys(runtime.pool)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return json_response(
+            {"error": {"message": "The key store is unreachable.", "code": "store_unavailable"}},
+            503,
+        )
+    response = json_response(document)
+    response.headers["cache-control"] = "public, max-age=300"
+    return response
+
+
+LEDGER_ROUTES = [
+    Route("/v1/recovea/requests/{request_id}", keyed(get_request, admin_only=False)),
+    Route("/v1/recovea/receipts/{request_id}", keyed(get_receipt, admin_only=False)),
+    Route("/v1/recovea/ledger", keyed(get_ledger, admin_only=False)),
+    Route("/v1/recovea/usage", keyed(get_usage, admin_only=False)),
+    Route("/.well-known/recovea-receipt-keys", receipt_keys),
+]

@@ -1,0 +1,107 @@
+"""Retention: how long a workspace's ledger is kept, and deleting it on request.
+
+A workspace keeps its `request_events` and `receipts` for its plan's period (free
+30 days, pro 365) unless `workspaces.retention_days` overrides it. Pruning deletes
+each workspace's older rows, then drops whole day partitions that every
+workspace's retention has passed. Rollups are aggregates without per-request
+facts and are kept (a deleted workspace loses them too).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL
+from recovea_proxy.store.service import service_mode
+
+PLAN_RETENTION_DAYS = {"free": 30, "pro": 365}
+#: tables holding a workspace's rows that do not go with the workspace row by cascade
+_LEDGER_TABLES = ("request_events", "receipts", "usage_rollups", "model_prices", "routes")
+
+
+async def prune(conn: asyncpg.Connection, *, now: datetime | None = None) -> dict[str, Any]:
+    """Apply every workspace's retention; what was deleted."""
+    now = now or datetime.now(UTC)
+    deleted_events = deleted_receipts = 0
+    async with conn.transaction():
+        await service_mode(conn)
+        workspaces = await conn.fetch(
+            "SELECT customer_id, plan, retention_days FROM recovea.workspaces"
+        )
+        longest = 0
+        for row in workspaces:
+            days = row["retention_days"] or PLAN_RETENTION_DAYS[row["plan"]]
+            longest = max(longest, days)
+            cutoff = now - timedelta(days=days)
+            deleted_events += _count(
+                await conn.execute(
+                    "DELETE FROM recovea.request_events WHERE customer_id = $1 AND ts < $2",
+                    row["customer_id"],
+                    cutoff,
+                )
+            )
+            deleted_receipts += _count(
+                await conn.execute(
+                    "DELETE FROM recovea.receipts WHERE customer_id = $1 AND ts < $2",
+                    row["customer_id"],
+                    cutoff,
+                )
+            )
+        dropped: list[str] = []
+        if longest:
+            dropped = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT recovea.drop_event_partitions_before($1)",
+                    now - timedelta(days=longest),
+                )
+            ]
+    return {
+        "events_deleted": deleted_events,
+        "receipts_deleted": deleted_receipts,
+        "partitions_dropped": dropped,
+    }
+
+
+async def delete_workspace(conn: asyncpg.Connection, workspace_id: str) -> dict[str, int]:
+    """Delete a workspace and everything it owns; row counts by table. Its keys stop
+    working at once in every gateway (revocation notices)."""
+    counts: dict[str, int] = {}
+    async with conn.transaction():
+        await service_mode(conn)
+        exists = await conn.fetchval(
+            "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1::uuid", workspace_id
+        )
+        if not exists:
+            return {}
+        await conn.execute("SELECT set_config('recovea.customer_id', $1, true)", workspace_id)
+        for key_id in await conn.fetch(
+            "SELECT id FROM recovea.rcv_keys WHERE customer_id = $1::uuid", workspace_id
+        ):
+            await conn.execute("SELECT pg_notify($1, $2)", REVOCATIONS_CHANNEL, str(key_id[0]))
+        for table in _LEDGER_TABLES:
+            counts[table] = _count(
+                await conn.execute(
+                    f"DELETE FROM recovea.{table} WHERE customer_id = $1::uuid", workspace_id
+                )
+            )
+        for table in ("provider_keys", "rcv_keys", "projects", "teams"):
+            counts[table] = _count(
+                await conn.execute(
+                    f"DELETE FROM recovea.{table} WHERE customer_id = $1::uuid", workspace_id
+                )
+            )
+        counts["workspaces"] = _count(
+            await conn.execute(
+                "DELETE FROM recovea.workspaces WHERE customer_id = $1::uuid", workspace_id
+            )
+        )
+    return counts
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command tag like `DELETE 3`."""
+    return int(status.rsplit(" ", 1)[-1])
