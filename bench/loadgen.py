@@ -10,8 +10,9 @@ Two shapes of load:
   request is counted as dropped instead of sent.
 
 A response counts as a success when its status is 200 and, for a stream, it
-ends with `data: [DONE]`. It runs in its own process so its CPU never counts
-against the proxy under test, and prints one JSON object of numbers:
+ends with `data: [DONE]` (before a gateway's closing receipt line). It runs in its
+own process so its CPU never counts against the proxy under test, and prints one
+JSON object of numbers:
 requests, ok, errors, dropped, seconds, rps, p50_ms, p90_ms, p99_ms, max_ms.
 
     python -m bench.loadgen --url http://127.0.0.1:8080/v1/chat/completions \
@@ -33,6 +34,7 @@ import uvloop
 
 Fire = Callable[[], Awaitable[bool]]
 _DONE = b"data: [DONE]"
+_RECEIPT = b"\n: recovea-receipt-v1 "
 
 
 @dataclass
@@ -75,7 +77,10 @@ def make_fire(
             return False
         if response.status != 200:
             return False
-        return not stream or payload.rstrip().endswith(_DONE)
+        if not stream:
+            return True
+        end = payload.rfind(_RECEIPT)  # a gateway's stream ends with its receipt line
+        return payload[: end if end >= 0 else None].rstrip().endswith(_DONE)
 
     return fire
 

@@ -147,7 +147,15 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         )
         await drainer.start()
         stack.push_async_callback(drainer.close, settings.shutdown_grace_s)
-        maintenance = Maintenance(owner, metrics, interval_s=settings.maintenance_interval_s)
+        signer = ReceiptSigner(signing_key)
+        maintenance = Maintenance(
+            owner,
+            metrics,
+            interval_s=settings.maintenance_interval_s,
+            signer=signer,
+            pool=pool,
+            keyring=keyring,
+        )
         maintenance.start()
         stack.push_async_callback(maintenance.close)
         runtime = Runtime(
@@ -167,7 +175,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             },
             log=structlog.get_logger("recovea"),
             request_log=RequestLog(settings.log_format),
-            receipts=ReceiptSigner(signing_key),
+            receipts=signer,
             meter=queue,
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)

@@ -14,7 +14,7 @@ import pytest
 from recovea_proxy.meter import verify
 from tests.conftest import SdkClients, upstream_env
 from tests.ledger_support import Tenant, make_tenant, stored
-from tests.support import Gateway, MockServer, Postgres, cli
+from tests.support import Gateway, MockServer, Postgres, cli, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -269,25 +269,31 @@ def test_rotated_keys_stay_published_and_old_receipts_still_verify(
     }
     tenant = make_tenant(env, "receipts-rotation")
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "rot"}]}
-    first = Gateway({**upstream_env(mock), **env}, workdir)
+    gateway = Gateway(
+        {**upstream_env(mock), **env, "RECOVEA_MAINTENANCE_INTERVAL_S": "0.1"}, workdir
+    )
     try:
-        _, old = post(first, tenant, "/v1/chat/completions", body)
-    finally:
-        first.stop()
-    old_token = old.headers["recovea-receipt"]
-    old_kid = verify.decode_token(old_token).payload["kid"]
-    done = cli("receipt-key", "rotate", "--json", env=env)
-    assert done.returncode == 0, done.stderr
-    new_kid = orjson.loads(done.stdout)["kid"]
-    assert new_kid != old_kid
-    second = Gateway({**upstream_env(mock), **env}, workdir)
-    try:
-        _, new = post(second, tenant, "/v1/chat/completions", body)
-        assert verify.decode_token(new.headers["recovea-receipt"]).payload["kid"] == new_kid
-        document = httpx.get(f"{second.url}/.well-known/recovea-receipt-keys").json()
+        _, old = post(gateway, tenant, "/v1/chat/completions", body)
+        old_token = old.headers["recovea-receipt"]
+        old_kid = verify.decode_token(old_token).payload["kid"]
+        done = cli("receipt-key", "rotate", "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        new_kid = orjson.loads(done.stdout)["kid"]
+        assert new_kid != old_kid
+
+        def signed_with_new_key() -> verify.Receipt | None:
+            _, response = post(gateway, tenant, "/v1/chat/completions", body)
+            receipt = verify.decode_token(response.headers["recovea-receipt"])
+            return receipt if receipt.payload["kid"] == new_kid else None
+
+        newer = wait_until(signed_with_new_key, 15, "the running gateway signs with the new key")
+        # The chain goes on across the rotation.
+        assert newer.payload["chain"] == verify.decode_token(old_token).payload["chain"]
+        assert newer.payload["seq"] > 1
+        document = httpx.get(f"{gateway.url}/.well-known/recovea-receipt-keys").json()
         published = {entry["kid"]: entry["retired_at"] for entry in document["keys"]}
         assert published[new_kid] is None and published[old_kid] is not None
-        code, out = verify_cli(second, tmp_path, old_token, response=old.content, env=env)
+        code, out = verify_cli(gateway, tmp_path, old_token, response=old.content, env=env)
         assert code == 0, out
     finally:
-        second.stop()
+        gateway.stop()

@@ -75,7 +75,11 @@ async def receipt_key_rotate(
     keyring = await asyncio.to_thread(load_keyring, settings)
     kid = await rotate_signing_key(conn, keyring)
     result = {"kid": kid}
-    emit(args, result, f"new receipt signing key {kid} (gateways sign with it after a restart)")
+    emit(
+        args,
+        result,
+        f"new receipt signing key {kid} (gateways switch to it within their maintenance interval)",
+    )
     return result
 
 

@@ -1,6 +1,7 @@
 """The gateway's background maintenance: partitions ahead of time, the hourly
 rollup and retention, on a schedule. One replica at a time does each run (a
 session advisory lock on the owner connection; the others skip that round).
+Every replica also picks up a rotated receipt signing key each round.
 Faults are logged and counted, never raised: requests do not depend on it.
 """
 
@@ -12,6 +13,9 @@ import time
 import asyncpg
 import structlog
 
+from recovea_proxy.auth.keyring import Keyring
+from recovea_proxy.meter.receipt_keys import active_signing_key
+from recovea_proxy.meter.receipts import ReceiptSigner
 from recovea_proxy.meter.retention import prune
 from recovea_proxy.meter.rollup import run_rollup
 from recovea_proxy.observability.metrics import GatewayMetrics
@@ -39,8 +43,20 @@ async def run_maintenance(conn: asyncpg.Connection, *, prune_too: bool) -> dict[
 class Maintenance:
     """Runs `run_maintenance` every `interval_s` (pruning at most hourly) until closed."""
 
-    def __init__(self, owner_url: str, metrics: GatewayMetrics, *, interval_s: float) -> None:
+    def __init__(
+        self,
+        owner_url: str,
+        metrics: GatewayMetrics,
+        *,
+        interval_s: float,
+        signer: ReceiptSigner,
+        pool: asyncpg.Pool,
+        keyring: Keyring,
+    ) -> None:
         self._url = owner_url
+        self._signer = signer
+        self._pool = pool
+        self._keyring = keyring
         self._interval = interval_s
         self._metrics = metrics
         self._log = structlog.get_logger("recovea.maintenance")
@@ -65,8 +81,23 @@ class Maintenance:
             await asyncio.sleep(self._interval)
             await self.run_once()
 
+    async def refresh_signing_key(self) -> None:
+        """Pick up a rotated receipt key (every replica, every round)."""
+        async with self._pool.acquire() as conn:
+            active = await conn.fetchval(
+                "SELECT kid FROM recovea.receipt_keys WHERE retired_at IS NULL"
+            )
+            if active is not None and active != self._signer.kid:
+                key = await active_signing_key(conn, self._keyring)
+                self._signer.use(key)
+                self._log.info("receipt_key_changed", kid=key.kid)
+
     async def run_once(self) -> None:
         """One round; faults are logged and counted."""
+        try:
+            await self.refresh_signing_key()
+        except _ERRORS as exc:
+            self._log.warning("receipt_key_refresh_failed", error=type(exc).__name__)
         prune_too = time.monotonic() - self._last_prune >= 3600
         try:
             conn = await connect(self._url)

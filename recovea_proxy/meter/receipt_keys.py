@@ -99,8 +99,8 @@ async def active_signing_key(conn: asyncpg.Connection, keyring: Keyring) -> Sign
 
 
 async def rotate_signing_key(conn: asyncpg.Connection, keyring: Keyring) -> str:
-    """Retire the active key and create the next; the new key id. Gateways pick the new
-    key up when they restart; the retired one stays published."""
+    """Retire the active key and create the next; the new key id. Gateways switch to the
+    new key at their next maintenance round; the retired one stays published."""
     async with conn.transaction():
         await conn.execute(
             "UPDATE recovea.receipt_keys SET retired_at = now() WHERE retired_at IS NULL"

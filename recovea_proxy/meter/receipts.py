@@ -48,6 +48,11 @@ class ReceiptSigner:
         self._sign = key.private.sign
         self._chains: dict[str, _Chain] = {}
 
+    def use(self, key: SigningKey) -> None:
+        """Sign with another key from now on (after a rotation); chains continue."""
+        self.kid = key.kid
+        self._sign = key.private.sign
+
     def sign(self, record: RequestRecord, response_sha256: str) -> str:
         """Sign the record's receipt, store it on the record, return the token."""
         workspace = record.workspace_id
