@@ -79,7 +79,7 @@ class Settings:
     log_level: str = "info"
     meter_queue_max: int = 100_000
     meter_batch_max: int = 5000
-    meter_flush_interval_s: float = 0.2
+    meter_flush_interval_s: float = 1.0
     meter_spool_max_mb: float = 256.0
     maintenance_interval_s: float = 300.0
     security_contact: str = "mailto:security@example.invalid"
@@ -129,7 +129,7 @@ class Settings:
             meter_queue_max=int(_number(env, "RECOVEA_METER_QUEUE_MAX", 100_000, minimum=1)),
             meter_batch_max=int(_number(env, "RECOVEA_METER_BATCH_MAX", 5000, minimum=1)),
             meter_flush_interval_s=_number(
-                env, "RECOVEA_METER_FLUSH_INTERVAL_S", 0.2, minimum=0.001
+                env, "RECOVEA_METER_FLUSH_INTERVAL_S", 1.0, minimum=0.001
             ),
             meter_spool_max_mb=_number(env, "RECOVEA_METER_SPOOL_MAX_MB", 256, minimum=0),
             maintenance_interval_s=_number(

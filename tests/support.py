@@ -101,6 +101,8 @@ class Gateway:
             "RECOVEA_LOG_FORMAT": "json",
             "RECOVEA_DATA_DIR": str(workdir / f"data-{self.port}"),
             "RECOVEA_PASSTHROUGH": "on",
+            # rows readable soon after each request (production default: 1 s)
+            "RECOVEA_METER_FLUSH_INTERVAL_S": "0.05",
             **env,
         }
         extra_args = full_env.pop("_args", "").split()

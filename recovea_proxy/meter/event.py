@@ -3,17 +3,14 @@
 
 The hot path builds the row as a flat tuple of plain values (strings, ints, bools,
 None, the levers dict) in `COLUMNS` order — cheap to build, and just as cheap to
-write to the spool as JSON. The drainer turns it into database values in batches
-(`to_db_row`): uuids, the route id, timestamps.
+write to the spool as JSON. The writer puts the route id in and lets Postgres cast
+ids and the epoch-millisecond time.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from recovea_proxy.record import RequestRecord
 
@@ -55,11 +52,7 @@ ROUTE = COLUMNS.index("route_id")
 _CUSTOMER = COLUMNS.index("customer_id")
 _PROVIDER = COLUMNS.index("provider")
 _MODEL = COLUMNS.index("baseline_model")
-_UUIDS = tuple(
-    COLUMNS.index(name) for name in ("customer_id", "project_id", "team_id", "rcv_key_id")
-)
-_LEVERS = COLUMNS.index("levers_fired")
-_TS = COLUMNS.index("ts")
+LEVERS = COLUMNS.index("levers_fired")
 _ROUTE_NAMESPACE = uuid.UUID("7d0c3f5e-2a61-4c55-9a43-8f1d6b0e2c11")
 
 Row = tuple[Any, ...]
@@ -117,20 +110,6 @@ def route_id(customer_id: str | None, provider: str, path: str) -> uuid.UUID:
 def route_key(row: Row) -> tuple[str | None, str, str, str | None]:
     """(workspace, provider, path, model) of a hot-path row."""
     return row[_CUSTOMER], row[_PROVIDER], row[ROUTE], row[_MODEL]
-
-
-def to_db_row(row: Row, route: uuid.UUID) -> list[Any]:
-    """A hot-path (or spooled) row as asyncpg COPY values."""
-    out = list(row)
-    out[0] = uuid.UUID(hex=row[0])
-    for index in _UUIDS:
-        value = row[index]
-        if value is not None:
-            out[index] = uuid.UUID(value)
-    out[ROUTE] = route
-    out[_LEVERS] = orjson.dumps(row[_LEVERS]).decode()
-    out[_TS] = datetime.fromtimestamp(row[_TS] / 1000, UTC)
-    return out
 
 
 def event_fields(record: RequestRecord) -> dict[str, Any]:
