@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.ledger_support import make_tenant, stored
 from tests.support import Gateway, without_receipt
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -58,3 +62,47 @@ def test_curl_anthropic_stream(gateway: Gateway) -> None:
     ).stdout
     assert out.startswith(b"event: message_start")
     assert without_receipt(out).rstrip().endswith(b'data: {"type":"message_stop"}')
+
+
+def quickstart_block(heading: str) -> list[str]:
+    """The sh code blocks under one heading of docs/quickstart.md."""
+    text = (Path(__file__).parent.parent / "docs" / "quickstart.md").read_text()
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n", 1)[1] for block in section.split("```sh")[1:]]
+
+
+def test_the_ledger_and_receipt_quickstart_runs_as_written(
+    gateway: Gateway, db_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The docs' read-back and verify commands, run by sh with curl, in order."""
+    tenant = make_tenant(db_env, "quickstart-ledger")
+    blocks = [
+        block.split("```", 1)[0]
+        .replace("http://127.0.0.1:8080", gateway.url)
+        .replace("rcv_live_…", tenant.key)
+        .replace(".venv/bin/recovea", f"{sys.executable} -m recovea_proxy")
+        for block in quickstart_block("Read the ledger back, check the receipt")
+    ]
+    assert len(blocks) == 2
+    send, read_back = blocks[0].rstrip().rsplit("\n", 1)
+    request_id_line = next(line for line in send.splitlines() if line.startswith("REQUEST_ID="))
+
+    def sh(script: str) -> str:
+        done = subprocess.run(
+            ["sh", "-c", "set -e\n" + script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **db_env},
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    sh(send)
+    request_id = (tmp_path / "headers.txt").read_text().lower().split("x-request-id: ")[1][:32]
+    stored(gateway, tenant, "requests", request_id)  # written within a flush interval
+    row = orjson.loads(sh(request_id_line + "\n" + read_back))
+    assert row["request_id"] == request_id
+    assert row["customer_id"] == tenant.workspace and row["input_tokens"] is not None
+    assert "receipt OK" in sh(blocks[1])
