@@ -5,6 +5,7 @@ is lost on a clean shutdown; `sent = written + dropped` holds exactly."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import threading
@@ -249,5 +250,55 @@ def test_with_queue_and_spool_full_events_are_dropped_and_counted(
         own_postgres.start()
         wait_until(lambda: meter(gateway, "written") + dropped == 41, 30, "the rest written")
         assert rows_of(own_postgres.url, tenant) == 41 - dropped
+    finally:
+        gateway.stop()
+
+
+def postgres_processes(server: Postgres) -> list[int]:
+    """The postmaster and its children."""
+    from recovea_proxy.store.embedded import postmaster_pid
+
+    master = postmaster_pid(server.data_dir)
+    assert master is not None
+    children = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and (entry / "stat").exists() and _ppid(entry) == master
+    ]
+    return [master, *children]
+
+
+def _ppid(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def test_a_frozen_database_never_holds_a_request(
+    mock: MockServer, workdir: Path, own_postgres: Postgres
+) -> None:
+    """Postgres stopped with SIGSTOP (reachable, never answering): requests go on at
+    normal speed; the rows arrive once it thaws."""
+    env = own_env(own_postgres, workdir)
+    tenant = make_tenant(env, "drain-frozen")
+    gateway = Gateway({**upstream_env(mock), **env}, workdir)
+    frozen: list[int] = []
+    try:
+        send(gateway, tenant, 1)
+        wait_until(lambda: meter(gateway, "written") == 1, 15, "first row")
+        frozen = postgres_processes(own_postgres)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        latencies = send(gateway, tenant, 30)
+        assert max(latencies) < 1.0, max(latencies)
+        assert meter(gateway, "written") == 1
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    try:
+        wait_until(lambda: meter(gateway, "written") == 31, 30, "rows after the thaw")
+        assert rows_of(own_postgres.url, tenant) == 31
+        assert meter(gateway, "dropped") == 0
     finally:
         gateway.stop()
