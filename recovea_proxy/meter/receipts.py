@@ -26,7 +26,6 @@ VERSION = "recovea-receipt-v1"
 GENESIS = "0" * 64
 #: the SSE comment a streamed response ends with (then the token and a blank line)
 SSE_PREFIX = b": recovea-receipt-v1 "
-_SORTED = orjson.OPT_SORT_KEYS
 
 
 class _Chain:
@@ -75,30 +74,30 @@ class ReceiptSigner:
         chain.seq += 1
         usage = record.usage
         model = record.model
+        # Keys in sorted order already (canonical form), so orjson need not sort them.
         canonical = orjson.dumps(
             {
-                "v": VERSION,
-                "kid": self.kid,
-                "request_id": record.request_id,
-                "ts": record.ts_epoch_ms,
-                "customer_id": workspace,
-                "rcv_key_id": record.rcv_key_id,
-                "provider": record.provider,
                 "baseline_model": model,
-                "realized_model": record.realized_model or model,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_tokens": usage.cached_tokens,
-                "reasoning_tokens": usage.reasoning_tokens,
                 "cache_hit": record.cache_hit,
-                "status": status_of(record),
+                "cached_tokens": usage.cached_tokens,
+                "chain": chain.id,
+                "customer_id": workspace,
+                "input_tokens": usage.input_tokens,
+                "kid": self.kid,
+                "output_tokens": usage.output_tokens,
+                "prev": chain.prev,
+                "provider": record.provider,
+                "rcv_key_id": record.rcv_key_id,
+                "realized_model": record.realized_model or model,
+                "reasoning_tokens": usage.reasoning_tokens,
+                "request_id": record.request_id,
                 "request_sha256": record.request_sha256,
                 "response_sha256": response_sha256,
-                "chain": chain.id,
                 "seq": chain.seq,
-                "prev": chain.prev,
-            },
-            option=_SORTED,
+                "status": status_of(record),
+                "ts": record.ts_epoch_ms,
+                "v": VERSION,
+            }
         )
         chain.prev = hashlib.sha256(canonical).hexdigest()
         signature = crypto_sign(canonical, self._secret)[:64]
