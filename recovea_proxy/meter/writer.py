@@ -1,16 +1,13 @@
 """Writes metering batches to Postgres: events, their routes and their receipts.
 
-A batch goes to Postgres as one JSON array (one `orjson.dumps` call, ~0.5 µs per
-event) that a single statement unpacks into a session-temporary staging table
-(each event beside its receipt, ids as text, the time as epoch milliseconds);
-from there one `INSERT … SELECT … ON CONFLICT DO NOTHING` per table moves it, all
-in one transaction. Parsing and casting happen in Postgres, off the gateway's CPU,
-which matters more than the database's here: the gateway process is the one
-requests wait on. (COPY, the other bulk path, is refused on tables with row-level
-security, and encoding its binary rows costs the gateway ~5 µs per event.) The
-conflict keys ((request_id, ts) for events, (chain_id, seq) for receipts) make a
-retried or replayed batch idempotent. The writer owns one connection (the app
-role, in service mode for the transaction) and reconnects after any failure.
+PostgreSQL refuses `COPY FROM` into a table with row-level security, so a batch is
+COPYed into one session-temporary staging table (each event beside its receipt, ids
+as text, the time as epoch milliseconds) and moved with one
+`INSERT … SELECT … ON CONFLICT DO NOTHING` per table, all in one transaction; the
+casts happen in Postgres, not in Python. The conflict keys ((request_id, ts) for
+events, (chain_id, seq) for receipts) make a retried or replayed batch idempotent.
+The writer owns one connection (the app role, in service mode for the transaction)
+and reconnects after any failure.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from recovea_proxy.meter.event import COLUMNS, ROUTE, route_id, route_key
+from recovea_proxy.meter.event import COLUMNS, LEVERS, ROUTE, route_id, route_key
 from recovea_proxy.meter.queue import Item
 from recovea_proxy.store.database import connect
 
@@ -83,7 +80,6 @@ class EventWriter:
         self._url = url
         self._timeout = timeout_s
         self._conn: asyncpg.Connection | None = None
-        self._fill = ""
         #: route ids by (workspace, provider, path); `_named` ones exist with a first model
         self._ids: dict[RouteKey, uuid.UUID | None] = {}
         self._named: set[RouteKey] = set()
@@ -109,8 +105,7 @@ class EventWriter:
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             conn = await connect(self._url, timeout_s=self._timeout)
-            ddl, self._fill = await _staging_statements(conn)
-            await conn.execute(ddl)
+            await conn.execute(await _staging_ddl(conn))
             self._conn = conn
         return self._conn
 
@@ -126,7 +121,9 @@ class EventWriter:
             await conn.execute("SELECT set_config('recovea.service', 'on', true)")
             if new_routes:
                 await conn.executemany(_ADD_ROUTE, list(new_routes.values()))
-            await conn.execute(self._fill, orjson.dumps(records).decode())
+            await conn.copy_records_to_table(
+                "staging_events", records=records, columns=STAGING_COLUMNS
+            )
             await conn.execute(_MOVE_EVENTS)
             await conn.execute(_MOVE_RECEIPTS)
             await conn.execute(_MARK_HOURS)
@@ -150,19 +147,21 @@ class EventWriter:
             if route is not None and key not in self._named:
                 if key not in new_routes or new_routes[key][4] is None:
                     new_routes[key] = (route, uuid.UUID(customer), provider, path, model)
+            levers = row[LEVERS]
             record = (
                 *row[:ROUTE],
                 route,
-                *row[ROUTE + 1 :],
+                *row[ROUTE + 1 : LEVERS],
+                orjson.dumps(levers).decode() if levers else "{}",
+                *row[LEVERS + 1 :],
                 *(receipt[:2] + receipt[4:5] + receipt[6:] if receipt else _NO_RECEIPT),
             )
             records.append(record)
         return records, new_routes
 
 
-async def _staging_statements(conn: asyncpg.Connection) -> tuple[str, str]:
-    """The staging table (request_events' column types, except the ones cast later) and
-    the statement that fills it from a JSON array of rows."""
+async def _staging_ddl(conn: asyncpg.Connection) -> str:
+    """The staging table: request_events' column types, except the ones cast later."""
     types = {
         row["attname"]: row["type"]
         for row in await conn.fetch(
@@ -171,15 +170,7 @@ async def _staging_statements(conn: asyncpg.Connection) -> tuple[str, str]:
             " AND NOT attisdropped"
         )
     }
-    staged = [(name, _STAGING_TYPES.get(name) or types[name]) for name in STAGING_COLUMNS]
-    ddl = (
-        "CREATE TEMP TABLE IF NOT EXISTS staging_events ("
-        + ", ".join(f"{name} {kind}" for name, kind in staged)
-        + ") ON COMMIT DELETE ROWS"
+    columns = ", ".join(
+        f"{name} {_STAGING_TYPES.get(name) or types[name]}" for name in STAGING_COLUMNS
     )
-    fill = (
-        f"INSERT INTO staging_events ({', '.join(STAGING_COLUMNS)}) SELECT "
-        + ", ".join(f"(r->>{index})::{kind}" for index, (_, kind) in enumerate(staged))
-        + " FROM jsonb_array_elements($1::jsonb) AS r"
-    )
-    return ddl, fill
+    return f"CREATE TEMP TABLE IF NOT EXISTS staging_events ({columns}) ON COMMIT DELETE ROWS"
