@@ -302,3 +302,31 @@ def test_a_frozen_database_never_holds_a_request(
         assert meter(gateway, "dropped") == 0
     finally:
         gateway.stop()
+
+
+def test_maintenance_faults_are_counted_and_never_reach_requests(
+    mock: MockServer, workdir: Path, own_postgres: Postgres
+) -> None:
+    """With the database gone, the scheduled partitions/rollup round fails, is counted,
+    and requests go on; the next round after the restart succeeds."""
+    env = own_env(own_postgres, workdir)
+    tenant = make_tenant(env, "drain-maintenance")
+    gateway = Gateway(
+        {**upstream_env(mock), **env, "RECOVEA_MAINTENANCE_INTERVAL_S": "0.1"}, workdir
+    )
+
+    def runs(outcome: str) -> float:
+        return metric_value(gateway.metrics(), "recovea_maintenance_runs_total", outcome=outcome)
+
+    try:
+        send(gateway, tenant, 1)
+        wait_until(lambda: runs("ok") >= 1, 15, "a maintenance round")
+        own_postgres.stop()
+        wait_until(lambda: runs("error") >= 1, 15, "a failed round")
+        send(gateway, tenant, 5)
+        own_postgres.start()
+        ok_before = runs("ok")
+        wait_until(lambda: runs("ok") > ok_before, 30, "a round after the restart")
+        wait_until(lambda: rows_of(own_postgres.url, tenant) == 6, 30, "every row")
+    finally:
+        gateway.stop()

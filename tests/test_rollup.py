@@ -3,9 +3,11 @@ workspace-scoped; re-running an hour gives the same numbers; overrides win."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -213,5 +215,65 @@ def test_the_gateway_rolls_up_on_its_own_schedule(
         found = wait_until(lambda: usage(gateway, tenant, "model").get("gpt-4o"), 20, "rollup")
         assert found["requests"] == 1
         assert metric_value(gateway.metrics(), "recovea_maintenance_runs_total", outcome="ok") >= 1
+    finally:
+        gateway.stop()
+
+
+def test_one_replica_at_a_time_runs_maintenance(
+    mock: MockServer, workdir: Path, db_env: dict[str, str], postgres: Postgres
+) -> None:
+    """While another replica holds the maintenance lock, this one skips its rounds and
+    rolls nothing up; once the lock is free, it does the work."""
+    import asyncio
+
+    import asyncpg
+
+    from recovea_proxy.meter.maintenance import LOCK_ID
+
+    async def hold_lock(held: asyncio.Event, release: asyncio.Event) -> None:
+        conn = await asyncpg.connect(postgres.url)
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", LOCK_ID)
+            held.set()
+            await release.wait()
+            await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
+        finally:
+            await conn.close()
+
+    loop = asyncio.new_event_loop()
+    held, release = asyncio.Event(), asyncio.Event()
+    holder = threading.Thread(target=loop.run_until_complete, args=(hold_lock(held, release),))
+    holder.start()
+    gateway = None
+    try:
+        wait_until(held.is_set, 10, "the other replica's lock")
+        gateway = Gateway(
+            {**upstream_env(mock), **db_env, "RECOVEA_MAINTENANCE_INTERVAL_S": "0.1"}, workdir
+        )
+        tenant = make_tenant(db_env, "rollup-locked")
+        stored(
+            gateway,
+            tenant,
+            "requests",
+            call(gateway, tenant, "/v1/chat/completions", "gpt-4o", GPT),
+        )
+        wait_until(
+            lambda: (
+                metric_value(gateway.metrics(), "recovea_maintenance_runs_total", outcome="skipped")
+                >= 3
+            ),
+            15,
+            "skipped rounds",
+        )
+        assert metric_value(gateway.metrics(), "recovea_maintenance_runs_total", outcome="ok") == 0
+        assert usage(gateway, tenant, "model") == {}
+    finally:
+        loop.call_soon_threadsafe(release.set)
+        holder.join(10)
+        loop.close()
+    try:
+        wait_until(
+            lambda: usage(gateway, tenant, "model").get("gpt-4o"), 20, "rollup after release"
+        )
     finally:
         gateway.stop()

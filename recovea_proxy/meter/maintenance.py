@@ -22,13 +22,13 @@ from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.store.database import connect
 from recovea_proxy.store.service import ensure_partitions
 
-_LOCK_ID = 0x5245_434F_5645_4132  # "RECOVEA2"
+LOCK_ID = 0x5245_434F_5645_4132  # "RECOVEA2"
 _ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def run_maintenance(conn: asyncpg.Connection, *, prune_too: bool) -> dict[str, object]:
     """One round, if no other replica holds the lock; what it did (empty if skipped)."""
-    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_ID):
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_ID):
         return {}
     try:
         done: dict[str, object] = {"partitions_created": await ensure_partitions(conn)}
@@ -37,7 +37,7 @@ async def run_maintenance(conn: asyncpg.Connection, *, prune_too: bool) -> dict[
             done["pruned"] = await prune(conn)
         return done
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
 
 
 class Maintenance:
