@@ -56,7 +56,10 @@ class Runtime:
     in_flight: int = 0
 
     def finish(self, record: RequestRecord) -> None:
-        """Report a finished request: one log line and its metrics."""
+        """Report a finished request: one log line, its metrics, and its ledger row and
+        receipt queued for the drainer. A workspace's request whose receipt was not
+        sent (the client left, or the body was not SSE) is signed here, so its chain
+        stays gapless in the ledger."""
         route = self.metrics.route(record.provider, record.route)
         route.count(record.status_code)
         route.duration.observe(record.latency_ms / 1000)
