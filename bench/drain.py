@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recovea_proxy.meter.drain import Drainer
-from recovea_proxy.meter.event import event_row
+from recovea_proxy.meter.event import RouteIds, event_row
 from recovea_proxy.meter.queue import Item, MeterQueue
 from recovea_proxy.meter.receipt_keys import SigningKey
 from recovea_proxy.meter.receipts import ReceiptSigner
@@ -40,6 +40,7 @@ from recovea_proxy.store.migrate import apply_migrations
 
 def make_items(count: int, workspaces: list[str]) -> list[Item]:
     signer = ReceiptSigner(SigningKey("rk_bench", Ed25519PrivateKey.generate()))
+    routes = RouteIds()
     items: list[Item] = []
     now_ms = time.time_ns() // 1_000_000
     for n in range(count):
@@ -51,18 +52,7 @@ def make_items(count: int, workspaces: list[str]) -> list[Item]:
         record.usage.finish_reason = "stop"
         record.success, record.ended_ns, record.upstream_wait_ns = True, 300_000_000, 290_000_000
         signer.sign(record, "0" * 64)
-        place = record.receipt_place
-        assert place is not None
-        receipt = (
-            place[0],
-            place[1],
-            record.request_id,
-            record.workspace_id,
-            place[2],
-            now_ms,
-            record.receipt,
-        )
-        items.append((event_row(record), receipt))
+        items.append(event_row(record, routes.id_for(record)))
     return items
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recovea_proxy.meter.event import event_fields, event_row
+from recovea_proxy.meter.event import RouteIds, event_fields, event_row
 from recovea_proxy.meter.queue import MeterQueue
 from recovea_proxy.meter.receipt_keys import SigningKey
 from recovea_proxy.meter.receipts import ReceiptSigner
@@ -52,6 +52,7 @@ def main() -> None:
     signer = ReceiptSigner(SigningKey("rk_bench", private))
     sample = record()
     queue = MeterQueue(10**9, 10**9, lambda: None)
+    routes = RouteIds()
     request_body = os.urandom(600).hex().encode()  # a 1.2 KB request
     response_body = os.urandom(800).hex().encode()  # a 1.6 KB response
     rows = {
@@ -63,7 +64,9 @@ def main() -> None:
         ),
         "request_sha256 of the request body": lambda: hashlib.sha256(request_body).hexdigest(),
         "response_sha256 of the response body": lambda: hashlib.sha256(response_body).hexdigest(),
-        "ledger row (event_row) + queue put": lambda: queue.put((event_row(sample), None)),
+        "ledger row (event_row, route id) + queue put": lambda: queue.put(
+            event_row(sample, routes.id_for(sample))
+        ),
         "request log fields (existed before metering)": lambda: event_fields(sample),
     }
     print(f"{'operation':66} cpu µs")

@@ -19,7 +19,7 @@ from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import Lever, build_chain
 from recovea_proxy.meter.drain import Drainer
-from recovea_proxy.meter.event import event_fields, event_row
+from recovea_proxy.meter.event import RouteIds, event_fields, event_row
 from recovea_proxy.meter.maintenance import Maintenance
 from recovea_proxy.meter.queue import MeterQueue
 from recovea_proxy.meter.receipt_keys import active_signing_key
@@ -51,6 +51,7 @@ class Runtime:
     request_log: RequestLog
     receipts: ReceiptSigner
     meter: MeterQueue
+    routes: RouteIds
     ready: bool = False
     #: provider requests being served (read by the in-flight gauge at scrape time)
     in_flight: int = 0
@@ -67,23 +68,10 @@ class Runtime:
         if record.client_gone:
             self.metrics.client_disconnects.labels(record.provider).inc()
         self.request_log.write(event_fields(record))
-        receipt = None
-        if record.workspace_id is not None:
-            if record.receipt is None:
-                digest = record.response_hash
-                self.receipts.sign(record, digest.hexdigest() if digest else _EMPTY_SHA256)
-            place = record.receipt_place
-            assert place is not None
-            receipt = (
-                place[0],
-                place[1],
-                record.request_id,
-                record.workspace_id,
-                place[2],
-                record.ts_epoch_ms,
-                record.receipt,
-            )
-        self.meter.put((event_row(record), receipt))
+        if record.workspace_id is not None and record.receipt is None:
+            digest = record.response_hash
+            self.receipts.sign(record, digest.hexdigest() if digest else _EMPTY_SHA256)
+        self.meter.put(event_row(record, self.routes.id_for(record)))
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -180,6 +168,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             request_log=RequestLog(settings.log_format),
             receipts=signer,
             meter=queue,
+            routes=RouteIds(),
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()

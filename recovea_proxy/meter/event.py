@@ -1,16 +1,19 @@
 """The body-free facts of one finished request: the log line's fields and the
 `request_events` row. Nothing here can hold prompt or response text.
 
-The hot path builds the row as a flat tuple of plain values (strings, ints, bools,
-None, the levers dict) in `COLUMNS` order — cheap to build, and just as cheap to
-write to the spool as JSON. The writer puts the route id in and lets Postgres cast
-ids and the epoch-millisecond time.
+The hot path builds the row exactly as the drainer's staging table takes it
+(`STAGING_COLUMNS`: the `request_events` columns, then the receipt's place and
+token, then the route's path): a flat tuple of plain values that goes to COPY as it
+is and to the spool as JSON. Postgres casts the ids and the epoch-millisecond time,
+and creates routes from the batch, so the drainer does no per-event Python work.
 """
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
+
+import orjson
 
 from recovea_proxy.record import RequestRecord
 
@@ -47,13 +50,10 @@ COLUMNS = (
     "baseline_cost",
     "realized_cost",
 )
-#: where the hot-path row keeps the route's path (the drainer puts the route id there)
-ROUTE = COLUMNS.index("route_id")
-_CUSTOMER = COLUMNS.index("customer_id")
-_PROVIDER = COLUMNS.index("provider")
-_MODEL = COLUMNS.index("baseline_model")
-LEVERS = COLUMNS.index("levers_fired")
+#: what the hot path queues per request: the row, the receipt (or NULLs), the route's path
+STAGING_COLUMNS = (*COLUMNS, "chain_id", "seq", "kid", "token", "route_path")
 _ROUTE_NAMESPACE = uuid.UUID("7d0c3f5e-2a61-4c55-9a43-8f1d6b0e2c11")
+_NO_RECEIPT = (None, None, None, None)
 
 Row = tuple[Any, ...]
 
@@ -63,10 +63,12 @@ def status_of(record: RequestRecord) -> str:
     return "error" if record.success is False else "success"
 
 
-def event_row(record: RequestRecord) -> Row:
-    """The request's `request_events` row, plain values, route path in the route slot."""
+def event_row(record: RequestRecord, route: str | None) -> Row:
+    """The request's staging row (see `STAGING_COLUMNS`)."""
     usage = record.usage
     model = record.model
+    levers = record.levers_fired
+    place = record.receipt_place
     return (
         record.request_id,
         record.trace_id,
@@ -74,7 +76,7 @@ def event_row(record: RequestRecord) -> Row:
         record.project_id,
         record.team_id,
         record.rcv_key_id,
-        record.route,
+        route,
         record.feature,
         record.end_user_id,
         model,
@@ -83,7 +85,7 @@ def event_row(record: RequestRecord) -> Row:
         usage.output_tokens,
         usage.cached_tokens,
         usage.reasoning_tokens,
-        record.levers_fired,
+        orjson.dumps(levers).decode() if levers else "{}",
         record.cache_hit,
         record.cache_type,
         record.dedup_singleflight,
@@ -98,18 +100,36 @@ def event_row(record: RequestRecord) -> Row:
         record.ts_epoch_ms,
         None,
         None,
+        *((place[0], place[1], place[2], record.receipt) if place else _NO_RECEIPT),
+        record.route,
     )
 
 
+class RouteIds:
+    """Route ids by (workspace, provider, path). An id is derived from those three, so
+    every process names a route alike without a lookup; this only caches the
+    derivation."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str, str], str] = {}
+
+    def id_for(self, record: RequestRecord) -> str | None:
+        """The route id of a request (None without a workspace)."""
+        workspace = record.workspace_id
+        if workspace is None:
+            return None
+        key = (workspace, record.provider, record.route)
+        found = self._ids.get(key)
+        if found is None:
+            found = self._ids[key] = str(route_id(*key))
+        return found
+
+
 def route_id(customer_id: str | None, provider: str, path: str) -> uuid.UUID:
-    """The route's id: the same (workspace, provider, path) always gives the same id, in
-    every process, so no lookup is needed to name it."""
+    """The route's id: the same (workspace, provider, path) always gives the same id."""
     return uuid.uuid5(_ROUTE_NAMESPACE, f"{customer_id}|{provider}|{path}")
-
-
-def route_key(row: Row) -> tuple[str | None, str, str, str | None]:
-    """(workspace, provider, path, model) of a hot-path row."""
-    return row[_CUSTOMER], row[_PROVIDER], row[ROUTE], row[_MODEL]
 
 
 def event_fields(record: RequestRecord) -> dict[str, Any]:

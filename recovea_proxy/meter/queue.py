@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-#: one queued event: (request_events row, receipt row or None)
-Item = tuple[tuple[Any, ...], tuple[Any, ...] | None]
+#: one queued event: its staging row (`meter.event.STAGING_COLUMNS`)
+Item = tuple[Any, ...]
 
 
 class MeterQueue:

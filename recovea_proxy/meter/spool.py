@@ -141,4 +141,4 @@ def _parse_line(line: bytes) -> list[Item] | None:
         return None  # torn by a crash mid-write
     if not isinstance(raw, list):
         return None
-    return [(tuple(row), tuple(receipt) if receipt is not None else None) for row, receipt in raw]
+    return [tuple(row) for row in raw]

@@ -1,25 +1,24 @@
-"""Writes metering batches to Postgres: events, their routes and their receipts.
+"""Writes metering batches to Postgres: events, their receipts and their routes.
 
 PostgreSQL refuses `COPY FROM` into a table with row-level security, so a batch is
-COPYed into one session-temporary staging table (each event beside its receipt, ids
-as text, the time as epoch milliseconds) and moved with one
-`INSERT … SELECT … ON CONFLICT DO NOTHING` per table, all in one transaction; the
-casts happen in Postgres, not in Python. The conflict keys ((request_id, ts) for
-events, (chain_id, seq) for receipts) make a retried or replayed batch idempotent.
-The writer owns one connection (the app role, in service mode for the transaction)
-and reconnects after any failure.
+COPYed (asyncpg `copy_records_to_table`) into one session-temporary staging table —
+rows exactly as the hot path queued them: each event beside its receipt and its
+route's path, ids as text, the time as epoch milliseconds — and moved with one
+`INSERT … SELECT … ON CONFLICT DO NOTHING` per table, in one transaction. Postgres
+does the casts and creates routes on first sight (remembering the batch's earliest
+model); the writer does no per-event work. The conflict keys ((request_id, ts) for
+events, (chain_id, seq) for receipts, route_id for routes) make a retried or
+replayed batch idempotent. The writer owns one connection (the app role, in
+service mode for the transaction) and reconnects after any failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from typing import Any
 
 import asyncpg
-import orjson
 
-from recovea_proxy.meter.event import COLUMNS, LEVERS, ROUTE, route_id, route_key
+from recovea_proxy.meter.event import COLUMNS, STAGING_COLUMNS
 from recovea_proxy.meter.queue import Item
 from recovea_proxy.store.database import connect
 
@@ -36,9 +35,8 @@ _STAGING_TYPES = {
     "seq": "bigint",
     "kid": "text",
     "token": "text",
+    "route_path": "text",
 }
-RECEIPT_COLUMNS = ("chain_id", "seq", "kid", "token")
-STAGING_COLUMNS = (*COLUMNS, *RECEIPT_COLUMNS)
 _CAST = {
     "request_id": "request_id::uuid",
     "customer_id": "customer_id::uuid",
@@ -63,14 +61,14 @@ _MARK_HOURS = (
     f" SELECT DISTINCT date_trunc('hour', {_CAST['ts']}) FROM staging_events"
     " ON CONFLICT DO NOTHING"
 )
-_ADD_ROUTE = (
+_ADD_ROUTES = (
     "INSERT INTO recovea.routes (route_id, customer_id, provider, path, first_model)"
-    " VALUES ($1, $2, $3, $4, $5)"
+    " SELECT DISTINCT ON (route_id) route_id, customer_id::uuid, provider, route_path,"
+    " baseline_model FROM staging_events WHERE route_id IS NOT NULL"
+    " ORDER BY route_id, baseline_model IS NULL, ts"
     " ON CONFLICT (route_id) DO UPDATE SET first_model = EXCLUDED.first_model"
     " WHERE routes.first_model IS NULL AND EXCLUDED.first_model IS NOT NULL"
 )
-_NO_RECEIPT = (None, None, None, None)
-RouteKey = tuple[str | None, str, str]
 
 
 class EventWriter:
@@ -80,9 +78,6 @@ class EventWriter:
         self._url = url
         self._timeout = timeout_s
         self._conn: asyncpg.Connection | None = None
-        #: route ids by (workspace, provider, path); `_named` ones exist with a first model
-        self._ids: dict[RouteKey, uuid.UUID | None] = {}
-        self._named: set[RouteKey] = set()
 
     async def write(self, batch: list[Item]) -> None:
         """Write a batch in one transaction; on any error the connection is dropped
@@ -116,48 +111,15 @@ class EventWriter:
 
     async def _write(self, batch: list[Item]) -> None:
         conn = await self._connection()
-        records, new_routes = self._records(batch)
         async with conn.transaction():
             await conn.execute("SELECT set_config('recovea.service', 'on', true)")
-            if new_routes:
-                await conn.executemany(_ADD_ROUTE, list(new_routes.values()))
             await conn.copy_records_to_table(
-                "staging_events", records=records, columns=STAGING_COLUMNS
+                "staging_events", records=batch, columns=STAGING_COLUMNS
             )
+            await conn.execute(_ADD_ROUTES)
             await conn.execute(_MOVE_EVENTS)
             await conn.execute(_MOVE_RECEIPTS)
             await conn.execute(_MARK_HOURS)
-        for key, args in new_routes.items():
-            if args[4] is not None:
-                self._named.add(key)
-
-    def _records(
-        self, batch: list[Item]
-    ) -> tuple[list[tuple[Any, ...]], dict[RouteKey, tuple[Any, ...]]]:
-        records: list[tuple[Any, ...]] = []
-        new_routes: dict[RouteKey, tuple[Any, ...]] = {}
-        ids = self._ids
-        for row, receipt in batch:
-            customer, provider, path, model = route_key(row)
-            key = (customer, provider, path)
-            if key in ids:
-                route = ids[key]
-            else:
-                route = ids[key] = route_id(customer, provider, path) if customer else None
-            if route is not None and key not in self._named:
-                if key not in new_routes or new_routes[key][4] is None:
-                    new_routes[key] = (route, uuid.UUID(customer), provider, path, model)
-            levers = row[LEVERS]
-            record = (
-                *row[:ROUTE],
-                route,
-                *row[ROUTE + 1 : LEVERS],
-                orjson.dumps(levers).decode() if levers else "{}",
-                *row[LEVERS + 1 :],
-                *(receipt[:2] + receipt[4:5] + receipt[6:] if receipt else _NO_RECEIPT),
-            )
-            records.append(record)
-        return records, new_routes
 
 
 async def _staging_ddl(conn: asyncpg.Connection) -> str:
