@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bench.procs import NotReady, free_port, http_ok, started, tcp_open, wait_ready
-from bench.run import MODES, Mode
+from bench.run import MODES, Mode, loadgen_argv
 from bench.targets import Target, stop_embedded_postgres, targets
 
 READY_DEADLINE_S = 600.0
@@ -35,14 +35,7 @@ def callgrind(pid: int, *command: str) -> None:
 
 
 def loadgen(url: str, mode: Mode, key: str | None, requests: int, concurrency: int) -> None:
-    argv = [sys.executable, "-m", "bench.loadgen", "--url", url, "--requests", str(requests)]
-    argv += ["--concurrency", str(concurrency)]
-    if mode.stream:
-        argv.append("--stream")
-    if mode.include_usage:
-        argv.append("--include-usage")
-    if key:
-        argv += ["--key", key]
+    argv = loadgen_argv(url, mode, key, requests, concurrency)
     done = subprocess.run(argv, capture_output=True, check=True, timeout=1800)
     if b'"errors":0' not in done.stdout:
         raise RuntimeError(f"the load generator saw errors: {done.stdout.decode()}")

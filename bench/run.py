@@ -78,16 +78,24 @@ class Plan:
     others_cores: str | None  # where the load generator runs
 
 
-def load(plan: Plan, url: str, mode: Mode, key: str | None, requests: int) -> dict[str, float]:
-    """One load generator run, in its own process; its JSON summary."""
+def loadgen_argv(
+    url: str, mode: Mode, key: str | None, requests: int, concurrency: int
+) -> list[str]:
+    """The command line of one closed-loop load generator run."""
     argv = [sys.executable, "-m", "bench.loadgen", "--url", url]
-    argv += ["--requests", str(requests), "--concurrency", str(plan.concurrency)]
+    argv += ["--requests", str(requests), "--concurrency", str(concurrency)]
     if mode.stream:
         argv.append("--stream")
     if mode.include_usage:
         argv.append("--include-usage")
     if key:
         argv += ["--key", key]
+    return argv
+
+
+def load(plan: Plan, url: str, mode: Mode, key: str | None, requests: int) -> dict[str, float]:
+    """One load generator run, in its own process; its JSON summary."""
+    argv = loadgen_argv(url, mode, key, requests, plan.concurrency)
     done = subprocess.run(
         pinned(argv, plan.others_cores), capture_output=True, check=True, timeout=600
     )

@@ -297,9 +297,7 @@ async def _send_buffered(
     _note_upstream_id(record, upstream_id)
     out_headers.append((b"content-length", str(len(body)).encode()))
     _add_gateway_headers(out_headers, record)
-    if record.workspace_id is not None:
-        token = rt.receipts.sign(record, hashlib.sha256(body).hexdigest())
-        out_headers.append((b"recovea-receipt", token.encode()))
+    _add_receipt_header(rt, out_headers, record, body)
     record.responded = True
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -439,6 +437,15 @@ def _add_gateway_headers(headers: list[tuple[bytes, bytes]], record: RequestReco
     headers.append((b"x-recovea-trace-id", record.trace_id.encode("latin-1")))
 
 
+def _add_receipt_header(
+    rt: Runtime, headers: list[tuple[bytes, bytes]], record: RequestRecord, body: bytes
+) -> None:
+    """A whole (non-streamed) body's receipt, as a header, for a workspace's request."""
+    if record.workspace_id is not None:
+        token = rt.receipts.sign(record, hashlib.sha256(body).hexdigest())
+        headers.append((b"recovea-receipt", token.encode()))
+
+
 async def _send_error(
     rt: Runtime, send: Send, record: RequestRecord, shape: str, exc: GatewayError
 ) -> None:
@@ -450,9 +457,7 @@ async def _send_error(
     if exc.status in (401, 403, 413):
         headers.append((b"x-should-retry", b"false"))
     _add_gateway_headers(headers, record)
-    if record.workspace_id is not None:
-        token = rt.receipts.sign(record, hashlib.sha256(body).hexdigest())
-        headers.append((b"recovea-receipt", token.encode()))
+    _add_receipt_header(rt, headers, record, body)
     record.responded = True
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

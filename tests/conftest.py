@@ -10,6 +10,7 @@ import anthropic
 import openai
 import pytest
 
+from tests.receipt_support import Signer
 from tests.support import Gateway, MockServer, Postgres, short_tmpdir
 
 FAKE_OPENAI_KEY = "sk-test-Zq3J8x1RkD5mV0aLpN7uYc2Wf9Tb4HsE"
@@ -33,6 +34,15 @@ def mock() -> Iterator[MockServer]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """One embedded Postgres for the session (tests that stop Postgres start their own)."""
+    server = Postgres()
+    yield server
+    server.stop()
+    shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    """A Postgres of the test's own, which it may stop and start."""
     server = Postgres()
     yield server
     server.stop()
@@ -135,3 +145,9 @@ def no_key_leaks() -> Iterator[None]:
         if fixed in logs:
             leaks.append(fixed[-4:])
     assert not leaks, f"full keys found in output (last four shown): {sorted(set(leaks))}"
+
+
+@pytest.fixture
+def signer() -> Signer:
+    """A fresh Ed25519 receipt signer (for the verifier's tests)."""
+    return Signer()

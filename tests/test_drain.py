@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant, owner_query
@@ -48,15 +45,6 @@ def send(gateway: Gateway, tenant: Tenant, count: int) -> list[float]:
             latencies.append(time.perf_counter() - started)
             assert response.status_code == 200, response.text
     return latencies
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[Postgres]:
-    """A Postgres this test may stop and start."""
-    server = Postgres()
-    yield server
-    server.stop()
-    shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def own_env(server: Postgres, workdir: Path) -> dict[str, str]:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -250,14 +248,6 @@ def test_published_keys_match_their_ids(gateway: Gateway) -> None:
     keys = verify.load_keys(document)
     assert keys and not keys.rejected
     assert all(entry["alg"] == "Ed25519" for entry in document["keys"])
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[Postgres]:
-    server = Postgres()
-    yield server
-    server.stop()
-    shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def test_rotated_keys_stay_published_and_old_receipts_still_verify(

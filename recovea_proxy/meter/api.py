@@ -30,6 +30,7 @@ from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.meter.event import COLUMNS
 from recovea_proxy.meter.receipt_keys import published_keys
+from recovea_proxy.meter.rollup import COUNTS, parse_moment
 from recovea_proxy.runtime import Runtime
 
 LEDGER_PAGE_MAX = 10_000
@@ -43,18 +44,7 @@ _GROUPS = {
     "route": "coalesce(ro.provider || ' ' || ro.path, r.route_id::text)",
     "provider": "r.provider",
 }
-_SUMS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cache_hits",
-    "dedup_hits",
-    "fallbacks",
-    "unpriced",
-)
+_SUMS = (*COUNTS, "unpriced")
 
 
 def _not_found(what: str) -> GatewayError:
@@ -197,10 +187,9 @@ def _moment(request: Request, name: str, default: datetime) -> datetime:
     if not raw:
         return default
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        return parse_moment(raw)
     except ValueError:
         raise bad_request(f"{name} must be an ISO 8601 date or time.") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def get_usage(request: Request, runtime: Runtime, key: KeyRecord) -> Response:

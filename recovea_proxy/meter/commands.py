@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -17,7 +17,7 @@ from recovea_proxy.auth.keyring import load_keyring
 from recovea_proxy.config import Settings
 from recovea_proxy.meter.receipt_keys import rotate_signing_key
 from recovea_proxy.meter.retention import delete_workspace, prune
-from recovea_proxy.meter.rollup import run_rollup
+from recovea_proxy.meter.rollup import parse_moment, run_rollup
 from recovea_proxy.store.service import ensure_partitions
 
 
@@ -25,10 +25,9 @@ def _moment(raw: str | None) -> datetime | None:
     if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        return parse_moment(raw)
     except ValueError:
         raise ops.OperationError(f"not an ISO 8601 date or time: {raw!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def rollup(conn: asyncpg.Connection, args: argparse.Namespace, _: Settings) -> dict[str, Any]:

@@ -55,9 +55,8 @@ FROM recovea.request_events
 WHERE ts >= $1 AND ts < $2 AND customer_id IS NOT NULL
 GROUP BY {", ".join(DIMENSIONS)}
 """
-_COLUMNS = (
-    "hour",
-    *DIMENSIONS,
+#: the per-group counts a rollup row holds (summed again when usage is read)
+COUNTS = (
     "requests",
     "errors",
     "input_tokens",
@@ -67,15 +66,20 @@ _COLUMNS = (
     "cache_hits",
     "dedup_hits",
     "fallbacks",
-    "baseline_cost",
-    "realized_cost",
-    "unpriced",
 )
+_COLUMNS = ("hour", *DIMENSIONS, *COUNTS, "baseline_cost", "realized_cost", "unpriced")
 _INSERT = (
     f"INSERT INTO recovea.usage_rollups ({', '.join(_COLUMNS)})"
     f" VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
 )
 HOUR = timedelta(hours=1)
+
+
+def parse_moment(raw: str) -> datetime:
+    """An ISO 8601 date or time (a trailing Z allowed); UTC when it names no offset.
+    ValueError when it is not one."""
+    value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -128,15 +132,7 @@ async def rollup_hour(conn: asyncpg.Connection, hour: datetime) -> int:
                 (
                     hour,
                     *(row[name] for name in DIMENSIONS),
-                    row["requests"],
-                    row["errors"],
-                    row["input_tokens"],
-                    row["output_tokens"],
-                    row["cached_tokens"],
-                    row["reasoning_tokens"],
-                    row["cache_hits"],
-                    row["dedup_hits"],
-                    row["fallbacks"],
+                    *(row[name] for name in COUNTS),
                     baseline,
                     realized,
                     unpriced,
