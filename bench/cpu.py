@@ -43,7 +43,7 @@ class CpuTime:
 def tree_cpu(pid: int) -> CpuTime:
     """CPU time of `pid` and every live descendant."""
     stat = sched = 0.0
-    for member in _tree(pid):
+    for member in tree(pid):
         stat += _stat_us(member)
         sched += _schedstat_us(member)
     return CpuTime(stat, sched)
@@ -54,7 +54,8 @@ def tree_cpu_us(pid: int) -> float:
     return tree_cpu(pid).best_us
 
 
-def _tree(pid: int) -> list[int]:
+def tree(pid: int) -> list[int]:
+    """`pid` and every live descendant."""
     members: list[int] = []
     stack = [pid]
     scanned: dict[int, list[int]] | None = None

@@ -37,6 +37,18 @@ def pinned(argv: list[str], cores: str | None) -> list[str]:
     return ["taskset", "-c", cores, *argv]
 
 
+def pin_tree(pids: list[int], cores: str | None) -> None:
+    """Move running processes (e.g. a database and its backends) to `cores`; children
+    they fork later inherit the setting."""
+    if cores is None:
+        return
+    first, _, last = cores.partition("-")
+    allowed = set(range(int(first), int(last or first) + 1))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.sched_setaffinity(pid, allowed)
+
+
 @contextlib.contextmanager
 def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run `argv` in its own process group, output to `log`; kill the group on exit."""

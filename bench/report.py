@@ -62,7 +62,10 @@ def ratios(runs: Runs, modes: list[str]) -> dict[str, dict[str, float]]:
     """Per gateway-like target and mode, its CPU/request and p50 over the floor's.
 
     Taken round by round (rounds interleave the targets, so drift common to a round
-    cancels out), then the median over the rounds, with the lowest and highest."""
+    cancels out), then the median over the rounds, with the lowest and highest.
+    `cpu_best` is the ratio of each side's lowest CPU/request over the rounds: a
+    busy neighbour only ever adds CPU time, so the least-disturbed run of each is
+    the closest to its own cost."""
     names = dict.fromkeys(n for n, _ in runs if n not in ("direct", "floor"))
     out: dict[str, dict[str, float]] = {}
     for name in names:
@@ -83,8 +86,12 @@ def ratios(runs: Runs, modes: list[str]) -> dict[str, dict[str, float]]:
                 for t, f in pairs
             ]
             p50 = [t["p50_ms"] / f["p50_ms"] for t, f in pairs]
+            best = min(t["cpu_us_per_req"] for t, _ in pairs) / min(
+                f["cpu_us_per_req"] for _, f in pairs
+            )
             out[f"{name}/floor {mode}"] = {
                 "cpu": round(statistics.median(cpu), 3),
+                "cpu_best": round(best, 3),
                 "cpu_min": round(min(cpu), 3),
                 "cpu_max": round(max(cpu), 3),
                 "cpu_with_db": round(statistics.median(with_db), 3),
@@ -99,6 +106,7 @@ def ratio_lines(found: dict[str, dict[str, float]]) -> str:
     lines = []
     for key, r in found.items():
         line = f"{key:<{width}}  cpu x{r['cpu']:.2f} ({r['cpu_min']:.2f}-{r['cpu_max']:.2f})"
+        line += f"  best x{r['cpu_best']:.2f}"
         line += f"  p50 x{r['p50']:.2f}"
         if r["cpu_with_db"] - r["cpu"] >= 0.01:
             line += f"  (cpu with its database x{r['cpu_with_db']:.2f})"

@@ -31,8 +31,17 @@ from pathlib import Path
 import orjson
 
 from bench import report
-from bench.cpu import CpuTime, tree_cpu
-from bench.procs import NotReady, free_port, http_ok, pinned, started, tcp_open, wait_ready
+from bench.cpu import CpuTime, tree, tree_cpu
+from bench.procs import (
+    NotReady,
+    free_port,
+    http_ok,
+    pin_tree,
+    pinned,
+    started,
+    tcp_open,
+    wait_ready,
+)
 from bench.targets import Target, postmaster_pid, stop_embedded_postgres, targets
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -129,8 +138,13 @@ def start_target(
     mock_pid: int,
     workdir: Path,
     proxy_cores: str | None,
+    others_cores: str | None = None,
 ) -> Live:
-    """Start `target` (NotReady if it cannot be started) and keep it until `stack` closes."""
+    """Start `target` (NotReady if it cannot be started) and keep it until `stack` closes.
+
+    A gateway's embedded Postgres goes to `others_cores` with the mock and the load
+    generator: the measured process has its core to itself, as the floor has, and
+    the database's CPU is reported on its own (db µs/req)."""
     if target.argv is None:
         return Live(target, mock_url, mock_pid, None, None)
     data_dir = workdir / target.name
@@ -155,7 +169,10 @@ def start_target(
     base = f"http://127.0.0.1:{port}"
     check = http_ok(base + target.ready_path) if target.ready_path else tcp_open(port)
     wait_ready(check, process, target.name, READY_DEADLINE_S)
-    return Live(target, base, process.pid, postmaster_pid(data_dir), key)
+    db_pid = postmaster_pid(data_dir)
+    if db_pid is not None:
+        pin_tree(tree(db_pid), others_cores)
+    return Live(target, base, process.pid, db_pid, key)
 
 
 def clean_up(workdir: Path, skipped: dict[str, str]) -> None:
@@ -211,14 +228,20 @@ def main() -> None:
         live: list[Live] = []
         for target in chosen:
             try:
-                live.append(start_target(stack, target, mock_url, mock.pid, workdir, proxy_cores))
+                live.append(
+                    start_target(
+                        stack, target, mock_url, mock.pid, workdir, proxy_cores, others_cores
+                    )
+                )
             except NotReady as exc:
                 skipped[target.name] = str(exc)
                 print(f"skipping {exc} (log: {workdir / target.name}.log)", file=sys.stderr)
         for n in range(rounds):
             print(f"round {n + 1}/{rounds}", file=sys.stderr, flush=True)
-            for one in live:
-                for mode in MODES:
+            for mode in MODES:
+                # Each mode's targets back to back, in alternating order: a pair of
+                # runs compared in a ratio is as close in time as it can be.
+                for one in live if n % 2 == 0 else reversed(live):
                     result = measure(plan, one, mock.pid, mode)
                     runs.setdefault((one.target.name, mode.name), []).append(result)
     rows = report.summarize(runs)
