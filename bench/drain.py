@@ -50,7 +50,8 @@ def make_items(count: int, workspaces: list[str]) -> list[Item]:
         record.rcv_key_id, record.env, record.feature = str(uuid.uuid4()), "live", "search"
         record.usage = Usage(input_tokens=812, output_tokens=93, cached_tokens=512)
         record.usage.finish_reason = "stop"
-        record.success, record.ended_ns, record.upstream_wait_ns = True, 300_000_000, 290_000_000
+        record.success, record.upstream_wait_ns = True, 290_000_000
+        record.end(300_000_000)
         signer.sign(record, "0" * 64)
         items.append(event_row(record, routes.id_for(record)))
     return items

@@ -29,7 +29,8 @@ def record() -> RequestRecord:
     made.provider, made.route, made.model = "openai", "/v1/chat/completions", "gpt-4o-mini"
     made.workspace_id, made.rcv_key_id, made.env = str(uuid.uuid4()), str(uuid.uuid4()), "live"
     made.usage = Usage(input_tokens=812, output_tokens=93, cached_tokens=512)
-    made.success, made.ended_ns, made.upstream_wait_ns = True, 300_000, 250_000
+    made.success, made.upstream_wait_ns = True, 250_000
+    made.end(300_000)
     made.request_sha256 = "0" * 64
     return made
 

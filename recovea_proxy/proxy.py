@@ -88,7 +88,7 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
             error = GatewayError(500, "internal_error", "The gateway failed to handle the request.")
             await _send_error(rt, send, record, surface.error_shape, error)
     finally:
-        record.ended_ns = time.perf_counter_ns()
+        record.end(time.perf_counter_ns())
         rt.in_flight -= 1
         rt.finish(record)
 

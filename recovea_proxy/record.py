@@ -64,13 +64,15 @@ class RequestRecord:
     #: (chain, seq, kid) of that receipt, for the ledger
     receipt_place: tuple[str, int, str] | None = None
 
-    @property
-    def latency_ms(self) -> float:
-        """Wall time from the first byte of the request to the end of the response
-        (microsecond precision)."""
-        return (self.ended_ns - self.started_ns) // 1000 / 1000
+    #: wall time from the first byte of the request to the end of the response, and
+    #: the part of it not spent waiting on the provider (ms, microsecond precision);
+    #: set by `end`
+    latency_ms: float = 0.0
+    overhead_ms: float = 0.0
 
-    @property
-    def overhead_ms(self) -> float:
-        """Time not spent waiting on the provider (microsecond precision)."""
-        return max(0, self.ended_ns - self.started_ns - self.upstream_wait_ns) // 1000 / 1000
+    def end(self, ended_ns: int) -> None:
+        """The request ended at `ended_ns` (perf_counter_ns): fix its durations."""
+        self.ended_ns = ended_ns
+        total = ended_ns - self.started_ns
+        self.latency_ms = total // 1000 / 1000
+        self.overhead_ms = max(0, total - self.upstream_wait_ns) // 1000 / 1000

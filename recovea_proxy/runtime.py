@@ -61,10 +61,9 @@ class Runtime:
         receipt queued for the drainer. A workspace's request whose receipt was not
         sent (the client left, or the body was not SSE) is signed here, so its chain
         stays gapless in the ledger."""
-        route = self.metrics.route(record.provider, record.route)
-        route.count(record.status_code)
-        route.duration.observe(record.latency_ms / 1000)
-        route.overhead.observe(record.overhead_ms / 1000)
+        self.metrics.route(record.provider, record.route).record(
+            record.status_code, record.latency_ms / 1000, record.overhead_ms / 1000
+        )
         if record.client_gone:
             self.metrics.client_disconnects.labels(record.provider).inc()
         self.request_log.write(event_fields(record))

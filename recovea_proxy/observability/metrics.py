@@ -1,49 +1,16 @@
 """Prometheus metrics of one gateway process, in a registry the app owns.
 
 Labels are bounded: provider, route template (never the raw path), status code,
-error kind, fail-open layer and reason. Children are looked up once per route and
-kept, so a request costs a few `inc`/`observe` calls and no label resolution.
+error kind, fail-open layer and reason. The per-request counts and histograms are
+`route_stats`' plain numbers, exported at scrape time; the rest are prometheus-client
+metrics, updated off the per-request path.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_OVERHEAD_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.5,
-)
-
-
-class RouteMetrics:
-    """The metric children of one (provider, route) pair."""
-
-    __slots__ = ("_labels", "_requests", "_status", "duration", "overhead")
-
-    def __init__(self, metrics: GatewayMetrics, provider: str, route: str) -> None:
-        self._requests = metrics.requests
-        self._status: dict[int, Counter] = {}
-        self.duration = metrics.duration.labels(provider, route)
-        self.overhead = metrics.overhead.labels(provider, route)
-        self._labels = (provider, route)
-
-    def count(self, status: int) -> None:
-        """Count one finished request with this HTTP status."""
-        child = self._status.get(status)
-        if child is None:
-            child = self._requests.labels(*self._labels, str(status))
-            self._status[status] = child
-        child.inc()
+from recovea_proxy.observability.route_stats import RouteStats, RouteStatsCollector
 
 
 class GatewayMetrics:
@@ -51,26 +18,8 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "recovea_requests_total",
-            "Requests finished, by provider, route template and HTTP status.",
-            ("provider", "route", "status"),
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "recovea_request_duration_seconds",
-            "Wall time from request start to the end of the response.",
-            ("provider", "route"),
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.overhead = Histogram(
-            "recovea_gateway_overhead_seconds",
-            "Time of a request not spent waiting on the provider.",
-            ("provider", "route"),
-            buckets=_OVERHEAD_BUCKETS,
-            registry=self.registry,
-        )
+        self.routes = RouteStatsCollector()
+        self.registry.register(self.routes)
         self.in_flight = Gauge(
             "recovea_requests_in_flight",
             "Provider requests currently being served.",
@@ -125,12 +74,7 @@ class GatewayMetrics:
             ("job", "outcome"),
             registry=self.registry,
         )
-        self._routes: dict[tuple[str, str], RouteMetrics] = {}
 
-    def route(self, provider: str, route: str) -> RouteMetrics:
-        """The cached children for one (provider, route template)."""
-        key = (provider, route)
-        found = self._routes.get(key)
-        if found is None:
-            found = self._routes[key] = RouteMetrics(self, provider, route)
-        return found
+    def route(self, provider: str, route: str) -> RouteStats:
+        """The request counts of one (provider, route template)."""
+        return self.routes.route(provider, route)
