@@ -84,15 +84,24 @@ class Plan:
     requests: int
     warmup: int
     concurrency: int
+    #: open loop: requests per second (None: closed loop at `concurrency`)
+    rate: float | None
     others_cores: str | None  # where the load generator runs
 
 
 def loadgen_argv(
-    url: str, mode: Mode, key: str | None, requests: int, concurrency: int
+    url: str,
+    mode: Mode,
+    key: str | None,
+    requests: int,
+    concurrency: int,
+    rate: float | None = None,
 ) -> list[str]:
-    """The command line of one closed-loop load generator run."""
+    """The command line of one load generator run (closed loop unless `rate` is set)."""
     argv = [sys.executable, "-m", "bench.loadgen", "--url", url]
     argv += ["--requests", str(requests), "--concurrency", str(concurrency)]
+    if rate:
+        argv += ["--rate", str(rate)]
     if mode.stream:
         argv.append("--stream")
     if mode.include_usage:
@@ -104,7 +113,7 @@ def loadgen_argv(
 
 def load(plan: Plan, url: str, mode: Mode, key: str | None, requests: int) -> dict[str, float]:
     """One load generator run, in its own process; its JSON summary."""
-    argv = loadgen_argv(url, mode, key, requests, plan.concurrency)
+    argv = loadgen_argv(url, mode, key, requests, plan.concurrency, plan.rate)
     done = subprocess.run(
         pinned(argv, plan.others_cores), capture_output=True, check=True, timeout=600
     )
@@ -185,6 +194,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--requests", type=int, default=3000, help="per measured run")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="open loop at this many requests/s instead of closed loop (every target then "
+        "serves the same arrivals, none of them saturated)",
+    )
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (median)")
     parser.add_argument("--quick", action="store_true", help="600 requests, 1 round")
     parser.add_argument("--targets", help="comma-separated subset of targets (default: all)")
@@ -205,7 +220,7 @@ def main() -> None:
     proxy_cores, others_cores = (str(cores - 1), f"0-{cores - 2}") if pin else (None, None)
     requests = 600 if args.quick else args.requests
     rounds = 1 if args.quick else args.rounds
-    plan = Plan(requests, max(200, requests // 5), args.concurrency, others_cores)
+    plan = Plan(requests, max(200, requests // 5), args.concurrency, args.rate, others_cores)
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
     known = targets(mock_url)
@@ -247,8 +262,9 @@ def main() -> None:
     rows = report.summarize(runs)
     found = report.ratios(runs, [m.name for m in MODES])
     print(
-        f"\n{requests} requests per run (warm-up {plan.warmup}), concurrency "
-        f"{args.concurrency}, median of {rounds} interleaved round(s), "
+        f"\n{requests} requests per run (warm-up {plan.warmup}), "
+        f"{f'open loop at {args.rate:g}/s' if args.rate else f'concurrency {args.concurrency}'}, "
+        f"median of {rounds} interleaved round(s), "
         f"{'target pinned to core ' + proxy_cores if proxy_cores else 'unpinned'}, "
         f"{time.monotonic() - began:.0f} s\n"
     )
@@ -265,6 +281,7 @@ def main() -> None:
             "requests": requests,
             "warmup": plan.warmup,
             "concurrency": args.concurrency,
+            "rate": args.rate,
             "rounds": rounds,
             "pinned": pin,
             "rows": rows,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ import orjson
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.errors import GatewayError, error_body, stream_error_event
 from recovea_proxy.headers import RequestHeaders, response_headers, split_request_headers
+from recovea_proxy.ids import new_id
 from recovea_proxy.levers import run_guarded
 from recovea_proxy.observability.redact import redact_text
 from recovea_proxy.providers.base import StreamTap
@@ -58,7 +58,7 @@ class LeverContext:
 async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one provider request; always report it, whatever happens."""
     record = RequestRecord(
-        request_id=os.urandom(16).hex(),
+        request_id=new_id(),
         trace_id="",
         started_ns=time.perf_counter_ns(),
         ts_epoch_ms=time.time_ns() // 1_000_000,
@@ -97,7 +97,7 @@ async def _serve(
     rt: Runtime, surface: Surface, scope: Scope, receive: Receive, send: Send, record: RequestRecord
 ) -> None:
     headers = split_request_headers(scope["headers"])
-    record.trace_id = headers.trace_id or os.urandom(16).hex()
+    record.trace_id = headers.trace_id or new_id()
     record.feature = headers.feature
     record.end_user_id = headers.customer
     body = await _read_body(receive, headers, rt.settings.max_body_bytes)
