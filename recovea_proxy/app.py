@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from uvicorn.protocols.http import httptools_impl
 
+from recovea_proxy import header_check
 from recovea_proxy.admin.api import ADMIN_ROUTES
 from recovea_proxy.admin.ledger_api import LEDGER_ADMIN_ROUTES
 from recovea_proxy.asgi import Receive, Scope, Send
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The gateway app (a factory: `uvicorn --factory recovea_proxy.app:create_app`)."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_format, settings.log_level)
+    header_check.install(httptools_impl)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
