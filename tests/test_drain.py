@@ -318,3 +318,32 @@ def test_maintenance_faults_are_counted_and_never_reach_requests(
         wait_until(lambda: rows_of(own_postgres.url, tenant) == 6, 30, "every row")
     finally:
         gateway.stop()
+
+
+def test_a_steady_stream_is_written_once_per_interval_not_chased(
+    mock: MockServer, workdir: Path, db_env: dict[str, str], postgres: Postgres
+) -> None:
+    """Under steady traffic the drainer writes what was waiting once per flush
+    interval; events arriving during a write wait for the next pass instead of
+    turning the stream into a chain of tiny transactions (each paying a batch's
+    fixed cost in the gateway's CPU)."""
+    tenant = make_tenant(db_env, "drain-steady")
+    interval = 0.25
+    gateway = Gateway(
+        {**upstream_env(mock), **db_env, "RECOVEA_METER_FLUSH_INTERVAL_S": str(interval)},
+        workdir,
+    )
+    try:
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < 2.0:
+            send(gateway, tenant, 10)
+            sent += 10
+        elapsed = time.monotonic() - started
+        wait_until(lambda: rows_of(postgres.url, tenant) == sent, 10, "all written")
+        batches = metric_value(gateway.metrics(), "meter_batch_size_count")
+        # one pass per interval (plus the pass under way when the load began and ended)
+        assert 1 <= batches <= elapsed / interval + 3, (batches, sent)
+        assert meter(gateway, "written") >= sent
+    finally:
+        gateway.stop()

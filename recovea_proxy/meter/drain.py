@@ -129,8 +129,13 @@ class Drainer:
         try:
             if self._spool.pending:
                 await self._replay_spool()
-            while len(self._queue):
-                batch = self._queue.take(self._batch_max)
+            # What was waiting when the pass began, in full batches. Events that arrive
+            # meanwhile wait for the next pass: chasing them would turn a steady stream
+            # into a chain of tiny transactions, each paying the fixed cost of a batch.
+            due = len(self._queue)
+            while due > 0:
+                batch = self._queue.take(min(self._batch_max, due))
+                due -= len(batch)
                 try:
                     await self._write(batch)
                 except _DB_ERRORS:
