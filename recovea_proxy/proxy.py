@@ -443,7 +443,7 @@ def _add_receipt_header(
     """A whole (non-streamed) body's receipt, as a header, for a workspace's request."""
     if record.workspace_id is not None:
         token = rt.receipts.sign(record, hashlib.sha256(body).hexdigest())
-        headers.append((b"recovea-receipt", token.encode()))
+        headers.append((b"recovea-receipt", token))
 
 
 async def _send_error(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from base64 import urlsafe_b64encode
+from binascii import b2a_base64
 
 import orjson
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -37,8 +37,12 @@ class _Chain:
         self.prev = GENESIS
 
 
-def _b64(data: bytes) -> str:
-    return urlsafe_b64encode(data).rstrip(b"=").decode()
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64(data: bytes) -> bytes:
+    """base64url without padding."""
+    return b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
 
 
 def _libsodium_secret(key: SigningKey) -> bytes:
@@ -64,8 +68,9 @@ class ReceiptSigner:
         self.kid = key.kid
         self._secret = _libsodium_secret(key)
 
-    def sign(self, record: RequestRecord, response_sha256: str) -> str:
-        """Sign the record's receipt, store it on the record, return the token."""
+    def sign(self, record: RequestRecord, response_sha256: str) -> bytes:
+        """Sign the record's receipt, store it on the record (as text, for the ledger),
+        return the token (as bytes, for the response)."""
         workspace = record.workspace_id
         assert workspace is not None
         chain = self._chains.get(workspace)
@@ -101,11 +106,11 @@ class ReceiptSigner:
         )
         chain.prev = hashlib.sha256(canonical).hexdigest()
         signature = crypto_sign(canonical, self._secret)[:64]
-        token = _b64(canonical) + "." + _b64(signature)
-        record.receipt = token
+        token = _b64(canonical) + b"." + _b64(signature)
+        record.receipt = token.decode("ascii")
         record.receipt_place = (chain.id, chain.seq, self.kid)
         return token
 
-    def sse_line(self, token: str) -> bytes:
+    def sse_line(self, token: bytes) -> bytes:
         """The closing SSE comment that carries a streamed response's receipt."""
-        return SSE_PREFIX + token.encode() + b"\n\n"
+        return SSE_PREFIX + token + b"\n\n"
