@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from bench.procs import (
     tcp_open,
     wait_ready,
 )
-from bench.targets import Target, postmaster_pid, stop_embedded_postgres, targets
+from bench.targets import Target, at_ref, postmaster_pid, stop_embedded_postgres, targets
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 READY_DEADLINE_S = 30.0
@@ -184,6 +185,25 @@ def start_target(
     return Live(target, base, process.pid, db_pid, key)
 
 
+@contextlib.contextmanager
+def worktree(ref: str, path: Path) -> Iterator[None]:
+    """A temporary git worktree of `ref` at `path` (the repository this bench is in)."""
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        ["git", "-C", str(repo), "worktree", "add", "--detach", str(path), ref],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run(
+            ["git", "-C", str(repo), "worktree", "remove", "--force", str(path)],
+            check=False,
+            capture_output=True,
+        )
+
+
 def clean_up(workdir: Path, skipped: dict[str, str]) -> None:
     """Remove the run's scratch directory, unless a skipped target's log explains why."""
     if not skipped:
@@ -194,6 +214,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--requests", type=int, default=3000, help="per measured run")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="also run gateway-auth as of this git commit (a temporary worktree), to "
+        "compare before and after in one run",
+    )
     parser.add_argument(
         "--rate",
         type=float,
@@ -235,6 +261,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
     with contextlib.ExitStack() as stack:
         stack.callback(clean_up, workdir, skipped)  # runs last
+        if args.against:
+            chosen.append(at_ref(f"gateway-auth@{args.against}", mock_url, workdir / "against"))
+            stack.enter_context(worktree(args.against, workdir / "against"))
         mock_argv = [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)]
         mock = stack.enter_context(
             started(pinned(mock_argv, others_cores), {}, workdir / "mock.log")

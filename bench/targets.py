@@ -64,12 +64,26 @@ def gateway(
     )
 
 
-def workspace_key(env: dict[str, str]) -> str:
-    """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI."""
+def at_ref(name: str, mock_url: str, checkout: Path) -> Target:
+    """gateway-auth as another checkout of the project (`bench.run --against REF`)."""
+    command = [sys.executable, "-m", "bench.at_ref", str(checkout)]
+    return Target(
+        name,
+        [*command, "serve"],
+        {**gateway(name, mock_url).env, "RECOVEA_PASSTHROUGH": "off"},
+        ready_path="/readyz",
+        setup=lambda env: workspace_key(env, command),
+    )
+
+
+def workspace_key(env: dict[str, str], command: list[str] | None = None) -> str:
+    """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI
+    (`command`: how to run it, by default this checkout's)."""
+    cli = command or [sys.executable, "-m", "recovea_proxy"]
 
     def recovea(*args: str, stdin: str | None = None) -> dict[str, str]:
         done = subprocess.run(
-            [sys.executable, "-m", "recovea_proxy", *args, "--json"],
+            [*cli, *args, "--json"],
             input=stdin,
             capture_output=True,
             text=True,

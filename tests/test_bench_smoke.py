@@ -75,3 +75,28 @@ def test_loadgen_reports_every_request(start_floor: StartFloor, mock: MockServer
     result = orjson.loads(out)
     assert (50, 50, 0) == (result["requests"], result["ok"], result["errors"])
     assert 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+def test_at_ref_runs_the_cli_of_the_checkout_it_is_given(tmp_path: Path) -> None:
+    """`bench.run --against REF` runs another checkout's gateway: `bench.at_ref` imports
+    the package from that checkout, and refuses when it would import this one."""
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.at_ref", str(repo), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=repo,
+    )
+    assert done.returncode == 0 and "serve" in done.stdout, done.stderr
+    empty = tmp_path / "not-a-checkout"
+    empty.mkdir()
+    refused = subprocess.run(
+        [sys.executable, "-m", "bench.at_ref", str(empty), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=repo,
+    )
+    assert refused.returncode != 0
+    assert f"not from {empty}" in refused.stderr
