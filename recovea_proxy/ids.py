@@ -3,7 +3,7 @@
 `os.urandom` is read `POOL_BYTES` at a time and handed out 16 bytes per id: the
 same randomness as one `os.urandom(16)` per id, one getrandom(2) per 256 ids. A
 forked child drops the pool it inherited, so parent and child never hand out the
-same id.
+same id. Called from the event loop's thread only (the pool has no lock).
 """
 
 from __future__ import annotations
