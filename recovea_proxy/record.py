@@ -49,7 +49,6 @@ class RequestRecord:
     #: the response's status line has been sent (an error can no longer be answered)
     responded: bool = False
     upstream_wait_ns: int = 0
-    ended_ns: int = 0
     levers_fired: dict[str, str] = field(default_factory=dict)
     cache_hit: bool = False
     cache_type: str | None = None
@@ -72,7 +71,6 @@ class RequestRecord:
 
     def end(self, ended_ns: int) -> None:
         """The request ended at `ended_ns` (perf_counter_ns): fix its durations."""
-        self.ended_ns = ended_ns
         total = ended_ns - self.started_ns
         self.latency_ms = total // 1000 / 1000
         self.overhead_ms = max(0, total - self.upstream_wait_ns) // 1000 / 1000

@@ -61,7 +61,7 @@ class Runtime:
         receipt queued for the drainer. A workspace's request whose receipt was not
         sent (the client left, or the body was not SSE) is signed here, so its chain
         stays gapless in the ledger."""
-        self.metrics.route(record.provider, record.route).record(
+        self.metrics.routes.route(record.provider, record.route).record(
             record.status_code, record.latency_ms / 1000, record.overhead_ms / 1000
         )
         if record.client_gone:

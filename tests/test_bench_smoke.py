@@ -81,22 +81,15 @@ def test_at_ref_runs_the_cli_of_the_checkout_it_is_given(tmp_path: Path) -> None
     """`bench.run --against REF` runs another checkout's gateway: `bench.at_ref` imports
     the package from that checkout, and refuses when it would import this one."""
     repo = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.at_ref", str(repo), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=repo,
-    )
+
+    def at_ref(checkout: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "bench.at_ref", str(checkout), "--help"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=repo)
+
+    done = at_ref(repo)
     assert done.returncode == 0 and "serve" in done.stdout, done.stderr
     empty = tmp_path / "not-a-checkout"
     empty.mkdir()
-    refused = subprocess.run(
-        [sys.executable, "-m", "bench.at_ref", str(empty), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=repo,
-    )
+    refused = at_ref(empty)
     assert refused.returncode != 0
     assert f"not from {empty}" in refused.stderr

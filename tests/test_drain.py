@@ -47,6 +47,13 @@ def send(gateway: Gateway, tenant: Tenant, count: int) -> list[float]:
     return latencies
 
 
+def spool_settings(
+    mock: MockServer, env: dict[str, str], data_dir: Path, **meter: str
+) -> dict[str, str]:
+    """A gateway whose data dir (and so its spool) outlives it, for the next process."""
+    return {**upstream_env(mock), **env, "RECOVEA_DATA_DIR": str(data_dir), **meter}
+
+
 def own_env(server: Postgres, workdir: Path) -> dict[str, str]:
     return {
         "RECOVEA_DATABASE_URL": server.url,
@@ -155,13 +162,13 @@ def test_sigterm_with_the_database_down_spools_and_the_next_process_replays(
     env = own_env(own_postgres, workdir)
     tenant = make_tenant(env, "drain-sigterm-down")
     data_dir = workdir / "drain-shared-data"
-    settings = {
-        **upstream_env(mock),
-        **env,
-        "RECOVEA_DATA_DIR": str(data_dir),
-        "RECOVEA_METER_FLUSH_INTERVAL_S": "3600",
-        "RECOVEA_METER_BATCH_MAX": "100000",
-    }
+    settings = spool_settings(
+        mock,
+        env,
+        data_dir,
+        RECOVEA_METER_FLUSH_INTERVAL_S="3600",
+        RECOVEA_METER_BATCH_MAX="100000",
+    )
     first = Gateway(settings, workdir)
     try:
         send(first, tenant, 1)
@@ -187,12 +194,7 @@ def test_sigkill_loses_at_most_what_was_in_memory(
     env = own_env(own_postgres, workdir)
     tenant = make_tenant(env, "drain-sigkill")
     data_dir = workdir / "drain-killed-data"
-    settings = {
-        **upstream_env(mock),
-        **env,
-        "RECOVEA_DATA_DIR": str(data_dir),
-        "RECOVEA_METER_FLUSH_INTERVAL_S": "0.05",
-    }
+    settings = spool_settings(mock, env, data_dir, RECOVEA_METER_FLUSH_INTERVAL_S="0.05")
     first = Gateway(settings, workdir)
     try:
         send(first, tenant, 1)

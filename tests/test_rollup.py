@@ -196,11 +196,8 @@ def test_cache_hits_cost_nothing_realized(
 
 
 def test_the_gateway_rolls_up_on_its_own_schedule(
-    mock: MockServer, workdir: object, db_env: dict[str, str]
+    mock: MockServer, workdir: Path, db_env: dict[str, str]
 ) -> None:
-    from pathlib import Path
-
-    assert isinstance(workdir, Path)
     gateway = Gateway(
         {**upstream_env(mock), **db_env, "RECOVEA_MAINTENANCE_INTERVAL_S": "0.2"}, workdir
     )

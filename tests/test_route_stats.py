@@ -52,7 +52,7 @@ def test_route_stats_match_prometheus_client() -> None:
         registry=reference,
     )
     for provider, route, status, seconds, spent in REQUESTS:
-        ours.route(provider, route).record(status, seconds, spent)
+        ours.routes.route(provider, route).record(status, seconds, spent)
         requests.labels(provider, route, str(status)).inc()
         duration.labels(provider, route).observe(seconds)
         overhead.labels(provider, route).observe(spent)

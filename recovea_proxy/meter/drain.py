@@ -28,11 +28,6 @@ from recovea_proxy.observability.metrics import GatewayMetrics
 
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 5.0
-# Any failure of a write is a failed attempt whose batch is kept: the database's
-# errors, the network's, and the client library's own (asyncpg raises
-# InternalClientError, outside its PostgresError/InterfaceError trees, when a
-# connection broke in the middle of an operation).
-_WRITE_ERRORS = (Exception,)
 
 
 class Drainer:
@@ -141,13 +136,13 @@ class Drainer:
                 due -= len(batch)
                 try:
                     await self._write(batch)
-                except _WRITE_ERRORS:
+                except Exception:
                     if not await self._spool.append(batch):
                         self._queue.give_back(batch)
                     else:
                         self._spooled.inc(len(batch))
                     raise
-        except _WRITE_ERRORS as exc:
+        except Exception as exc:
             self._backoff = min(_BACKOFF_MAX_S, max(_BACKOFF_FIRST_S, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff
             self._log.warning(
@@ -166,7 +161,11 @@ class Drainer:
         started = time.perf_counter()
         try:
             await self._writer.write(batch)
-        except _WRITE_ERRORS:
+        except Exception:
+            # Any failure is a failed attempt whose batch is kept: the database's, the
+            # network's, and the client library's own (asyncpg raises InternalClientError,
+            # outside its PostgresError/InterfaceError trees, when a connection broke in
+            # the middle of an operation).
             self._retried.inc(len(batch))
             raise
         self._flush_seconds.observe(time.perf_counter() - started)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from recovea_proxy.observability.route_stats import RouteStats, RouteStatsCollector
+from recovea_proxy.observability.route_stats import RouteStatsCollector
 
 
 class GatewayMetrics:
@@ -74,7 +74,3 @@ class GatewayMetrics:
             ("job", "outcome"),
             registry=self.registry,
         )
-
-    def route(self, provider: str, route: str) -> RouteStats:
-        """The request counts of one (provider, route template)."""
-        return self.routes.route(provider, route)
