@@ -8,7 +8,8 @@ upstream that cannot be reached becomes a 502 if nothing was sent yet; a failure
 mid-stream drops the connection so the client sees a truncated response, not a
 clean end. The gateway's cost is reported as a ratio to this one's, so its
 client and server settings match the gateway's (`recovea_proxy/upstream.py`,
-`recovea_proxy/server.py`): anything the floor does in excess flatters the ratio.
+`recovea_proxy/server.py`), and it tunes the garbage collector the same way
+(`recovea_proxy/gc_tuning.py`): anything the floor does in excess flatters the ratio.
 
     python -m bench.floor --port 8100 --upstream http://127.0.0.1:9000
 """
@@ -23,6 +24,8 @@ from typing import Any
 import aiohttp
 import uvicorn
 from yarl import URL
+
+from recovea_proxy.gc_tuning import settle_after_startup
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -123,6 +126,7 @@ class Floor:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.session = open_session()
+                settle_after_startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.session is not None:

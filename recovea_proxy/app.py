@@ -16,6 +16,7 @@ from recovea_proxy.admin.ledger_api import LEDGER_ADMIN_ROUTES
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.config import Settings
 from recovea_proxy.endpoints import ROUTES, not_found
+from recovea_proxy.gc_tuning import settle_after_startup
 from recovea_proxy.meter.api import LEDGER_ROUTES
 from recovea_proxy.observability.logging import configure_logging
 from recovea_proxy.observability.metrics import GatewayMetrics
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with open_runtime(settings, metrics) as runtime:
+            settle_after_startup()
             yield {"runtime": runtime}
 
     return GatewayApp(

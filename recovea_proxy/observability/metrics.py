@@ -8,7 +8,14 @@ metrics, updated off the per-request path.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+)
 
 from recovea_proxy.observability.route_stats import RouteStatsCollector
 
@@ -20,6 +27,9 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.routes = RouteStatsCollector()
         self.registry.register(self.routes)
+        # The process's CPU, memory and file descriptors, and its garbage collections.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.in_flight = Gauge(
             "recovea_requests_in_flight",
             "Provider requests currently being served.",
