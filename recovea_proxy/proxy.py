@@ -108,7 +108,9 @@ async def _serve(
         record.model = model if isinstance(model, str) else None
         record.stream = parsed.get("stream") is True
 
-    principal = await rt.auth.authenticate(headers, surface.provider)
+    principal = rt.auth.known_principal(headers, surface.provider) or await rt.auth.authenticate(
+        headers, surface.provider
+    )
     record.workspace_id = principal.workspace_id
     record.project_id = principal.project_id
     record.team_id = principal.team_id

@@ -1,7 +1,8 @@
 """Who is calling, and with which provider credentials the call goes upstream.
 
 Fail-closed: every path out of `authenticate` is a Principal or a GatewayError;
-nothing is served without one. An rcv_ key is resolved through the KeyResolver and
+nothing is served without one. `known_principal` is its synchronous front half for
+the hot path: a Principal from the caches, a refusal, or None (then `authenticate`). An rcv_ key is resolved through the KeyResolver and
 the call goes upstream on the workspace's own provider key; with
 RECOVEA_PASSTHROUGH=on, a provider key sent instead is forwarded untouched.
 """
@@ -56,13 +57,46 @@ class Authenticator:
         self._resolver = resolver
         self._passthrough_workspace_id = passthrough_workspace_id
 
-    async def authenticate(self, headers: RequestHeaders, provider: Provider) -> Principal:
-        """The caller's principal; GatewayError 401 (no/bad key) or 503 (store down)."""
+    def known_principal(self, headers: RequestHeaders, provider: Provider) -> Principal | None:
+        """The principal when it needs no waiting: a provider key in passthrough mode, or
+        an rcv_ key whose record and workspace provider key are both cached (the common
+        case). None when `authenticate` must load something; refusals that need nothing
+        loaded are raised here already."""
         token = _bearer(headers.authorization) or headers.api_key
         if not token:
             raise GatewayError(401, "invalid_api_key", "Missing API key.")
-        if token.startswith(RCV_PREFIX):
-            return await self._rcv_principal(token, provider)
+        if not token.startswith(RCV_PREFIX):
+            return self._passthrough_principal(headers)
+        if self._resolver is None or not looks_like_key(token):
+            raise invalid()
+        key = self._resolver.cached(token)
+        if key is None:
+            return None
+        secret = self._resolver.cached_provider_key(key.customer_id, provider.name)
+        if secret is None:
+            return None
+        return _rcv_principal(key, provider, secret)
+
+    async def authenticate(self, headers: RequestHeaders, provider: Provider) -> Principal:
+        """The caller's principal; GatewayError 401 (no/bad key), 400 (the workspace has
+        no key for this provider) or 503 (store down)."""
+        known = self.known_principal(headers, provider)
+        if known is not None:
+            return known
+        assert self._resolver is not None  # known_principal refused the key otherwise
+        token = _bearer(headers.authorization) or headers.api_key or ""
+        key = await self._resolver.resolve(token)
+        secret = await self._resolver.provider_key(key.customer_id, provider.name)
+        if secret is None:
+            raise GatewayError(
+                400,
+                "provider_key_missing",
+                f"This workspace has no {provider.name} key; store one with "
+                "`recovea provider-key set`.",
+            )
+        return _rcv_principal(key, provider, secret)
+
+    def _passthrough_principal(self, headers: RequestHeaders) -> Principal:
         if not self._passthrough:
             raise GatewayError(
                 401,
@@ -99,30 +133,22 @@ class Authenticator:
         if self._resolver is not None:
             self._resolver.forget_provider_key(customer_id, provider)
 
-    async def _rcv_principal(self, token: str, provider: Provider) -> Principal:
-        if self._resolver is None or not looks_like_key(token):
-            raise invalid()
-        key = await self._resolver.resolve(token)
-        secret = await self._resolver.provider_key(key.customer_id, provider.name)
-        if secret is None:
-            raise GatewayError(
-                400,
-                "provider_key_missing",
-                f"This workspace has no {provider.name} key; store one with "
-                "`recovea provider-key set`.",
-            )
-        try:
-            credentials = provider.credential_headers(secret.decode())
-        finally:
-            secret[:] = bytes(len(secret))
-        return Principal(
-            workspace_id=key.customer_id,
-            key_id=key.id,
-            role=key.role,
-            env=key.env,
-            project=key.project,
-            team=key.team,
-            upstream_credentials=credentials,
-            project_id=key.project_id,
-            team_id=key.team_id,
-        )
+
+def _rcv_principal(key: KeyRecord, provider: Provider, secret: bytearray) -> Principal:
+    """The principal of a resolved rcv_ key; the plaintext provider key is overwritten
+    once it is in the upstream header."""
+    try:
+        credentials = provider.credential_headers(secret.decode())
+    finally:
+        secret[:] = bytes(len(secret))
+    return Principal(
+        workspace_id=key.customer_id,
+        key_id=key.id,
+        role=key.role,
+        env=key.env,
+        project=key.project,
+        team=key.team,
+        upstream_credentials=credentials,
+        project_id=key.project_id,
+        team_id=key.team_id,
+    )

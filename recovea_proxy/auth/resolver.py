@@ -2,7 +2,9 @@
 
 A known key costs a dict lookup: resolved keys are cached (positive TTL, short
 negative TTL), provider keys are cached sealed with their unwrapped data key and
-decrypted per request. Revocations arrive over LISTEN/NOTIFY and evict at once;
+decrypted per request. `cached` and `cached_provider_key` answer from the caches
+without awaiting (the common case); `resolve` and `provider_key` also load what is
+missing. Revocations arrive over LISTEN/NOTIFY and evict at once;
 the TTL bounds the damage if that channel is down.
 
 Fail-closed: a key that is not cached while the key store cannot be reached is
@@ -155,15 +157,23 @@ class KeyResolver:
         if digest is not None:
             self._keys.pop(digest, None)
 
+    def cached(self, token: str) -> KeyRecord | None:
+        """The key's record while the cache holds it (GatewayError 401 for a cached
+        refusal); None when the key store must be asked (`resolve`)."""
+        cached = self._keys.get(key_hash(token))
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        if cached[1] is None:
+            raise invalid()
+        return cached[1]
+
     async def resolve(self, token: str) -> KeyRecord:
         """The key's record; GatewayError 401 (unknown/revoked) or 503 (store down)."""
+        known = self.cached(token)
+        if known is not None:
+            return known
         digest = key_hash(token)
         now = time.monotonic()
-        cached = self._keys.get(digest)
-        if cached is not None and cached[0] > now:
-            if cached[1] is None:
-                raise invalid()
-            return cached[1]
         try:
             row = await self._pool.fetchrow("SELECT * FROM recovea.resolve_rcv_key($1)", digest)
         except _STORE_ERRORS:
@@ -189,6 +199,19 @@ class KeyResolver:
         """Drop the cached row of a provider key (it was replaced in this process)."""
         self._provider.pop((customer_id, provider), None)
 
+    def cached_provider_key(self, customer_id: str, provider: str) -> bytearray | None:
+        """The workspace's plaintext provider key when its row and its unwrapped data key
+        are both cached and fresh; None when `provider_key` has something to load."""
+        now = time.monotonic()
+        cached = self._provider.get((customer_id, provider))
+        if cached is None or cached[0] <= now or cached[1] is None:
+            return None
+        stored = cached[1]
+        data_key = self._data_keys.get(stored.id)
+        if data_key is None or data_key.expires <= now or data_key.uses_left <= 0:
+            return None
+        return _decrypt(stored, data_key)
+
     async def provider_key(self, customer_id: str, provider: str) -> bytearray | None:
         """The workspace's plaintext provider key (a bytearray to overwrite), or None."""
         now = time.monotonic()
@@ -202,9 +225,7 @@ class KeyResolver:
         data_key = self._data_keys.get(stored.id)
         if data_key is None or data_key.expires <= now or data_key.uses_left <= 0:
             data_key = await self._unwrap(stored, now)
-        data_key.uses_left -= 1
-        sealed = stored.sealed
-        return bytearray(data_key.aead.decrypt(sealed.nonce, sealed.ciphertext, stored.aad))
+        return _decrypt(stored, data_key)
 
     async def _unwrap(self, stored: _StoredProviderKey, now: float) -> _DataKey:
         """Unwrap a data key with the master that wrapped it (off the event loop)."""
@@ -251,6 +272,13 @@ class KeyResolver:
             context,
             associated_data(context),
         )
+
+
+def _decrypt(stored: _StoredProviderKey, data_key: _DataKey) -> bytearray:
+    """One use of the data key: the provider key in plaintext."""
+    data_key.uses_left -= 1
+    sealed = stored.sealed
+    return bytearray(data_key.aead.decrypt(sealed.nonce, sealed.ciphertext, stored.aad))
 
 
 def _str_or_none(value: object) -> str | None:
