@@ -2,9 +2,10 @@
 
 Fail-closed: every path out of `authenticate` is a Principal or a GatewayError;
 nothing is served without one. `known_principal` is its synchronous front half for
-the hot path: a Principal from the caches, a refusal, or None (then `authenticate`). An rcv_ key is resolved through the KeyResolver and
-the call goes upstream on the workspace's own provider key; with
-RECOVEA_PASSTHROUGH=on, a provider key sent instead is forwarded untouched.
+the hot path: a Principal from the caches, a refusal, or None (then `authenticate`).
+An rcv_ key is resolved through the KeyResolver and the call goes upstream on the
+workspace's own provider key; with RECOVEA_PASSTHROUGH=on, a provider key sent
+instead is forwarded untouched.
 """
 
 from __future__ import annotations
