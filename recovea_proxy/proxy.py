@@ -108,7 +108,7 @@ async def _serve(
         record.model = model if isinstance(model, str) else None
         record.stream = parsed.get("stream") is True
 
-    principal = rt.auth.known_principal(headers, surface.provider) or await rt.auth.authenticate(
+    principal = rt.auth.known_principal(headers, surface.provider) or await rt.auth.load_principal(
         headers, surface.provider
     )
     record.workspace_id = principal.workspace_id

@@ -1,8 +1,9 @@
 """Who is calling, and with which provider credentials the call goes upstream.
 
-Fail-closed: every path out of `authenticate` is a Principal or a GatewayError;
-nothing is served without one. `known_principal` is its synchronous front half for
-the hot path: a Principal from the caches, a refusal, or None (then `authenticate`).
+Fail-closed: every path out of `known_principal` then `load_principal` is a
+Principal or a GatewayError; nothing is served without one. `known_principal` is
+synchronous and answers from the caches (the hot path); only when it returns None
+does `load_principal` await the key store.
 An rcv_ key is resolved through the KeyResolver and the call goes upstream on the
 workspace's own provider key; with RECOVEA_PASSTHROUGH=on, a provider key sent
 instead is forwarded untouched.
@@ -61,8 +62,8 @@ class Authenticator:
     def known_principal(self, headers: RequestHeaders, provider: Provider) -> Principal | None:
         """The principal when it needs no waiting: a provider key in passthrough mode, or
         an rcv_ key whose record and workspace provider key are both cached (the common
-        case). None when `authenticate` must load something; refusals that need nothing
-        loaded are raised here already."""
+        case). None when `load_principal` must load something; refusals that need
+        nothing loaded are raised here already."""
         token = _bearer(headers.authorization) or headers.api_key
         if not token:
             raise GatewayError(401, "invalid_api_key", "Missing API key.")
@@ -78,12 +79,10 @@ class Authenticator:
             return None
         return _rcv_principal(key, provider, secret)
 
-    async def authenticate(self, headers: RequestHeaders, provider: Provider) -> Principal:
-        """The caller's principal; GatewayError 401 (no/bad key), 400 (the workspace has
-        no key for this provider) or 503 (store down)."""
-        known = self.known_principal(headers, provider)
-        if known is not None:
-            return known
+    async def load_principal(self, headers: RequestHeaders, provider: Provider) -> Principal:
+        """The principal of an rcv_ key `known_principal` could not answer from the
+        caches (it returned None); GatewayError 401 (unknown/revoked key), 400 (the
+        workspace has no key for this provider) or 503 (store down)."""
         assert self._resolver is not None  # known_principal refused the key otherwise
         token = _bearer(headers.authorization) or headers.api_key or ""
         key = await self._resolver.resolve(token)

@@ -160,8 +160,11 @@ class KeyResolver:
     def cached(self, token: str) -> KeyRecord | None:
         """The key's record while the cache holds it (GatewayError 401 for a cached
         refusal); None when the key store must be asked (`resolve`)."""
-        cached = self._keys.get(key_hash(token))
-        if cached is None or cached[0] <= time.monotonic():
+        return self._cached(key_hash(token), time.monotonic())
+
+    def _cached(self, digest: bytes, now: float) -> KeyRecord | None:
+        cached = self._keys.get(digest)
+        if cached is None or cached[0] <= now:
             return None
         if cached[1] is None:
             raise invalid()
@@ -169,11 +172,11 @@ class KeyResolver:
 
     async def resolve(self, token: str) -> KeyRecord:
         """The key's record; GatewayError 401 (unknown/revoked) or 503 (store down)."""
-        known = self.cached(token)
-        if known is not None:
-            return known
         digest = key_hash(token)
         now = time.monotonic()
+        known = self._cached(digest, now)
+        if known is not None:
+            return known
         try:
             row = await self._pool.fetchrow("SELECT * FROM recovea.resolve_rcv_key($1)", digest)
         except _STORE_ERRORS:
