@@ -74,14 +74,27 @@ class Settings:
     first_byte_timeout_s: float = 600.0
     idle_read_timeout_s: float = 300.0
     upstream_max_connections: int = 1000
+    upstream_pool_wait_s: float = 5.0
     shutdown_grace_s: float = 30.0
+    max_header_count: int = 100
+    max_header_bytes: int = 32 * 1024
+    header_timeout_s: float = 10.0
+    body_idle_timeout_s: float = 30.0
+    max_connections: int = 10_000
+    max_in_flight: int = 4096
+    auth_timeout_s: float = 2.0
+    key_cache_max: int = 100_000
+    key_negative_cache_max: int = 10_000
     log_format: str = "json"
     log_level: str = "info"
     meter_queue_max: int = 100_000
     meter_batch_max: int = 5000
     meter_flush_interval_s: float = 1.0
     meter_spool_max_mb: float = 256.0
+    meter_dead_letter_max_mb: float = 64.0
     maintenance_interval_s: float = 300.0
+    maintenance_timeout_s: float = 120.0
+    rollup_max_tags: int = 1000
     security_contact: str = "mailto:security@example.invalid"
 
     @classmethod
@@ -123,7 +136,19 @@ class Settings:
             upstream_max_connections=int(
                 _number(env, "RECOVEA_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
             ),
+            upstream_pool_wait_s=_number(env, "RECOVEA_UPSTREAM_POOL_WAIT_S", 5, minimum=0),
             shutdown_grace_s=_number(env, "RECOVEA_SHUTDOWN_GRACE_S", 30),
+            max_header_count=int(_number(env, "RECOVEA_MAX_HEADER_COUNT", 100, minimum=8)),
+            max_header_bytes=int(_number(env, "RECOVEA_MAX_HEADER_KB", 32, minimum=1) * 1024),
+            header_timeout_s=_number(env, "RECOVEA_HEADER_TIMEOUT_S", 10, minimum=0.001),
+            body_idle_timeout_s=_number(env, "RECOVEA_BODY_IDLE_TIMEOUT_S", 30, minimum=0.001),
+            max_connections=int(_number(env, "RECOVEA_MAX_CONNECTIONS", 10_000, minimum=1)),
+            max_in_flight=int(_number(env, "RECOVEA_MAX_IN_FLIGHT", 4096, minimum=1)),
+            auth_timeout_s=_number(env, "RECOVEA_AUTH_TIMEOUT_S", 2, minimum=0.001),
+            key_cache_max=int(_number(env, "RECOVEA_KEY_CACHE_MAX", 100_000, minimum=1)),
+            key_negative_cache_max=int(
+                _number(env, "RECOVEA_KEY_NEGATIVE_CACHE_MAX", 10_000, minimum=1)
+            ),
             log_format=log_format,
             log_level=env.get("RECOVEA_LOG_LEVEL", "info").strip().lower(),
             meter_queue_max=int(_number(env, "RECOVEA_METER_QUEUE_MAX", 100_000, minimum=1)),
@@ -132,9 +157,16 @@ class Settings:
                 env, "RECOVEA_METER_FLUSH_INTERVAL_S", 1.0, minimum=0.001
             ),
             meter_spool_max_mb=_number(env, "RECOVEA_METER_SPOOL_MAX_MB", 256, minimum=0),
+            meter_dead_letter_max_mb=_number(
+                env, "RECOVEA_METER_DEAD_LETTER_MAX_MB", 64, minimum=0
+            ),
             maintenance_interval_s=_number(
                 env, "RECOVEA_MAINTENANCE_INTERVAL_S", 300, minimum=0.01
             ),
+            maintenance_timeout_s=_number(
+                env, "RECOVEA_MAINTENANCE_TIMEOUT_S", 120, minimum=0.001
+            ),
+            rollup_max_tags=int(_number(env, "RECOVEA_ROLLUP_MAX_TAGS", 1000, minimum=1)),
             security_contact=env.get("RECOVEA_SECURITY_CONTACT", "mailto:security@example.invalid"),
         )
 

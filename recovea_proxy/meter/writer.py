@@ -57,9 +57,9 @@ _MOVE_RECEIPTS = (
     " FROM staging_events WHERE token IS NOT NULL ON CONFLICT DO NOTHING"
 )
 _MARK_HOURS = (
-    "INSERT INTO recovea.rollup_pending (hour)"
-    f" SELECT DISTINCT date_trunc('hour', {_CAST['ts']}) FROM staging_events"
-    " ON CONFLICT DO NOTHING"
+    "INSERT INTO recovea.rollup_pending (hour, customer_id)"
+    f" SELECT DISTINCT date_trunc('hour', {_CAST['ts']}), customer_id::uuid FROM staging_events"
+    " WHERE customer_id IS NOT NULL ON CONFLICT DO NOTHING"
 )
 _ADD_ROUTES = (
     "INSERT INTO recovea.routes (route_id, customer_id, provider, path, first_model)"
