@@ -1,26 +1,58 @@
-"""The lever wrapper is fail-open: a lever's fault is recorded and contained."""
+"""The lever wrapper is fail-open: a lever's fault is recorded, counted and contained,
+and whatever the lever changed before it failed is undone, so the request reaches the
+provider as the caller sent it."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from typing import Any
 
-from recovea_proxy.levers import run_guarded
-from recovea_proxy.proxy import LeverContext
+import asyncpg
+import orjson
+from prometheus_client import generate_latest
+
+from recovea_proxy.asgi import Message, Receive, Scope, Send
+from recovea_proxy.config import Settings
+from recovea_proxy.levers import LeverRequest, run_guarded
+from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.proxy import LeverContext, handle
 from recovea_proxy.record import RequestRecord
+from recovea_proxy.runtime import open_runtime
+from recovea_proxy.surfaces import SurfaceMap
+from tests.conftest import FAKE_OPENAI_KEY, upstream_env
+from tests.support import MockServer, Postgres, metric_value, short_tmpdir
+
+# Two spaces after the colon: any re-serialization of the body would show.
+CLIENT_BODY = b'{"model":  "gpt-4o", "messages": [{"role": "user", "content": "lever-7c1e"}]}'
 
 
-class Broken:
+class RewritesThenFails:
+    """A lever that changes everything it may change, then raises."""
+
     name = "cache"
 
-    async def before(self, request: LeverContext) -> str:
+    async def before(self, request: LeverRequest) -> str:
+        request.body = b'{"model":"gpt-4o-mini","messages":[]}'
+        assert request.parsed is not None
+        request.parsed["model"] = "gpt-4o-mini"
+        request.parsed["stream_options"] = {"include_usage": False}
+        record = request.record
+        record.model = "gpt-4o-mini"
+        record.realized_model = "gpt-4o-mini"
+        record.cache_hit = True
+        record.cache_type = "exact"
+        record.dedup_singleflight = True
+        record.fell_back = True
+        record.usage.input_tokens = 12
         raise RuntimeError("cache backend exploded")
 
 
 class Working:
     name = "slim"
 
-    async def before(self, request: LeverContext) -> str:
+    async def before(self, request: LeverRequest) -> str:
         request.body = request.body.replace(b"  ", b" ")
         return "hit"
 
@@ -29,19 +61,29 @@ def context() -> LeverContext:
     record = RequestRecord(
         request_id="r", trace_id="t", started_ns=time.perf_counter_ns(), ts_epoch_ms=0
     )
-    return LeverContext(record, {"model": "m"}, b'{"model":  "m"}')
+    record.model = "gpt-4o"
+    return LeverContext(record, orjson.loads(CLIENT_BODY), CLIENT_BODY)
 
 
-def test_a_faulty_lever_is_recorded_counted_and_contained() -> None:
-    """A lever that raises leaves the request as it was, marks `error`, and is counted."""
+def test_a_faulty_lever_is_recorded_counted_and_undone() -> None:
+    """A lever that rewrites the body, the parsed body and the record, then raises, leaves
+    all of them as they were before it ran; `error` is marked and the fault counted."""
     request = context()
     faults: list[tuple[str, str]] = []
     asyncio.run(
-        run_guarded(Broken(), request, lambda layer, reason: faults.append((layer, reason)))
+        run_guarded(
+            RewritesThenFails(), request, lambda layer, reason: faults.append((layer, reason))
+        )
     )
-    assert request.record.levers_fired == {"cache": "error"}
+    record = request.record
+    assert record.levers_fired == {"cache": "error"}
     assert faults == [("cache", "RuntimeError")]
-    assert request.body == b'{"model":  "m"}'
+    assert request.body == CLIENT_BODY
+    assert request.parsed == orjson.loads(CLIENT_BODY)
+    assert (record.model, record.realized_model) == ("gpt-4o", None)
+    assert (record.cache_hit, record.cache_type) == (False, None)
+    assert (record.dedup_singleflight, record.fell_back) == (False, False)
+    assert record.usage.input_tokens is None
 
 
 def test_a_working_lever_reports_its_outcome() -> None:
@@ -49,4 +91,99 @@ def test_a_working_lever_reports_its_outcome() -> None:
     request = context()
     asyncio.run(run_guarded(Working(), request, lambda layer, reason: None))
     assert request.record.levers_fired == {"slim": "hit"}
-    assert request.body == b'{"model": "m"}'
+    assert request.body == CLIENT_BODY.replace(b"  ", b" ")
+
+
+async def test_a_faulty_lever_sends_the_callers_request_upstream(
+    mock: MockServer, postgres: Postgres, db_env: dict[str, str]
+) -> None:
+    """Through the real pipeline (real runtime, database and mock provider): with a lever
+    that rewrites the request and then fails, the provider receives the caller's bytes,
+    the caller gets the provider's answer, and the ledger row says `error` for the lever
+    on the caller's model."""
+    settings = Settings.from_env(
+        {
+            **db_env,
+            **upstream_env(mock),
+            "RECOVEA_DATA_DIR": str(short_tmpdir()),
+            "RECOVEA_PASSTHROUGH": "on",
+            "RECOVEA_LOG_FORMAT": "json",
+            "RECOVEA_METER_FLUSH_INTERVAL_S": "0.05",
+        }
+    )
+    surface = SurfaceMap().resolve("/v1/chat/completions")
+    assert surface is not None
+    metrics = GatewayMetrics()
+    sent: list[Message] = []
+
+    async with open_runtime(settings, metrics) as runtime:
+        runtime.levers = (RewritesThenFails(),)
+        await handle(runtime, surface, _scope(), _receive_once(CLIENT_BODY), _collect(sent))
+    # Leaving the runtime flushed the meter: the row is in the database.
+
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    assert start["status"] == 200
+    assert orjson.loads(body)["object"] == "chat.completion"
+    arrived = [r for r in await asyncio.to_thread(mock.requests) if _marked(r)]
+    assert len(arrived) == 1
+    assert arrived[0]["body"] == orjson.loads(CLIENT_BODY)
+    assert arrived[0]["body_bytes"] == len(CLIENT_BODY)
+    assert metric_value(_exposition(metrics), "gateway_fail_open_total", layer="cache") == 1
+
+    request_id = dict(start["headers"])[b"x-request-id"].decode()
+    conn = await asyncpg.connect(postgres.url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT levers_fired, baseline_model, realized_model, cache_hit, status"
+            " FROM recovea.request_events WHERE request_id = $1",
+            uuid.UUID(request_id),
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    assert orjson.loads(row["levers_fired"]) == {"cache": "error"}
+    assert (row["baseline_model"], row["realized_model"]) == ("gpt-4o", "gpt-4o")
+    assert (row["cache_hit"], row["status"]) == (False, "success")
+
+
+def _scope() -> Scope:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"gateway"),
+            (b"authorization", f"Bearer {FAKE_OPENAI_KEY}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(CLIENT_BODY)).encode()),
+        ],
+    }
+
+
+def _receive_once(body: bytes) -> Receive:
+    """The request body in one message; afterwards the client stays connected."""
+    messages: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # never disconnects
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+def _collect(sent: list[Message]) -> Send:
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    return send
+
+
+def _marked(request: dict[str, Any]) -> bool:
+    return b"lever-7c1e" in orjson.dumps(request.get("body"))
+
+
+def _exposition(metrics: GatewayMetrics) -> str:
+    return generate_latest(metrics.registry).decode()
