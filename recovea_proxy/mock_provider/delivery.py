@@ -4,7 +4,8 @@ and the transport faults — cut connections, hangs and stalls.
 A stream is written with one `write` per event, with the chunk delay between events,
 over chunked transfer encoding. The mid-stream faults count events, not bytes:
 `reset-mid-stream` sends 3 events and cuts the connection, `stall-mid-stream` sends 2
-and goes silent, `error-event` sends 2 and then the provider's error event.
+and goes silent, `error-event` sends 2 and then the provider's error event. The
+journal follows each stream: events written and how it ended (see `journal`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
+from recovea_proxy.mock_provider import journal
 from recovea_proxy.mock_provider.controls import Plan
 
 LONG_WAIT_S = 600.0
@@ -93,6 +95,7 @@ async def stream_response(
     (OpenRouter's keep-alive comment) goes first and is not counted as an event.
     """
     response = web.StreamResponse(headers={"content-type": SSE_TYPE, **headers})
+    state = journal.stream_state(request)
     await response.prepare(request)
     delay = plan.shape.chunk_delay_ms / 1000
     fault = plan.fault
@@ -104,16 +107,27 @@ async def stream_response(
                 await asyncio.sleep(delay)
             if fault is not None:
                 if fault == "reset-mid-stream" and index == RESET_AFTER_EVENTS:
+                    state["end"] = "reset"
                     abort(request)
                     return response
                 if fault == "stall-mid-stream" and index == STALL_AFTER_EVENTS:
                     if await idle(request):
+                        state["end"] = "client_closed"
                         return response
                 if fault == "error-event" and index == ERROR_AFTER_EVENTS:
-                    await response.write(error_event(index))
+                    event = error_event(index)
+                    await response.write(event)
+                    state["events"] += 1
                     break
             await response.write(event)
+            state["events"] += 1
         await response.write_eof()
+        state["end"] = "completed"
     except ConnectionError:
-        pass  # the client went away; aiohttp notices it too and closes the connection
+        # The client went away; aiohttp notices it too and closes the connection.
+        state["end"] = "client_closed"
+    except asyncio.CancelledError:
+        # The client went away between writes (handler cancellation).
+        state["end"] = "client_closed"
+        raise
     return response

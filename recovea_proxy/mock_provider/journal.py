@@ -3,7 +3,14 @@
 
 Every request except the introspection calls is journalled, oldest first, the last
 200 kept: method, path, query, lowercased headers, the body parsed as JSON (null when
-it is not JSON) and the body's length.
+it is not JSON) and the body's length. A request answered with a stream also gets
+`stream`: the events written so far and how the stream ended —
+
+| `end`           | when |
+| `streaming`     | events are still being written |
+| `completed`     | every event was written and the stream closed normally |
+| `client_closed` | the client closed the connection (or stopped waiting) before the end |
+| `reset`         | the mock cut the connection itself (`x-mock-fault: reset-mid-stream`) |
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from aiohttp import web
 
 JOURNAL_SIZE = 200
 JOURNAL_KEY: web.AppKey[deque[dict[str, Any]]] = web.AppKey("mock_journal")
+_ENTRY_KEY: web.RequestKey[dict[str, Any]] = web.RequestKey("mock_journal_entry")
 _JSON = "application/json"
 
 
@@ -30,16 +38,26 @@ def _headers(request: web.Request) -> dict[str, str]:
 
 def record(request: web.Request, raw: bytes, body: Any) -> None:
     """Journal one request; `body` is its parsed JSON, or None."""
-    request.app[JOURNAL_KEY].append(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string,
-            "headers": _headers(request),
-            "body": body,
-            "body_bytes": len(raw),
-        }
-    )
+    entry = {
+        "method": request.method,
+        "path": request.path,
+        "query": request.query_string,
+        "headers": _headers(request),
+        "body": body,
+        "body_bytes": len(raw),
+    }
+    request.app[JOURNAL_KEY].append(entry)
+    request[_ENTRY_KEY] = entry
+
+
+def stream_state(request: web.Request) -> dict[str, Any]:
+    """The journal's record of this request's stream (`events`, `end`), for the sender
+    to update as it writes."""
+    state: dict[str, Any] = {"events": 0, "end": "streaming"}
+    entry = request.get(_ENTRY_KEY)
+    if entry is not None:
+        entry["stream"] = state
+    return state
 
 
 def parse_json(raw: bytes) -> Any:
