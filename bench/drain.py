@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_row
 from recovea_proxy.meter.queue import Item, MeterQueue
@@ -81,6 +82,7 @@ def drainer_for(app: str, data_dir: Path, capacity: int, batch: int) -> tuple[Dr
         queue,
         EventWriter(app),
         Spool(data_dir / "spool", 0),
+        DeadLetters(data_dir / "dead-letter", 0),
         metrics,
         batch_max=batch,
         interval_s=0.05,

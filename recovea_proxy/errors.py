@@ -42,13 +42,21 @@ _ANTHROPIC_TYPE = {
 
 
 class GatewayError(Exception):
-    """An error the gateway answers itself (before any response byte was sent)."""
+    """An error the gateway answers itself (before any response byte was sent), with
+    any extra response headers it needs (e.g. `retry-after`)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def error_body(shape: str, status: int, code: str, message: str) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recovea_proxy.observability.redact import redact_text
+from recovea_proxy.clean import TAG_MAX, TRACE_ID_MAX, clean_text
 
 HOP_BY_HOP = frozenset(
     {
@@ -31,7 +31,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"accept-encoding"}
 # Response headers replaced by the gateway's own.
 _NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
 
-MAX_TAG_LENGTH = 128
+_HEX = frozenset(b"0123456789abcdef")
 
 
 @dataclass(slots=True)
@@ -67,22 +67,28 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
         elif name.startswith(b"x-recovea-"):
             _read_gateway_header(out, name, value)
         else:
-            if name == b"traceparent" and len(value) >= 35:
-                out.trace_id = value[3:35].decode("latin-1")
+            if name == b"traceparent" and out.trace_id is None:
+                out.trace_id = _trace_id_of(value)
             forward.append((name.decode("latin-1"), value.decode("latin-1")))
     if extra_hop:
         out.forward = [(n, v) for n, v in forward if n.encode("latin-1") not in extra_hop]
     return out
 
 
-def clean_tag(value: bytes) -> str | None:
-    """A caller-supplied tag: control characters removed, anything key-shaped masked,
-    cut to MAX_TAG_LENGTH; None when nothing is left."""
-    text = value.decode("utf-8", "replace")
-    if not text.isprintable():
-        text = "".join(ch for ch in text if ch.isprintable())
-    text = redact_text(text.strip())[:MAX_TAG_LENGTH]
-    return text or None
+def clean_tag(value: bytes, limit: int = TAG_MAX) -> str | None:
+    """A caller-supplied tag: invalid UTF-8 replaced, then `clean.clean_text` (control
+    characters removed, anything key-shaped masked, cut to `limit`); None when
+    nothing is left."""
+    return clean_text(value.decode("utf-8", "replace").strip(), limit)
+
+
+def _trace_id_of(traceparent: bytes) -> str | None:
+    """The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), or None
+    when the header is not one."""
+    trace_id = traceparent[3:35]
+    if len(trace_id) == 32 and traceparent[2:3] == b"-" and _HEX.issuperset(trace_id):
+        return trace_id.decode("ascii")
+    return None
 
 
 def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None:
@@ -93,8 +99,7 @@ def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None
     elif name == b"x-recovea-cache":
         out.cache = value.decode("latin-1").strip().lower()
     elif name == b"x-recovea-trace-id":
-        tag = clean_tag(value)
-        out.trace_id = tag[:64] if tag else None
+        out.trace_id = clean_tag(value, TRACE_ID_MAX)
 
 
 def response_headers(

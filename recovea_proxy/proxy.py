@@ -1,7 +1,8 @@
 """The request pipeline: one coroutine per provider request, read top to bottom.
 
-1. surface (resolved by the dispatcher) → body (bounded) → parse once
-2. auth (fail-closed) → principal
+1. surface (resolved by the dispatcher, on the checked raw path)
+2. auth (fail-closed) → principal, from the headers alone; then the body (bounded,
+   an idle timeout between its chunks), parsed once
 3. spend cap (fail-closed-hybrid)                          [caps issue]
 4. levers, each through the one fault-catching wrapper     [levers issue]
 5. upstream call on the shared session
@@ -21,11 +22,12 @@ import aiohttp
 import orjson
 
 from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.clean import ID_MAX, clean_model, clean_text, clean_usage
+from recovea_proxy.config import Settings
 from recovea_proxy.errors import GatewayError, error_body, stream_error_event
 from recovea_proxy.headers import RequestHeaders, response_headers, split_request_headers
 from recovea_proxy.ids import new_id
 from recovea_proxy.levers import run_guarded
-from recovea_proxy.observability.redact import redact_text
 from recovea_proxy.providers.base import StreamTap
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
@@ -69,6 +71,8 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
     record.kind = surface.kind
     rt.in_flight += 1
     try:
+        if rt.in_flight > rt.settings.max_in_flight:
+            raise _overloaded()
         await _serve(rt, surface, scope, receive, send, record)
     except GatewayError as exc:
         record.status_code = exc.status
@@ -100,14 +104,8 @@ async def _serve(
     record.trace_id = headers.trace_id or new_id()
     record.feature = headers.feature
     record.end_user_id = headers.customer
-    body = await _read_body(receive, headers, rt.settings.max_body_bytes)
-    record.request_bytes = len(body)
-    parsed = _parse(body)
-    if parsed is not None:
-        model = parsed.get("model")
-        record.model = model if isinstance(model, str) else None
-        record.stream = parsed.get("stream") is True
 
+    # Auth reads the headers only: a caller without a valid key costs no body read.
     principal = rt.auth.known_principal(headers, surface.provider) or await rt.auth.load_principal(
         headers, surface.provider
     )
@@ -116,7 +114,14 @@ async def _serve(
     record.team_id = principal.team_id
     record.rcv_key_id = principal.key_id
     record.env = principal.env
+
+    body = await _read_body(receive, headers, rt.settings)
+    record.request_bytes = len(body)
     record.request_sha256 = hashlib.sha256(body).hexdigest()
+    parsed = _parse(body)
+    if parsed is not None:
+        record.model = clean_model(parsed.get("model"))
+        record.stream = parsed.get("stream") is True
 
     if rt.levers:
         context = LeverContext(record, parsed, body)
@@ -291,7 +296,7 @@ async def _send_buffered(
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         parsed = None
-    record.usage = surface.provider.usage_from_json(surface.kind, parsed)
+    record.usage = clean_usage(surface.provider.usage_from_json(surface.kind, parsed))
     record.success = 200 <= upstream.status < 300 and not record.usage.error
     out_headers, upstream_id = response_headers(
         upstream.raw_headers, surface.provider.request_id_header, keep_length=False
@@ -334,7 +339,7 @@ def _settle_stream(record: RequestRecord, tap: StreamTap | None) -> None:
     """Step 7 for a streamed response: what its outcome was."""
     if tap is not None:
         tap.close()
-        record.usage = tap.usage
+        record.usage = clean_usage(tap.usage)
     if record.client_gone:
         record.success = None
     elif record.error_code or not 200 <= record.status_code < 300:
@@ -386,10 +391,15 @@ class _DisconnectWatcher:
             self._task.cancel()
 
 
-async def _read_body(receive: Receive, headers: RequestHeaders, limit: int) -> bytes:
+async def _read_body(receive: Receive, headers: RequestHeaders, settings: Settings) -> bytes:
+    """The whole request body, at most `max_body_bytes`; a body that arrives in several
+    chunks may pause at most `body_idle_timeout_s` between them (408)."""
+    limit = settings.max_body_bytes
     if headers.content_length is not None and headers.content_length > limit:
         raise _too_large(limit)
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
@@ -397,22 +407,41 @@ async def _read_body(receive: Receive, headers: RequestHeaders, limit: int) -> b
         return body
     parts = [body]
     size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
+    idle = settings.body_idle_timeout_s
+    loop = asyncio.get_running_loop()
+    try:
+        # A timer only for bodies that arrive in pieces: one costs microseconds.
+        async with asyncio.timeout(idle) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                deadline.reschedule(loop.time() + idle)
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(parts)
+    except TimeoutError:
+        raise GatewayError(
+            408, "request_timeout", f"The request body stalled for more than {idle:g} s."
+        ) from None
 
 
 def _too_large(limit: int) -> GatewayError:
     return GatewayError(
-        413, "request_too_large", f"Request body is larger than {limit // (1024 * 1024)} MB."
+        413, "request_too_large", f"Request body is larger than {limit / (1024 * 1024):g} MB."
+    )
+
+
+def _overloaded() -> GatewayError:
+    return GatewayError(
+        503,
+        "gateway_overloaded",
+        "The gateway is serving as many requests as it is configured for; retry shortly.",
+        ((b"retry-after", b"1"),),
     )
 
 
@@ -431,7 +460,7 @@ def _parse(body: bytes) -> dict[str, Any] | None:
 
 def _note_upstream_id(record: RequestRecord, upstream_id: bytes | None) -> None:
     if upstream_id is not None:
-        record.upstream_request_id = redact_text(upstream_id.decode("latin-1")[:128])
+        record.upstream_request_id = clean_text(upstream_id.decode("latin-1"), ID_MAX)
 
 
 def _add_gateway_headers(headers: list[tuple[bytes, bytes]], record: RequestRecord) -> None:
@@ -458,6 +487,7 @@ async def _send_error(
     ]
     if exc.status in (401, 403, 413):
         headers.append((b"x-should-retry", b"false"))
+    headers.extend(exc.headers)
     _add_gateway_headers(headers, record)
     _add_receipt_header(rt, headers, record, body)
     record.responded = True

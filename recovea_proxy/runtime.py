@@ -18,6 +18,7 @@ from recovea_proxy.auth.keyring import Keyring, load_keyring
 from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import Lever, build_chain
+from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_fields, event_row
 from recovea_proxy.meter.maintenance import Maintenance
@@ -57,19 +58,30 @@ class Runtime:
     in_flight: int = 0
 
     def finish(self, record: RequestRecord) -> None:
-        """Report a finished request: one log line, its metrics, and its ledger row and
-        receipt queued for the drainer. A workspace's request whose receipt was not
-        sent (the client left, or the body was not SSE) is signed here, so its chain
-        stays gapless in the ledger."""
+        """Report a finished request: one log line, its metrics, and — for a workspace's
+        request — its ledger row and receipt queued for the drainer. A request refused
+        before a workspace was known (401) is only counted and logged. A workspace's
+        request whose receipt was not sent (the client left, or the body was not SSE)
+        is signed here, so its chain stays gapless in the ledger."""
         self.metrics.routes.route(record.provider, record.route).record(
             record.status_code, record.latency_ms / 1000, record.overhead_ms / 1000
         )
         if record.client_gone:
             self.metrics.client_disconnects.labels(record.provider).inc()
         self.request_log.write(event_fields(record))
-        if record.workspace_id is not None and record.receipt is None:
+        if record.workspace_id is None:
+            return
+        if record.receipt is None:
             digest = record.response_hash
             self.receipts.sign(record, digest.hexdigest() if digest else _EMPTY_SHA256)
+        usage = record.usage
+        if (
+            usage.input_tokens is None
+            and usage.output_tokens is None
+            and 200 <= record.status_code < 300
+            and not record.cache_hit
+        ):
+            self.metrics.unmetered.labels(record.provider, record.route).inc()
         self.meter.put(event_row(record, self.routes.id_for(record)))
 
 
@@ -131,6 +143,10 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             queue,
             EventWriter(app),
             Spool(settings.data_dir / "spool", int(settings.meter_spool_max_mb * 1024 * 1024)),
+            DeadLetters(
+                settings.data_dir / "dead-letter",
+                int(settings.meter_dead_letter_max_mb * 1024 * 1024),
+            ),
             metrics,
             batch_max=settings.meter_batch_max,
             interval_s=settings.meter_flush_interval_s,

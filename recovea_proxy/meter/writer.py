@@ -8,8 +8,18 @@ route's path, ids as text, the time as epoch milliseconds — and moved with one
 does the casts and creates routes on first sight (remembering the batch's earliest
 model); the writer does no per-event work. The conflict keys ((request_id, ts) for
 events, (chain_id, seq) for receipts, route_id for routes) make a retried or
-replayed batch idempotent. The writer owns one connection (the app role, in
-service mode for the transaction) and reconnects after any failure.
+replayed batch idempotent.
+
+Deleted workspaces stay deleted: the batch first locks the rows of its workspaces
+(`FOR KEY SHARE`, so a deletion in progress finishes first, or waits for this
+write, which it then deletes) and discards the events of workspaces that no longer
+exist — queued or spooled before the deletion — with their receipts and routes.
+
+A failure is either a data error (`is_data_error`: a row Postgres or the driver
+refuses for its content; the same batch can never be written) or anything else
+(an outage: retry later). The writer owns one connection (the app role, in service
+mode for the transaction); it keeps it after a data error (the transaction was
+rolled back) and reconnects after any other failure.
 """
 
 from __future__ import annotations
@@ -61,6 +71,17 @@ _MARK_HOURS = (
     f" SELECT DISTINCT date_trunc('hour', {_CAST['ts']}), customer_id::uuid FROM staging_events"
     " WHERE customer_id IS NOT NULL ON CONFLICT DO NOTHING"
 )
+_LOCK_WORKSPACES = (
+    "SELECT 1 FROM recovea.workspaces WHERE customer_id IN"
+    " (SELECT DISTINCT customer_id::uuid FROM staging_events) FOR KEY SHARE"
+)
+_DISCARD_ORPHANS = (
+    "DELETE FROM staging_events s WHERE s.customer_id IS NULL OR NOT EXISTS"
+    " (SELECT 1 FROM recovea.workspaces w WHERE w.customer_id = s.customer_id::uuid)"
+)
+# SQLSTATE classes of a row's content: data exception, integrity constraint violation,
+# program limit exceeded (a value too large for an index, say).
+_DATA_CLASSES = ("22", "23", "54")
 _ADD_ROUTES = (
     "INSERT INTO recovea.routes (route_id, customer_id, provider, path, first_model)"
     " SELECT DISTINCT ON (route_id) route_id, customer_id::uuid, provider, route_path,"
@@ -71,6 +92,26 @@ _ADD_ROUTES = (
 )
 
 
+def is_data_error(exc: BaseException) -> bool:
+    """Whether `exc` means the batch holds a row that can never be written (Postgres
+    refused a value or a constraint, or asyncpg could not encode a value), as opposed
+    to an outage that a later attempt may get past."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in _DATA_CLASSES
+    # asyncpg's encoders: a str with a lone surrogate (UnicodeEncodeError), an int out
+    # of its column's range (OverflowError), a value of the wrong type (TypeError),
+    # invalid input (asyncpg's client-side DataError is a ValueError).
+    return isinstance(exc, ValueError | TypeError | ArithmeticError)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether `exc` is a write that ran out of time (the client's wait or the server's
+    statement timeout): an outage, or a batch too large to write in time."""
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return True
+    return isinstance(exc, TimeoutError)
+
+
 class EventWriter:
     """One connection that writes whole batches, or raises."""
 
@@ -79,14 +120,31 @@ class EventWriter:
         self._timeout = timeout_s
         self._conn: asyncpg.Connection | None = None
 
-    async def write(self, batch: list[Item]) -> None:
-        """Write a batch in one transaction; on any error the connection is dropped
-        and the error raised (the batch is then retried or spooled)."""
+    async def write(self, batch: list[Item]) -> int:
+        """Write a batch in one transaction; how many of its events were discarded
+        because their workspace no longer exists. On any error nothing is written and
+        the error is raised; the connection is dropped unless it was a data error."""
         try:
-            await asyncio.wait_for(self._write(batch), self._timeout)
-        except BaseException:
-            await self._drop_connection()
+            return await asyncio.wait_for(self._write(batch), self._timeout)
+        except BaseException as exc:
+            if not is_data_error(exc) or self._conn is None or self._conn.is_closed():
+                await self._drop_connection()
             raise
+
+    async def answers(self) -> bool:
+        """Whether the database answers a trivial query within a second, on a fresh
+        connection (tells an outage from a batch that is too slow to write)."""
+        try:
+            conn = await connect(self._url, timeout_s=1.0)
+        except Exception:
+            return False
+        try:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), 1.0)
+        except Exception:
+            return False
+        finally:
+            conn.terminate()
+        return True
 
     async def close(self) -> None:
         """Close the connection."""
@@ -109,17 +167,20 @@ class EventWriter:
             conn, self._conn = self._conn, None
             conn.terminate()
 
-    async def _write(self, batch: list[Item]) -> None:
+    async def _write(self, batch: list[Item]) -> int:
         conn = await self._connection()
         async with conn.transaction():
             await conn.execute("SELECT set_config('recovea.service', 'on', true)")
             await conn.copy_records_to_table(
                 "staging_events", records=batch, columns=STAGING_COLUMNS
             )
+            await conn.execute(_LOCK_WORKSPACES)
+            discarded = int((await conn.execute(_DISCARD_ORPHANS)).rsplit(" ", 1)[-1])
             await conn.execute(_ADD_ROUTES)
             await conn.execute(_MOVE_EVENTS)
             await conn.execute(_MOVE_RECEIPTS)
             await conn.execute(_MARK_HOURS)
+        return discarded
 
 
 async def _staging_ddl(conn: asyncpg.Connection) -> str:

@@ -47,6 +47,13 @@ class GatewayMetrics:
             ("layer", "reason"),
             registry=self.registry,
         )
+        self.unmetered = Counter(
+            "recovea_unmetered_requests_total",
+            "Requests the provider answered 2xx whose usage the gateway could not read "
+            "(their rows hold NULL tokens), by provider and route template.",
+            ("provider", "route"),
+            registry=self.registry,
+        )
         self.client_disconnects = Counter(
             "recovea_client_disconnects_total",
             "Responses the client went away from before their end.",
@@ -56,7 +63,9 @@ class GatewayMetrics:
         self.meter_events = Counter(
             "meter_events",
             "Metering events by outcome: written to the database, dropped (queue and spool "
-            "full), retried (a failed write attempt), spooled (spilled to the spool file).",
+            "full), retried (a failed write attempt), spooled (spilled to the spool file), "
+            "rejected (refused by the database for its content; set aside in the dead-letter "
+            "file), discarded (its workspace was deleted).",
             ("outcome",),
             registry=self.registry,
         )

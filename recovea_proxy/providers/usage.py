@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+#: the largest token count kept: counts above it are clamped to it. Sums of a
+#: billion such counts still fit Postgres's bigint, so no rollup can overflow.
+COUNT_MAX = 2**31 - 1
+
 
 @dataclass(slots=True)
 class Usage:
@@ -29,9 +33,10 @@ class Usage:
 
 
 def as_count(value: Any) -> int | None:
-    """A token count as the provider sent it: a non-negative int, or None."""
+    """A token count as the provider sent it: a non-negative int (at most COUNT_MAX,
+    larger ones are clamped), or None."""
     if type(value) is int and value >= 0:
-        return value
+        return value if value <= COUNT_MAX else COUNT_MAX
     return None
 
 
