@@ -63,7 +63,31 @@ async def prune(conn: asyncpg.Connection, *, now: datetime | None = None) -> dic
         "events_deleted": deleted_events,
         "receipts_deleted": deleted_receipts,
         "partitions_dropped": dropped,
+        "workspaces_pruned": len(workspaces) - len(failed),
+        "failed": [failure.as_json() for failure in failed],
     }
+
+
+async def _prune_workspace(
+    conn: asyncpg.Connection, workspace: uuid.UUID, cutoff: datetime, timeout_s: float
+) -> tuple[int, int]:
+    """Delete one workspace's events and receipts older than `cutoff`; how many of each."""
+    async with workspace_transaction(conn, timeout_s):
+        events = _count(
+            await conn.execute(
+                "DELETE FROM recovea.request_events WHERE customer_id = $1 AND ts < $2",
+                workspace,
+                cutoff,
+            )
+        )
+        receipts = _count(
+            await conn.execute(
+                "DELETE FROM recovea.receipts WHERE customer_id = $1 AND ts < $2",
+                workspace,
+                cutoff,
+            )
+        )
+    return events, receipts
 
 
 async def delete_workspace(conn: asyncpg.Connection, workspace_id: str) -> dict[str, int]:
@@ -72,8 +96,11 @@ async def delete_workspace(conn: asyncpg.Connection, workspace_id: str) -> dict[
     counts: dict[str, int] = {}
     async with conn.transaction():
         await service_mode(conn)
+        # FOR UPDATE: a drainer batch holding this workspace (FOR KEY SHARE) commits
+        # first and its rows are deleted below; one that comes later finds it gone.
         exists = await conn.fetchval(
-            "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1::uuid", workspace_id
+            "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1::uuid FOR UPDATE",
+            workspace_id,
         )
         if not exists:
             return {}
