@@ -1,7 +1,15 @@
 """Runs the app under uvicorn (uvloop + httptools), one or several worker processes.
 
+Connections are served by `http_protocol.GatewayHttpProtocol` (uvicorn's httptools
+protocol with header, header-time and connection bounds). uvicorn's own
+`limit_concurrency` is not used: it answers 503 in plain text, not in the caller's
+provider's shape, and counts connections only once a request's headers are in; the
+protocol closes a connection over `RECOVEA_MAX_CONNECTIONS` before reading from it,
+and the proxy bounds the requests in flight itself.
+
 Shutdown order on SIGTERM (uvicorn's): stop listening → let in-flight requests and
-streams finish within RECOVEA_SHUTDOWN_GRACE_S → lifespan exit closes resources.
+streams finish within RECOVEA_SHUTDOWN_GRACE_S →
+lifespan exit closes resources.
 """
 
 from __future__ import annotations
@@ -9,10 +17,12 @@ from __future__ import annotations
 import uvicorn
 
 from recovea_proxy.config import Settings
+from recovea_proxy.http_protocol import http_protocol
 
 
 def serve(settings: Settings, workers: int = 1) -> None:
-    """Serve the gateway until SIGTERM/SIGINT. Settings reach workers through the env."""
+    """Serve the gateway until SIGTERM/SIGINT. Settings reach workers through the env,
+    and the connection bounds through uvicorn's config (pickled for each worker)."""
     uvicorn.run(
         "recovea_proxy.app:create_app",
         factory=True,
@@ -20,7 +30,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
         port=settings.port,
         workers=workers if workers > 1 else None,
         loop="uvloop",
-        http="httptools",
+        http=http_protocol(settings),
         lifespan="on",
         access_log=False,
         proxy_headers=False,

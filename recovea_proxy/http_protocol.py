@@ -1,0 +1,267 @@
+"""The gateway's HTTP/1.1 connection: uvicorn's httptools protocol with bounds on what a
+connection may cost before it has delivered a request.
+
+| bound | setting | when it is passed |
+| --- | --- | --- |
+| headers per request | `max_header_count` | 431 `headers_too_large`, then the connection closes |
+| request target + every header name and value, in bytes | `max_header_bytes` | the same 431 |
+| time to deliver a request's complete headers | `header_timeout_s` | the connection is closed |
+| open connections per process | `max_connections` | a new connection is closed at once, unread |
+
+llhttp (under httptools) and uvicorn keep every header they are sent; the counts are
+kept here as llhttp hands the pieces over (`on_url`, `on_header`), and a callback over
+a bound raises, which stops the parser: the refused request never reaches
+`on_headers_complete`, so no ASGI task is started for it and its headers are never
+held past the bound. httptools buffers a header until it is complete, so one huge
+header is caught by the bytes a connection sends while its headers are unfinished
+(framing included, with an allowance of `_FRAMING_PER_HEADER` bytes a header); a
+refusal costs at most the bound plus the read it arrived in.
+
+The 431 is JSON in the shape of the surface the path names (Anthropic for
+`/anthropic/…` and `/v1/messages…`, else OpenAI), with `connection: close`. The
+gateway then reads and discards what the client still sends, for at most
+`header_timeout_s`, so that a client still writing its headers reads the answer
+instead of a reset.
+
+The header deadline costs a request that arrives in one read nothing: a timer is armed
+when the connection opens and whenever a read ends with a request's headers unfinished
+(or with no request in progress), and cancelled when a request's headers are complete.
+It is not restarted by each byte, so a client trickling its headers is closed on time.
+Idleness between requests on a kept-alive connection is uvicorn's keep-alive timeout.
+
+uvicorn instantiates the protocol itself, once per connection; `http_protocol(settings)`
+gives it a picklable factory (a partial of the class defined here), so that
+`--workers N` sends the same bounds to every worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any, cast
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from recovea_proxy.config import Settings
+from recovea_proxy.errors import error_body
+
+#: framing a header may add on the wire beyond its name and value (`: ` and CRLF),
+#: with room for a little optional whitespace
+_FRAMING_PER_HEADER = 8
+#: the request line beyond its target (method, `HTTP/1.1`) and the closing CRLF
+_FRAMING_PER_REQUEST = 1024
+
+TOO_MANY = "Too many request headers."
+TOO_LARGE = "Request headers too large."
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one connection may cost before its request is handed to the app."""
+
+    max_header_count: int
+    max_header_bytes: int
+    header_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            max_header_count=settings.max_header_count,
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_s=settings.header_timeout_s,
+            max_connections=settings.max_connections,
+        )
+
+
+class HeaderLimitExceeded(Exception):
+    """Raised from a parser callback to stop llhttp at a bound."""
+
+
+def http_protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """The `http=` argument of uvicorn: the bounded protocol, with the settings' limits."""
+    factory = functools.partial(
+        GatewayHttpProtocol, limits=ConnectionLimits.from_settings(settings)
+    )
+    # uvicorn annotates a protocol class but only calls it (Config.load keeps a
+    # non-string `http` as it is); a partial of a module-level class pickles for
+    # --workers, where a class made at run time would not.
+    return cast("type[asyncio.Protocol]", factory)
+
+
+def _shape_of(target: bytes) -> str:
+    return "anthropic" if target.startswith((b"/anthropic/", b"/v1/messages")) else "openai"
+
+
+@functools.cache
+def _refusal(shape: str, message: str) -> bytes:
+    body = error_body(shape, 431, "headers_too_large", message)
+    return b"".join(
+        [
+            STATUS_LINE[431],
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+            b"connection: close\r\n",
+            b"\r\n",
+            body,
+        ]
+    )
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, bounded as the module docstring says."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ConnectionLimits,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._limits = limits
+        self._max_header_count = limits.max_header_count
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_raw_header_bytes = (
+            limits.max_header_bytes
+            + _FRAMING_PER_HEADER * limits.max_header_count
+            + _FRAMING_PER_REQUEST
+        )
+        # per request: what llhttp handed over, and what the reads held
+        self._header_bytes = 0
+        self._raw_header_bytes = 0
+        self._in_headers = False
+        self._began_in_this_read = False
+        # per connection
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._refused: str | None = None
+        self._handed_over = False
+
+    # Connection
+    def connection_made(  # type: ignore[override]
+        self, transport: asyncio.Transport
+    ) -> None:
+        if len(self.connections) >= self._limits.max_connections:
+            # uvicorn's connection_lost closes self.transport; nothing else is set up
+            self.transport = transport
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused is not None:
+            return  # after a 431: read and drop until the client or the deadline closes
+        self._began_in_this_read = False
+        super().data_received(data)
+        cycle = self.cycle
+        if self._in_headers or cycle is None or cycle.response_complete:
+            self._headers_unfinished(len(data))
+
+    def _headers_unfinished(self, read: int) -> None:
+        """A read ended with a request's headers unfinished, or with none in progress."""
+        if self._refused is not None or self._handed_over or self.transport.is_closing():
+            return
+        # A read in which the request began may hold the end of the one before it;
+        # every later read that leaves the headers unfinished is all header bytes.
+        if self._in_headers and not self._began_in_this_read:
+            self._raw_header_bytes += read
+            if self._raw_header_bytes > self._max_raw_header_bytes:
+                self._refused = TOO_LARGE
+                self._send_431()
+                return
+        if self._header_deadline is None:
+            self._arm_header_deadline()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._handed_over = True
+        self._cancel_header_deadline()
+        super().handle_websocket_upgrade()
+
+    # Parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        self._raw_header_bytes = 0
+        self._in_headers = True
+        self._began_in_this_read = True
+
+    def on_url(self, url: bytes) -> None:
+        size = self._header_bytes + len(url)
+        if size > self._max_header_bytes:
+            raise self._over(TOO_LARGE)
+        self._header_bytes = size
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = self._header_bytes + len(name) + len(value)
+        if size > self._max_header_bytes:
+            raise self._over(TOO_LARGE)
+        if len(self.headers) >= self._max_header_count:
+            raise self._over(TOO_MANY)
+        self._header_bytes = size
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+        super().on_headers_complete()
+
+    # Refusals
+    def _over(self, message: str) -> HeaderLimitExceeded:
+        self._refused = message
+        return HeaderLimitExceeded(message)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn answers a parser error with this; a bound passed answers 431 instead."""
+        if self._refused is None:
+            super().send_400_response(msg)
+        else:
+            self._send_431()
+
+    def _send_431(self) -> None:
+        assert self._refused is not None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # A pipelined request was refused while the one before it is still being
+            # answered: no 431 inside that response; the connection closes after it.
+            cycle.keep_alive = False
+            return
+        self.transport.write(_refusal(_shape_of(self.url), self._refused))
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._cancel_header_deadline()
+        self._arm_header_deadline()
+
+    # The header deadline
+    def _arm_header_deadline(self) -> None:
+        self._header_deadline = self.loop.call_later(
+            self._limits.header_timeout_s, self._header_deadline_passed
+        )
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_deadline = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # a response is still being written: the connection closes after it
+            cycle.keep_alive = False
+        elif not self.transport.is_closing():
+            self.transport.close()
