@@ -1,7 +1,8 @@
 """`/admin/v1/*`: the management API. An admin rcv_ key manages its own workspace;
 member keys get 403. The operator's workspace (`default`) may also create
 workspaces. Errors use the OpenAI shape; input is validated before anything is
-written, and each operation runs in one transaction.
+written, and each operation writes in one transaction: a new workspace and its first
+admin key are created together or not at all.
 
 | method, path                              | what |
 | GET    /admin/v1/workspace                | the caller's workspace |
@@ -132,7 +133,8 @@ async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -
     caller = await scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
     if caller["name"] != OPERATOR_WORKSPACE:
         raise GatewayError(403, "forbidden", "Only the operator workspace creates workspaces.")
-    async with runtime.pool.acquire() as conn:
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        # One transaction: a workspace never exists without its first admin key.
         workspace_id = await ops.create_workspace(
             conn, body.get("name") or "", body.get("plan") or "free"
         )
