@@ -8,11 +8,13 @@ protocol closes a connection over `RECOVEA_MAX_CONNECTIONS` before reading from 
 and the proxy bounds the requests in flight itself.
 
 Shutdown order on SIGTERM (uvicorn's): stop listening → let in-flight requests and
-streams finish within RECOVEA_SHUTDOWN_GRACE_S →
+streams finish within RECOVEA_SHUTDOWN_GRACE_S, then cancel those still running →
 lifespan exit closes resources.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import uvicorn
 
@@ -38,5 +40,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
         date_header=False,
         log_config=None,
         timeout_keep_alive=75,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        # uvicorn annotates an int but only uses it as asyncio.timeout(delay), which
+        # takes seconds as a float; 0 cancels in-flight requests at once.
+        timeout_graceful_shutdown=cast(int, settings.shutdown_grace_s),
     )

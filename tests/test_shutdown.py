@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
 import orjson
+import pytest
 
 from tests.conftest import FAKE_OPENAI_KEY
 from tests.support import Gateway, wait_until, without_receipt
@@ -52,6 +54,50 @@ def test_sigterm_finishes_in_flight_streams(start_gateway: Callable[..., Gateway
     lines = gw.log_lines()
     assert any(line.get("event") == "gateway_stopping" for line in lines)
     assert sum(1 for line in lines if line.get("event") == "request") == 1
+
+
+@pytest.mark.parametrize("grace", ["0", "0.5"])
+def test_grace_under_one_second_bounds_the_shutdown(
+    start_gateway: Callable[..., Gateway], grace: str
+) -> None:
+    """RECOVEA_SHUTDOWN_GRACE_S under 1 (0 included) is a bound, not "wait forever":
+    with a 60 s stream in flight, SIGTERM ends the process within seconds (0 cancels
+    the stream at once) and the exit is clean."""
+    gw = start_gateway(RECOVEA_SHUTDOWN_GRACE_S=grace)
+    first_chunk = threading.Event()
+
+    def consume() -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                f"{gw.url}/v1/chat/completions",
+                content=_STREAM_BODY,
+                headers={
+                    "authorization": f"Bearer {FAKE_OPENAI_KEY}",
+                    "x-mock-chunks": "600",
+                    "x-mock-chunk-delay-ms": "100",
+                },
+                timeout=90,
+            ) as response:
+                for _ in response.iter_raw():
+                    first_chunk.set()
+        except httpx.HTTPError:
+            pass  # the gateway cut the stream: what this test expects
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert first_chunk.wait(10)
+    started = time.monotonic()
+    code = gw.stop(timeout=15)  # SIGTERM, then SIGKILL if still running after 15 s
+    took = time.monotonic() - started
+    reader.join(30)
+    assert code in (0, -signal.SIGTERM), f"exit {code} after {took:.1f} s"
+    assert not reader.is_alive()
+
+
+_STREAM_BODY = orjson.dumps(
+    {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "long"}]}
+)
 
 
 def _refused(url: str) -> bool:
