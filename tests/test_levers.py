@@ -13,14 +13,14 @@ import asyncpg
 import orjson
 from prometheus_client import generate_latest
 
+from recovea_proxy.app import GatewayApp
 from recovea_proxy.asgi import Message, Receive, Scope, Send
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import LeverRequest, run_guarded
 from recovea_proxy.observability.metrics import GatewayMetrics
-from recovea_proxy.proxy import LeverContext, handle
+from recovea_proxy.proxy import LeverContext
 from recovea_proxy.record import RequestRecord
-from recovea_proxy.runtime import open_runtime
-from recovea_proxy.surfaces import SurfaceMap
+from recovea_proxy.runtime import Runtime, open_runtime
 from tests.conftest import FAKE_OPENAI_KEY, upstream_env
 from tests.support import MockServer, Postgres, metric_value, short_tmpdir
 
@@ -111,14 +111,13 @@ async def test_a_faulty_lever_sends_the_callers_request_upstream(
             "RECOVEA_METER_FLUSH_INTERVAL_S": "0.05",
         }
     )
-    surface = SurfaceMap().resolve("/v1/chat/completions")
-    assert surface is not None
+    app = GatewayApp()  # the gateway's dispatch, without its lifespan: the runtime is ours
     metrics = GatewayMetrics()
     sent: list[Message] = []
 
     async with open_runtime(settings, metrics) as runtime:
         runtime.levers = (RewritesThenFails(),)
-        await handle(runtime, surface, _scope(), _receive_once(CLIENT_BODY), _collect(sent))
+        await app(_scope(runtime), _receive_once(CLIENT_BODY), _collect(sent))
     # Leaving the runtime flushed the meter: the row is in the database.
 
     start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
@@ -146,12 +145,21 @@ async def test_a_faulty_lever_sends_the_callers_request_upstream(
     assert (row["cache_hit"], row["status"]) == (False, "success")
 
 
-def _scope() -> Scope:
+def _scope(runtime: Runtime) -> Scope:
+    """What uvicorn hands the app for the caller's request."""
     return {
         "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "scheme": "http",
         "method": "POST",
         "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "root_path": "",
         "query_string": b"",
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": {"runtime": runtime},
         "headers": [
             (b"host", b"gateway"),
             (b"authorization", f"Bearer {FAKE_OPENAI_KEY}".encode()),
