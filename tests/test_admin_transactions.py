@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import httpx
 
 from recovea_proxy.store.database import APP_ROLE
-from tests.support import Gateway, Postgres, cli_json, short_tmpdir
+from tests.support import Gateway, Postgres, cli_json
 
 
 def test_a_failure_creating_the_first_key_leaves_no_workspace_behind(
-    own_postgres: Postgres, start_gateway: Callable[..., Gateway]
+    own_postgres: Postgres, start_gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
     """With the gateway's role unable to insert keys, `POST /admin/v1/workspaces` fails
     after inserting the workspace: the answer is 503, the owner finds no such workspace,
     and once keys can be written again the same name is free to create."""
     env = {
         "RECOVEA_DATABASE_URL": own_postgres.url,
-        "RECOVEA_MASTER_KEY_FILE": str(short_tmpdir() / "master.key"),
+        "RECOVEA_MASTER_KEY_FILE": str(tmp_path / "master.key"),
     }
     operator = cli_json("init", env=env)["key"]
     gateway = start_gateway(**env)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,7 @@ from recovea_proxy.proxy import LeverContext
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime, open_runtime
 from tests.conftest import FAKE_OPENAI_KEY, upstream_env
-from tests.support import MockServer, Postgres, metric_value, short_tmpdir
+from tests.support import MockServer, Postgres, metric_value
 
 # Two spaces after the colon: any re-serialization of the body would show.
 CLIENT_BODY = b'{"model":  "gpt-4o", "messages": [{"role": "user", "content": "lever-7c1e"}]}'
@@ -95,7 +96,7 @@ def test_a_working_lever_reports_its_outcome() -> None:
 
 
 async def test_a_faulty_lever_sends_the_callers_request_upstream(
-    mock: MockServer, postgres: Postgres, db_env: dict[str, str]
+    mock: MockServer, postgres: Postgres, db_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Through the real pipeline (real runtime, database and mock provider): with a lever
     that rewrites the request and then fails, the provider receives the caller's bytes,
@@ -105,7 +106,7 @@ async def test_a_faulty_lever_sends_the_callers_request_upstream(
         {
             **db_env,
             **upstream_env(mock),
-            "RECOVEA_DATA_DIR": str(short_tmpdir()),
+            "RECOVEA_DATA_DIR": str(tmp_path),
             "RECOVEA_PASSTHROUGH": "on",
             "RECOVEA_LOG_FORMAT": "json",
             "RECOVEA_METER_FLUSH_INTERVAL_S": "0.05",

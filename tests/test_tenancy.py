@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from recovea_proxy.store.database import APP_ROLE
-from tests.support import Postgres, cli_json, set_provider_key, short_tmpdir
+from tests.support import Postgres, cli_json, set_provider_key
 
 TABLES = ("workspaces", "projects", "teams", "rcv_keys", "provider_keys")
 
@@ -68,13 +69,13 @@ def test_a_write_in_one_scope_cannot_create_or_change_another_workspaces_rows(
 
 
 def test_the_write_check_fails_when_the_policy_lets_writes_out(
-    own_postgres: Postgres,
+    own_postgres: Postgres, tmp_path: Path
 ) -> None:
     """The write-isolation check is not vacuous: in a database of the test's own whose
     policies check nothing on write (`WITH CHECK (true)`), it fails."""
     env = {
         "RECOVEA_DATABASE_URL": own_postgres.url,
-        "RECOVEA_MASTER_KEY_FILE": str(short_tmpdir() / "master.key"),
+        "RECOVEA_MASTER_KEY_FILE": str(tmp_path / "master.key"),
     }
     a, b = tenant(env, "rls-wa"), tenant(env, "rls-wb")
 
