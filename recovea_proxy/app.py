@@ -27,7 +27,9 @@ from recovea_proxy.surfaces import SurfaceMap
 
 class GatewayApp(Starlette):
     """Starlette for the gateway's own routes; provider paths skip its middleware stack
-    and go straight to the raw ASGI pipeline (one dict lookup per request)."""
+    and go straight to the raw ASGI pipeline (one dict lookup per request). Every
+    path is checked on its raw bytes first; one that fails is refused by the pipeline
+    with 400 `invalid_path`."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -35,7 +37,7 @@ class GatewayApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            surface = self.surfaces.resolve(scope["path"])
+            surface = self.surfaces.resolve(scope.get("raw_path") or scope["path"].encode())
             if surface is not None:
                 await handle(scope["state"]["runtime"], surface, scope, receive, send)
                 return

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.clean import ID_MAX, clean_model, clean_text, clean_usage
@@ -31,7 +32,7 @@ from recovea_proxy.levers import run_guarded
 from recovea_proxy.providers.base import StreamTap
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
-from recovea_proxy.surfaces import Surface
+from recovea_proxy.surfaces import Surface, query_is_clean
 from recovea_proxy.upstream import UpstreamUnreachable, classify
 
 # Non-streamed JSON up to this size is buffered whole (usage is read from it and,
@@ -71,6 +72,13 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
     record.kind = surface.kind
     rt.in_flight += 1
     try:
+        if surface.invalid or (scope["query_string"] and not query_is_clean(scope["query_string"])):
+            raise GatewayError(
+                400,
+                "invalid_path",
+                "The path holds dot segments, empty segments, encoded / ? # . % or "
+                "characters that need no encoding, or bytes outside printable ASCII.",
+            )
         if rt.in_flight > rt.settings.max_in_flight:
             raise _overloaded()
         await _serve(rt, surface, scope, receive, send, record)
@@ -136,15 +144,21 @@ async def _serve(
 
     forward = headers.forward
     forward.extend(principal.upstream_credentials)
+    # Built only from the checked raw path and query, sent as they are (no requoting).
     url = rt.upstream_base[provider.name] + surface.upstream_path
     query = scope["query_string"]
     if query:
-        url += "?" + query.decode("latin-1")
+        url += "?" + query.decode("ascii")
+    upstream_url = URL(url, encoded=True)
 
     waited = time.perf_counter_ns()
     try:
         upstream = await rt.session.request(
-            scope["method"], url, headers=forward, data=body or None, allow_redirects=False
+            scope["method"],
+            upstream_url,
+            headers=forward,
+            data=body or None,
+            allow_redirects=False,
         )
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         kind = classify(exc)

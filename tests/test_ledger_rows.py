@@ -7,6 +7,7 @@ import base64
 import socket
 import time
 from datetime import datetime
+from typing import Any
 
 import httpx
 import orjson
@@ -14,7 +15,7 @@ import pytest
 
 from recovea_proxy.meter.event import COLUMNS
 from tests.ledger_support import Tenant, make_tenant, owner_query, stored
-from tests.support import Gateway, Postgres, cli_json
+from tests.support import Gateway, Postgres, cli_json, metric_value, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -238,9 +239,14 @@ def test_passthrough_requests_are_metered_under_the_passthrough_workspace(
     assert wait_until(row, 15, "passthrough row")[0]["name"] == "passthrough"
 
 
-def test_unauthenticated_requests_leave_a_row_without_a_workspace(
+def test_refused_requests_leave_no_row_and_are_counted_and_logged(
     gateway: Gateway, postgres: Postgres
 ) -> None:
+    """A request refused before a workspace is known (401) has no row: it is counted
+    on /metrics under its route and status, and logged."""
+    before = metric_value(
+        gateway.metrics(), "recovea_requests_total", route="/v1/chat/completions", status="401"
+    )
     response = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         json={"model": "gpt-4o", "messages": []},
@@ -248,18 +254,33 @@ def test_unauthenticated_requests_leave_a_row_without_a_workspace(
     )
     assert response.status_code == 401
     assert "recovea-receipt" not in response.headers
-    from tests.support import wait_until
-
-    rows = wait_until(
-        lambda: owner_query(
-            postgres.url,
-            "SELECT customer_id, status FROM recovea.request_events WHERE request_id = $1::uuid",
-            response.headers["x-request-id"],
-        ),
-        15,
-        "401 row",
+    request_id = response.headers["x-request-id"]
+    line = gateway.record(request_id)
+    assert (line["http_status"], line["customer_id"]) == (401, None)
+    after = metric_value(
+        gateway.metrics(), "recovea_requests_total", route="/v1/chat/completions", status="401"
     )
-    assert rows[0]["customer_id"] is None and rows[0]["status"] == "error"
+    assert after == before + 1
+    # The drainer has written everything queued before this request's log line.
+    normal = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gpt-4o", "messages": []},
+        headers={"authorization": "Bearer sk-test-passthrough-key-0000"},
+    )
+
+    def next_row() -> list[Any]:
+        return owner_query(
+            postgres.url,
+            "SELECT request_id FROM recovea.request_events WHERE request_id = $1::uuid",
+            normal.headers["x-request-id"],
+        )
+
+    wait_until(next_row, 15, "the next request's row")
+    assert not owner_query(
+        postgres.url,
+        "SELECT 1 FROM recovea.request_events WHERE request_id = $1::uuid",
+        request_id,
+    )
 
 
 MARKERS = ("ZEBRA-PROMPT-7781", "QUASAR-SYSTEM-5512", "ORCHID-TOOL-9934")

@@ -44,7 +44,7 @@ def _message(
 def message_json(body: dict[str, Any], plan: Plan) -> bytes:
     """A whole `message` body."""
     output, cut = plan.output_tokens(body.get("max_tokens"))
-    stop = "max_tokens" if cut else "end_turn"
+    stop = plan.reason("max_tokens" if cut else "end_turn")
     doc = _message(body, plan, [{"type": "text", "text": reply_text(body)}], stop)
     if plan.usage:
         doc["usage"] = _usage(plan, output)
@@ -81,7 +81,10 @@ def message_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
         yield _DELTA_HEAD + orjson.dumps(piece) + b"}}\n\n"
     yield _BLOCK_STOP
     delta: dict[str, Any] = {
-        "delta": {"stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None}
+        "delta": {
+            "stop_reason": plan.reason("max_tokens" if cut else "end_turn"),
+            "stop_sequence": None,
+        }
     }
     if plan.usage:
         delta["usage"] = {"output_tokens": output}

@@ -53,6 +53,13 @@ class Plan:
     shape: MockDefaults
     fault: str | None
     digest: str
+    #: the finish (stop) reason to report instead of the natural one: a hostile
+    #: provider's string, given as a JSON string literal in `x-mock-finish-reason`
+    finish_reason: str | None = None
+
+    def reason(self, natural: str) -> str:
+        """The finish reason to report: the override, else `natural`."""
+        return natural if self.finish_reason is None else self.finish_reason
 
     @property
     def created(self) -> int:
@@ -119,7 +126,19 @@ def plan_for(defaults: MockDefaults, headers: Mapping[str, str], ident: bytes) -
         shape=replace(defaults, **changes) if changes else defaults,
         fault=fault if fault in FAULTS else None,
         digest=hashlib.sha256(ident).hexdigest(),
+        finish_reason=_json_string(headers.get("x-mock-finish-reason")),
     )
+
+
+def _json_string(raw: str | None) -> str | None:
+    """A header holding a JSON string literal (so it can carry any character), or None."""
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:

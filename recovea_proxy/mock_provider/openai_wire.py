@@ -63,7 +63,7 @@ def chat_json(body: dict[str, Any], plan: Plan, *, legacy: bool, openrouter: boo
     """A whole `chat.completion` (or legacy `text_completion`) body."""
     output, cut = plan.output_tokens(_limit(body))
     text = reply_text(body)
-    reason = "length" if cut else "stop"
+    reason = plan.reason("length" if cut else "stop")
     choice: dict[str, Any]
     if legacy:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
@@ -111,7 +111,7 @@ def chat_events(
         + b',"system_fingerprint":"fp_mock","choices":['
     )
     tail = b'],"usage":null}\n\n' if include_usage and not openrouter else b"]}\n\n"
-    reason = b'"length"' if cut else b'"stop"'
+    reason = orjson.dumps(plan.reason("length" if cut else "stop"))
     if legacy:
         yield from (
             head + b'{"index":0,"text":' + orjson.dumps(piece) + b',"logprobs":null,'

@@ -84,9 +84,10 @@ class RequestLog:
 
     In JSON mode it adds the same timestamp and renders with orjson, skipping the
     bound logger's per-call copies; in console mode it goes through structlog like
-    every other line. Its fields are the gateway's own ids and counts plus caller
-    tags that were redacted when they were read (see `headers.clean_tag`), so the
-    per-line redaction scan is not repeated here.
+    every other line. Its fields are the gateway's own ids and counts plus strings
+    from callers and providers that were cleaned and redacted where the record was
+    built (see `recovea_proxy.clean`), so the per-line redaction scan is not
+    repeated here.
 
     JSON lines are held in the log's own buffer and written together, at most
     FLUSH_AFTER_S after the first of them (or once BUFFER_BYTES are waiting, or at

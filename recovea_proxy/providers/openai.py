@@ -145,13 +145,13 @@ class ChatStreamTap(WindowTap):
         except orjson.JSONDecodeError:
             return False
         reason_at = end.rfind(b'"finish_reason":"', 0, at)
-        if reason_at >= 0:
-            start = reason_at + 17
-            self.usage.finish_reason = end[start : end.find(b'"', start)].decode(
-                "utf-8", "replace"
-            )[:64]
-        else:
+        if reason_at < 0:
             return False
+        start = reason_at + 17
+        reason = end[start : end.find(b'"', start)]
+        if b"\\" in reason:
+            return False  # an escaped character: let the JSON parser read it
+        self.usage.finish_reason = reason.decode("utf-8", "replace")
         chat_usage(usage, self.usage)
         self.usage.terminal = True
         return True
@@ -272,7 +272,9 @@ class OpenAI(Provider):
         if kind not in (CHAT, COMPLETIONS) or parsed.get("stream") is not True:
             return body, False
         options = parsed.get("stream_options")
-        if options is None and body[:1] == b"{":
+        # `"stream_options": null` counts as absent; but the key is in the body then,
+        # and a second one added in front would lose to it: rewrite the whole body.
+        if options is None and body[:1] == b"{" and "stream_options" not in parsed:
             # Cheapest exact rewrite: add the one key at the front, keep every byte after.
             return b'{"stream_options":{"include_usage":true},' + body[1:], True
         if options is None or (
