@@ -129,6 +129,9 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             negative_ttl_s=settings.key_negative_ttl_s,
             data_key_ttl_s=settings.data_key_cache_ttl_s,
             data_key_max_uses=settings.data_key_max_uses,
+            timeout_s=settings.auth_timeout_s,
+            max_keys=settings.key_cache_max,
+            max_refused=settings.key_negative_cache_max,
         )
         await resolver.start(app)
         stack.push_async_callback(resolver.close)

@@ -7,20 +7,39 @@ does `load_principal` await the key store.
 An rcv_ key is resolved through the KeyResolver and the call goes upstream on the
 workspace's own provider key; with RECOVEA_PASSTHROUGH=on, a provider key sent
 instead is forwarded untouched.
+
+Which credential a request carries (`Authorization` and `x-api-key` together):
+
+| headers                                             | outcome                       |
+| neither                                             | 401 (missing)                 |
+| an rcv_ key (`Bearer <key>` or `x-api-key: <key>`), | authenticated with that key;  |
+| whatever the other header holds                     | nothing of the caller's goes  |
+|                                                     | upstream                      |
+| rcv_ in any case at the start of a word of either   | 401, never forwarded          |
+| header, not exactly one well-formed key there       |                               |
+| (`RCV_live_…`, bad length, another scheme, two      |                               |
+| different keys)                                     |                               |
+| anything else                                       | passthrough (when on) or 401  |
+
+So a value that begins with rcv_ is never forwarded to a provider.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from recovea_proxy.auth.keys import looks_like_key
+from recovea_proxy.auth.keys import PREFIXES
 from recovea_proxy.auth.resolver import KeyRecord, KeyResolver, invalid
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.headers import RequestHeaders
 from recovea_proxy.providers.base import Provider
 
 PASSTHROUGH_WORKSPACE = "passthrough"
-RCV_PREFIX = "rcv_"
+#: "rcv_" in any case where a token begins (not inside a base64url run such as a
+#: provider key, which may contain those four characters by chance)
+_RCV_MARK = re.compile(r"(?<![A-Za-z0-9_-])rcv_", re.IGNORECASE)
+_KEY_PREFIXES = tuple(PREFIXES.values())
 
 
 @dataclass(slots=True)
@@ -45,6 +64,32 @@ def _bearer(authorization: str | None) -> str | None:
     return None
 
 
+def _missing() -> GatewayError:
+    return GatewayError(401, "invalid_api_key", "Missing API key.")
+
+
+def rcv_credential(headers: RequestHeaders) -> str | None:
+    """The rcv_ key the request authenticates with; None when neither credential
+    header holds anything rcv_-like. GatewayError 401 when one does but it is not
+    exactly one well-formed key (see the module's table)."""
+    found: str | None = None
+    for value, token in (
+        (headers.authorization, _bearer(headers.authorization)),
+        (headers.api_key, headers.api_key),
+    ):
+        if value is None:
+            continue
+        if token is None or not token.startswith(_KEY_PREFIXES):
+            if "rcv_" not in value.lower() or _RCV_MARK.search(value) is None:
+                continue
+            raise invalid()
+        # The rest of its shape is checked before any lookup (a cached key is a key).
+        if found is not None and token != found:
+            raise invalid()
+        found = token
+    return found
+
+
 class Authenticator:
     """Resolves a request's credentials to a Principal, or refuses."""
 
@@ -64,12 +109,10 @@ class Authenticator:
         an rcv_ key whose record and workspace provider key are both cached (the common
         case). None when `load_principal` must load something; refusals that need
         nothing loaded are raised here already."""
-        token = _bearer(headers.authorization) or headers.api_key
-        if not token:
-            raise GatewayError(401, "invalid_api_key", "Missing API key.")
-        if not token.startswith(RCV_PREFIX):
+        token = rcv_credential(headers)
+        if token is None:
             return self._passthrough_principal(headers)
-        if self._resolver is None or not looks_like_key(token):
+        if self._resolver is None:
             raise invalid()
         key = self._resolver.cached(token)
         if key is None:
@@ -83,8 +126,9 @@ class Authenticator:
         """The principal of an rcv_ key `known_principal` could not answer from the
         caches (it returned None); GatewayError 401 (unknown/revoked key), 400 (the
         workspace has no key for this provider) or 503 (store down)."""
-        assert self._resolver is not None  # known_principal refused the key otherwise
-        token = _bearer(headers.authorization) or headers.api_key or ""
+        token = rcv_credential(headers)
+        # known_principal answered (or refused) anything else
+        assert self._resolver is not None and token is not None
         key = await self._resolver.resolve(token)
         secret = await self._resolver.provider_key(key.customer_id, provider.name)
         if secret is None:
@@ -97,6 +141,8 @@ class Authenticator:
         return _rcv_principal(key, provider, secret)
 
     def _passthrough_principal(self, headers: RequestHeaders) -> Principal:
+        if not _bearer(headers.authorization) and not headers.api_key:
+            raise _missing()
         if not self._passthrough:
             raise GatewayError(
                 401,
@@ -121,10 +167,12 @@ class Authenticator:
 
     async def admin_key(self, headers: RequestHeaders) -> KeyRecord:
         """The rcv_ key of a management request (any role; the caller checks it)."""
-        token = _bearer(headers.authorization) or headers.api_key
-        if not token:
-            raise GatewayError(401, "invalid_api_key", "Missing API key.")
-        if self._resolver is None or not looks_like_key(token):
+        token = rcv_credential(headers)
+        if token is None:
+            if not _bearer(headers.authorization) and not headers.api_key:
+                raise _missing()
+            raise invalid()
+        if self._resolver is None:
             raise invalid()
         return await self._resolver.resolve(token)
 

@@ -1,14 +1,32 @@
 """rcv_ key resolution on the hot path, and the workspace's provider key.
 
-A known key costs a dict lookup: resolved keys are cached (positive TTL, short
-negative TTL), provider keys are cached sealed with their unwrapped data key and
-decrypted per request. `cached` and `cached_provider_key` answer from the caches
-without awaiting (the common case); `resolve` and `provider_key` also load what is
-missing. Revocations arrive over LISTEN/NOTIFY and evict at once;
-the TTL bounds the damage if that channel is down.
+A known key costs a hash and a dict lookup: resolved keys are cached (positive
+TTL), refused ones too (short negative TTL), each cache bounded and least recently
+used first out (`ExpiringLru`), so made-up keys cannot grow memory. Provider keys
+are cached sealed with their unwrapped data key and decrypted per request; that
+cache is keyed by the workspace of a resolved key and the provider, so no caller
+input grows it.
+`cached` and `cached_provider_key` answer from the caches without awaiting (the
+common case); `resolve` and `provider_key` also load what is missing.
 
-Fail-closed: a key that is not cached while the key store cannot be reached is
-refused with 503 `auth_unavailable`, never served.
+What a caller can make the gateway do, and its bound:
+
+| caller sends                      | costs                                        |
+| malformed rcv_ key                | a hash: 401 without a query                  |
+| well-formed key, unknown          | one lookup, then a negative entry (bounded)  |
+| many distinct well-formed keys    | lookups, at most half the pool's connections |
+|                                   | at once, each waiting at most the auth       |
+|                                   | timeout (slot + connection + query) → 503    |
+
+Revocations arrive over LISTEN/NOTIFY and evict at once. A notice that arrives
+while a lookup runs may concern the key being looked up, whose answer may predate
+it: every notice (and every reconnect of the listener) bumps a generation counter,
+and a lookup that saw it move neither caches nor trusts a valid answer but looks
+again (503 after `_LOOKUP_ATTEMPTS` such crossings in a row). The TTL bounds
+staleness only while that channel is down.
+
+Fail-closed: a key that is not cached while the key store cannot be reached (or
+not within the auth timeout) is refused with 503 `auth_unavailable`, never served.
 """
 
 from __future__ import annotations
@@ -26,11 +44,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recovea_proxy.auth.envelope import Sealed, associated_data, context_for
 from recovea_proxy.auth.keyring import Keyring
-from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash
+from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash, looks_like_key
+from recovea_proxy.auth.lru import ExpiringLru
 from recovea_proxy.errors import GatewayError
 
 _log = structlog.get_logger("recovea.auth")
 _STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_LOOKUP = "SELECT * FROM recovea.resolve_rcv_key($1)"
+#: lookups of one key that may each be overtaken by a revocation notice before the
+#: key is refused with 503 (notices are rare; three in a row means a burst)
+_LOOKUP_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +110,9 @@ class KeyResolver:
         negative_ttl_s: float,
         data_key_ttl_s: float,
         data_key_max_uses: int,
+        timeout_s: float = 2.0,
+        max_keys: int = 100_000,
+        max_refused: int = 10_000,
     ) -> None:
         self._pool = pool
         self._keyring = keyring
@@ -94,8 +120,15 @@ class KeyResolver:
         self._negative_ttl = negative_ttl_s
         self._data_key_ttl = data_key_ttl_s
         self._data_key_uses = data_key_max_uses
-        self._keys: dict[bytes, tuple[float, KeyRecord | None]] = {}
+        self._timeout = timeout_s
+        # Key lookups may take half the pool; the ledger API, provider-key loads and
+        # the admin API keep the rest, whatever keys a caller makes up.
+        self._lookups = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
+        self._keys: ExpiringLru[bytes, KeyRecord] = ExpiringLru(max_keys)
+        self._refused: ExpiringLru[bytes, bool] = ExpiringLru(max_refused)
         self._hash_by_id: dict[str, bytes] = {}
+        #: bumped by every revocation notice and listener reconnect (see module doc)
+        self._generation = 0
         self._provider: dict[tuple[str, str], tuple[float, _StoredProviderKey | None]] = {}
         self._data_keys: dict[str, _DataKey] = {}
         self._listener: asyncpg.Connection | None = None
@@ -145,7 +178,9 @@ class KeyResolver:
         while not self._closing:
             await asyncio.sleep(delay)
             if await self._connect_listener():
-                # Revocations sent while we were deaf are lost: forget every cached key.
+                # Revocations sent while we were deaf are lost: forget every cached key,
+                # and let no lookup that ran meanwhile cache its answer.
+                self._generation += 1
                 self._keys.clear()
                 self._hash_by_id.clear()
                 _log.info("revocation_listener_back")
@@ -153,9 +188,11 @@ class KeyResolver:
             delay = min(delay * 2, 10.0)
 
     def _on_revoked(self, _conn: Any, _pid: int, _channel: str, key_id: str) -> None:
+        self._generation += 1
+        _log.info("key_revocation_received", key_id=key_id)
         digest = self._hash_by_id.pop(key_id, None)
         if digest is not None:
-            self._keys.pop(digest, None)
+            self._keys.pop(digest)
 
     def cached(self, token: str) -> KeyRecord | None:
         """The key's record while the cache holds it (GatewayError 401 for a cached
@@ -163,39 +200,51 @@ class KeyResolver:
         return self._cached(key_hash(token), time.monotonic())
 
     def _cached(self, digest: bytes, now: float) -> KeyRecord | None:
-        cached = self._keys.get(digest)
-        if cached is None or cached[0] <= now:
-            return None
-        if cached[1] is None:
+        record = self._keys.get(digest, now)
+        if record is not None:
+            return record
+        if self._refused.get(digest, now):
             raise invalid()
-        return cached[1]
+        return None
 
     async def resolve(self, token: str) -> KeyRecord:
-        """The key's record; GatewayError 401 (unknown/revoked) or 503 (store down)."""
+        """The key's record; GatewayError 401 (malformed/unknown/revoked) or 503 (store
+        down or slower than the auth timeout)."""
         digest = key_hash(token)
-        now = time.monotonic()
-        known = self._cached(digest, now)
+        known = self._cached(digest, time.monotonic())
         if known is not None:
             return known
+        if not looks_like_key(token):
+            raise invalid()
+        for _ in range(_LOOKUP_ATTEMPTS):
+            generation = self._generation
+            row = await self._lookup(digest)
+            now = time.monotonic()
+            if row is None or row["revoked"]:
+                # A refusal is never made stale by a revocation.
+                self._refused.put(digest, True, now + self._negative_ttl, now)
+                raise invalid()
+            if generation == self._generation:
+                return self._remember(digest, _record(row), now)
+            # A revocation notice arrived while the query ran: its answer may predate
+            # that revocation, so it is not trusted; the next query sees it.
+        raise unavailable()
+
+    async def _lookup(self, digest: bytes) -> asyncpg.Record | None:
+        """One key-store lookup within the auth timeout: a slot among the lookups, a
+        pooled connection and the query. 503 beyond it or when the store is down."""
         try:
-            row = await self._pool.fetchrow("SELECT * FROM recovea.resolve_rcv_key($1)", digest)
+            async with asyncio.timeout(self._timeout), self._lookups:
+                async with self._pool.acquire() as conn:
+                    row: asyncpg.Record | None = await conn.fetchrow(_LOOKUP, digest)
+                    return row
         except _STORE_ERRORS:
             raise unavailable() from None
-        if row is None or row["revoked"]:
-            self._keys[digest] = (now + self._negative_ttl, None)
-            raise invalid()
-        record = KeyRecord(
-            id=str(row["id"]),
-            customer_id=str(row["customer_id"]),
-            role=row["role"],
-            env=row["env"],
-            project=row["project"],
-            team=row["team"],
-            project_id=_str_or_none(row["project_id"]),
-            team_id=_str_or_none(row["team_id"]),
-        )
-        self._keys[digest] = (now + self._ttl, record)
+
+    def _remember(self, digest: bytes, record: KeyRecord, now: float) -> KeyRecord:
         self._hash_by_id[record.id] = digest
+        for dropped in self._keys.put(digest, record, now + self._ttl, now):
+            self._hash_by_id.pop(dropped.id, None)
         return record
 
     def forget_provider_key(self, customer_id: str, provider: str) -> None:
@@ -247,16 +296,17 @@ class KeyResolver:
         self, customer_id: str, provider: str
     ) -> _StoredProviderKey | None:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT set_config('recovea.customer_id', $1, true)", customer_id
-                )
-                row = await conn.fetchrow(
-                    "SELECT id, ciphertext, nonce, wrapped_data_key, master_key_id, backend"
-                    " FROM recovea.provider_keys WHERE customer_id = $1 AND provider = $2",
-                    uuid.UUID(customer_id),
-                    provider,
-                )
+            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute(
+                        "SELECT set_config('recovea.customer_id', $1, true)", customer_id
+                    )
+                    row = await conn.fetchrow(
+                        "SELECT id, ciphertext, nonce, wrapped_data_key, master_key_id, backend"
+                        " FROM recovea.provider_keys WHERE customer_id = $1 AND provider = $2",
+                        uuid.UUID(customer_id),
+                        provider,
+                    )
         except _STORE_ERRORS:
             raise unavailable() from None
         if row is None:
@@ -275,6 +325,19 @@ class KeyResolver:
             context,
             associated_data(context),
         )
+
+
+def _record(row: asyncpg.Record) -> KeyRecord:
+    return KeyRecord(
+        id=str(row["id"]),
+        customer_id=str(row["customer_id"]),
+        role=row["role"],
+        env=row["env"],
+        project=row["project"],
+        team=row["team"],
+        project_id=_str_or_none(row["project_id"]),
+        team_id=_str_or_none(row["team_id"]),
+    )
 
 
 def _decrypt(stored: _StoredProviderKey, data_key: _DataKey) -> bytearray:
