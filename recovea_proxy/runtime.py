@@ -161,6 +161,8 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             owner,
             metrics,
             interval_s=settings.maintenance_interval_s,
+            timeout_s=settings.maintenance_timeout_s,
+            max_tags=settings.rollup_max_tags,
             signer=signer,
             pool=pool,
             keyring=keyring,

@@ -1,12 +1,15 @@
-"""Retention and deletion: old rows go per plan (or override), old day partitions are
-dropped, a missing partition loses nothing, and a deleted workspace leaves nothing."""
+"""Retention and deletion: old rows go per plan (or override), one workspace at a time
+(one that fails holds back no other), old day partitions are dropped, a missing
+partition loses nothing, and a deleted workspace leaves nothing."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import orjson
 
 from tests.ledger_support import Tenant, make_tenant, owner_query, stored
 from tests.support import Gateway, Postgres, cli, cli_json, wait_until
@@ -191,3 +194,50 @@ def test_an_admin_deletes_its_own_workspace_over_the_api(
         )
         == []
     )
+
+
+def test_one_workspace_whose_pruning_times_out_does_not_hold_back_another(
+    db_env: dict[str, str], postgres: Postgres
+) -> None:
+    """A workspace whose old rows cannot be deleted within RECOVEA_MAINTENANCE_TIMEOUT_S
+    (another session holds a lock on one of its receipts) is reported and keeps its
+    rows; another workspace's old rows are deleted in the same prune. The next prune
+    deletes the first one's too."""
+    import asyncio
+
+    import asyncpg
+
+    stuck, fine = make_tenant(db_env, "retention-stuck"), make_tenant(db_env, "retention-fine")
+    stuck_old, fine_old = old_event(postgres.url, stuck, 45), old_event(postgres.url, fine, 45)
+
+    async def hold_receipt(held: asyncio.Event, release: asyncio.Event) -> None:
+        conn = await asyncpg.connect(postgres.url)
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM recovea.receipts WHERE request_id = $1 FOR UPDATE", stuck_old
+                )
+                held.set()
+                await release.wait()
+        finally:
+            await conn.close()
+
+    loop = asyncio.new_event_loop()
+    held, release = asyncio.Event(), asyncio.Event()
+    holder = threading.Thread(target=loop.run_until_complete, args=(hold_receipt(held, release),))
+    holder.start()
+    try:
+        wait_until(held.is_set, 10, "the lock on the stuck workspace's receipt")
+        done = cli("prune", "--json", env={**db_env, "RECOVEA_MAINTENANCE_TIMEOUT_S": "1"})
+        assert kept(postgres.url, fine_old) == (False, False)
+        assert kept(postgres.url, stuck_old) == (True, True)
+        assert 1 == done.returncode, done.stderr
+        assert [{"workspace": stuck.workspace, "error": "QueryCanceledError"}] == orjson.loads(
+            done.stdout
+        )["failed"]
+    finally:
+        loop.call_soon_threadsafe(release.set)
+        holder.join(10)
+        loop.close()
+    cli_json("prune", env=db_env)
+    assert kept(postgres.url, stuck_old) == (False, False)

@@ -30,28 +30,60 @@ def _moment(raw: str | None) -> datetime | None:
         raise ops.OperationError(f"not an ISO 8601 date or time: {raw!r}") from None
 
 
-async def rollup(conn: asyncpg.Connection, args: argparse.Namespace, _: Settings) -> dict[str, Any]:
+async def rollup(
+    conn: asyncpg.Connection, args: argparse.Namespace, settings: Settings
+) -> dict[str, Any]:
     since, until = _moment(args.since), _moment(args.until)
     if since is not None and until is not None and since >= until:
         raise ops.OperationError("--since must be before --until")
     created = await ensure_partitions(conn)
-    hours = await run_rollup(conn, since=since, until=until)
-    result = {"hours": [hour.isoformat() for hour in hours], "partitions_created": created}
-    emit(args, result, f"rolled up {len(hours)} hour(s)")
+    report = await run_rollup(
+        conn,
+        timeout_s=settings.maintenance_timeout_s,
+        max_tags=settings.rollup_max_tags,
+        since=since,
+        until=until,
+    )
+    failed = [failure.as_json() for failure in report.failed]
+    result = {
+        "hours": [hour.isoformat() for hour in report.hours],
+        "workspace_hours": len(report.done),
+        "failed": failed,
+        "partitions_created": created,
+    }
+    emit(
+        args,
+        result,
+        f"rolled up {len(report.done)} workspace hour(s) in {len(report.hours)} hour(s)",
+    )
+    _fail_if_any(failed, "rollup", "they stay pending for the next rollup")
     return result
 
 
 async def prune_command(
-    conn: asyncpg.Connection, args: argparse.Namespace, _: Settings
+    conn: asyncpg.Connection, args: argparse.Namespace, settings: Settings
 ) -> dict[str, Any]:
-    result = await prune(conn)
+    result = await prune(conn, timeout_s=settings.maintenance_timeout_s)
     emit(
         args,
         result,
         f"deleted {result['events_deleted']} event(s), {result['receipts_deleted']} receipt(s);"
         f" dropped {len(result['partitions_dropped'])} partition(s)",
     )
+    _fail_if_any(result["failed"], "prune", "the next prune tries them again")
     return result
+
+
+def _fail_if_any(failed: list[dict[str, str]], what: str, then: str) -> None:
+    """Exit 1 (after the result was printed) when some workspaces failed."""
+    if not failed:
+        return
+    named = [
+        f"{item['workspace']}{' at ' + item['hour'] if 'hour' in item else ''} ({item['error']})"
+        for item in failed[:5]
+    ]
+    more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+    raise ops.OperationError(f"{what} failed for {', '.join(named)}{more}; {then}")
 
 
 async def workspace_delete(

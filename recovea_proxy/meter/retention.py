@@ -2,19 +2,27 @@
 
 A workspace keeps its `request_events` and `receipts` for its plan's period (free
 30 days, pro 365) unless `workspaces.retention_days` overrides it. Pruning deletes
-each workspace's older rows, then drops whole day partitions that every
-workspace's retention has passed. Rollups are aggregates without per-request
-facts and are kept (a deleted workspace loses them too).
+each workspace's older rows (one transaction per workspace, under the maintenance
+statement timeout; a workspace that fails is reported and tried again at the next
+prune), then drops whole day partitions that every workspace's retention has
+passed. Rollups are aggregates without per-request facts and are kept (a deleted
+workspace loses them too).
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL
+from recovea_proxy.meter.isolation import (
+    Failure,
+    connection_lost,
+    maintenance_transaction,
+)
 from recovea_proxy.store.service import service_mode
 
 PLAN_RETENTION_DAYS = {"free": 30, "pro": 365}
@@ -22,36 +30,39 @@ PLAN_RETENTION_DAYS = {"free": 30, "pro": 365}
 _LEDGER_TABLES = ("request_events", "receipts", "usage_rollups", "model_prices", "routes")
 
 
-async def prune(conn: asyncpg.Connection, *, now: datetime | None = None) -> dict[str, Any]:
-    """Apply every workspace's retention; what was deleted."""
+async def prune(
+    conn: asyncpg.Connection, *, timeout_s: float, now: datetime | None = None
+) -> dict[str, Any]:
+    """Apply every workspace's retention, each in its own transaction (one workspace's
+    failure does not stop the others'); what was deleted, and which workspaces failed."""
     now = now or datetime.now(UTC)
     deleted_events = deleted_receipts = 0
     async with conn.transaction():
         await service_mode(conn)
         workspaces = await conn.fetch(
             "SELECT customer_id, plan, retention_days FROM recovea.workspaces"
+            " ORDER BY customer_id"
         )
-        longest = 0
-        for row in workspaces:
-            days = row["retention_days"] or PLAN_RETENTION_DAYS[row["plan"]]
-            longest = max(longest, days)
-            cutoff = now - timedelta(days=days)
-            deleted_events += _count(
-                await conn.execute(
-                    "DELETE FROM recovea.request_events WHERE customer_id = $1 AND ts < $2",
-                    row["customer_id"],
-                    cutoff,
-                )
+    longest = 0
+    failed: list[Failure] = []
+    for row in workspaces:
+        days = row["retention_days"] or PLAN_RETENTION_DAYS[row["plan"]]
+        longest = max(longest, days)
+        try:
+            events, receipts = await _prune_workspace(
+                conn, row["customer_id"], now - timedelta(days=days), timeout_s
             )
-            deleted_receipts += _count(
-                await conn.execute(
-                    "DELETE FROM recovea.receipts WHERE customer_id = $1 AND ts < $2",
-                    row["customer_id"],
-                    cutoff,
-                )
-            )
-        dropped: list[str] = []
-        if longest:
+        except Exception as exc:
+            if connection_lost(conn):
+                raise
+            failed.append(Failure(row["customer_id"], type(exc).__name__))
+            continue
+        deleted_events += events
+        deleted_receipts += receipts
+    dropped: list[str] = []
+    if longest:
+        # Whole days past every workspace's period hold only rows each would delete.
+        async with maintenance_transaction(conn, timeout_s):
             dropped = [
                 row[0]
                 for row in await conn.fetch(
@@ -72,7 +83,7 @@ async def _prune_workspace(
     conn: asyncpg.Connection, workspace: uuid.UUID, cutoff: datetime, timeout_s: float
 ) -> tuple[int, int]:
     """Delete one workspace's events and receipts older than `cutoff`; how many of each."""
-    async with workspace_transaction(conn, timeout_s):
+    async with maintenance_transaction(conn, timeout_s):
         events = _count(
             await conn.execute(
                 "DELETE FROM recovea.request_events WHERE customer_id = $1 AND ts < $2",
