@@ -17,6 +17,10 @@ from recovea_proxy.meter import verify
 
 REPO = Path(__file__).resolve().parent.parent
 ZEROS = "0" * 64
+RETIRED_AT = "2026-11-20T00:00:00+00:00"
+#: epoch ms of RETIRED_AT
+RETIRED_MS = 1_795_132_800_000
+HOUR_MS = 3_600_000
 
 
 def b64(data: bytes) -> str:
@@ -39,13 +43,16 @@ class Signer:
         self.raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.kid = "rk_" + sha(self.raw)[:16]
 
-    def entry(self, kid: str | None = None, retired: bool = False) -> dict[str, Any]:
+    def entry(self, kid: str | None = None, retired: bool = False, **fields: Any) -> dict[str, Any]:
+        """The key as `/.well-known/recovea-receipt-keys` lists it: created 2026-11-01,
+        retired (when `retired`) 2026-11-20; the receipts below have ts 2026-11-18."""
         return {
             "kid": kid or self.kid,
             "alg": "Ed25519",
             "public_key": b64(self.raw),
             "created_at": "2026-11-01T00:00:00+00:00",
-            "retired_at": "2026-11-20T00:00:00+00:00" if retired else None,
+            "retired_at": RETIRED_AT if retired else None,
+            **fields,
         }
 
     def token(self, payload: dict[str, Any]) -> str:
@@ -183,16 +190,24 @@ def receipts(signer: Signer, payloads: list[dict[str, Any]]) -> list[verify.Rece
     return [verify.decode_token(signer.token(p)) for p in payloads]
 
 
-def export(tokens: list[str], first_seq: int = 1) -> dict[str, Any]:
+def export(
+    tokens: list[str], start: int = 1, first_seq: int = 1, last_seq: int | None = None
+) -> dict[str, Any]:
+    """A `recovea-chain-v1` page holding `tokens` (seq `start` on), stating the chain's
+    first_seq and last_seq (by default: this page is the chain's last)."""
+    end = start + len(tokens) - 1
+    last = end if last_seq is None else last_seq
     return {
         "object": "recovea-chain-v1",
         "chain": "a" * 32,
+        "first_seq": first_seq,
+        "last_seq": last,
         "receipts": [
-            {"seq": first_seq + i, "request_id": uuid.uuid4().hex, "token": t}
+            {"seq": start + i, "request_id": uuid.uuid4().hex, "token": t}
             for i, t in enumerate(tokens)
         ],
-        "has_more": False,
-        "next_after_seq": None,
+        "has_more": end < last,
+        "next_after_seq": end if end < last else None,
     }
 
 
@@ -232,6 +247,31 @@ def malformed_tokens() -> dict[str, tuple[str, str]]:
         ),
         "unknown field": (signer.token({**good, "extra": 1}), "receipt has unknown fields extra"),
         "wrong type": (signer.token({**good, "seq": "1"}), "receipt field seq has the wrong type"),
+        "bool seq": (signer.token({**good, "seq": True}), "receipt field seq has the wrong type"),
+        "string ts": (signer.token({**good, "ts": "1"}), "receipt field ts has the wrong type"),
+        "null chain": (signer.token({**good, "chain": None}), "field chain has the wrong type"),
+        "nested value": (
+            signer.token({**good, "provider": {"name": "openai"}}),
+            "receipt field provider has the wrong type",
+        ),
+        "lone surrogate": (
+            b64(canonical(good).replace(b'"openai"', b'"\\ud800"')) + "." + sig,
+            "token payload holds a lone surrogate escape",
+        ),
+        "nested too deeply": (
+            b64(b"[" * 100_000 + b"]" * 100_000) + "." + sig,
+            "token payload is nested too deeply",
+        ),
+        "huge number": (
+            b64(canonical(good).replace(b'"seq":1', b'"seq":' + b"9" * 5000)) + "." + sig,
+            "token payload holds a number too long to read",
+        ),
+        "NaN": (
+            b64(canonical(good).replace(b'"ts":1795000000123', b'"ts":NaN')) + "." + sig,
+            "non-integer number (NaN)",
+        ),
+        "not ascii": ("\u00e9" + b64(canonical(good)) + "." + sig, "not valid base64url"),
+        "not utf-8": (b64(b'{"v":"\xff"}') + "." + sig, "token payload is not UTF-8 JSON"),
     }
 
 

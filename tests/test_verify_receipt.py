@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from recovea_proxy.meter import verify
+from recovea_proxy.meter import verify, verify_chain
 from recovea_proxy.meter.verify import MalformedError, VerifyError
 from tests.receipt_support import (
     ANTHROPIC_COUNTS,
@@ -18,8 +18,10 @@ from tests.receipt_support import (
     ANTHROPIC_STREAM,
     CHAT_STREAM,
     CHAT_STREAM_NO_USAGE,
+    HOUR_MS,
     MALFORMED,
     REQUEST,
+    RETIRED_MS,
     USAGE_CASES,
     Signer,
     b64,
@@ -97,8 +99,141 @@ def test_keys_document_rejects_mismatched_kid_only_for_that_key(signer: Signer) 
 def test_keys_document_that_is_not_one() -> None:
     with pytest.raises(MalformedError, match='keys document has no "keys" list'):
         verify.load_keys(b'{"kid": "rk_1"}')
-    with pytest.raises(MalformedError, match="keys document is not JSON"):
+    with pytest.raises(MalformedError, match="keys document is not UTF-8 JSON"):
         verify.load_keys(b"<html>")
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "keys document is nested too deeply"),
+        (b'{"keys": [' * 50_000, "keys document is nested too deeply"),
+        (b'{"keys": [], "n": ' + b"7" * 5000 + b"}", "keys document holds a number too long"),
+        (b"\xff\xfe{}", "keys document is not UTF-8 JSON"),
+        (b'{"keys": {"kid": "rk_1"}}', 'keys document has no "keys" list'),
+    ],
+)
+def test_hostile_keys_document_is_malformed_not_a_crash(document: bytes, message: str) -> None:
+    """However a keys document is broken, loading it raises MalformedError, one line."""
+    with pytest.raises(MalformedError, match=re.escape(message)):
+        verify.load_keys(document)
+
+
+def test_unreadable_key_entries_are_set_aside_with_why(signer: Signer) -> None:
+    """Entries that cannot be read are set aside one by one (a later format's key may be
+    one of them); the others still load, and a receipt naming one is malformed input."""
+    good = signer.entry()
+    entries: list[Any] = [
+        {**good, "kid": "rk_a", "public_key": 42},
+        {**good, "kid": "rk_b", "public_key": "a$b"},
+        {**good, "kid": "rk_c", "alg": "ML-DSA-65"},
+        {**good, "kid": "rk_d", "public_key": b64(b"x" * 31)},
+        {**good, "kid": "rk_e", "retired_at": "soon"},
+        good,
+    ]
+    keys = verify.load_keys({"keys": entries})
+    assert set(keys) == {signer.kid}
+    assert keys.unusable == {
+        "rk_a": "it is not a raw 32-byte Ed25519 public key",
+        "rk_b": "its public_key is not valid base64url",
+        "rk_c": "it is not a raw 32-byte Ed25519 public key",
+        "rk_d": "it is not a raw 32-byte Ed25519 public key",
+        "rk_e": "its retired_at is not an ISO 8601 time with a UTC offset",
+    }
+    receipt = verify.decode_token(signer.token(payload(signer, kid="rk_b")))
+    with pytest.raises(MalformedError) as caught:
+        verify.check_signature(receipt, keys)
+    assert str(caught.value) == "key rk_b is unusable: its public_key is not valid base64url"
+
+
+@pytest.mark.parametrize("entry", ["rk_0", 7, None, [], {"kid": ["rk_0"]}, {"alg": "Ed25519"}])
+def test_a_keys_list_holding_a_non_key_is_malformed(entry: Any, signer: Signer) -> None:
+    with pytest.raises(MalformedError) as caught:
+        verify.load_keys({"keys": [signer.entry(), entry]})
+    assert str(caught.value) == "keys document entry 2 is not an object with a kid"
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"created_at": "yesterday"}, "its created_at is not an ISO 8601 time"),
+        ({"created_at": None}, "its created_at is not an ISO 8601 time"),
+        ({"created_at": "2026-11-01T00:00:00"}, "its created_at is not an ISO 8601 time"),
+        ({"retired_at": 1795132800}, "its retired_at is not an ISO 8601 time"),
+    ],
+)
+def test_a_key_without_a_readable_window_is_unusable(
+    fields: dict[str, Any], why: str, signer: Signer
+) -> None:
+    """A key verifies only within its published window, so a key whose window cannot be
+    read verifies nothing (and says why)."""
+    keys = verify.load_keys(keys_doc(signer.entry(**fields)))
+    assert signer.kid not in keys
+    assert keys.unusable[signer.kid].startswith(why)
+    receipt = verify.decode_token(signer.token(payload(signer)))
+    with pytest.raises(MalformedError, match=f"^key {signer.kid} is unusable: {why}"):
+        verify.check_signature(receipt, keys)
+
+
+# --- key validity windows -------------------------------------------------------------
+
+
+def test_retired_key_used_after_its_window_fails(signer: Signer) -> None:
+    """A receipt signed by a retired key with ts after retired_at plus the grace fails,
+    with one line that says when the key was retired and by how much ts misses."""
+    keys = verify.load_keys(keys_doc(signer.entry(retired=True)))
+    late = verify.decode_token(signer.token(payload(signer, ts=RETIRED_MS + HOUR_MS + 1)))
+    with pytest.raises(VerifyError) as caught:
+        verify.check_signature(late, keys)
+    assert str(caught.value) == (
+        f"key {signer.kid} was retired at 2026-11-20T00:00:00.000+00:00: receipt ts"
+        " 2026-11-20T01:00:00.001+00:00 is more than 3600 s after that"
+    )
+
+
+def test_retired_key_verifies_within_the_grace(signer: Signer) -> None:
+    """Gateways switch keys at their next maintenance round, so a receipt up to the grace
+    (one hour by default) after retired_at still verifies; a longer grace can be chosen."""
+    keys = verify.load_keys(keys_doc(signer.entry(retired=True)))
+    on_time = verify.decode_token(signer.token(payload(signer, ts=RETIRED_MS + HOUR_MS)))
+    assert verify.check_signature(on_time, keys) == signer.kid
+    late = verify.decode_token(signer.token(payload(signer, ts=RETIRED_MS + 2 * HOUR_MS)))
+    with pytest.raises(VerifyError, match=r"is more than 3600 s after that$"):
+        verify.check_signature(late, keys)
+    lenient = verify.load_keys(keys_doc(signer.entry(retired=True)), grace_s=2 * 3600)
+    assert verify.check_signature(late, lenient) == signer.kid
+    strict = verify.load_keys(keys_doc(signer.entry(retired=True)), grace_s=0)
+    with pytest.raises(VerifyError, match=r"is more than 0 s after that$"):
+        verify.check_signature(on_time, strict)
+
+
+def test_key_used_before_it_was_created_fails(signer: Signer) -> None:
+    """A key cannot sign for a time before it existed (less the grace): re-signing old
+    history with a newer key shows."""
+    keys = verify.load_keys(keys_doc(signer.entry()))
+    created_ms = RETIRED_MS - 19 * 24 * HOUR_MS  # 2026-11-01
+    early = verify.decode_token(signer.token(payload(signer, ts=created_ms - HOUR_MS - 1)))
+    with pytest.raises(VerifyError) as caught:
+        verify.check_signature(early, keys)
+    assert str(caught.value) == (
+        f"key {signer.kid} was created at 2026-11-01T00:00:00.000+00:00: receipt ts"
+        " 2026-10-31T22:59:59.999+00:00 is more than 3600 s before that"
+    )
+    just_before = verify.decode_token(signer.token(payload(signer, ts=created_ms - HOUR_MS)))
+    assert verify.check_signature(just_before, keys) == signer.kid
+
+
+def test_an_active_key_has_no_end(signer: Signer) -> None:
+    keys = verify.load_keys(keys_doc(signer.entry()))
+    far = verify.decode_token(signer.token(payload(signer, ts=RETIRED_MS + 10**12)))
+    assert verify.check_signature(far, keys) == signer.kid
+
+
+def test_a_ts_far_outside_any_calendar_is_reported_not_a_crash(signer: Signer) -> None:
+    keys = verify.load_keys(keys_doc(signer.entry(retired=True)))
+    absurd = verify.decode_token(signer.token(payload(signer, ts=10**30)))
+    with pytest.raises(VerifyError, match=f"receipt ts {10**30} ms after the epoch is more"):
+        verify.check_signature(absurd, keys)
 
 
 # --- request, response and usage ------------------------------------------------------
@@ -165,12 +300,84 @@ def test_usage_after_receipt_line_and_without_usage(signer: Signer) -> None:
 
 def test_valid_chain(signer: Signer) -> None:
     keys = verify.load_keys(keys_doc(signer.entry()))
-    verify.check_chain(receipts(signer, chain_payloads(signer, 5)), keys)
+    verify_chain.check_chain(receipts(signer, chain_payloads(signer, 5)), keys)
 
 
-def test_page_starting_at_seq_3_passes(signer: Signer) -> None:
+def test_a_chain_starts_at_seq_1(signer: Signer) -> None:
+    chain = receipts(signer, chain_payloads(signer, 5))
+    assert verify_chain.check_start(chain) == "ok (seq 1, prev is 64 zeros)"
+
+
+def test_a_truncated_head_fails_the_start_check(signer: Signer) -> None:
+    """Receipts that begin after seq 1 are a chain whose head is missing; the links of
+    what is left still hold, so only the start check can tell."""
     keys = verify.load_keys(keys_doc(signer.entry()))
-    verify.check_chain(receipts(signer, chain_payloads(signer, 5)[2:]), keys)
+    headless = receipts(signer, chain_payloads(signer, 5)[2:])
+    verify_chain.check_chain(headless, keys)
+    with pytest.raises(VerifyError) as caught:
+        verify_chain.check_start(headless)
+    assert str(caught.value) == (
+        "the ledger starts at seq 3, not 1: its head is missing"
+        " (if retention pruned it, accept it with --first-seq 3)"
+    )
+
+
+def test_a_pruned_head_is_accepted_only_where_the_caller_says(signer: Signer) -> None:
+    """With first_seq given, the chain may start there; its prev cannot be checked
+    against genesis, and the result says so. Any other start still fails."""
+    headless = receipts(signer, chain_payloads(signer, 5)[2:])
+    assert verify_chain.check_start(headless, first_seq=3) == (
+        "ok (seq 3, as accepted; its prev cannot be checked against genesis)"
+    )
+    for accepted in (2, 4):
+        with pytest.raises(VerifyError) as caught:
+            verify_chain.check_start(headless, first_seq=accepted)
+        expected = f"the ledger starts at seq 3, not at the accepted seq {accepted}"
+        assert str(caught.value) == expected
+
+
+def test_a_truncated_tail_fails_the_end_check(signer: Signer) -> None:
+    """The receipts must run to the last_seq the export states."""
+    chain = receipts(signer, chain_payloads(signer, 5))
+    assert verify_chain.check_end(chain, 5) == "ok (seq 5, the export's last_seq)"
+    with pytest.raises(VerifyError) as caught:
+        verify_chain.check_end(chain[:3], 5)
+    assert str(caught.value) == (
+        "the ledger ends at seq 3 but the export's last_seq is 5: its tail is missing"
+    )
+    with pytest.raises(VerifyError) as caught:
+        verify_chain.check_end(chain, 4)
+    assert str(caught.value) == "the ledger ends at seq 5, after the export's last_seq 4"
+    assert verify_chain.check_end(chain, None) == "not checkable (the export states no last_seq)"
+
+
+def test_the_newest_receipt_proves_the_tail(signer: Signer) -> None:
+    """A receipt the client holds must be in the ledger, byte for byte: a ledger cut
+    before it (even one whose stated last_seq was cut with it) fails."""
+    payloads = chain_payloads(signer, 5)
+    chain = receipts(signer, payloads)
+    newest = chain[-1]
+    assert verify_chain.check_member(newest, chain) == f"ok (chain {'a' * 32}, seq 5)"
+    assert verify_chain.check_member(chain[1], chain) == f"ok (chain {'a' * 32}, seq 2)"
+    with pytest.raises(VerifyError) as caught:
+        verify_chain.check_member(newest, chain[:3])
+    assert str(caught.value) == (
+        "receipt seq 5 is not in the ledger (it ends at seq 3): its tail is missing"
+    )
+    with pytest.raises(VerifyError) as caught:
+        verify_chain.check_member(chain[2], chain[:2] + chain[3:])
+    assert str(caught.value) == "receipt seq 3 is not in the ledger (it ends at seq 5)"
+
+
+def test_a_different_receipt_at_the_same_seq_is_not_in_the_ledger(signer: Signer) -> None:
+    payloads = chain_payloads(signer, 3)
+    chain = receipts(signer, payloads)
+    other = verify.decode_token(signer.token({**payloads[2], "output_tokens": 99}))
+    with pytest.raises(VerifyError, match=r"^the ledger's seq 3 is not this receipt$"):
+        verify_chain.check_member(other, chain)
+    stranger = receipts(signer, chain_payloads(signer, 3, chain="b" * 32))[2]
+    with pytest.raises(VerifyError, match=f"^the receipt is from chain {'b' * 32}, the ledger"):
+        verify_chain.check_member(stranger, chain)
 
 
 def test_chain_signed_across_a_key_rotation(signer: Signer) -> None:
@@ -182,13 +389,13 @@ def test_chain_signed_across_a_key_rotation(signer: Signer) -> None:
     payloads[3]["prev"] = sha(canonical(payloads[2]))
     chain = receipts(signer, payloads[:2]) + receipts(after, payloads[2:])
     keys = verify.load_keys(keys_doc(signer.entry(retired=True), after.entry()))
-    verify.check_chain(chain, keys)
+    verify_chain.check_chain(chain, keys)
 
 
 def chain_error(signer: Signer, chain: list[verify.Receipt]) -> str:
     keys = verify.load_keys(keys_doc(signer.entry()))
     with pytest.raises(VerifyError) as caught:
-        verify.check_chain(chain, keys)
+        verify_chain.check_chain(chain, keys)
     return str(caught.value)
 
 
@@ -241,8 +448,54 @@ def test_receipt_from_another_chain(signer: Signer) -> None:
 def test_first_receipt_needs_zero_prev(signer: Signer) -> None:
     payloads = chain_payloads(signer, 3)
     payloads[0]["prev"] = "f" * 64
-    assert chain_error(signer, receipts(signer, payloads)) == "receipt seq 1: prev is not 64 zeros"
+    with pytest.raises(VerifyError, match=r"^receipt seq 1: prev is not 64 zeros$"):
+        verify_chain.check_start(receipts(signer, payloads))
+
+
+def test_retired_key_in_a_chain_is_checked_per_receipt(signer: Signer) -> None:
+    """Each receipt of a chain is held to its key's window: a retired key's receipt
+    later than the grace fails the chain, naming its seq."""
+    payloads = chain_payloads(signer, 3)
+    payloads[2]["ts"] = RETIRED_MS + 2 * HOUR_MS
+    keys = verify.load_keys(keys_doc(signer.entry(retired=True)))
+    with pytest.raises(VerifyError, match=f"^receipt seq 3: key {signer.kid} was retired at "):
+        verify_chain.check_chain(receipts(signer, payloads), keys)
 
 
 def test_empty_ledger(signer: Signer) -> None:
+    """Every chain check says the ledger is empty rather than failing some other way."""
     assert chain_error(signer, []) == "the ledger holds no receipts"
+    for check in (verify_chain.check_start, lambda r: verify_chain.check_end(r, 3)):
+        with pytest.raises(VerifyError, match=r"^the ledger holds no receipts$"):
+            check([])
+    with pytest.raises(VerifyError, match=r"^the ledger holds no receipts$"):
+        verify_chain.check_member(receipts(signer, chain_payloads(signer, 1))[0], [])
+
+
+# --- hostile text in messages ---------------------------------------------------------
+
+
+def test_untrusted_strings_stay_on_one_bounded_line(signer: Signer) -> None:
+    """A kid or chain id with newlines, NULs or thousands of characters is escaped and
+    cut in the message, which stays one line."""
+    hostile = "x\n\x00\u2028" + "y" * 5000
+    receipt = verify.decode_token(signer.token(payload(signer, kid=hostile)))
+    with pytest.raises(VerifyError) as caught:
+        verify.check_signature(receipt, verify.load_keys(keys_doc(signer.entry())))
+    message = str(caught.value)
+    assert message.startswith("no key x\\n\\x00\\u2028yyy") and message.endswith("... in the keys")
+    assert message.isprintable() and len(message) < 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b'{"usage": {"prompt_tokens": ' + b"9" * 5000 + b"}}",
+        b"data: " + b"[" * 100_000 + b'\n\ndata: {"usage": ' + b"1" * 5000 + b"}\n\n",
+        b"\xff\xfe\x00",
+    ],
+)
+def test_a_response_python_cannot_read_has_no_checkable_usage(body: bytes, signer: Signer) -> None:
+    receipt = verify.decode_token(signer.token(payload(signer)))
+    assert verify.check_usage(receipt, body) == "not checkable"

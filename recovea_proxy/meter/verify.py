@@ -1,11 +1,14 @@
 """The receipt verifier: everything needed to check a `recovea-receipt-v1` from public data.
 
 A receipt token is `base64url(canonical JSON) "." base64url(Ed25519 signature)`. This
-module decodes tokens, loads the published keys, and checks a receipt's signature, its
-request and response hashes, its token counts against the usage the provider reported,
-and a chain of receipts. It imports only the standard library and `cryptography`, so it
-can be read, and trusted, on its own. Every failed check raises `VerifyError` with one
-line that names what failed; `MalformedError` marks input that is not a receipt at all.
+module decodes tokens, loads the published keys, and checks a receipt's signature (with
+a key whose validity window holds the receipt's `ts`), its request and response hashes,
+and its token counts against the usage the provider reported; `verify_chain` checks a
+chain of receipts. Both import only the standard library and `cryptography`, so they
+can be read, and trusted, on their own. Every failed check raises `VerifyError` with one
+line that names what failed; `MalformedError` marks input that is not a receipt, keys
+document or JSON at all, however it is malformed (too deep, numbers too long, lone
+surrogates included).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from itertools import pairwise
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -30,12 +33,23 @@ FIELDS = frozenset(
     " input_tokens output_tokens cached_tokens reasoning_tokens cache_hit status"
     " request_sha256 response_sha256 chain seq prev".split()
 )
-# The types of the fields the checks below rely on; the others are covered by the signature.
+# Every field is a JSON scalar; these are the types the checks below rely on. The
+# others' values are covered by the signature.
+SCALARS: tuple[type, ...] = (str, int, bool, type(None))
 TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("v", "kid", "request_sha256", "response_sha256", "chain", "prev"), (str,)),
     **dict.fromkeys(COUNTS, (int, type(None))),
     "seq": (int,),
+    "ts": (int,),
 }
+#: How far outside a key's published window (created_at .. retired_at) a receipt's `ts`
+#: may lie. Gateways switch keys only at their next maintenance round
+#: (RECOVEA_MAINTENANCE_INTERVAL_S, 300 s by default, later when a round fails), `ts` is
+#: the request's arrival while signing happens at its end (a long stream: minutes), and
+#: the gateway's clock (`ts`) and the database's (the window) differ a little.
+KEY_GRACE_S = 3600
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 _B64 = re.compile(r"[A-Za-z0-9_-]+")
 # The gateway's last SSE line: `: recovea-receipt-v1 <token>` and its blank line.
 _RECEIPT_LINE = re.compile(rb"(?:\A|(?<=\n)): recovea-receipt-v1 ([A-Za-z0-9_.-]+)\n\n\Z")
@@ -63,23 +77,62 @@ class Receipt:
         return hashlib.sha256(self.canonical).hexdigest()
 
 
-class KeySet(dict[str, Ed25519PublicKey]):
-    """Usable public keys by kid; `rejected` maps a kid to why its key was refused."""
+@dataclass(frozen=True)
+class PublishedKey:
+    """A usable public key and its window: epoch ms of created_at and retired_at."""
+
+    public: Ed25519PublicKey
+    created_ms: int
+    retired_ms: int | None
+
+
+class KeySet(dict[str, PublishedKey]):
+    """Usable public keys by kid. `rejected`: kid → why its key was refused (it is not
+    the key its kid names); `unusable`: kid → why its entry cannot be read (a receipt
+    naming it cannot be checked); `grace_ms`: how far outside its window a key still
+    verifies a receipt."""
 
     rejected: dict[str, str]
+    unusable: dict[str, str]
+    grace_ms: int
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: int = KEY_GRACE_S) -> None:
         super().__init__()
         self.rejected = {}
+        self.unusable = {}
+        self.grace_ms = grace_s * 1000
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """An untrusted string fit for a one-line message: non-printables escaped, bounded."""
+    if not value.isprintable():
+        value = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def load_json(data: bytes, what: str, **options: Any) -> Any:
+    """Parse UTF-8 JSON; every way it can fail is a MalformedError naming `what`."""
+    try:
+        return json.loads(data.decode(), **options)
+    except MalformedError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedError(f"{what} is not UTF-8 JSON") from None
+    except RecursionError:
+        raise MalformedError(f"{what} is nested too deeply") from None
+    except ValueError:  # an integer beyond Python's conversion limit
+        raise MalformedError(f"{what} holds a number too long to read") from None
 
 
 def b64url_decode(text: str, what: str) -> bytes:
     """Strict unpadded base64url: the alphabet only, and it must re-encode to itself."""
+    if not _B64.fullmatch(text):
+        raise MalformedError(f"{what} is not valid base64url")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise MalformedError(f"{what} is not valid base64url") from None
-    if not _B64.fullmatch(text) or base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != text:
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != text:
         raise MalformedError(f"{what} is not valid base64url")
     return raw
 
@@ -90,7 +143,7 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def _no_float(text: str) -> Any:
-    raise MalformedError(f"receipt payload holds a non-integer number ({text})")
+    raise MalformedError(f"receipt payload holds a non-integer number ({shown(text)})")
 
 
 def decode_token(token: str) -> Receipt:
@@ -102,20 +155,21 @@ def decode_token(token: str) -> Receipt:
     signature = b64url_decode(parts[1], "token signature")
     if len(signature) != 64:
         raise MalformedError("token signature is not 64 bytes")
-    try:
-        payload = json.loads(canonical.decode(), parse_float=_no_float, parse_constant=_no_float)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise MalformedError("token payload is not UTF-8 JSON") from None
+    payload = load_json(canonical, "token payload", parse_float=_no_float, parse_constant=_no_float)
     if not isinstance(payload, dict):
         raise MalformedError("token payload is not a JSON object")
     if missing := sorted(FIELDS - payload.keys()):
         raise MalformedError(f"receipt is missing {', '.join(missing)}")
     if extra := sorted(payload.keys() - FIELDS):
-        raise MalformedError(f"receipt has unknown fields {', '.join(extra)}")
-    for name, types in TYPES.items():
-        if type(payload[name]) not in types:
+        raise MalformedError(f"receipt has unknown fields {shown(', '.join(extra))}")
+    for name in sorted(FIELDS):
+        if type(payload[name]) not in TYPES.get(name, SCALARS):
             raise MalformedError(f"receipt field {name} has the wrong type")
-    if canonical_json(payload) != canonical:
+    try:
+        again = canonical_json(payload)
+    except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+        raise MalformedError("token payload holds a lone surrogate escape") from None
+    if again != canonical:
         raise MalformedError("token payload is not canonical JSON")
     return Receipt(payload, canonical, signature)
 
@@ -125,46 +179,99 @@ def kid_of(raw_public_key: bytes) -> str:
     return "rk_" + hashlib.sha256(raw_public_key).hexdigest()[:16]
 
 
-def load_keys(document: bytes | dict[str, Any]) -> KeySet:
-    """Public keys from a keys document; a key whose kid does not match it is refused."""
+def _epoch_ms(value: Any, name: str) -> int:
+    """An ISO 8601 time with a UTC offset, as integer epoch milliseconds."""
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            raise ValueError
+        return (moment - _EPOCH) // _MS
+    except (TypeError, ValueError, OverflowError):
+        raise MalformedError(f"{name} is not an ISO 8601 time with a UTC offset") from None
+
+
+def _moment(epoch_ms: int) -> str:
+    try:
+        return (_EPOCH + epoch_ms * _MS).isoformat(timespec="milliseconds")
+    except OverflowError:
+        return f"{epoch_ms} ms after the epoch"
+
+
+def _published_key(entry: dict[str, Any]) -> PublishedKey:
+    """The entry's key and window; MalformedError says why it cannot be read."""
+    public = entry.get("public_key")
+    raw = b64url_decode(public, "its public_key") if isinstance(public, str) else b""
+    if entry.get("alg") != "Ed25519" or len(raw) != 32:
+        raise MalformedError("it is not a raw 32-byte Ed25519 public key")
+    created = _epoch_ms(entry.get("created_at"), "its created_at")
+    retired = entry.get("retired_at")
+    retired_ms = None if retired is None else _epoch_ms(retired, "its retired_at")
+    try:
+        key = Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise MalformedError("its public_key is not an Ed25519 point") from None
+    return PublishedKey(key, created, retired_ms)
+
+
+def load_keys(document: bytes | dict[str, Any], grace_s: int = KEY_GRACE_S) -> KeySet:
+    """Public keys from a keys document, each with its validity window. An entry that
+    cannot be read is set aside as unusable (a later format's key may be one), one whose
+    kid is not the hash of its key is refused; the other keys still verify."""
     if isinstance(document, bytes):
-        try:
-            document = json.loads(document)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise MalformedError("keys document is not JSON") from None
+        document = load_json(document, "keys document")
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise MalformedError('keys document has no "keys" list')
-    keys = KeySet()
-    for entry in entries:
-        kid = str(entry.get("kid")) if isinstance(entry, dict) else "?"
+    keys = KeySet(grace_s)
+    for number, entry in enumerate(entries, 1):
+        kid = entry.get("kid") if isinstance(entry, dict) else None
+        if not isinstance(kid, str):
+            raise MalformedError(f"keys document entry {number} is not an object with a kid")
         try:
-            raw = b64url_decode(str(entry["public_key"]), f"public key {kid}")
-            if entry.get("alg") != "Ed25519" or len(raw) != 32:
-                raise MalformedError("not a raw 32-byte Ed25519 key")
-        except (MalformedError, KeyError, TypeError) as exc:
-            keys.rejected[kid] = f"unusable public key ({exc})"
+            key = _published_key(entry)
+        except MalformedError as exc:
+            keys.unusable[kid] = str(exc)
             continue
+        raw = key.public.public_bytes_raw()
         if kid_of(raw) != kid:
             keys.rejected[kid] = "its kid does not match the hash of its public key"
             continue
-        keys[kid] = Ed25519PublicKey.from_public_bytes(raw)
+        keys[kid] = key
     return keys
 
 
-def check_signature(receipt: Receipt, keys: dict[str, Ed25519PublicKey]) -> str:
-    """Verify the Ed25519 signature with the key the receipt names; returns that kid."""
+def _check_window(receipt: Receipt, kid: str, key: PublishedKey, grace_ms: int) -> None:
+    ts, grace = receipt.payload["ts"], f"{grace_ms // 1000} s"
+    if ts < key.created_ms - grace_ms:
+        raise VerifyError(
+            f"key {shown(kid)} was created at {_moment(key.created_ms)}: receipt ts"
+            f" {_moment(ts)} is more than {grace} before that"
+        )
+    if key.retired_ms is not None and ts > key.retired_ms + grace_ms:
+        raise VerifyError(
+            f"key {shown(kid)} was retired at {_moment(key.retired_ms)}: receipt ts"
+            f" {_moment(ts)} is more than {grace} after that"
+        )
+
+
+def check_signature(receipt: Receipt, keys: KeySet) -> str:
+    """Verify the Ed25519 signature with the key the receipt names, and that the
+    receipt's `ts` lies in that key's window (give or take the grace); returns the kid."""
     kid = receipt.payload["kid"]
     key = keys.get(kid)
     if key is None:
-        why = getattr(keys, "rejected", {}).get(kid)
-        raise VerifyError(f"key {kid} was refused: {why}" if why else f"no key {kid} in the keys")
+        if kid in keys.unusable:
+            raise MalformedError(f"key {shown(kid)} is unusable: {keys.unusable[kid]}")
+        why = keys.rejected.get(kid)
+        name = shown(kid)
+        raise VerifyError(f"key {name} was refused: {why}" if why else f"no key {name} in the keys")
     try:
-        key.verify(receipt.signature, receipt.canonical)
+        key.public.verify(receipt.signature, receipt.canonical)
     except InvalidSignature:
-        raise VerifyError(f"signature does not verify with key {kid}") from None
+        raise VerifyError(f"signature does not verify with key {shown(kid)}") from None
     if receipt.payload["v"] != VERSION:
-        raise VerifyError(f"unsupported receipt version {receipt.payload['v']!r}")
+        raise VerifyError(f"unsupported receipt version {shown(repr(receipt.payload['v']))}")
+    _check_window(receipt, kid, key, keys.grace_ms)
     return str(kid)
 
 
@@ -241,8 +348,8 @@ def _sse_data(body: bytes) -> list[Any]:
         lines = [line[5:].removeprefix(" ") for line in event.splitlines() if line[:5] == "data:"]
         try:
             found.append(json.loads("\n".join(lines)))
-        except json.JSONDecodeError:
-            continue  # no data, `[DONE]`, or not JSON
+        except (ValueError, RecursionError):
+            continue  # no data, `[DONE]`, or not JSON (or JSON Python cannot read)
     return [obj for obj in found if isinstance(obj, dict)]
 
 
@@ -250,7 +357,7 @@ def usage_of(body: bytes) -> dict[str, int | None] | None:
     """The token counts a JSON or SSE response reported to the client, None if none."""
     try:
         docs = [json.loads(body)]
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON (too deep, numbers too long): SSE?
         docs = _sse_data(body)
     anthropic: list[Any] = []
     found = None
@@ -281,30 +388,3 @@ def check_usage(receipt: Receipt, response_body: bytes) -> str:
                 f" but {reported[name]} in the response usage"
             )
     return "match"
-
-
-def check_chain(receipts: list[Receipt], keys: dict[str, Ed25519PublicKey]) -> None:
-    """Every receipt is signed, in one chain, seq +1 each, prev the hash of the one before."""
-    if not receipts:
-        raise VerifyError("the ledger holds no receipts")
-    chain = receipts[0].payload["chain"]
-    for receipt in receipts:
-        seq, its_chain = receipt.payload["seq"], receipt.payload["chain"]
-        try:
-            check_signature(receipt, keys)
-        except VerifyError as exc:
-            raise VerifyError(f"receipt seq {seq}: {exc}") from None
-        if its_chain != chain:
-            raise VerifyError(f"receipt seq {seq} is from chain {its_chain}, not {chain}")
-    if receipts[0].payload["seq"] == 1 and receipts[0].payload["prev"] != ZERO_HASH:
-        raise VerifyError("receipt seq 1: prev is not 64 zeros")
-    pairs = [(a.payload["seq"], b.payload["seq"], a, b) for a, b in pairwise(receipts)]
-    for last, seq, _, _ in pairs:  # reordering first, so a swap is not reported as a gap
-        if seq <= last:
-            why = "duplicate" if seq == last else "out of order"
-            raise VerifyError(f"seq {seq} follows seq {last} ({why})")
-    for last, seq, before, receipt in pairs:
-        if seq != last + 1:
-            raise VerifyError(f"seq {seq} follows seq {last} (gap)")
-        if receipt.payload["prev"] != before.digest:
-            raise VerifyError(f"receipt seq {seq}: prev does not match the hash of seq {last}")

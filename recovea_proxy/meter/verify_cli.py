@@ -1,15 +1,18 @@
 """The `recovea verify-receipt` command: check a receipt, and a chain, from public data only.
 
 It reads the inputs (token, keys file or URL, request, response, ledger), runs the checks
-of `recovea_proxy.meter.verify` and prints one line per check, or one JSON object. Exit
-codes: 0 every check passed, 1 a check failed, 2 the input could not be read or parsed.
+of `recovea_proxy.meter.verify` and `verify_chain`, and prints one line per check, or
+one JSON object. Exit codes: 0 every check passed, 1 a check failed, 2 the input could
+not be read or parsed (then one line on stderr, or the JSON object; never a traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -19,30 +22,47 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recovea_proxy.meter.verify import (
+    KEY_GRACE_S,
     KeySet,
     MalformedError,
     Receipt,
     VerifyError,
-    check_chain,
     check_request,
     check_response,
     check_signature,
     check_usage,
     decode_token,
+    load_json,
     load_keys,
     receipt_from_response,
+    shown,
 )
+from recovea_proxy.meter.verify_chain import check_chain, check_end, check_member, check_start
 
 KEYS_PATH = "/.well-known/recovea-receipt-keys"
 FETCH_TIMEOUT = 10.0
+#: a keys document is a few hundred bytes a key; a server sending more is not one
+KEYS_MAX_BYTES = 4 * 1024 * 1024
 NO_RECEIPT = (
     "no receipt to check: give TOKEN, '-' to read it from stdin, or a --response file"
     " that ends with a receipt line (or only --ledger to check a chain)"
 )
+NOT_A_LEDGER = "--ledger is not a recovea-chain-v1 export, a JSON list of them, or token lines"
 
 
 class BadInput(Exception):
     """An input could not be read or parsed (exit 2)."""
+
+
+@dataclass
+class Ledger:
+    """The receipts of a ledger file, and what its export pages state about the chain:
+    the chain ids they name, the first page's first_seq and the last page's last_seq."""
+
+    receipts: list[Receipt]
+    chains: set[str] = field(default_factory=set)
+    first_seq: int | None = None
+    last_seq: int | None = None
 
 
 @dataclass
@@ -53,7 +73,13 @@ class Inputs:
     receipt: Receipt | None = None
     request: bytes | None = None
     response: bytes | None = None
-    ledger: list[Receipt] | None = None
+    ledger: Ledger | None = None
+    first_seq: int = 1
+
+
+def one_line(text: str) -> str:
+    """Text fit for one output line (file names and error texts come from outside)."""
+    return shown(text, limit=1000)
 
 
 @dataclass
@@ -73,7 +99,7 @@ class Report:
             self.error = self.error or f"{name}: {exc}"
         self.checks[name] = {"ok": ok, "result": result}
         if not self.as_json:
-            print(f"{name}: {result}")
+            print(one_line(f"{name}: {result}"))
 
     def finish(self, subject: str) -> int:
         """Print the verdict; 0 when every check passed, else 1."""
@@ -82,7 +108,7 @@ class Report:
                 json.dumps({"ok": self.error is None, "checks": self.checks, "error": self.error})
             )
         else:
-            print(f"{subject} OK" if self.error is None else f"FAILED: {self.error}")
+            print(one_line(f"{subject} OK" if self.error is None else f"FAILED: {self.error}"))
         return 0 if self.error is None else 1
 
     def bad_input(self, message: str) -> int:
@@ -90,7 +116,7 @@ class Report:
         if self.as_json:
             print(json.dumps({"ok": False, "checks": {}, "error": message}))
         else:
-            print(f"recovea verify-receipt: {message}", file=sys.stderr)
+            print(one_line(f"recovea verify-receipt: {message}"), file=sys.stderr)
         return 2
 
 
@@ -101,54 +127,109 @@ def keys_url(url: str) -> str:
     return url
 
 
-def read_keys(source: str) -> KeySet:
+def fetch_keys(url: str) -> bytes:
+    """The keys document at a URL: bounded in size and, roughly, in time."""
+    deadline = time.monotonic() + FETCH_TIMEOUT
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    body = bytearray()
+    with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
+        while chunk := response.read(65536):
+            body += chunk
+            if len(body) > KEYS_MAX_BYTES:
+                raise BadInput(f"the keys document at {url} is larger than {KEYS_MAX_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise BadInput(f"the keys document at {url} took over {FETCH_TIMEOUT:g} s")
+    return bytes(body)
+
+
+def read_keys(source: str, grace_s: int) -> KeySet:
     """The keys document from a file or an http(s) URL."""
     if not source.startswith(("http://", "https://")):
-        return load_keys(read_file(source, "--keys"))
-    url = keys_url(source)
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        return load_keys(read_file(source, "--keys"), grace_s)
+    url = source
     try:
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
-            body: bytes = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        url = keys_url(source)
+        body = fetch_keys(url)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         raise BadInput(f"cannot fetch keys from {url}: {exc}") from None
-    return load_keys(body)
+    return load_keys(body, grace_s)
 
 
 def read_file(path: str, flag: str) -> bytes:
     """A file's bytes; an unreadable file is bad input."""
     try:
         return Path(path).read_bytes()
-    except OSError as exc:
-        raise BadInput(f"cannot read {flag} file {path}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise BadInput(f"cannot read {flag} file {path}: {why}") from None
 
 
-def ledger_tokens(doc: Any) -> list[str]:
-    """Tokens from a `recovea-chain-v1` export, its entries, or a list of either."""
-    if isinstance(doc, str):
-        return [doc]
-    if isinstance(doc, list):
-        return [token for item in doc for token in ledger_tokens(item)]
-    if isinstance(doc, dict) and isinstance(doc.get("receipts"), list):
-        return ledger_tokens(doc["receipts"])
-    if isinstance(doc, dict) and isinstance(doc.get("token"), str):
-        return [doc["token"]]
-    raise BadInput("--ledger is not a recovea-chain-v1 export, a JSON list, or token lines")
+def _token(item: Any) -> str:
+    """A token, or a ledger entry's token."""
+    if isinstance(item, dict):
+        item = item.get("token")
+    if not isinstance(item, str):
+        raise BadInput(NOT_A_LEDGER)
+    return item
 
 
-def read_ledger(path: str) -> list[Receipt]:
-    """Receipts from a ledger export, a JSON list of exports or tokens, or token lines."""
+def _stated_seq(page: dict[str, Any], name: str) -> int | None:
+    value = page.get(name)
+    if value is not None and (type(value) is not int or value < 1):
+        raise BadInput(f"--ledger: {name} is not a positive integer")
+    return value
+
+
+def ledger_of(doc: Any) -> Ledger:
+    """A ledger from a `recovea-chain-v1` export, a JSON list of exports (pages), of
+    entries, or of tokens."""
+    pages: list[dict[str, Any]] = []
+    tokens: list[str] = []
+    for item in doc if isinstance(doc, list) else [doc]:
+        if isinstance(item, dict) and "receipts" in item:
+            if not isinstance(item["receipts"], list):
+                raise BadInput(NOT_A_LEDGER)
+            pages.append(item)
+            tokens += [_token(entry) for entry in item["receipts"]]
+        else:
+            tokens.append(_token(item))
+    ledger = Ledger([decode_token(token) for token in tokens])
+    if pages:
+        ledger.first_seq = _stated_seq(pages[0], "first_seq")
+        ledger.last_seq = _stated_seq(pages[-1], "last_seq")
+    for page in pages:
+        chain = page.get("chain")
+        if chain is None:
+            continue
+        if not isinstance(chain, str):
+            raise BadInput("--ledger: chain is not a string")
+        ledger.chains.add(chain)
+    return ledger
+
+
+def read_ledger(path: str) -> Ledger:
+    """A ledger export, a JSON list of exports or tokens, or token lines."""
     data = read_file(path, "--ledger")
-    try:
-        doc: Any = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        doc = data.decode(errors="replace").split()
-    return [decode_token(token) for token in ledger_tokens(doc)]
+    if data.lstrip()[:1] in (b"[", b"{"):
+        return ledger_of(load_json(data, "--ledger"))
+    return Ledger([decode_token(token) for token in data.decode(errors="replace").split()])
+
+
+def _whole_number(raw: str | None, flag: str, least: int, default: int) -> int:
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < least:
+        raise BadInput(f"{flag} must be a whole number, at least {least}")
+    return int(raw)
 
 
 def read_inputs(args: argparse.Namespace) -> Inputs:
     """Read and parse every input the arguments name."""
-    inputs = Inputs(keys=read_keys(args.keys))
+    grace = _whole_number(args.key_grace, "--key-grace", 0, KEY_GRACE_S)
+    first_seq = _whole_number(args.first_seq, "--first-seq", 1, 1)
+    if args.first_seq is not None and not args.ledger:
+        raise BadInput("--first-seq applies to a --ledger")
+    inputs = Inputs(keys=read_keys(args.keys, grace), first_seq=first_seq)
     if args.request:
         inputs.request = read_file(args.request, "--request")
     if args.response:
@@ -157,14 +238,25 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
         inputs.ledger = read_ledger(args.ledger)
     token = args.token
     if token == "-":
-        token = sys.stdin.read()
+        token = sys.stdin.buffer.read().decode(errors="replace")
     elif token is None and inputs.response is not None:
         token = receipt_from_response(inputs.response)
     if token is not None:
         inputs.receipt = decode_token(token)
     elif inputs.ledger is None or inputs.request is not None or inputs.response is not None:
         raise BadInput(NO_RECEIPT)
+    _keys_readable(inputs)
     return inputs
+
+
+def _keys_readable(inputs: Inputs) -> None:
+    """A receipt to check must not name a key whose entry cannot be read: that is bad
+    input, not a failed check (other unreadable entries do not matter)."""
+    receipts = [inputs.receipt] if inputs.receipt is not None else []
+    receipts += inputs.ledger.receipts if inputs.ledger is not None else []
+    unusable = inputs.keys.unusable
+    if named := sorted({receipt.payload["kid"] for receipt in receipts} & unusable.keys()):
+        raise BadInput(f"--keys: key {shown(named[0])} is unusable: {unusable[named[0]]}")
 
 
 def check_receipt(inputs: Inputs, receipt: Receipt, report: Report) -> None:
@@ -177,6 +269,19 @@ def check_receipt(inputs: Inputs, receipt: Receipt, report: Report) -> None:
         response = inputs.response
         report.record("response_sha256", _ok(lambda: check_response(receipt, response)))
         report.record("tokens", lambda: _tokens_result(check_usage(receipt, response)))
+
+
+def check_ledger(inputs: Inputs, ledger: Ledger, report: Report) -> None:
+    """The chain's checks: its links, its start, its end, and the receipt in it."""
+    receipts = ledger.receipts
+    report.record("ledger", lambda: _ledger_result(ledger, inputs.keys))
+    if not receipts:
+        return
+    report.record("chain_start", lambda: check_start(receipts, inputs.first_seq))
+    report.record("chain_end", lambda: _end_result(ledger, inputs.receipt is not None))
+    if inputs.receipt is not None:
+        receipt = inputs.receipt
+        report.record("in_chain", lambda: check_member(receipt, receipts))
 
 
 def _ok(check: Callable[[], object]) -> Callable[[], str]:
@@ -193,11 +298,23 @@ def _tokens_result(outcome: str) -> str:
     )
 
 
-def _ledger_result(receipts: list[Receipt], keys: KeySet) -> str:
+def _ledger_result(ledger: Ledger, keys: KeySet) -> str:
+    receipts = ledger.receipts
     check_chain(receipts, keys)
     first, last = receipts[0].payload, receipts[-1].payload
+    if others := sorted(ledger.chains - {first["chain"]}):
+        raise VerifyError(
+            f"the export names chain {shown(others[0])}; its receipts are from chain"
+            f" {shown(first['chain'])}"
+        )
     seqs = f"seq {first['seq']}..{last['seq']}"
     return f"ok (chain {first['chain']}, {seqs}, {len(receipts)} receipts)"
+
+
+def _end_result(ledger: Ledger, have_receipt: bool) -> str:
+    if ledger.last_seq is None and not have_receipt:
+        return "not checkable (the export states no last_seq; give your newest receipt too)"
+    return check_end(ledger.receipts, ledger.last_seq)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,18 +327,28 @@ def run(args: argparse.Namespace) -> int:
     if inputs.receipt is not None:
         check_receipt(inputs, inputs.receipt, report)
     if inputs.ledger is not None:
-        ledger = inputs.ledger
-        report.record("ledger", lambda: _ledger_result(ledger, inputs.keys))
+        check_ledger(inputs, inputs.ledger, report)
     return report.finish("receipt" if inputs.receipt is not None else "ledger")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command's arguments."""
+    """The command's arguments (numbers are checked by `read_inputs`, as input)."""
     parser.add_argument("token", nargs="?", metavar="TOKEN|-", help="receipt token, - for stdin")
     parser.add_argument("--keys", required=True, metavar="FILE|URL", help="public keys document")
     parser.add_argument("--request", metavar="FILE", help="the request body the client sent")
     parser.add_argument("--response", metavar="FILE", help="the response body it received")
     parser.add_argument("--ledger", metavar="FILE", help="a ledger export to check as a chain")
+    parser.add_argument(
+        "--first-seq",
+        metavar="N",
+        help="accept a ledger that starts at seq N (its head pruned); default 1",
+    )
+    parser.add_argument(
+        "--key-grace",
+        metavar="SECONDS",
+        help=f"how far outside a key's published window a receipt's ts may lie;"
+        f" default {KEY_GRACE_S}",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
