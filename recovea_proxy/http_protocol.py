@@ -13,9 +13,12 @@ kept here as llhttp hands the pieces over (`on_url`, `on_header`), and a callbac
 a bound raises, which stops the parser: the refused request never reaches
 `on_headers_complete`, so no ASGI task is started for it and its headers are never
 held past the bound. httptools buffers a header until it is complete, so one huge
-header is caught by the bytes a connection sends while its headers are unfinished
-(framing included, with an allowance of `_FRAMING_PER_HEADER` bytes a header); a
-refusal costs at most the bound plus the read it arrived in.
+header is caught by counting the bytes of the reads the parser holds back (framing
+included, with an allowance of `_FRAMING_PER_HEADER` bytes a header); a refusal costs
+at most the bound plus the reads it arrived in. Trailers after a chunked body count
+against the same bounds (uvicorn adds them to the request's headers); the app already
+has that request, so passing a bound there closes the connection instead of
+answering 431.
 
 The 431 is JSON in the shape of the surface the path names (Anthropic for
 `/anthropic/…` and `/v1/messages…`, else OpenAI), with `connection: close`. The
@@ -127,16 +130,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._limits = limits
         self._max_header_count = limits.max_header_count
         self._max_header_bytes = limits.max_header_bytes
-        self._max_raw_header_bytes = (
+        self._max_unparsed_bytes = (
             limits.max_header_bytes
             + _FRAMING_PER_HEADER * limits.max_header_count
             + _FRAMING_PER_REQUEST
         )
-        # per request: what llhttp handed over, and what the reads held
+        # per request: bytes llhttp handed over; bytes of reads it made no progress on
         self._header_bytes = 0
-        self._raw_header_bytes = 0
+        self._unparsed_bytes = 0
         self._in_headers = False
-        self._began_in_this_read = False
+        self._progress = False
         # per connection
         self._header_deadline: asyncio.TimerHandle | None = None
         self._refused: str | None = None
@@ -161,24 +164,28 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:
             return  # after a 431: read and drop until the client or the deadline closes
-        self._began_in_this_read = False
+        self._progress = False
         super().data_received(data)
+        if self._progress:
+            self._unparsed_bytes = 0
+        else:
+            # A read in which no request began, no headers completed and no body
+            # arrived is all bytes the parser holds back: a header or trailer field
+            # it buffers until it ends (or junk). (A read in which a request began
+            # may also hold the end of the one before, so it is not counted.)
+            self._unparsed_bytes += len(data)
+            if self._unparsed_bytes > self._max_unparsed_bytes:
+                self._refused = TOO_LARGE
+                self._refuse()
+                return
         cycle = self.cycle
         if self._in_headers or cycle is None or cycle.response_complete:
-            self._headers_unfinished(len(data))
+            self._await_headers()
 
-    def _headers_unfinished(self, read: int) -> None:
+    def _await_headers(self) -> None:
         """A read ended with a request's headers unfinished, or with none in progress."""
         if self._refused is not None or self._handed_over or self.transport.is_closing():
             return
-        # A read in which the request began may hold the end of the one before it;
-        # every later read that leaves the headers unfinished is all header bytes.
-        if self._in_headers and not self._began_in_this_read:
-            self._raw_header_bytes += read
-            if self._raw_header_bytes > self._max_raw_header_bytes:
-                self._refused = TOO_LARGE
-                self._send_431()
-                return
         if self._header_deadline is None:
             self._arm_header_deadline()
 
@@ -191,9 +198,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        self._raw_header_bytes = 0
         self._in_headers = True
-        self._began_in_this_read = True
+        self._progress = True
 
     def on_url(self, url: bytes) -> None:
         size = self._header_bytes + len(url)
@@ -213,10 +219,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._progress = True
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._progress = True
+        super().on_body(body)
 
     # Refusals
     def _over(self, message: str) -> HeaderLimitExceeded:
@@ -224,15 +235,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return HeaderLimitExceeded(message)
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn answers a parser error with this; a bound passed answers 431 instead."""
+        """uvicorn answers a parser error with this; a bound passed is refused instead."""
         if self._refused is None:
             super().send_400_response(msg)
         else:
-            self._send_431()
+            self._refuse()
 
-    def _send_431(self) -> None:
+    def _refuse(self) -> None:
+        """Answer a request that passed a bound with 431 when an answer can follow."""
         assert self._refused is not None
         cycle = self.cycle
+        if not self._in_headers:
+            # Trailers of a request the app already has (or bytes that are no
+            # request): no answer of ours can follow; the connection is closed.
+            self.transport.close()
+            return
         if cycle is not None and not cycle.response_complete:
             # A pipelined request was refused while the one before it is still being
             # answered: no 431 inside that response; the connection closes after it.

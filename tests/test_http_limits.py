@@ -20,6 +20,7 @@ from tests.raw_http import (
     exchange,
     padded,
     read_response,
+    read_until_closed,
     request,
 )
 from tests.support import Gateway, MockServer, running_gateway, wait_until
@@ -110,6 +111,48 @@ def test_gateway_serves_after_refusals(gateway: Gateway) -> None:
         headers={"authorization": f"Bearer {FAKE_OPENAI_KEY}"},
     )
     assert response.status_code == 200
+
+
+def test_pipelined_refusal_does_not_break_the_response_in_flight(gateway: Gateway) -> None:
+    """A request over the bound pipelined behind a stream: the stream is delivered
+    whole, no answer is written into it, and the connection closes after it."""
+    port = gateway.port
+    stream = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"p"}]}'
+    first = request(
+        CHAT_PATH,
+        [*chat_headers(port, stream), (b"x-mock-chunks", b"5"), (b"x-mock-chunk-delay-ms", b"50")],
+        stream,
+    )
+    second = request(CHAT_PATH, padded(chat_headers(port), CHAT_PATH, MAX_HEADERS + 1, 4000))
+    with connect(port) as sock:
+        sock.sendall(first + second)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert b"data: [DONE]" in answer
+    assert answer.endswith(b"\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("flood", ["many", "huge"])
+def test_trailer_flood_closes_the_connection(gateway: Gateway, flood: str) -> None:
+    """Trailers after a chunked body count against the same bounds: 200 trailer fields,
+    or one 1 MB trailer, close the connection instead of being served."""
+    if flood == "many":
+        trailers = b"".join(b"x-trailer-%03d: t\r\n" % i for i in range(200))
+    else:
+        trailers = b"x-trailer: " + b"t" * (1024 * 1024) + b"\r\n"
+    headers = [
+        *chat_headers(gateway.port)[:3],
+        (b"transfer-encoding", b"chunked"),
+    ]
+    chunked = b"%x\r\n" % len(CHAT) + CHAT + b"\r\n0\r\n" + trailers + b"\r\n"
+    with connect(gateway.port) as sock:
+        try:
+            sock.sendall(request(CHAT_PATH, headers, chunked))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while still sending: refused
+        answer = read_until_closed(sock)
+    assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
 def test_header_flood_does_not_grow_memory(gateway: Gateway) -> None:
