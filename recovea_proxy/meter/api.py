@@ -14,6 +14,7 @@ last rollup (`RECOVEA_MAINTENANCE_INTERVAL_S`, or `recovea rollup`).
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -130,51 +131,73 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     return int(raw)
 
 
+#: what a chain id may look like (the gateway's are 32 hex digits)
+_CHAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# One statement, so one snapshot: the page and the chain's first and last seq agree
+# even while the drainer writes more of the chain.
+_CHAIN_PAGE = """
+WITH bounds AS (
+  SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM recovea.receipts
+  WHERE customer_id = $1::uuid AND chain_id = $2
+)
+SELECT b.first_seq, b.last_seq, r.request_id, r.chain_id, r.seq, r.kid, r.token
+FROM bounds b LEFT JOIN LATERAL (
+  SELECT request_id, chain_id, seq, kid, token FROM recovea.receipts
+  WHERE customer_id = $1::uuid AND chain_id = $2 AND seq > $3 ORDER BY seq LIMIT $4
+) r ON true
+ORDER BY r.seq
+"""
+
+
+async def _chains(runtime: Runtime, key: KeyRecord) -> Response:
+    rows = await scoped(
+        runtime,
+        key,
+        lambda c: c.fetch(
+            "SELECT chain_id, min(seq) AS first_seq, max(seq) AS last_seq, count(*) AS n,"
+            " min(ts) AS first_ts, max(ts) AS last_ts FROM recovea.receipts"
+            " WHERE customer_id = $1::uuid GROUP BY chain_id ORDER BY min(ts)",
+            key.customer_id,
+        ),
+    )
+    chains = [
+        {
+            "chain": row["chain_id"],
+            "first_seq": row["first_seq"],
+            "last_seq": row["last_seq"],
+            "receipts": row["n"],
+            "first_ts": row["first_ts"].isoformat(),
+            "last_ts": row["last_ts"].isoformat(),
+        }
+        for row in rows
+    ]
+    return json_response({"object": "list", "data": chains})
+
+
 async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    """The workspace's chains; with `chain=`, one page of that chain (`recovea-chain-v1`)
+    and the chain's stored first and last seq, so a verifier can tell a cut head or tail."""
     chain = request.query_params.get("chain")
     if not chain:
-        rows = await scoped(
-            runtime,
-            key,
-            lambda c: c.fetch(
-                "SELECT chain_id, min(seq) AS first_seq, max(seq) AS last_seq, count(*) AS n,"
-                " min(ts) AS first_ts, max(ts) AS last_ts FROM recovea.receipts"
-                " WHERE customer_id = $1::uuid GROUP BY chain_id ORDER BY min(ts)",
-                key.customer_id,
-            ),
-        )
-        chains = [
-            {
-                "chain": row["chain_id"],
-                "first_seq": row["first_seq"],
-                "last_seq": row["last_seq"],
-                "receipts": row["n"],
-                "first_ts": row["first_ts"].isoformat(),
-                "last_ts": row["last_ts"].isoformat(),
-            }
-            for row in rows
-        ]
-        return json_response({"object": "list", "data": chains})
+        return await _chains(runtime, key)
+    if not _CHAIN_ID.fullmatch(chain):
+        raise bad_request("chain must be a chain id.")
     after = _int_param(request, "after_seq", 0, 2**62)
     limit = _int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
     rows = await scoped(
         runtime,
         key,
-        lambda c: c.fetch(
-            "SELECT request_id, chain_id, seq, kid, token FROM recovea.receipts"
-            " WHERE customer_id = $1::uuid AND chain_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-            key.customer_id,
-            chain,
-            after,
-            limit + 1,
-        ),
+        lambda c: c.fetch(_CHAIN_PAGE, key.customer_id, chain, after, limit + 1),
     )
-    more = len(rows) > limit
-    page = [_receipt_json(row) for row in rows[:limit]]
+    found = [row for row in rows if row["seq"] is not None]
+    more = len(found) > limit
+    page = [_receipt_json(row) for row in found[:limit]]
     return json_response(
         {
             "object": "recovea-chain-v1",
             "chain": chain,
+            "first_seq": rows[0]["first_seq"],
+            "last_seq": rows[0]["last_seq"],
             "receipts": [{k: v for k, v in r.items() if k != "chain"} for r in page],
             "has_more": more,
             "next_after_seq": page[-1]["seq"] if more else None,
