@@ -86,7 +86,8 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
         record.status_code = exc.status
         record.error_code = exc.code
         record.success = False
-        await _send_error(rt, send, record, surface.error_shape, exc)
+        shape = _refused_path_shape(scope) if surface.invalid else surface.error_shape
+        await _send_error(rt, send, record, shape, exc)
     except ClientGone:
         record.client_gone = True
         record.success = None
@@ -448,6 +449,15 @@ def _too_large(limit: int) -> GatewayError:
     return GatewayError(
         413, "request_too_large", f"Request body is larger than {limit / (1024 * 1024):g} MB."
     )
+
+
+def _refused_path_shape(scope: Scope) -> str:
+    """The error shape for a refused path, which may not name its surface: Anthropic's
+    when the request carries `anthropic-version` (every Anthropic SDK sends it)."""
+    for name, _ in scope["headers"]:
+        if name == b"anthropic-version":
+            return "anthropic"
+    return "anthropic" if scope.get("raw_path", b"").startswith(b"/anthropic/") else "openai"
 
 
 def _overloaded() -> GatewayError:

@@ -2,8 +2,9 @@
 (`GET`/`DELETE /_mock/requests`) and the echo route that mirrors a request back.
 
 Every request except the introspection calls is journalled, oldest first, the last
-200 kept: method, path, query, lowercased headers, the body parsed as JSON (null when
-it is not JSON) and the body's length. A request answered with a stream also gets
+200 kept: method, path (decoded; `raw_path` as sent, with its query), query,
+lowercased headers, the body parsed as JSON (null when it is not JSON) and the
+body's length. A request answered with a stream also gets
 `stream`: the events written so far and how the stream ended —
 
 | `end`           | when |
@@ -41,6 +42,7 @@ def record(request: web.Request, raw: bytes, body: Any) -> None:
     entry = {
         "method": request.method,
         "path": request.path,
+        "raw_path": request.raw_path,
         "query": request.query_string,
         "headers": _headers(request),
         "body": body,
@@ -89,6 +91,7 @@ async def echo(request: web.Request) -> web.Response:
     doc = {
         "method": request.method,
         "path": request.path,
+        "raw_path": request.raw_path,
         "query": request.query_string,
         "headers": _headers(request),
         "body_sha256": hashlib.sha256(raw).hexdigest(),
