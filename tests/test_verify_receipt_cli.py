@@ -664,3 +664,18 @@ def test_hostile_response_bodies_are_not_checkable_not_a_crash(
         done = cli(token, "--keys", files["keys.json"], "--response", response)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "tokens: not checkable (the response carries no usage)" in done.stdout
+
+
+def test_token_from_a_closed_stdin_is_bad_input(files: dict[str, Path]) -> None:
+    """`-` with stdin closed (not merely empty): exit 2 and one line, not a traceback."""
+    script = 'exec "$0" -m recovea_proxy verify-receipt - --keys "$1" <&-'
+    done = subprocess.run(
+        ["sh", "-c", script, sys.executable, str(files["keys.json"])],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr == "recovea verify-receipt: TOKEN is '-' but there is no stdin\n"

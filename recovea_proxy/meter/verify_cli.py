@@ -164,6 +164,16 @@ def read_file(path: str, flag: str) -> bytes:
         raise BadInput(f"cannot read {flag} file {path}: {why}") from None
 
 
+def read_stdin() -> str:
+    """The token on stdin (bytes that are not UTF-8 make a token that is not one)."""
+    if sys.stdin is None:
+        raise BadInput("TOKEN is '-' but there is no stdin")
+    try:
+        return sys.stdin.buffer.read().decode(errors="replace")
+    except OSError as exc:
+        raise BadInput(f"cannot read stdin: {exc}") from None
+
+
 def _token(item: Any) -> str:
     """A token, or a ledger entry's token."""
     if isinstance(item, dict):
@@ -238,7 +248,7 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
         inputs.ledger = read_ledger(args.ledger)
     token = args.token
     if token == "-":
-        token = sys.stdin.buffer.read().decode(errors="replace")
+        token = read_stdin()
     elif token is None and inputs.response is not None:
         token = receipt_from_response(inputs.response)
     if token is not None:
