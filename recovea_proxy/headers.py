@@ -1,7 +1,8 @@
 """Which headers cross the gateway, in each direction, and the gateway's own.
 
 Hop-by-hop headers never cross. Credentials are not forwarded as they came: auth
-decides what the provider sees. `x-recovea-*` headers are the gateway's and stay
+decides what the provider sees, and a value that starts with `rcv_` (any case), in
+any header, is never forwarded. `x-recovea-*` headers are the gateway's and stay
 here. Everything else passes both ways unchanged (anthropic-version,
 anthropic-beta, OpenAI-Organization, x-stainless-*, ...).
 """
@@ -66,6 +67,8 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
             out.api_key = value.decode("latin-1")
         elif name.startswith(b"x-recovea-"):
             _read_gateway_header(out, name, value)
+        elif value[:1] in b"rR" and value[:4].lower() == b"rcv_":
+            continue  # an rcv_ key in any other header never goes upstream
         else:
             if name == b"traceparent" and out.trace_id is None:
                 out.trace_id = _trace_id_of(value)

@@ -23,7 +23,7 @@ from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_fields, event_row
 from recovea_proxy.meter.maintenance import Maintenance
 from recovea_proxy.meter.queue import MeterQueue
-from recovea_proxy.meter.receipt_keys import active_signing_key
+from recovea_proxy.meter.receipt_keys import PublishedKeys, active_signing_key
 from recovea_proxy.meter.receipts import ReceiptSigner
 from recovea_proxy.meter.spool import Spool
 from recovea_proxy.meter.writer import EventWriter
@@ -53,6 +53,7 @@ class Runtime:
     receipts: ReceiptSigner
     meter: MeterQueue
     routes: RouteIds
+    published_keys: PublishedKeys
     ready: bool = False
     #: provider requests being served (read by the in-flight gauge at scrape time)
     in_flight: int = 0
@@ -157,6 +158,8 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         await drainer.start()
         stack.push_async_callback(drainer.close, settings.shutdown_grace_s)
         signer = ReceiptSigner(signing_key)
+        published = PublishedKeys(pool)
+        await published.reload()
         maintenance = Maintenance(
             owner,
             metrics,
@@ -166,6 +169,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             signer=signer,
             pool=pool,
             keyring=keyring,
+            published=published,
         )
         maintenance.start()
         stack.push_async_callback(maintenance.close)
@@ -189,6 +193,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             receipts=signer,
             meter=queue,
             routes=RouteIds(),
+            published_keys=published,
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()

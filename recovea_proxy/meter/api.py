@@ -30,7 +30,6 @@ from recovea_proxy.admin.api import bad_request, json_response, keyed, scoped
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.meter.event import COLUMNS
-from recovea_proxy.meter.receipt_keys import published_keys
 from recovea_proxy.meter.rollup import COUNTS, parse_moment
 from recovea_proxy.runtime import Runtime
 
@@ -281,18 +280,19 @@ def _totals(data: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def receipt_keys(request: Request) -> Response:
-    """The receipt public keys; no auth."""
+    """The receipt public keys, from memory; no auth."""
     runtime: Runtime = request.state.runtime
-    try:
-        document = await published_keys(runtime.pool)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    body = await runtime.published_keys.current()
+    if not body:
         return json_response(
             {"error": {"message": "The key store is unreachable.", "code": "store_unavailable"}},
             503,
         )
-    response = json_response(document)
-    response.headers["cache-control"] = "public, max-age=300"
-    return response
+    return Response(
+        body,
+        media_type="application/json",
+        headers={"cache-control": "public, max-age=300"},
+    )
 
 
 LEDGER_ROUTES = [

@@ -26,7 +26,7 @@ import asyncpg
 import structlog
 
 from recovea_proxy.auth.keyring import Keyring
-from recovea_proxy.meter.receipt_keys import active_signing_key
+from recovea_proxy.meter.receipt_keys import PublishedKeys, active_signing_key
 from recovea_proxy.meter.receipts import ReceiptSigner
 from recovea_proxy.meter.retention import prune
 from recovea_proxy.meter.rollup import RollupReport, run_rollup
@@ -93,8 +93,10 @@ class Maintenance:
         signer: ReceiptSigner,
         pool: asyncpg.Pool,
         keyring: Keyring,
+        published: PublishedKeys | None = None,
     ) -> None:
         self._url = owner_url
+        self._published = published
         self._signer = signer
         self._pool = pool
         self._keyring = keyring
@@ -126,7 +128,11 @@ class Maintenance:
             failures = 0 if await self.run_once() else failures + 1
 
     async def refresh_signing_key(self) -> None:
-        """Pick up a rotated receipt key (every replica, every round)."""
+        """Pick up a rotated receipt key and the published keys document (every
+        replica, every round; the document first, so it names every key this
+        replica signs with)."""
+        if self._published is not None:
+            await self._published.reload()
         async with self._pool.acquire() as conn:
             active = await conn.fetchval(
                 "SELECT kid FROM recovea.receipt_keys WHERE retired_at IS NULL"

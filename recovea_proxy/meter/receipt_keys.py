@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -128,3 +130,40 @@ async def published_keys(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, A
             for row in rows
         ]
     }
+
+
+class PublishedKeys:
+    """The public keys document, rendered once and served from memory, so
+    `/.well-known/recovea-receipt-keys` costs no query however often it is fetched.
+
+    Loaded at startup, reloaded every maintenance round (with the signing key), and,
+    when it is older than `MAX_AGE_S`, by the first fetch that finds it so (one at a
+    time; the others are served the copy in hand). A failed reload keeps the copy.
+    """
+
+    MAX_AGE_S = 60.0
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._loaded_at = 0.0
+        self._reloading = False
+        #: the rendered document (JSON bytes); empty until the first load succeeds
+        self.body = b""
+
+    async def reload(self) -> None:
+        """Read the keys now; raises when the database cannot be read."""
+        self.body = orjson.dumps(await published_keys(self._pool))
+        self._loaded_at = time.monotonic()
+
+    async def current(self) -> bytes:
+        """The document, reloaded first when it is stale and no reload is under way."""
+        if self._reloading or time.monotonic() - self._loaded_at < self.MAX_AGE_S:
+            return self.body
+        self._reloading = True
+        try:
+            await self.reload()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self._loaded_at = time.monotonic()  # try again after MAX_AGE_S, not per fetch
+        finally:
+            self._reloading = False
+        return self.body
