@@ -148,6 +148,7 @@ def test_unreadable_key_entries_are_set_aside_with_why(signer: Signer) -> None:
 
 @pytest.mark.parametrize("entry", ["rk_0", 7, None, [], {"kid": ["rk_0"]}, {"alg": "Ed25519"}])
 def test_a_keys_list_holding_a_non_key_is_malformed(entry: Any, signer: Signer) -> None:
+    """An entry that is not an object with a string kid makes the document malformed."""
     with pytest.raises(MalformedError) as caught:
         verify.load_keys({"keys": [signer.entry(), entry]})
     assert str(caught.value) == "keys document entry 2 is not an object with a kid"
@@ -224,12 +225,14 @@ def test_key_used_before_it_was_created_fails(signer: Signer) -> None:
 
 
 def test_an_active_key_has_no_end(signer: Signer) -> None:
+    """A key not retired (retired_at null) verifies any later ts."""
     keys = verify.load_keys(keys_doc(signer.entry()))
     far = verify.decode_token(signer.token(payload(signer, ts=RETIRED_MS + 10**12)))
     assert verify.check_signature(far, keys) == signer.kid
 
 
 def test_a_ts_far_outside_any_calendar_is_reported_not_a_crash(signer: Signer) -> None:
+    """A ts no date can hold is still reported on one line (in ms after the epoch)."""
     keys = verify.load_keys(keys_doc(signer.entry(retired=True)))
     absurd = verify.decode_token(signer.token(payload(signer, ts=10**30)))
     with pytest.raises(VerifyError, match=f"receipt ts {10**30} ms after the epoch is more"):
@@ -304,6 +307,7 @@ def test_valid_chain(signer: Signer) -> None:
 
 
 def test_a_chain_starts_at_seq_1(signer: Signer) -> None:
+    """A whole chain starts at seq 1 with a genesis prev."""
     chain = receipts(signer, chain_payloads(signer, 5))
     assert verify_chain.check_start(chain) == "ok (seq 1, prev is 64 zeros)"
 
@@ -370,6 +374,7 @@ def test_the_newest_receipt_proves_the_tail(signer: Signer) -> None:
 
 
 def test_a_different_receipt_at_the_same_seq_is_not_in_the_ledger(signer: Signer) -> None:
+    """Membership is byte for byte and per chain: same seq is not enough."""
     payloads = chain_payloads(signer, 3)
     chain = receipts(signer, payloads)
     other = verify.decode_token(signer.token({**payloads[2], "output_tokens": 99}))
@@ -497,5 +502,6 @@ def test_untrusted_strings_stay_on_one_bounded_line(signer: Signer) -> None:
     ],
 )
 def test_a_response_python_cannot_read_has_no_checkable_usage(body: bytes, signer: Signer) -> None:
+    """JSON too deep, numbers too long, or not UTF-8: no usage to compare, no crash."""
     receipt = verify.decode_token(signer.token(payload(signer)))
     assert verify.check_usage(receipt, body) == "not checkable"

@@ -473,6 +473,7 @@ def test_a_retired_key_after_its_window_fails(signer: Signer, tmp_path: Path) ->
 
 
 def test_a_retired_key_in_a_ledger_fails_that_receipt(signer: Signer, tmp_path: Path) -> None:
+    """The window applies to every receipt of a ledger; the failing one is named."""
     successor = Signer()
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps(keys_doc(signer.entry(retired=True), successor.entry())))
