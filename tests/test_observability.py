@@ -71,6 +71,30 @@ def test_keys_never_reach_the_log(gateway: Gateway) -> None:
     assert FAKE_OPENAI_KEY[-12:] not in text
 
 
+def test_keys_in_the_body_and_tags_never_reach_the_log(gateway: Gateway) -> None:
+    """A key pasted into the body's `model` or into a tag header is masked in the
+    request's log line (the line the gateway writes itself, past the log's redaction
+    processor), for JSON and streamed answers."""
+    pasted = "sk-proj-PastedIntoTheModelField0123456789QRST"
+    for stream in (False, True):
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            content=orjson.dumps(
+                {
+                    "model": f"gpt-4o {pasted}",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "stream": stream,
+                }
+            ),
+            headers={**AUTH, "x-recovea-feature": pasted, "x-recovea-customer": pasted},
+        )
+        assert response.status_code == 200
+        line = gateway.record(response.headers["x-request-id"])
+        assert line["baseline_model"] == "gpt-4o ****QRST"
+        assert line["feature"] == line["end_user_id"] == "****QRST"
+    assert pasted not in gateway.log_text()
+
+
 def test_metrics_count_requests_by_route_template(gateway: Gateway) -> None:
     """/metrics counts requests by provider, route template and status, bounded labels."""
     before = metric_value(
