@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 
 from recovea_proxy.store.database import APP_ROLE
-from tests.support import Gateway, Postgres, cli_json
+from tests.support import Gateway, Postgres, cli, cli_json
 
 
 def test_a_failure_creating_the_first_key_leaves_no_workspace_behind(
@@ -71,3 +71,27 @@ def workspaces_named(postgres: Postgres, name: str) -> int:
         return found
 
     return asyncio.run(count())
+
+
+def test_a_failed_init_leaves_nothing_and_can_run_again(
+    own_postgres: Postgres, tmp_path: Path
+) -> None:
+    """`recovea init` writes the `default` workspace and its admin key together: when
+    the key cannot be written, no workspace is left behind and init can run again."""
+    env = {
+        "RECOVEA_DATABASE_URL": own_postgres.url,
+        "RECOVEA_MASTER_KEY_FILE": str(tmp_path / "master.key"),
+    }
+    cli_json("migrate", env=env)
+    as_owner(
+        own_postgres,
+        "CREATE FUNCTION public.refuse_keys() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'keys refused by the test'; END $$;"
+        " CREATE TRIGGER refuse_keys BEFORE INSERT ON recovea.rcv_keys"
+        " FOR EACH ROW EXECUTE FUNCTION public.refuse_keys()",
+    )
+    failed = cli("init", env=env)
+    assert failed.returncode != 0
+    assert workspaces_named(own_postgres, "default") == 0
+    as_owner(own_postgres, "DROP TRIGGER refuse_keys ON recovea.rcv_keys")
+    assert cli_json("init", env=env)["key"].startswith("rcv_live_")

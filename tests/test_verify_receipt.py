@@ -505,3 +505,19 @@ def test_a_response_python_cannot_read_has_no_checkable_usage(body: bytes, signe
     """JSON too deep, numbers too long, or not UTF-8: no usage to compare, no crash."""
     receipt = verify.decode_token(signer.token(payload(signer)))
     assert verify.check_usage(receipt, body) == "not checkable"
+
+
+def test_a_count_the_gateway_clamped_still_matches_the_response(signer: Signer) -> None:
+    """A provider reporting more tokens than a row can hold: the gateway signs the clamp
+    (2^31 - 1), and the usage check reads the response the same way."""
+    body = json.dumps(
+        {"object": "chat.completion", "usage": {"prompt_tokens": 2**40, "completion_tokens": 3}}
+    ).encode()
+    counts = {
+        "input_tokens": 2**31 - 1,
+        "output_tokens": 3,
+        "cached_tokens": None,
+        "reasoning_tokens": None,
+    }
+    receipt = verify.decode_token(signer.token(payload(signer, **counts)))
+    assert verify.check_usage(receipt, body) == "match"

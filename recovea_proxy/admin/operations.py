@@ -203,17 +203,19 @@ async def set_provider_key(
 
 
 async def init(conn: asyncpg.Connection) -> tuple[str, CreatedKey]:
-    """First run: workspace `default` and an admin key for it."""
-    existing = await conn.fetchval(
-        "SELECT customer_id FROM recovea.workspaces WHERE name = 'default'"
-    )
-    if existing is not None:
-        raise OperationError(
-            "already initialized: workspace 'default' exists "
-            "(create more keys with `recovea key create`)"
+    """First run: workspace `default` and an admin key for it, in one transaction (a
+    failure leaves neither, so `init` can run again)."""
+    async with conn.transaction():
+        existing = await conn.fetchval(
+            "SELECT customer_id FROM recovea.workspaces WHERE name = 'default'"
         )
-    workspace_id = await create_workspace(conn, "default", "free")
-    key = await create_key(conn, workspace_id, role="admin", env="live")
+        if existing is not None:
+            raise OperationError(
+                "already initialized: workspace 'default' exists "
+                "(create more keys with `recovea key create`)"
+            )
+        workspace_id = await create_workspace(conn, "default", "free")
+        key = await create_key(conn, workspace_id, role="admin", env="live")
     return workspace_id, key
 
 

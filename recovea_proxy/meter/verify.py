@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 VERSION = "recovea-receipt-v1"
 ZERO_HASH = "0" * 64
 COUNTS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+#: the gateway clamps a reported count to this (as `providers.usage.COUNT_MAX` does)
+COUNT_MAX = 2**31 - 1
 FIELDS = frozenset(
     "v kid request_id ts customer_id rcv_key_id provider baseline_model realized_model"
     " input_tokens output_tokens cached_tokens reasoning_tokens cache_hit status"
@@ -310,7 +312,7 @@ def _get(obj: Any, *path: str) -> Any:
 
 def _count(obj: Any, *path: str) -> int | None:
     value = _get(obj, *path)
-    return value if type(value) is int and value >= 0 else None
+    return min(value, COUNT_MAX) if type(value) is int and value >= 0 else None
 
 
 def _openai_usage(usage: Any, responses: bool) -> dict[str, int | None]:
