@@ -3,7 +3,8 @@
 Failure tree (what the caller sees):
 
     UpstreamUnreachable (502 upstream_unreachable, before any byte was sent)
-      kind="connect"   could not open a connection (refused, DNS, connect timeout)
+      kind="connect"   could not open a connection (refused, DNS, connect timeout),
+                       or no pooled connection came free within the pool wait
       kind="timeout"   no response headers within the first-byte timeout
       kind="reset"     the connection broke before the response headers
     mid-stream (after the response started): not an exception to the caller; the
@@ -50,10 +51,12 @@ def open_session(settings: Settings) -> aiohttp.ClientSession:
 
 
 def first_byte_timeout(settings: Settings) -> aiohttp.ClientTimeout:
-    """Connect timeout, and the read timeout that bounds the wait for response headers."""
+    """The connect timeout; the wait for a pooled connection when all are busy (plus
+    the connect timeout: aiohttp's `connect` covers both); and the read timeout that
+    bounds the wait for response headers."""
     return aiohttp.ClientTimeout(
         total=None,
-        connect=None,
+        connect=settings.upstream_pool_wait_s + settings.connect_timeout_s,
         sock_connect=settings.connect_timeout_s,
         sock_read=settings.first_byte_timeout_s,
     )

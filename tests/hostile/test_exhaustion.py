@@ -167,3 +167,53 @@ def test_an_rcv_key_in_any_forwarded_header_never_reaches_the_provider(
     [seen] = mock.requests()
     assert seen["headers"]["x-harmless"] == "kept"
     assert not [v for v in seen["headers"].values() if v[:4].lower() == "rcv_"]
+
+
+def test_the_wait_for_a_pooled_upstream_connection_is_bounded(
+    mock: MockServer, workdir: Path, db_env: dict[str, str]
+) -> None:
+    """With one upstream connection, held by a slow stream, the next request waits at
+    most RECOVEA_UPSTREAM_POOL_WAIT_S (plus the connect timeout) and gets 502
+    `upstream_unreachable`, instead of queueing behind the stream."""
+    tenant = make_tenant(db_env, "hostile-poolwait")
+    gateway = Gateway(
+        {
+            **upstream_env(mock),
+            **db_env,
+            "RECOVEA_UPSTREAM_MAX_CONNECTIONS": "1",
+            "RECOVEA_UPSTREAM_POOL_WAIT_S": "0.3",
+            "RECOVEA_CONNECT_TIMEOUT_S": "1",
+        },
+        workdir,
+    )
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_stream() -> None:
+        with httpx.stream(
+            "POST",
+            f"{gateway.url}/v1/chat/completions",
+            json={**CHAT, "stream": True},
+            headers={**tenant.bearer, "x-mock-chunk-delay-ms": "200", "x-mock-chunks": "100"},
+            timeout=60,
+        ) as response:
+            started.set()
+            for _ in response.iter_bytes():
+                if release.is_set():
+                    break
+
+    holder = threading.Thread(target=slow_stream)
+    try:
+        holder.start()
+        assert started.wait(15)
+        waited = time.monotonic()
+        queued = httpx.post(
+            f"{gateway.url}/v1/chat/completions", json=CHAT, headers=tenant.bearer, timeout=30
+        )
+        assert queued.status_code == 502
+        assert queued.json()["error"]["code"] == "upstream_unreachable"
+        assert time.monotonic() - waited < 10  # the stream itself lasts 20 s
+    finally:
+        release.set()
+        holder.join(timeout=30)
+        gateway.stop()
