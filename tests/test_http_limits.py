@@ -99,6 +99,23 @@ def test_request_at_both_bounds_is_served(gateway: Gateway) -> None:
     assert response.json()["object"] == "chat.completion"  # type: ignore[index]
 
 
+def test_expect_100_continue_is_kept(gateway: Gateway) -> None:
+    """The bounded protocol reads headers as uvicorn does: a client that sends
+    `Expect: 100-continue` (with trailing whitespace) gets 100 Continue, then its
+    answer."""
+    headers = [*chat_headers(gateway.port), (b"expect", b"100-continue  ")]
+    with connect(gateway.port) as sock:
+        sock.sendall(request(CHAT_PATH, headers))
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = sock.recv(1)
+            assert chunk, "closed before 100 Continue"
+            interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(CHAT)
+        assert read_response(sock).status == 200
+
+
 def test_gateway_serves_after_refusals(gateway: Gateway) -> None:
     """Refused requests leave the gateway serving requests and /readyz."""
     for count in (MAX_HEADERS + 1, 500, 2000):
