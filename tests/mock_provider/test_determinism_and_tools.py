@@ -96,6 +96,7 @@ async def test_echo_mirrors_method_path_query_headers_and_body(
         assert doc == {
             "method": "PUT",
             "path": path,
+            "raw_path": f"{path}?a=1&b=2",
             "query": "a=1&b=2",
             "headers": doc["headers"],
             "body_sha256": hashlib.sha256(payload).hexdigest(),
