@@ -6,6 +6,7 @@ connection may cost before it has delivered a request.
 | headers per request | `max_header_count` | 431 `headers_too_large`, then the connection closes |
 | request target + every header name and value, in bytes | `max_header_bytes` | the same 431 |
 | time to deliver a request's complete headers | `header_timeout_s` | the connection is closed |
+| silence inside a request's body | `body_idle_timeout_s` | 408 `request_timeout`, then close |
 | open connections per process | `max_connections` | a new connection is closed at once, unread |
 
 llhttp (under httptools) and uvicorn keep every header they are sent; the counts are
@@ -31,6 +32,14 @@ when the connection opens and whenever a read ends with a request's headers unfi
 (or with no request in progress), and cancelled when a request's headers are complete.
 It is not restarted by each byte, so a client trickling its headers is closed on time.
 Idleness between requests on a kept-alive connection is uvicorn's keep-alive timeout.
+
+The body deadline is armed the same way, when a read ends with a request's body
+unfinished (a body that arrives with its headers pays nothing), and bounds the
+silence between body bytes rather than the whole body: each body read notes the
+time, and the timer, when it fires, waits on for the rest of the allowance if
+bytes came meanwhile (or the app has paused reading, or the client waits for its
+`100 Continue`). A body that stalls gets 408 `request_timeout` if no answer has
+begun, and the connection closes; the app's next `receive` sees the client gone.
 
 uvicorn instantiates the protocol itself, once per connection; `http_protocol(settings)`
 gives it a picklable factory (a partial of the class defined here), so that
@@ -69,6 +78,7 @@ class ConnectionLimits:
     max_header_bytes: int
     header_timeout_s: float
     max_connections: int
+    body_idle_timeout_s: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -77,6 +87,7 @@ class ConnectionLimits:
             max_header_bytes=settings.max_header_bytes,
             header_timeout_s=settings.header_timeout_s,
             max_connections=settings.max_connections,
+            body_idle_timeout_s=settings.body_idle_timeout_s,
         )
 
 
@@ -100,11 +111,11 @@ def _shape_of(target: bytes) -> str:
 
 
 @functools.cache
-def _refusal(shape: str, message: str) -> bytes:
-    body = error_body(shape, 431, "headers_too_large", message)
+def _refusal(shape: str, message: str, status: int = 431, code: str = "headers_too_large") -> bytes:
+    body = error_body(shape, status, code, message)
     return b"".join(
         [
-            STATUS_LINE[431],
+            STATUS_LINE[status],
             b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
             b"connection: close\r\n",
@@ -142,6 +153,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._progress = False
         # per connection
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._body_deadline: asyncio.TimerHandle | None = None
+        self._body_progress = 0.0
         self._refused: str | None = None
         self._handed_over = False
 
@@ -159,6 +172,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_deadline()
+        self._cancel_body_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -181,6 +195,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self._in_headers or cycle is None or cycle.response_complete:
             self._await_headers()
+        elif cycle.more_body and self._body_deadline is None:
+            self._await_body()
 
     def _await_headers(self) -> None:
         """A read ended with a request's headers unfinished, or with none in progress."""
@@ -235,7 +251,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
+        if self._body_deadline is not None:
+            self._body_progress = self.loop.time()
         super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._cancel_body_deadline()
+        super().on_message_complete()
 
     # Refusals
     def _over(self, message: str) -> HeaderLimitExceeded:
@@ -270,6 +292,46 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.write_eof()
         self._cancel_header_deadline()
         self._arm_header_deadline()
+
+    # The body deadline
+    def _await_body(self) -> None:
+        """A read ended with a request's body unfinished."""
+        if self._refused is not None or self._handed_over or self.transport.is_closing():
+            return
+        self._body_progress = self.loop.time()
+        self._body_deadline = self.loop.call_later(
+            self._limits.body_idle_timeout_s, self._body_deadline_passed
+        )
+
+    def _cancel_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _body_deadline_passed(self) -> None:
+        self._body_deadline = None
+        cycle = self.cycle
+        if (
+            cycle is None
+            or not cycle.more_body
+            or cycle.response_complete
+            or self.transport.is_closing()
+        ):
+            return
+        allowance = self._limits.body_idle_timeout_s
+        quiet = self.loop.time() - self._body_progress
+        if quiet < allowance or self.flow.read_paused or cycle.waiting_for_100_continue:
+            self._body_deadline = self.loop.call_later(
+                max(allowance - quiet, 0.001), self._body_deadline_passed
+            )
+            return
+        if not cycle.response_started:
+            message = f"The request body stalled for more than {allowance:g} s."
+            self.transport.write(
+                _refusal(_shape_of(self.url), message, 408, "request_timeout")
+            )
+        cycle.keep_alive = False
+        self.transport.close()
 
     # The header deadline
     def _arm_header_deadline(self) -> None:

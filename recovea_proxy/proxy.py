@@ -1,8 +1,8 @@
 """The request pipeline: one coroutine per provider request, read top to bottom.
 
 1. surface (resolved by the dispatcher, on the checked raw path)
-2. auth (fail-closed) → principal, from the headers alone; then the body (bounded,
-   an idle timeout between its chunks), parsed once
+2. auth (fail-closed) → principal, from the headers alone; then the body (bounded),
+   parsed once
 3. spend cap (fail-closed-hybrid)                          [caps issue]
 4. levers, each through the one fault-catching wrapper     [levers issue]
 5. upstream call on the shared session
@@ -24,7 +24,6 @@ from yarl import URL
 
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.clean import ID_MAX, clean_model, clean_text, clean_usage
-from recovea_proxy.config import Settings
 from recovea_proxy.errors import GatewayError, error_body, stream_error_event
 from recovea_proxy.headers import RequestHeaders, response_headers, split_request_headers
 from recovea_proxy.ids import new_id
@@ -124,7 +123,7 @@ async def _serve(
     record.rcv_key_id = principal.key_id
     record.env = principal.env
 
-    body = await _read_body(receive, headers, rt.settings)
+    body = await _read_body(receive, headers, rt.settings.max_body_bytes)
     record.request_bytes = len(body)
     record.request_sha256 = hashlib.sha256(body).hexdigest()
     parsed = _parse(body)
@@ -406,10 +405,9 @@ class _DisconnectWatcher:
             self._task.cancel()
 
 
-async def _read_body(receive: Receive, headers: RequestHeaders, settings: Settings) -> bytes:
-    """The whole request body, at most `max_body_bytes`; a body that arrives in several
-    chunks may pause at most `body_idle_timeout_s` between them (408)."""
-    limit = settings.max_body_bytes
+async def _read_body(receive: Receive, headers: RequestHeaders, limit: int) -> bytes:
+    """The whole request body, at most `limit` bytes (413). A body that stalls is cut
+    off by the HTTP protocol (`http_protocol`: 408, then `http.disconnect` here)."""
     if headers.content_length is not None and headers.content_length > limit:
         raise _too_large(limit)
     message = await receive()
@@ -422,27 +420,17 @@ async def _read_body(receive: Receive, headers: RequestHeaders, settings: Settin
         return body
     parts = [body]
     size = len(body)
-    idle = settings.body_idle_timeout_s
-    loop = asyncio.get_running_loop()
-    try:
-        # A timer only for bodies that arrive in pieces: one costs microseconds.
-        async with asyncio.timeout(idle) as deadline:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                deadline.reschedule(loop.time() + idle)
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                parts.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(parts)
-    except TimeoutError:
-        raise GatewayError(
-            408, "request_timeout", f"The request body stalled for more than {idle:g} s."
-        ) from None
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 def _too_large(limit: int) -> GatewayError:

@@ -87,6 +87,8 @@ class Runtime:
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: the least time the metering queue is given to flush at shutdown
+_FLUSH_MIN_S = 10.0
 
 
 def _drop_counter(metrics: GatewayMetrics) -> Callable[[], None]:
@@ -156,7 +158,9 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             interval_s=settings.meter_flush_interval_s,
         )
         await drainer.start()
-        stack.push_async_callback(drainer.close, settings.shutdown_grace_s)
+        # The flush gets its own minimum: a grace of 0 stops requests at once, but
+        # what they queued is still written (or spooled).
+        stack.push_async_callback(drainer.close, max(settings.shutdown_grace_s, _FLUSH_MIN_S))
         signer = ReceiptSigner(signing_key)
         published = PublishedKeys(pool)
         await published.reload()

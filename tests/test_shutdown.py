@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from tests.conftest import FAKE_OPENAI_KEY
-from tests.support import Gateway, wait_until, without_receipt
+from tests.ledger_support import owner_query
+from tests.support import Gateway, Postgres, wait_until, without_receipt
 
 
 def test_sigterm_finishes_in_flight_streams(start_gateway: Callable[..., Gateway]) -> None:
@@ -58,13 +59,15 @@ def test_sigterm_finishes_in_flight_streams(start_gateway: Callable[..., Gateway
 
 @pytest.mark.parametrize("grace", ["0", "0.5"])
 def test_grace_under_one_second_bounds_the_shutdown(
-    start_gateway: Callable[..., Gateway], grace: str
+    start_gateway: Callable[..., Gateway], postgres: Postgres, grace: str
 ) -> None:
     """RECOVEA_SHUTDOWN_GRACE_S under 1 (0 included) is a bound, not "wait forever":
     with a 60 s stream in flight, SIGTERM ends the process within seconds (0 cancels
-    the stream at once) and the exit is clean."""
+    the stream at once) and the exit is clean. The cut stream's ledger row is still
+    written: the metering flush has its own minimum time."""
     gw = start_gateway(RECOVEA_SHUTDOWN_GRACE_S=grace)
     first_chunk = threading.Event()
+    request_ids: list[str] = []
 
     def consume() -> None:
         try:
@@ -79,6 +82,7 @@ def test_grace_under_one_second_bounds_the_shutdown(
                 },
                 timeout=90,
             ) as response:
+                request_ids.append(response.headers["x-request-id"])
                 for _ in response.iter_raw():
                     first_chunk.set()
         except httpx.HTTPError:
@@ -93,6 +97,12 @@ def test_grace_under_one_second_bounds_the_shutdown(
     reader.join(30)
     assert code in (0, -signal.SIGTERM), f"exit {code} after {took:.1f} s"
     assert not reader.is_alive()
+    rows = owner_query(
+        postgres.url,
+        "SELECT success FROM recovea.request_events WHERE request_id = $1::uuid",
+        request_ids[0],
+    )
+    assert [row["success"] for row in rows] == [None]  # cut short: an ambiguous outcome
 
 
 _STREAM_BODY = orjson.dumps(

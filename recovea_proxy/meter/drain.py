@@ -108,6 +108,7 @@ class Drainer:
             except TimeoutError:
                 self._task.cancel()
                 self._log.error("meter_flush_timeout", left_in_queue=len(self._queue))
+                await self._spill_queue()  # what is left goes to the spool, not away
         await self._writer.close()
         self._spool.close()
         self._dead.close()

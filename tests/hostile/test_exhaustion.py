@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 from tests.conftest import upstream_env
 from tests.hostile.conftest import assert_unharmed
@@ -115,29 +116,42 @@ def test_requests_in_flight_are_bounded_with_a_retry_after(
 def test_a_body_that_stalls_gets_408(
     mock: MockServer, workdir: Path, db_env: dict[str, str]
 ) -> None:
-    """A caller with a valid key that sends part of its body and stops: 408
-    `request_timeout` after RECOVEA_BODY_IDLE_TIMEOUT_S, and the provider sees nothing."""
+    """A caller with a valid key that announces a body and stops — after part of it, or
+    before its first byte — gets 408 `request_timeout` after RECOVEA_BODY_IDLE_TIMEOUT_S,
+    and the provider sees nothing; a body that keeps coming, slowly, is served."""
     tenant = make_tenant(db_env, "hostile-slowbody")
     gateway = Gateway(
-        {**upstream_env(mock), **db_env, "RECOVEA_BODY_IDLE_TIMEOUT_S": "0.3"}, workdir
+        {**upstream_env(mock), **db_env, "RECOVEA_BODY_IDLE_TIMEOUT_S": "0.5"}, workdir
+    )
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {tenant.key}\r\ncontent-length: {{length}}\r\n\r\n"
     )
     try:
         mock.clear()
-        with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
-            head = (
-                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                f"authorization: Bearer {tenant.key}\r\ncontent-length: 5000\r\n\r\n"
-            )
-            sock.sendall(head.encode() + b'{"model":"gpt-4o-mini",')
-            started = time.monotonic()
-            reply = b""
-            while b'"request_timeout"' not in reply:
-                chunk = sock.recv(65536)
-                assert chunk, f"closed without the whole answer: {reply!r}"
-                reply += chunk
-        assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
-        assert time.monotonic() - started < 10
+        for sent in (b'{"model":"gpt-4o-mini",', b""):
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+                sock.sendall(head.format(length=5000).encode() + sent)
+                started = time.monotonic()
+                reply = b""
+                while b'"request_timeout"' not in reply:
+                    chunk = sock.recv(65536)
+                    assert chunk, f"closed without the whole answer: {reply!r}"
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+            assert time.monotonic() - started < 10
         assert mock.requests() == []
+
+        body = orjson.dumps(CHAT)
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+            sock.sendall(head.format(length=len(body)).encode())
+            paced_from = time.monotonic()
+            for at in range(0, len(body), len(body) // 5 + 1):
+                time.sleep(0.2)  # the behaviour under test: a slow client, never 0.5 s silent
+                sock.sendall(body[at : at + len(body) // 5 + 1])
+            assert time.monotonic() - paced_from > 0.5  # longer than the allowance in all
+            reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
     finally:
         gateway.stop()
 
