@@ -67,6 +67,7 @@ _FRAMING_PER_HEADER = 8
 _FRAMING_PER_REQUEST = 1024
 
 TOO_MANY = "Too many request headers."
+_MALFORMED = "The request is not valid HTTP/1.1 (request line, header or body framing)."
 TOO_LARGE = "Request headers too large."
 
 
@@ -265,11 +266,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return HeaderLimitExceeded(message)
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn answers a parser error with this; a bound passed is refused instead."""
-        if self._refused is None:
-            super().send_400_response(msg)
-        else:
+        """uvicorn answers a parser error with this: a 400 `invalid_request` in the shape
+        of the surface the target names (JSON, as every other error of ours), then the
+        connection closes; a bound passed is refused instead."""
+        if self._refused is not None:
             self._refuse()
+            return
+        self.transport.write(_refusal(_shape_of(self.url), _MALFORMED, 400, "invalid_request"))
+        self.transport.close()
 
     def _refuse(self) -> None:
         """Answer a request that passed a bound with 431 when an answer can follow."""

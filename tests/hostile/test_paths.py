@@ -108,6 +108,7 @@ def test_a_query_outside_printable_ascii_is_refused(
             request_bytes("GET", f"/v1/models?{query}", victim.bearer),
         )
         assert response.status == 400
+        assert error_code("openai", response.json()) in ("invalid_path", "invalid_request")
     assert mock.requests() == []
 
 
