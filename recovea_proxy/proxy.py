@@ -90,6 +90,11 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
     except ClientGone:
         record.client_gone = True
         record.success = None
+    except asyncio.CancelledError:
+        # The server is shutting down past its grace: the outcome is unknown.
+        record.success = None
+        record.error_code = "cancelled"
+        raise
     except Exception:
         # A bug, not a provider fault: answer in the caller's shape if nothing was sent yet.
         record.success = False
