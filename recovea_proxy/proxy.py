@@ -24,12 +24,14 @@ from yarl import URL
 
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.clean import ID_MAX, clean_model, clean_text, clean_usage
+from recovea_proxy.disconnect import DisconnectWatcher
 from recovea_proxy.errors import GatewayError, error_body, stream_error_event
-from recovea_proxy.headers import RequestHeaders, response_headers, split_request_headers
+from recovea_proxy.headers import response_headers, split_request_headers
 from recovea_proxy.ids import new_id
 from recovea_proxy.levers import run_guarded
 from recovea_proxy.providers.base import StreamTap
 from recovea_proxy.record import RequestRecord
+from recovea_proxy.request_body import ClientGone, parse_json_object, read_body
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.surfaces import Surface, query_is_clean
 from recovea_proxy.upstream import UpstreamUnreachable, classify
@@ -39,11 +41,6 @@ from recovea_proxy.upstream import UpstreamUnreachable, classify
 _BUFFER_JSON_MAX = 16 * 1024 * 1024
 _JSON_TYPE = b"application/json"
 _SSE_TYPE = b"text/event-stream"
-_WATCH_AFTER_S = 0.05
-
-
-class ClientGone(Exception):
-    """The client disconnected before the gateway could answer."""
 
 
 class LeverContext:
@@ -128,10 +125,10 @@ async def _serve(
     record.rcv_key_id = principal.key_id
     record.env = principal.env
 
-    body = await _read_body(receive, headers, rt.settings.max_body_bytes)
+    body = await read_body(receive, headers, rt.settings.max_body_bytes)
     record.request_bytes = len(body)
     record.request_sha256 = hashlib.sha256(body).hexdigest()
-    parsed = _parse(body)
+    parsed = parse_json_object(body)
     if parsed is not None:
         record.model = clean_model(parsed.get("model"))
         record.stream = parsed.get("stream") is True
@@ -221,7 +218,7 @@ async def _pipe(
     record.responded = True
     await send({"type": "http.response.start", "status": upstream.status, "headers": out_headers})
     hasher = record.response_hash = hashlib.sha256()
-    watcher = _DisconnectWatcher(receive, record)
+    watcher = DisconnectWatcher(receive, record)
     try:
         last = await _stream(rt, surface, upstream, send, record, tap, stream_filter, hasher)
     except asyncio.CancelledError:
@@ -371,79 +368,6 @@ def _settle_stream(record: RequestRecord, tap: StreamTap | None) -> None:
         record.success = True if tap.usage.terminal else None
 
 
-class _DisconnectWatcher:
-    """Cancels the streaming task when the client goes away, so the upstream is cut at once.
-
-    The watching task starts only once the stream has lasted `_WATCH_AFTER_S`: a short
-    stream ends before a departed client could cost anything, and pays a timer handle
-    instead of a task.
-    """
-
-    __slots__ = ("_done", "_receive", "_record", "_target", "_task", "_timer")
-
-    def __init__(self, receive: Receive, record: RequestRecord) -> None:
-        self._receive = receive
-        self._record = record
-        self._done = False
-        self._target = asyncio.current_task()
-        self._task: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, self._start)
-
-    def _start(self) -> None:
-        if not self._done:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                break
-        if not self._done and self._target is not None:
-            self._record.client_gone = True
-            self._target.cancel()
-
-    def stop(self) -> None:
-        """The stream ended by itself: stop watching."""
-        self._done = True
-        self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-
-
-async def _read_body(receive: Receive, headers: RequestHeaders, limit: int) -> bytes:
-    """The whole request body, at most `limit` bytes (413). A body that stalls is cut
-    off by the HTTP protocol (`http_protocol`: 408, then `http.disconnect` here)."""
-    if headers.content_length is not None and headers.content_length > limit:
-        raise _too_large(limit)
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413, "request_too_large", f"Request body is larger than {limit / (1024 * 1024):g} MB."
-    )
-
-
 def _refused_path_shape(scope: Scope) -> str:
     """The error shape for a refused path, which may not name its surface: Anthropic's
     when the request carries `anthropic-version` (every Anthropic SDK sends it)."""
@@ -460,19 +384,6 @@ def _overloaded() -> GatewayError:
         "The gateway is serving as many requests as it is configured for; retry shortly.",
         ((b"retry-after", b"1"),),
     )
-
-
-def _parse(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None when it is not one (it is forwarded as is)."""
-    if body[:1] != b"{":
-        stripped = body.lstrip()
-        if stripped[:1] != b"{":
-            return None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
 
 
 def _note_upstream_id(record: RequestRecord, upstream_id: bytes | None) -> None:
