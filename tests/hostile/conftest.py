@@ -5,13 +5,14 @@ and the invariants every hostile test checks afterwards."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, upstream_env
+from tests.hostile.rawhttp import RawResponse
 from tests.ledger_support import Tenant, make_tenant, stored
 from tests.support import Gateway, MockServer
 
@@ -72,3 +73,17 @@ def pid_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def from_provider(headers: Mapping[str, str]) -> bool:
+    """Whether a response is the provider's: the gateway names the provider's request id
+    on those only (its own errors carry none)."""
+    return "x-recovea-upstream-request-id" in headers
+
+
+def gateway_code(response: RawResponse | httpx.Response) -> str:
+    """The code of one of the gateway's own errors (in either surface's shape)."""
+    body = response.json()
+    assert isinstance(body, dict), body
+    code: str = body["error"]["code"]
+    return code

@@ -136,3 +136,16 @@ class Connection:
         while self._until(b"\r\n"):
             pass  # trailer fields, up to the empty line
         return body
+
+
+def chat_head(key: str, *extra: str, host: str = "127.0.0.1") -> bytes:
+    """A chat request's request line and headers, unterminated: the caller adds more
+    headers, the framing and the body."""
+    lines = ["POST /v1/chat/completions HTTP/1.1", f"host: {host}", f"authorization: Bearer {key}"]
+    lines += ["content-type: application/json", *extra]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+
+def framed(head: bytes, body: bytes) -> bytes:
+    """`head` ended with a content-length for `body`, then `body`."""
+    return head + b"content-length: %d\r\n\r\n" % len(body) + body
