@@ -102,7 +102,8 @@ def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None
     elif name == b"x-recovea-cache":
         out.cache = value.decode("latin-1").strip().lower()
     elif name == b"x-recovea-trace-id":
-        out.trace_id = clean_tag(value, TRACE_ID_MAX)
+        # ASCII only: the trace id goes back out in a response header.
+        out.trace_id = clean_text(value.decode("ascii", "ignore").strip(), TRACE_ID_MAX)
 
 
 def response_headers(

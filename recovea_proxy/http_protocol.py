@@ -54,7 +54,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from recovea_proxy.config import Settings
@@ -67,6 +71,8 @@ _FRAMING_PER_HEADER = 8
 _FRAMING_PER_REQUEST = 1024
 
 TOO_MANY = "Too many request headers."
+#: the length uvicorn is told for an HTTP/1.0 response delimited by the close
+_UNBOUNDED = 1 << 62
 _MALFORMED = "The request is not valid HTTP/1.1 (request line, header or body framing)."
 TOO_LARGE = "Request headers too large."
 
@@ -124,6 +130,29 @@ def _refusal(shape: str, message: str, status: int = 431, code: str = "headers_t
             body,
         ]
     )
+
+
+def _close_delimited(cycle: RequestResponseCycle) -> None:
+    """Answer an HTTP/1.0 request whose response has no length without chunked framing
+    (HTTP/1.0 has none; uvicorn would add it): its body is delimited by the close, as
+    HTTP/1.0 does (uvicorn closes after every HTTP/1.0 response)."""
+    send = cycle.send
+    unframed = False
+
+    async def close_delimited(message: Any) -> None:
+        nonlocal unframed
+        if message["type"] == "http.response.start":
+            names = {name.lower() for name, _ in message.get("headers", ())}
+            if not names & {b"content-length", b"transfer-encoding"}:
+                unframed = True
+                cycle.chunked_encoding = False
+                cycle.expected_content_length = _UNBOUNDED
+        elif unframed and not message.get("more_body", False):
+            # the last bytes: uvicorn checks they end the announced length
+            cycle.expected_content_length = len(message.get("body", b""))
+        await send(message)
+
+    cycle.send = close_delimited  # type: ignore[method-assign]
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -249,6 +278,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._header_deadline.cancel()
             self._header_deadline = None
         super().on_headers_complete()
+        if self.scope["http_version"] == "1.0" and self.cycle is not None:
+            _close_delimited(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
@@ -272,6 +303,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._refused is not None:
             self._refuse()
             return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if not cycle.more_body:
+                # The bytes behind a whole request still being answered are no request:
+                # that request gets its answer, then the connection closes.
+                cycle.keep_alive = False
+                self._refused = _MALFORMED
+                return
+            if cycle.response_started:
+                self.transport.close()  # a body that broke its framing mid-answer
+                return
+        # (a request whose own framing broke never completes: it gets the 400, and the
+        # app's next `receive` sees the client gone)
         self.transport.write(_refusal(_shape_of(self.url), _MALFORMED, 400, "invalid_request"))
         self.transport.close()
 

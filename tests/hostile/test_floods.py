@@ -210,13 +210,6 @@ def test_a_garbage_traceparent_gets_a_trace_id_of_its_own(
     assert_unharmed(target, victim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an X-Recovea-Trace-Id outside Latin-1 (invalid UTF-8, or a euro sign) is "
-    "cleaned into a str that proxy._add_gateway_headers cannot encode as latin-1: "
-    "UnicodeEncodeError, a plain-text 500 from uvicorn and a traceback, with or without "
-    "a valid key",
-)
 def test_a_trace_id_outside_latin_1_is_no_500(
     start_gateway: Callable[..., Gateway], victim: Tenant
 ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 
 import orjson
-import pytest
 
 from tests.hostile.conftest import assert_unharmed, from_provider, gateway_code
 from tests.hostile.rawhttp import (
@@ -43,13 +42,6 @@ def test_a_body_shorter_than_its_content_length_is_never_forwarded(
     assert_unharmed(target, victim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bytes that are no request, right behind a complete request in the same read: "
-    "the parser-error path (GatewayHttpProtocol.send_400_response) writes its 400 and "
-    "closes the connection at once, while the request before it still goes to the "
-    "provider; that answer is dropped unsent, yet its log line and row say 200 and success",
-)
 def test_a_request_followed_by_garbage_is_answered_before_the_400(
     target: Gateway, victim: Tenant, mock: MockServer
 ) -> None:
@@ -170,13 +162,6 @@ def test_an_http_1_0_request_is_served_and_the_connection_closed(
     assert_unharmed(target, victim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn's httptools protocol (which http_protocol.GatewayHttpProtocol extends) "
-    "answers a stream to an HTTP/1.0 request with `transfer-encoding: chunked`, which "
-    "HTTP/1.0 has not got (RFC 9112 7.1: a server MUST NOT); the client reads chunk "
-    "sizes inside the event stream",
-)
 def test_an_http_1_0_stream_is_delimited_by_the_close(target: Gateway, victim: Tenant) -> None:
     """A streamed answer to an HTTP/1.0 request is not chunked: its body runs to the
     close, the provider's events and the receipt line as they are."""
