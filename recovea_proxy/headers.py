@@ -2,9 +2,11 @@
 
 Hop-by-hop headers never cross. Credentials are not forwarded as they came: auth
 decides what the provider sees, and a value that starts with `rcv_` (any case), in
-any header, is never forwarded. `x-recovea-*` headers are the gateway's and stay
-here. Everything else passes both ways unchanged (anthropic-version,
-anthropic-beta, OpenAI-Organization, x-stainless-*, ...).
+any header, is never forwarded. A header value that is not UTF-8 is not forwarded
+either: the upstream client would re-encode it, so it could not arrive as sent.
+`x-recovea-*` headers are the gateway's and stay here. Everything else passes both
+ways unchanged (anthropic-version, anthropic-beta, OpenAI-Organization,
+x-stainless-*, ...).
 """
 
 from __future__ import annotations
@@ -72,7 +74,11 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
         else:
             if name == b"traceparent" and out.trace_id is None:
                 out.trace_id = _trace_id_of(value)
-            forward.append((name.decode("latin-1"), value.decode("latin-1")))
+            try:
+                # aiohttp sends header values as UTF-8: only UTF-8 crosses unchanged
+                forward.append((name.decode("latin-1"), value.decode("utf-8")))
+            except UnicodeDecodeError:
+                continue  # not UTF-8: it could not reach the provider as sent
     if extra_hop:
         out.forward = [(n, v) for n, v in forward if n.encode("latin-1") not in extra_hop]
     return out

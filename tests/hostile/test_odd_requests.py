@@ -223,3 +223,22 @@ def test_a_request_line_naming_another_host_never_reaches_it(
     finally:
         evil.close()
     assert_unharmed(target, victim)
+
+
+def test_header_values_reach_the_provider_byte_for_byte_or_not_at_all(
+    target: Gateway, victim: Tenant, mock: MockServer
+) -> None:
+    """A UTF-8 header value (`café`) reaches the provider as sent; one that is not UTF-8
+    (a lone 0xff byte), which could not cross unchanged, is not forwarded."""
+    mock.clear()
+    response = exchange(
+        target.port,
+        framed(
+            chat_head(victim.key, "x-note: caf\xc3\xa9", "x-junk: a\xffb", "connection: close"),
+            CHAT,
+        ),
+    )
+    assert response.status == 200
+    [seen] = mock.requests()
+    assert seen["headers"]["x-note"] == "café"
+    assert "x-junk" not in seen["headers"]
