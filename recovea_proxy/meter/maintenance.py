@@ -167,7 +167,9 @@ class Maintenance:
         return refreshed
 
     async def _round(self, prune_too: bool) -> Round | None:
-        conn = await connect(self._url)
+        # A server that stops answering cannot hold the schedule: every query of the
+        # round is bounded on this side too, a little past the server's own timeout.
+        conn = await connect(self._url, command_timeout_s=self._timeout + 5)
         try:
             return await run_maintenance(
                 conn, prune_too=prune_too, timeout_s=self._timeout, max_tags=self._max_tags

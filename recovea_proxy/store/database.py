@@ -35,10 +35,17 @@ def app_url(settings: Settings) -> str:
     return urlunsplit(parts._replace(netloc=f"{APP_ROLE}@{host}"))
 
 
-async def connect(url: str, *, timeout_s: float = 10) -> asyncpg.Connection:
-    """One connection, with bounded connect and statement times."""
+async def connect(
+    url: str, *, timeout_s: float = 10, command_timeout_s: float | None = None
+) -> asyncpg.Connection:
+    """One connection, with bounded connect and statement times (and, given
+    `command_timeout_s`, a client-side bound on every query, for a server that stops
+    answering without closing the connection)."""
     return await asyncpg.connect(
-        url, timeout=timeout_s, server_settings={"statement_timeout": "5000", "TimeZone": "UTC"}
+        url,
+        timeout=timeout_s,
+        command_timeout=command_timeout_s,
+        server_settings={"statement_timeout": "5000", "TimeZone": "UTC"},
     )
 
 
