@@ -69,7 +69,7 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
             out.api_key = value.decode("latin-1")
         elif name.startswith(b"x-recovea-"):
             _read_gateway_header(out, name, value)
-        elif value[:1] in b"rR" and value[:4].lower() == b"rcv_":
+        elif value[3:4] == b"_" and value[:4].lower() == b"rcv_":
             continue  # an rcv_ key in any other header never goes upstream
         else:
             if name == b"traceparent" and out.trace_id is None:
