@@ -63,6 +63,7 @@ from uvicorn.server import ServerState
 
 from recovea_proxy.config import Settings
 from recovea_proxy.errors import error_body
+from recovea_proxy.observability.connection_stats import REFUSALS
 
 #: framing a header may add on the wire beyond its name and value (`: ` and CRLF),
 #: with room for a little optional whitespace
@@ -194,6 +195,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     ) -> None:
         if len(self.connections) >= self._limits.max_connections:
             # uvicorn's connection_lost closes self.transport; nothing else is set up
+            REFUSALS.count("too_many_connections")
             self.transport = transport
             transport.close()
             return
@@ -305,6 +307,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._refused is not None:
             self._refuse()
             return
+        REFUSALS.count("invalid_request")
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if not cycle.more_body:
@@ -324,6 +327,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _refuse(self) -> None:
         """Answer a request that passed a bound with 431 when an answer can follow."""
         assert self._refused is not None
+        REFUSALS.count("headers_too_large")
         cycle = self.cycle
         if not self._in_headers:
             # Trailers of a request the app already has (or bytes that are no
@@ -375,6 +379,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 max(allowance - quiet, 0.001), self._body_deadline_passed
             )
             return
+        REFUSALS.count("body_timeout")
         if not cycle.response_started:
             message = f"The request body stalled for more than {allowance:g} s."
             self.transport.write(
@@ -396,6 +401,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _header_deadline_passed(self) -> None:
         self._header_deadline = None
+        if self._refused is None:
+            REFUSALS.count("header_timeout")
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # a response is still being written: the connection closes after it

@@ -17,6 +17,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from recovea_proxy.observability.connection_stats import REFUSALS
 from recovea_proxy.observability.route_stats import RouteStatsCollector
 
 
@@ -27,6 +28,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.routes = RouteStatsCollector()
         self.registry.register(self.routes)
+        self.registry.register(REFUSALS)
         # The process's CPU, memory and file descriptors, and its garbage collections.
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
