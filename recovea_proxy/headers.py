@@ -61,7 +61,8 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
             if name == b"content-length":
                 out.content_length = int(value) if value.isdigit() else None
             elif name == b"connection":
-                extra_hop = frozenset(t.strip().lower() for t in value.split(b","))
+                # a list header: every line's names count, not only the last line's
+                extra_hop = extra_hop.union(t.strip().lower() for t in value.split(b","))
             continue
         if name == b"authorization":
             out.authorization = value.decode("latin-1")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 
 import httpx
+import orjson
+import pytest
 
 from tests.conftest import FAKE_OPENAI_KEY
+from tests.raw_http import connect, read_response, request
 from tests.support import Gateway, MockServer
 
 AUTH = {"authorization": f"Bearer {FAKE_OPENAI_KEY}"}
@@ -60,6 +63,40 @@ def test_hop_by_hop_and_gateway_headers_are_not_forwarded(gateway: Gateway) -> N
         assert name not in received, name
     assert not any(k.startswith("x-recovea-") for k in received)
     assert received["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize("connection", ["keep-alive, X-Drop-Me", "close"])
+def test_the_connection_header_itself_is_not_forwarded(gateway: Gateway, connection: str) -> None:
+    """`Connection` is about the caller's hop: neither it nor a header it lists reaches
+    the provider, whatever it says (keep-alive with a list, or close)."""
+    _, received = echo(gateway, {**AUTH, "Connection": connection, "X-Drop-Me": "hop"})
+    assert "connection" not in received
+    if "X-Drop-Me" in connection:
+        assert "x-drop-me" not in received
+    else:
+        assert "hop" == received["x-drop-me"]
+
+
+def test_every_connection_line_names_hop_by_hop_headers(gateway: Gateway) -> None:
+    """A request may carry `Connection` on several lines (it is a list): the headers
+    named on each of them stay at the gateway, not only those of the last line."""
+    headers = [
+        (b"host", f"127.0.0.1:{gateway.port}".encode()),
+        (b"authorization", AUTH["authorization"].encode()),
+        (b"content-length", b"2"),
+        (b"Connection", b"X-First-Hop"),
+        (b"connection", b"keep-alive, x-second-hop"),
+        (b"x-first-hop", b"one"),
+        (b"x-second-hop", b"two"),
+        (b"x-end-to-end", b"three"),
+    ]
+    with connect(gateway.port) as sock:
+        sock.sendall(request(b"/v1/_mock/echo", headers, b"{}"))
+        response = read_response(sock)
+    assert 200 == response.status
+    received = orjson.loads(response.body)["headers"]
+    watched = ("connection", "x-first-hop", "x-second-hop", "x-end-to-end")
+    assert {"x-end-to-end": "three"} == {k: v for k, v in received.items() if k in watched}
 
 
 def test_gateway_ids_are_on_every_response(gateway: Gateway) -> None:
