@@ -165,6 +165,8 @@ async def _serve(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         kind = classify(exc)
         rt.metrics.upstream_errors.labels(provider.name, kind).inc()
+        # Looked up here, on the failure path only: a success pays nothing for it.
+        rt.metrics.fail_open.labels("upstream", kind).inc()
         raise GatewayError(
             502, "upstream_unreachable", f"The provider could not be reached ({kind})."
         ) from UpstreamUnreachable(kind)
@@ -302,6 +304,7 @@ async def _send_buffered(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         kind = classify(exc)
         rt.metrics.upstream_errors.labels(surface.provider.name, kind).inc()
+        rt.metrics.fail_open.labels("upstream", kind).inc()
         record.error_code = "upstream_unreachable"
         raise GatewayError(
             502, "upstream_unreachable", f"The provider response broke off ({kind})."

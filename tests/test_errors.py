@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socketserver
+import threading
+from collections.abc import Callable, Iterator
 
 import anthropic
 import httpx
@@ -60,6 +62,86 @@ def test_reset_before_headers_is_502(gateway: Gateway) -> None:
     record = gateway.record(response.headers["x-request-id"])
     assert record["success"] is False
     assert record["status"] == "error"
+
+
+def fail_open(gateway: Gateway, reason: str) -> float:
+    """gateway_fail_open_total for the upstream layer and one reason."""
+    text = gateway.metrics()
+    return metric_value(text, "gateway_fail_open_total", layer="upstream", reason=reason)
+
+
+def test_a_refused_connection_counts_as_an_upstream_fail_open(
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    """Each 502 for a provider that refuses connections is counted once in
+    gateway_fail_open_total{layer="upstream",reason="connect"}, beside the upstream
+    error metric, so an alert on fail-opens sees a provider outage."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = start_gateway(RECOVEA_UPSTREAM_OPENAI=dead)
+    assert 0 == fail_open(gw, "connect")
+    for count in (1, 2):
+        response = httpx.post(f"{gw.url}/v1/chat/completions", content=CHAT, headers=AUTH)
+        assert 502 == response.status_code
+        assert "upstream_unreachable" == response.json()["error"]["code"]
+        assert count == fail_open(gw, "connect")
+        assert count == metric_value(gw.metrics(), "recovea_upstream_errors_total", kind="connect")
+
+
+def test_a_reset_before_headers_counts_as_an_upstream_fail_open(gateway: Gateway) -> None:
+    """A provider that drops the connection before answering: one 502, one
+    gateway_fail_open_total{layer="upstream",reason="reset"}."""
+    before = fail_open(gateway, "reset")
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        content=CHAT,
+        headers={**AUTH, "x-mock-fault": "reset"},
+    )
+    assert 502 == response.status_code
+    assert before + 1 == fail_open(gateway, "reset")
+
+
+class _CutJsonBody(socketserver.StreamRequestHandler):
+    """Answers every request with JSON headers announcing 1000 bytes, sends 20, closes."""
+
+    def handle(self) -> None:
+        length = 0
+        while (line := self.rfile.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        self.rfile.read(length)
+        self.wfile.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n" + b'{"id":"chatcmpl-cut",'
+        )
+
+
+@pytest.fixture
+def cut_json_upstream() -> Iterator[str]:
+    """A provider on a real port whose JSON responses break off after their headers."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CutJsonBody)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_a_json_body_that_breaks_off_counts_as_an_upstream_fail_open(
+    cut_json_upstream: str, start_gateway: Callable[..., Gateway]
+) -> None:
+    """A non-streamed response cut before its end (the gateway buffers it, so nothing
+    was sent yet) is a 502 upstream_unreachable, counted once in
+    gateway_fail_open_total{layer="upstream",reason="reset"}."""
+    gw = start_gateway(RECOVEA_UPSTREAM_OPENAI=cut_json_upstream)
+    response = httpx.post(f"{gw.url}/v1/chat/completions", content=CHAT, headers=AUTH)
+    assert 502 == response.status_code
+    assert "upstream_unreachable" == response.json()["error"]["code"]
+    assert "broke off" in response.json()["error"]["message"]
+    assert 1 == fail_open(gw, "reset")
+    assert 1 == metric_value(gw.metrics(), "recovea_upstream_errors_total", kind="reset")
 
 
 def test_no_first_byte_in_time_is_502(start_gateway: Callable[..., Gateway]) -> None:
