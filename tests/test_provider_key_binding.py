@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
-import pytest
 
 from tests.ledger_support import owner_query
 from tests.support import Gateway, MockServer, Postgres, cli_json, set_provider_key, wait_until
@@ -108,11 +107,6 @@ def test_a_provider_key_copied_into_another_workspace_is_refused_not_served(
     assert [f"Bearer {a.provider_key}"] == received(mock, probe_a)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth/resolver.py: a data key cached from before the copy opens nothing, and "
-    "the InvalidTag from _decrypt is not caught, so the request is a 500 internal_error",
-)
 def test_a_copied_row_is_refused_also_when_the_data_key_was_cached(
     postgres: Postgres,
     db_env: dict[str, str],

@@ -40,6 +40,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recovea_proxy.auth.envelope import Sealed, associated_data, context_for
@@ -341,10 +342,18 @@ def _record(row: asyncpg.Record) -> KeyRecord:
 
 
 def _decrypt(stored: _StoredProviderKey, data_key: _DataKey) -> bytearray:
-    """One use of the data key: the provider key in plaintext."""
+    """One use of the data key: the provider key in plaintext. A ciphertext that does
+    not open under it and its context (a row changed under a cached data key, or
+    copied from another workspace) is refused 503, fail-closed, and the data key is
+    used up so the next request unwraps afresh."""
     data_key.uses_left -= 1
     sealed = stored.sealed
-    return bytearray(data_key.aead.decrypt(sealed.nonce, sealed.ciphertext, stored.aad))
+    try:
+        return bytearray(data_key.aead.decrypt(sealed.nonce, sealed.ciphertext, stored.aad))
+    except InvalidTag:
+        data_key.uses_left = 0
+        _log.error("provider_key_decrypt_failed", provider_key_id=stored.id)
+        raise unavailable() from None
 
 
 def _str_or_none(value: object) -> str | None:
