@@ -1,7 +1,9 @@
 """structlog set-up: JSON lines (orjson) off a TTY, console on one, always redacted.
 
 The gateway logs one line per request (`event="request"`) plus lifecycle events.
-Standard-library records (uvicorn, aiohttp) go through the same redaction.
+Standard-library records (uvicorn, aiohttp, asyncio) go through the same redaction,
+and so does an exception's traceback: it is formatted into the line before the
+redaction step runs.
 """
 
 from __future__ import annotations
@@ -41,19 +43,25 @@ def utc_timestamp(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[
 def configure_logging(log_format: str, level: str = "info") -> None:
     """Configure structlog and the standard library's root logger once per process."""
     level_no = _LEVELS.get(level, 20)
+    # Tracebacks become text before the redaction step, so an exception's message is
+    # redacted like any other string (rendered after it, it would be printed whole).
     shared: list[Any] = [
         structlog.processors.add_log_level,
         utc_timestamp,
+        structlog.processors.format_exc_info,
         redact_processor,
     ]
     if log_format == "json":
         renderer: Any = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # Plain tracebacks: rich's would print every frame's local variables, unredacted.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
         factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=factory,
         cache_logger_on_first_use=True,
