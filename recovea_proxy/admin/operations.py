@@ -155,8 +155,10 @@ async def revoke_key(
         if workspace_id is not None:
             await scope(conn, workspace_id)
         status = await conn.execute(
-            "UPDATE recovea.rcv_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            "UPDATE recovea.rcv_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
+            " AND ($2::uuid IS NULL OR customer_id = $2::uuid)",
             parsed,
+            workspace_id,
         )
         revoked = str(status).endswith(" 1")
         if revoked:
