@@ -319,7 +319,9 @@ def test_the_price_list_shows_only_the_callers_overrides(world: World) -> None:
 
 def test_requests_go_out_on_the_callers_own_provider_key(world: World, mock: MockServer) -> None:
     """The provider key read on the hot path is the caller's: A's requests reached the
-    provider with A's OpenAI key, B's with B's."""
+    provider with A's OpenAI key, B's with B's. (A load that forgot the workspace would
+    find B's key first; the envelope's binding to the workspace then refuses to open
+    it, so today that slip shows as a 503 in the fixture's traffic before this check.)"""
     seen = {
         (marker, r["headers"].get("authorization"))
         for r in mock.requests()
