@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from recovea_proxy import __version__
 from recovea_proxy.config import ConfigError, Settings
+from recovea_proxy.observability.redact import redact_text
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except ConfigError as exc:
-        print(f"recovea: configuration error: {exc}", file=sys.stderr)
+        # The value may be a key pasted into the wrong variable: never print it whole.
+        print(f"recovea: configuration error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     return code

@@ -120,7 +120,9 @@ def sdk() -> Iterator[SdkClients]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_key_leaks() -> Iterator[None]:
+def no_key_leaks(workdir: Path) -> Iterator[None]:
+    # Depends on `workdir` so that it is torn down first: the gateway logs it reads
+    # live there, and are gone once `workdir` is removed.
     """After the whole suite: no provider key sent to the CLI appears in any output,
     and no rcv_ key appears anywhere but in the one output that created it."""
     yield

@@ -60,6 +60,17 @@ def test_serve_with_bad_config_exits_2() -> None:
     assert "RECOVEA_PASSTHROUGH" in result.stderr
 
 
+def test_a_key_pasted_into_a_setting_is_not_printed_whole() -> None:
+    """A provider key pasted into the wrong variable is refused (exit 2) with the
+    variable named, and the error shows the key masked to its last four characters."""
+    pasted = "sk-proj-PastedIntoTheWrongVariable0123456789ABCD"
+    result = run_cli("serve", env={"RECOVEA_UPSTREAM_OPENAI": pasted})
+    assert result.returncode == 2
+    assert "RECOVEA_UPSTREAM_OPENAI" in result.stderr
+    assert "****ABCD" in result.stderr
+    assert pasted not in result.stderr + result.stdout
+
+
 def test_help_lists_the_commands() -> None:
     """`recovea --help` lists serve and mock-provider."""
     result = run_cli("--help")
