@@ -11,6 +11,7 @@ x-stainless-*, ...).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from recovea_proxy.clean import TAG_MAX, TRACE_ID_MAX, clean_text
@@ -114,7 +115,7 @@ def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None
 
 
 def response_headers(
-    raw: tuple[tuple[bytes, bytes], ...],
+    raw: Iterable[tuple[bytes, bytes]],
     provider_request_id: bytes,
     *,
     keep_length: bool,

@@ -1,0 +1,163 @@
+"""Where a response comes from. The pipe (`pipe.py`) reads a status line, headers and
+body chunks from a source and does not know which kind it has:
+
+| source | status and headers | body |
+| --- | --- | --- |
+| `UpstreamSource` | the provider's response | read off the upstream connection |
+| `ReplaySource` | stored with a cache entry | the stored chunks, one by one, as they came |
+| `flights.Subscription` | the shared call's | what has passed, then live |
+
+`read` is the source's own coroutine function (for the upstream, aiohttp's `readany`
+itself, so a chunk costs no extra frame); a failure while reading is one of
+`errors`, which `kind_of` names with a bounded label (`reset`, `idle_timeout`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import aiohttp
+
+from recovea_proxy.upstream import classify
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+class ResponseSource(Protocol):
+    """A response the pipe can send on."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def raw_headers(self) -> Headers: ...
+
+    @property
+    def content_type(self) -> bytes:
+        """Lowercased `content-type`, b"" when absent."""
+        ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def identity_encoded(self) -> bool:
+        """The body is not content-encoded (it can be read, hashed and tapped as is)."""
+        ...
+
+    @property
+    def read(self) -> Callable[[], Awaitable[bytes]]:
+        """The next chunk; b"" at the end; one of `errors` when the body broke off."""
+        ...
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]: ...
+
+    def kind_of(self, exc: BaseException) -> str:
+        """A short, bounded label for a failure while reading."""
+        ...
+
+    def start_body(self) -> None:
+        """The status line is about to be sent: from now on a read may wait at most the
+        idle timeout between chunks."""
+        ...
+
+    def finish(self, *, clean: bool) -> None:
+        """The response is done with: keep what can be reused when `clean`."""
+        ...
+
+
+class UpstreamSource:
+    """The provider's own response, on the shared client session."""
+
+    __slots__ = (
+        "_idle_s",
+        "_response",
+        "content_length",
+        "content_type",
+        "identity_encoded",
+        "raw_headers",
+        "read",
+        "status",
+    )
+
+    errors: tuple[type[BaseException], ...] = (TimeoutError, aiohttp.ClientError, OSError)
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
+        self._response = response
+        self._idle_s = idle_timeout_s
+        headers = response.headers
+        self.status = response.status
+        self.raw_headers = response.raw_headers
+        self.content_type = headers.get("content-type", "").encode("latin-1").lower()
+        self.content_length = response.content_length
+        self.identity_encoded = headers.get("content-encoding") in (None, "identity")
+        self.read = response.content.readany
+
+    def kind_of(self, exc: BaseException) -> str:
+        kind = classify(exc)
+        return "idle_timeout" if kind == "timeout" else kind
+
+    def start_body(self) -> None:
+        connection = self._response.connection
+        protocol = connection.protocol if connection is not None else None
+        if protocol is not None:
+            # aiohttp's read timeout bounds the wait for the response headers; from here
+            # on it is the idle timeout between body chunks (one timer for the whole
+            # body, re-armed by aiohttp as data arrives, instead of one per read).
+            protocol.read_timeout = self._idle_s
+            protocol.start_timeout()
+
+    def finish(self, *, clean: bool) -> None:
+        if clean:
+            self._response.release()
+        else:
+            self._response.close()  # a broken or abandoned response: drop the connection
+
+
+class ReplaySource:
+    """A stored response, replayed chunk by chunk as it first came."""
+
+    __slots__ = (
+        "_chunks",
+        "_next",
+        "content_length",
+        "content_type",
+        "identity_encoded",
+        "raw_headers",
+        "status",
+    )
+
+    errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, status: int, raw_headers: Headers, chunks: Sequence[bytes]) -> None:
+        self.status = status
+        self.raw_headers = raw_headers
+        self._chunks = chunks
+        self._next = 0
+        self.content_type = b""
+        self.content_length = None
+        for name, value in raw_headers:
+            lowered = name.lower()
+            if lowered == b"content-type":
+                self.content_type = value.lower()
+            elif lowered == b"content-length":
+                self.content_length = int(value) if value.isdigit() else None
+        self.identity_encoded = True
+
+    async def read(self) -> bytes:
+        if self._next >= len(self._chunks):
+            return b""
+        chunk = self._chunks[self._next]
+        self._next += 1
+        return chunk
+
+    def kind_of(self, exc: BaseException) -> str:
+        return "error"
+
+    def start_body(self) -> None:
+        return None
+
+    def finish(self, *, clean: bool) -> None:
+        return None
