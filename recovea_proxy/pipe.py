@@ -20,20 +20,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from recovea_proxy.asgi import Receive, Send
+from recovea_proxy.asgi import Send
 from recovea_proxy.clean import ID_MAX, clean_text, clean_usage
 from recovea_proxy.disconnect import DisconnectWatcher
 from recovea_proxy.errors import GatewayError, error_body, stream_error_event
+from recovea_proxy.exchange import Exchange
 from recovea_proxy.headers import response_headers
+from recovea_proxy.observers import LeverObserver, Observer
 from recovea_proxy.providers.base import StreamFilter, StreamTap
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.sources import ResponseSource
-from recovea_proxy.surfaces import Surface
 
 # Non-streamed JSON up to this size is buffered whole (usage is read from it and the
 # receipt header needs it); anything else streams through.
@@ -42,256 +43,247 @@ _JSON_TYPE = b"application/json"
 _SSE_TYPE = b"text/event-stream"
 
 
-class Observer(Protocol):
-    """Reads a response's bytes on their way to the client."""
-
-    def feed(self, chunk: bytes) -> None:
-        """One chunk (for a buffered JSON body: the whole body, once)."""
-
-    def close(self) -> None:
-        """The response has ended (normally, broken or abandoned); the record is
-        settled by now."""
-
-
 async def deliver(
-    rt: Runtime,
-    surface: Surface,
+    x: Exchange,
     source: ResponseSource,
-    send: Send,
-    receive: Receive,
-    record: RequestRecord,
     *,
     hide_usage: bool = False,
-    observers: list[Observer] | None = None,
+    observers: list[LeverObserver] | None = None,
 ) -> None:
     """Send the response of `source` to the client; settle the record's outcome and
-    usage. `hide_usage`: undo the usage the gateway asked for on the client's behalf."""
-    record.status_code = source.status
-    watchers = observers or []
+    usage. `hide_usage`: undo the usage the gateway asked for on the client's behalf;
+    `observers`: what the levers attached."""
+    x.record.status_code = source.status
+    response = _Response(x, source)
+    if observers:
+        for observer in observers:
+            try:
+                observer.begin(source)
+            except Exception as exc:  # fail-open, as for every observer
+                response.drop(observer, exc)
+            else:
+                response.observers.append(observer)
     length = source.content_length
     if (
         source.content_type.startswith(_JSON_TYPE)
         and (length is None or length <= _BUFFER_JSON_MAX)
         and source.identity_encoded
     ):
-        await _send_buffered(rt, surface, source, send, record, watchers)
-        return
-    is_sse = source.content_type.startswith(_SSE_TYPE)
-    tap = surface.provider.stream_tap(surface.kind) if is_sse else None
-    stream_filter = surface.provider.stream_filter() if is_sse and hide_usage else None
-    out_headers, upstream_id = response_headers(
-        source.raw_headers,
-        surface.provider.request_id_header,
-        keep_length=stream_filter is None,
-    )
-    _note_upstream_id(record, upstream_id)
-    add_gateway_headers(out_headers, record)
-    source.start_body()
-    record.responded = True
-    await send({"type": "http.response.start", "status": source.status, "headers": out_headers})
-    hasher = record.response_hash = hashlib.sha256()
-    if tap is not None:
-        watchers = [tap, *watchers]
-    watcher = DisconnectWatcher(receive, record)
-    try:
-        last = await _stream(rt, surface, source, send, record, watchers, stream_filter, hasher)
-    except asyncio.CancelledError:
-        if not record.client_gone:
-            raise
-        current = asyncio.current_task()
-        if current is not None:
-            current.uncancel()
-        _settle_stream(rt, record, tap, watchers)
-        return
-    finally:
-        watcher.stop()
-    _settle_stream(rt, record, tap, watchers)
-    hasher.update(last)
-    if is_sse:
-        last += rt.receipts.sse_line(rt.receipts.sign(record, hasher.hexdigest()))
-    await send({"type": "http.response.body", "body": last, "more_body": False})
+        await response.send_buffered()
+    else:
+        await response.send_streamed(hide_usage)
 
 
-async def _stream(
-    rt: Runtime,
-    surface: Surface,
-    source: ResponseSource,
-    send: Send,
-    record: RequestRecord,
-    observers: list[Observer],
-    stream_filter: StreamFilter | None,
-    hasher: Any,
-) -> bytes:
-    """Pipe the body through; return the last bytes (a filter's tail, or an error event
-    when the source broke), which the caller sends with the receipt."""
-    read = source.read
-    perf = time.perf_counter_ns
-    try:
-        while True:
-            waited = perf()
-            chunk = await read()
-            record.upstream_wait_ns += perf() - waited
-            if not chunk:
-                break
-            faulty = None
-            for observer in observers:
-                try:
-                    observer.feed(chunk)
-                except Exception as fault:  # fail-open: the client's bytes keep flowing
-                    faulty = [*(faulty or ()), (observer, fault)]
-            if faulty:
-                for broken, error in faulty:
-                    _drop(rt, observers, broken, error)
-            if stream_filter is not None:
-                chunk = stream_filter.feed(chunk)
-                if not chunk:
-                    continue
-            hasher.update(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        return stream_filter.flush() if stream_filter is not None else b""
-    except source.errors as exc:
-        kind = source.kind_of(exc)
-        rt.metrics.upstream_errors.labels(surface.provider.name, kind).inc()
-        record.error_code = f"upstream_{kind}"
-        rt.log.warning("upstream_stream_broken", request_id=record.request_id, kind=kind)
-        return stream_error_event(
-            surface.error_shape, record.error_code, f"The provider stream broke ({kind})."
+class _Response:
+    """One response on its way: where it comes from, who reads it as it passes."""
+
+    __slots__ = ("observers", "source", "tap", "x")
+
+    def __init__(self, x: Exchange, source: ResponseSource) -> None:
+        self.x = x
+        self.source = source
+        self.observers: list[Observer] = []
+        self.tap: StreamTap | None = None
+
+    async def send_streamed(self, hide_usage: bool) -> None:
+        """Anything but a bufferable JSON body: chunk by chunk, the receipt last."""
+        x, source, record = self.x, self.source, self.x.record
+        provider = x.surface.provider
+        is_sse = source.content_type.startswith(_SSE_TYPE)
+        if is_sse:
+            self.tap = provider.stream_tap(x.surface.kind)
+            if self.tap is not None:
+                self.observers.insert(0, self.tap)
+        stream_filter = provider.stream_filter() if is_sse and hide_usage else None
+        out_headers, upstream_id = response_headers(
+            source.raw_headers, provider.request_id_header, keep_length=stream_filter is None
+        )
+        await self._start(out_headers, upstream_id)
+        hasher = record.response_hash = hashlib.sha256()
+        watcher = DisconnectWatcher(x.receive, record)
+        try:
+            last = await self._stream(stream_filter, hasher)
+        except asyncio.CancelledError:
+            if not record.client_gone:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            self._settle()
+            return
+        finally:
+            watcher.stop()
+        self._settle()
+        hasher.update(last)
+        if is_sse:
+            last += x.rt.receipts.sse_line(x.rt.receipts.sign(record, hasher.hexdigest()))
+        await x.send({"type": "http.response.body", "body": last, "more_body": False})
+
+    async def _start(
+        self, out_headers: list[tuple[bytes, bytes]], upstream_id: bytes | None
+    ) -> None:
+        record = self.x.record
+        _note_upstream_id(record, upstream_id)
+        add_gateway_headers(out_headers, record)
+        self.source.start_body()
+        record.responded = True
+        await self.x.send(
+            {"type": "http.response.start", "status": self.source.status, "headers": out_headers}
         )
 
+    async def _stream(self, stream_filter: StreamFilter | None, hasher: Any) -> bytes:
+        """Pipe the body through; return the last bytes (a filter's tail, or an error
+        event when the source broke), which the caller sends with the receipt."""
+        x, source, record, observers = self.x, self.source, self.x.record, self.observers
+        read, send = source.read, x.send
+        perf = time.perf_counter_ns
+        try:
+            while True:
+                waited = perf()
+                chunk = await read()
+                record.upstream_wait_ns += perf() - waited
+                if not chunk:
+                    break
+                faulty = None
+                for observer in observers:
+                    try:
+                        observer.feed(chunk)
+                    except Exception as fault:  # fail-open: the client's bytes keep flowing
+                        faulty = [*(faulty or ()), (observer, fault)]
+                if faulty:
+                    for broken, error in faulty:
+                        self.drop(broken, error)
+                if stream_filter is not None:
+                    chunk = stream_filter.feed(chunk)
+                    if not chunk:
+                        continue
+                hasher.update(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            return stream_filter.flush() if stream_filter is not None else b""
+        except source.errors as exc:
+            kind = source.kind_of(exc)
+            surface = x.surface
+            x.rt.metrics.upstream_errors.labels(surface.provider.name, kind).inc()
+            record.error_code = f"upstream_{kind}"
+            x.rt.log.warning("upstream_stream_broken", request_id=record.request_id, kind=kind)
+            return stream_error_event(
+                surface.error_shape, record.error_code, f"The provider stream broke ({kind})."
+            )
 
-def _drop(rt: Runtime, observers: list[Observer], observer: Observer, exc: Exception) -> None:
-    """A faulty observer leaves the response; counted and logged (by type only)."""
-    if observer in observers:
-        observers.remove(observer)
-    reason = type(exc).__name__
-    rt.metrics.fail_open.labels("observer", reason).inc()
-    rt.log.warning("observer_fault", observer=type(observer).__name__, error=reason)
+    async def send_buffered(self) -> None:
+        """A JSON body read whole: usage from it, the receipt in a header."""
+        x, source, record = self.x, self.source, self.x.record
+        provider = x.surface.provider
+        waited = time.perf_counter_ns()
+        parts: list[bytes] = []
+        size = 0
+        read = source.read
+        try:
+            while chunk := await read():
+                parts.append(chunk)
+                size += len(chunk)
+                if size > _BUFFER_JSON_MAX:
+                    record.upstream_wait_ns += time.perf_counter_ns() - waited
+                    await self._pass_oversized(parts)
+                    return
+            body = b"".join(parts)
+        except source.errors as exc:
+            kind = source.kind_of(exc)
+            x.rt.metrics.upstream_errors.labels(provider.name, kind).inc()
+            x.rt.metrics.fail_open.labels("upstream", kind).inc()
+            record.error_code = "upstream_unreachable"
+            self._close_observers()
+            raise GatewayError(
+                502, "upstream_unreachable", f"The provider response broke off ({kind})."
+            ) from exc
+        finally:
+            record.upstream_wait_ns += time.perf_counter_ns() - waited
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        record.usage = clean_usage(provider.usage_from_json(x.surface.kind, parsed))
+        record.success = 200 <= source.status < 300 and not record.usage.error
+        out_headers, upstream_id = response_headers(
+            source.raw_headers, provider.request_id_header, keep_length=False
+        )
+        _note_upstream_id(record, upstream_id)
+        out_headers.append((b"content-length", str(len(body)).encode()))
+        add_gateway_headers(out_headers, record)
+        add_receipt_header(x.rt, out_headers, record, body)
+        if self.observers:
+            self._feed_all(body)
+            self._close_observers()
+        record.responded = True
+        await x.send(
+            {"type": "http.response.start", "status": source.status, "headers": out_headers}
+        )
+        await x.send({"type": "http.response.body", "body": body, "more_body": False})
 
+    async def _pass_oversized(self, head: list[bytes]) -> None:
+        """A JSON body of unannounced length outgrew the buffer: stream it on, unread."""
+        x, record = self.x, self.x.record
+        out_headers, upstream_id = response_headers(
+            self.source.raw_headers, x.surface.provider.request_id_header, keep_length=False
+        )
+        await self._start(out_headers, upstream_id)
+        first = b"".join(head)
+        hasher = record.response_hash = hashlib.sha256(first)
+        self._feed_all(first)
+        await x.send({"type": "http.response.body", "body": first, "more_body": True})
+        last = await self._stream(None, hasher)
+        hasher.update(last)
+        self._settle()
+        await x.send({"type": "http.response.body", "body": last, "more_body": False})
 
-async def _send_buffered(
-    rt: Runtime,
-    surface: Surface,
-    source: ResponseSource,
-    send: Send,
-    record: RequestRecord,
-    observers: list[Observer],
-) -> None:
-    waited = time.perf_counter_ns()
-    parts: list[bytes] = []
-    size = 0
-    read = source.read
-    try:
-        while chunk := await read():
-            parts.append(chunk)
-            size += len(chunk)
-            if size > _BUFFER_JSON_MAX:
-                record.upstream_wait_ns += time.perf_counter_ns() - waited
-                await _pass_oversized(rt, surface, source, send, record, parts, observers)
-                return
-        body = b"".join(parts)
-    except source.errors as exc:
-        kind = source.kind_of(exc)
-        rt.metrics.upstream_errors.labels(surface.provider.name, kind).inc()
-        rt.metrics.fail_open.labels("upstream", kind).inc()
-        record.error_code = "upstream_unreachable"
-        _close_observers(rt, observers)
-        raise GatewayError(
-            502, "upstream_unreachable", f"The provider response broke off ({kind})."
-        ) from exc
-    finally:
-        record.upstream_wait_ns += time.perf_counter_ns() - waited
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        parsed = None
-    record.usage = clean_usage(surface.provider.usage_from_json(surface.kind, parsed))
-    record.success = 200 <= source.status < 300 and not record.usage.error
-    out_headers, upstream_id = response_headers(
-        source.raw_headers, surface.provider.request_id_header, keep_length=False
-    )
-    _note_upstream_id(record, upstream_id)
-    out_headers.append((b"content-length", str(len(body)).encode()))
-    add_gateway_headers(out_headers, record)
-    add_receipt_header(rt, out_headers, record, body)
-    if observers:
-        for observer in list(observers):
+    def _settle(self) -> None:
+        """Step 7 for a streamed response: its usage (from the tap, if it survived) and
+        outcome; then the other observers are closed."""
+        record, tap = self.x.record, self.tap
+        if tap is not None and tap in self.observers:
+            self.observers.remove(tap)
             try:
-                observer.feed(body)
-            except Exception as exc:
-                _drop(rt, observers, observer, exc)
-        _close_observers(rt, observers)
-    record.responded = True
-    await send({"type": "http.response.start", "status": source.status, "headers": out_headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _pass_oversized(
-    rt: Runtime,
-    surface: Surface,
-    source: ResponseSource,
-    send: Send,
-    record: RequestRecord,
-    head: list[bytes],
-    observers: list[Observer],
-) -> None:
-    """A JSON body of unannounced length outgrew the buffer: stream it on, unread."""
-    out_headers, upstream_id = response_headers(
-        source.raw_headers, surface.provider.request_id_header, keep_length=False
-    )
-    _note_upstream_id(record, upstream_id)
-    add_gateway_headers(out_headers, record)
-    source.start_body()
-    record.responded = True
-    await send({"type": "http.response.start", "status": source.status, "headers": out_headers})
-    first = b"".join(head)
-    hasher = record.response_hash = hashlib.sha256(first)
-    for observer in list(observers):
-        try:
-            observer.feed(first)
-        except Exception as exc:
-            _drop(rt, observers, observer, exc)
-    await send({"type": "http.response.body", "body": first, "more_body": True})
-    last = await _stream(rt, surface, source, send, record, observers, None, hasher)
-    hasher.update(last)
-    _settle_stream(rt, record, None, observers)
-    await send({"type": "http.response.body", "body": last, "more_body": False})
-
-
-def _settle_stream(
-    rt: Runtime, record: RequestRecord, tap: StreamTap | None, observers: list[Observer]
-) -> None:
-    """Step 7 for a streamed response: its usage (from the tap, if it survived) and
-    outcome; then the other observers are closed."""
-    if tap is not None and tap in observers:
-        observers.remove(tap)
-        try:
-            tap.close()
-        except Exception as exc:  # fail-open: the usage stays unknown (NULL)
-            _drop(rt, [], tap, exc)
-            tap = None
+                tap.close()
+            except Exception as exc:  # fail-open: the usage stays unknown (NULL)
+                self.drop(tap, exc)
+                tap = None
+            else:
+                record.usage = clean_usage(tap.usage)
         else:
-            record.usage = clean_usage(tap.usage)
-    else:
-        tap = None
-    if record.client_gone:
-        record.success = None
-    elif record.error_code or not 200 <= record.status_code < 300:
-        record.success = False
-    elif tap is None:
-        record.success = True
-    elif tap.usage.error:
-        record.success = False
-    else:
-        record.success = True if tap.usage.terminal else None
-    _close_observers(rt, observers)
+            tap = None
+        if record.client_gone:
+            record.success = None
+        elif record.error_code or not 200 <= record.status_code < 300:
+            record.success = False
+        elif tap is None:
+            record.success = True
+        elif tap.usage.error:
+            record.success = False
+        else:
+            record.success = True if tap.usage.terminal else None
+        self._close_observers()
 
+    def _feed_all(self, chunk: bytes) -> None:
+        for observer in list(self.observers):
+            try:
+                observer.feed(chunk)
+            except Exception as exc:
+                self.drop(observer, exc)
 
-def _close_observers(rt: Runtime, observers: list[Observer]) -> None:
-    for observer in list(observers):
-        try:
-            observer.close()
-        except Exception as exc:
-            _drop(rt, observers, observer, exc)
+    def _close_observers(self) -> None:
+        for observer in list(self.observers):
+            try:
+                observer.close()
+            except Exception as exc:
+                self.drop(observer, exc)
+
+    def drop(self, observer: Observer, exc: Exception) -> None:
+        """A faulty observer leaves the response; counted and logged (by type only)."""
+        if observer in self.observers:
+            self.observers.remove(observer)
+        reason = type(exc).__name__
+        self.x.rt.metrics.fail_open.labels("observer", reason).inc()
+        self.x.rt.log.warning("observer_fault", observer=type(observer).__name__, error=reason)
 
 
 def _note_upstream_id(record: RequestRecord, upstream_id: bytes | None) -> None:

@@ -16,35 +16,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.auth import Principal
 from recovea_proxy.clean import clean_model
 from recovea_proxy.errors import GatewayError
+from recovea_proxy.exchange import Exchange
 from recovea_proxy.headers import split_request_headers
 from recovea_proxy.ids import new_id
-from recovea_proxy.levers import run_guarded
+from recovea_proxy.levers import LeverRequest
 from recovea_proxy.pipe import deliver, send_error
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.request_body import ClientGone, parse_json_object, read_body
 from recovea_proxy.runtime import Runtime
-from recovea_proxy.sources import UpstreamSource
+from recovea_proxy.sources import ResponseSource, UpstreamSource
 from recovea_proxy.surfaces import Surface, query_is_clean
 from recovea_proxy.upstream import UpstreamUnreachable, classify
-
-
-class LeverContext:
-    """The mutable request a lever may inspect or rewrite."""
-
-    __slots__ = ("body", "parsed", "record")
-
-    def __init__(self, record: RequestRecord, parsed: dict[str, Any] | None, body: bytes) -> None:
-        self.record = record
-        self.parsed = parsed
-        self.body = body
 
 
 async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,6 +49,7 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
     record.provider = surface.provider.name
     record.route = surface.route
     record.kind = surface.kind
+    x = Exchange(rt, surface, scope, receive, send, record)
     rt.in_flight += 1
     try:
         if surface.invalid or (scope["query_string"] and not query_is_clean(scope["query_string"])):
@@ -70,7 +61,7 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
             )
         if rt.in_flight > rt.settings.max_in_flight:
             raise _overloaded()
-        await _serve(rt, surface, scope, receive, send, record)
+        await _serve(x)
     except GatewayError as exc:
         record.status_code = exc.status
         record.error_code = exc.code
@@ -100,10 +91,10 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
         rt.finish(record)
 
 
-async def _serve(
-    rt: Runtime, surface: Surface, scope: Scope, receive: Receive, send: Send, record: RequestRecord
-) -> None:
-    headers = split_request_headers(scope["headers"])
+async def _serve(x: Exchange) -> None:
+    """Steps 2 to 6: auth, the body, the levers, then the answer or the upstream call."""
+    rt, surface, record = x.rt, x.surface, x.record
+    headers = split_request_headers(x.scope["headers"])
     record.trace_id = headers.trace_id or new_id()
     record.feature = headers.feature
     record.end_user_id = headers.customer
@@ -118,7 +109,7 @@ async def _serve(
     record.rcv_key_id = principal.key_id
     record.env = principal.env
 
-    body = await read_body(receive, headers, rt.settings.max_body_bytes)
+    body = await read_body(x.receive, headers, rt.settings.max_body_bytes)
     record.request_bytes = len(body)
     record.request_sha256 = hashlib.sha256(body).hexdigest()
     parsed = parse_json_object(body)
@@ -126,22 +117,48 @@ async def _serve(
         record.model = clean_model(parsed.get("model"))
         record.stream = parsed.get("stream") is True
 
-    if rt.levers:
-        context = LeverContext(record, parsed, body)
-        for lever in rt.levers:
-            await run_guarded(lever, context, _fault_counter(rt))
-        body, parsed = context.body, context.parsed
+    request = LeverRequest(record, surface, headers, body, parsed, principal.policy)
+    chain = rt.chains.chain_for(principal.policy)
+    if chain is None:
+        await _call(x, request, principal)
+        return
+    try:
+        await chain.run(request)
+        if request.answer is not None:
+            await _answer(x, request, request.answer)
+        else:
+            await _call(x, request, principal)
+    finally:
+        for release in request.release:
+            release()
 
+
+async def _answer(x: Exchange, request: LeverRequest, answer: ResponseSource) -> None:
+    """Step 6 for a request a lever answered (a cache hit, a flight in progress)."""
+    hide_usage = False
+    if request.parsed is not None:
+        surface = x.surface
+        _, hide_usage = surface.provider.prepare_request(surface.kind, request.parsed, request.body)
+    try:
+        await deliver(x, answer, hide_usage=hide_usage, observers=request.observers)
+    finally:
+        answer.finish(clean=not (x.record.client_gone or x.record.error_code))
+
+
+async def _call(x: Exchange, request: LeverRequest, principal: Principal) -> None:
+    """Steps 5 and 6: the upstream call on the shared session, and its response."""
+    rt, surface, record = x.rt, x.surface, x.record
     provider = surface.provider
+    body, parsed = request.body, request.parsed
     hide_usage = False
     if parsed is not None:
         body, hide_usage = provider.prepare_request(surface.kind, parsed, body)
 
-    forward = headers.forward
+    forward = request.headers.forward
     forward.extend(principal.upstream_credentials)
     # Built only from the checked raw path and query, sent as they are (no requoting).
     url = rt.upstream_base[provider.name] + surface.upstream_path
-    query = scope["query_string"]
+    query = x.scope["query_string"]
     if query:
         url += "?" + query.decode("ascii")
     upstream_url = URL(url, encoded=True)
@@ -149,7 +166,7 @@ async def _serve(
     waited = time.perf_counter_ns()
     try:
         upstream = await rt.session.request(
-            scope["method"],
+            x.scope["method"],
             upstream_url,
             headers=forward,
             data=body or None,
@@ -168,7 +185,7 @@ async def _serve(
 
     source = UpstreamSource(upstream, rt.settings.idle_read_timeout_s)
     try:
-        await deliver(rt, surface, source, send, receive, record, hide_usage=hide_usage)
+        await deliver(x, source, hide_usage=hide_usage, observers=request.observers)
     finally:
         source.finish(clean=not (record.client_gone or record.error_code))
 
@@ -189,10 +206,3 @@ def _overloaded() -> GatewayError:
         "The gateway is serving as many requests as it is configured for; retry shortly.",
         ((b"retry-after", b"1"),),
     )
-
-
-def _fault_counter(rt: Runtime) -> Any:
-    def count(layer: str, reason: str) -> None:
-        rt.metrics.fail_open.labels(layer, reason).inc()
-
-    return count

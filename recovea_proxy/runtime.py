@@ -17,7 +17,8 @@ from recovea_proxy.auth import Authenticator
 from recovea_proxy.auth.keyring import Keyring, load_keyring
 from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.config import Settings
-from recovea_proxy.levers import Lever, build_chain
+from recovea_proxy.levers import ChainBook
+from recovea_proxy.levers.build import lever_builder
 from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_fields, event_row
@@ -44,7 +45,8 @@ class Runtime:
     metrics: GatewayMetrics
     session: aiohttp.ClientSession
     auth: Authenticator
-    levers: tuple[Lever, ...]
+    #: the lever chain of each workspace policy
+    chains: ChainBook
     upstream_base: dict[str, str]
     pool: asyncpg.Pool
     keyring: Keyring
@@ -186,7 +188,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
                 resolver=resolver,
                 passthrough_workspace_id=passthrough_id or "",
             ),
-            levers=build_chain(),
+            chains=ChainBook(lever_builder(), metrics),
             pool=pool,
             keyring=keyring,
             upstream_base={

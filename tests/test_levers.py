@@ -1,5 +1,6 @@
-"""The lever wrapper is fail-open: a lever's fault is recorded, counted and contained,
-and whatever the lever changed before it failed is undone, so the request reaches the
+"""The lever chain is fail-open: a lever's fault (an exception, or outlasting its
+budget) is recorded as `error`, counted, marks the row `fell_back_to_baseline`, and
+whatever the lever changed before it failed is undone, so the request reaches the
 provider as the caller sent it."""
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from prometheus_client import generate_latest
 
 from recovea_proxy.app import GatewayApp
 from recovea_proxy.asgi import Message, Receive, Scope, Send
 from recovea_proxy.config import Settings
-from recovea_proxy.levers import LeverRequest, run_guarded
+from recovea_proxy.headers import split_request_headers
+from recovea_proxy.levers import ChainBook, Lever, LeverChain, LeverRequest
 from recovea_proxy.observability.metrics import GatewayMetrics
-from recovea_proxy.proxy import LeverContext
+from recovea_proxy.policy import DEFAULT_POLICY
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime, open_runtime
+from recovea_proxy.sources import ReplaySource
+from recovea_proxy.surfaces import SurfaceMap
 from tests.conftest import FAKE_OPENAI_KEY, upstream_env
 from tests.support import MockServer, Postgres, metric_value
 
@@ -33,6 +38,7 @@ class RewritesThenFails:
     """A lever that changes everything it may change, then raises."""
 
     name = "cache"
+    budget_s = None
 
     async def before(self, request: LeverRequest) -> str:
         request.body = b'{"model":"gpt-4o-mini","messages":[]}'
@@ -45,63 +51,138 @@ class RewritesThenFails:
         record.cache_hit = True
         record.cache_type = "exact"
         record.dedup_singleflight = True
-        record.fell_back = True
         record.usage.input_tokens = 12
+        request.answer = ReplaySource(200, [(b"content-type", b"application/json")], [b"{}"])
+        request.observers.append(_NoObserver())
+        request.cache_key = b"k"
         raise RuntimeError("cache backend exploded")
+
+
+class Raises:
+    """A lever that fails at once."""
+
+    name = "cache"
+    budget_s = None
+
+    async def before(self, request: LeverRequest) -> str:
+        raise ValueError("broken")
+
+
+class Hangs:
+    """A lever that waits past its budget (a network store that never answers)."""
+
+    name = "cache"
+    budget_s = 0.05
+
+    async def before(self, request: LeverRequest) -> str:
+        request.body = b"{}"
+        await asyncio.Event().wait()
+        return "miss"
 
 
 class Working:
     name = "slim"
+    budget_s = None
 
     async def before(self, request: LeverRequest) -> str:
         request.body = request.body.replace(b"  ", b" ")
         return "hit"
 
 
-def context() -> LeverContext:
+class _NoObserver:
+    def begin(self, source: object) -> None:
+        return None
+
+    def feed(self, chunk: bytes) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def lever_request() -> LeverRequest:
     record = RequestRecord(
         request_id="r", trace_id="t", started_ns=time.perf_counter_ns(), ts_epoch_ms=0
     )
     record.model = "gpt-4o"
-    return LeverContext(record, orjson.loads(CLIENT_BODY), CLIENT_BODY)
+    surface = SurfaceMap().resolve(b"/v1/chat/completions")
+    assert surface is not None
+    headers = split_request_headers([(b"content-type", b"application/json")])
+    return LeverRequest(
+        record, surface, headers, CLIENT_BODY, orjson.loads(CLIENT_BODY), DEFAULT_POLICY
+    )
 
 
 def test_a_faulty_lever_is_recorded_counted_and_undone() -> None:
-    """A lever that rewrites the body, the parsed body and the record, then raises, leaves
-    all of them as they were before it ran; `error` is marked and the fault counted."""
-    request = context()
-    faults: list[tuple[str, str]] = []
-    asyncio.run(
-        run_guarded(
-            RewritesThenFails(), request, lambda layer, reason: faults.append((layer, reason))
-        )
-    )
+    """A lever that rewrites the body, the parsed body and the record, answers, attaches
+    an observer, then raises, leaves all of them as they were before it ran; `error` is
+    marked, the row says it fell back to the baseline, and the fault is counted."""
+    request = lever_request()
+    metrics = GatewayMetrics()
+    asyncio.run(LeverChain((RewritesThenFails(),), metrics).run(request))
     record = request.record
     assert record.levers_fired == {"cache": "error"}
-    assert faults == [("cache", "RuntimeError")]
+    assert record.fell_back is True
     assert request.body == CLIENT_BODY
     assert request.parsed == orjson.loads(CLIENT_BODY)
     assert (record.model, record.realized_model) == ("gpt-4o", None)
     assert (record.cache_hit, record.cache_type) == (False, None)
-    assert (record.dedup_singleflight, record.fell_back) == (False, False)
+    assert record.dedup_singleflight is False
     assert record.usage.input_tokens is None
+    assert (request.answer, request.observers, request.cache_key) == (None, [], None)
+    assert _faults(metrics, "cache:RuntimeError") == 1
+
+
+def test_a_lever_past_its_budget_is_a_fault_undone() -> None:
+    """A lever that outlasts its budget is stopped there: `error`, counted as a timeout,
+    its rewrite undone, the next lever still runs."""
+    request = lever_request()
+    metrics = GatewayMetrics()
+    asyncio.run(LeverChain((Hangs(), Working()), metrics).run(request))
+    assert request.record.levers_fired == {"cache": "error", "slim": "hit"}
+    assert request.record.fell_back is True
+    assert request.body == CLIENT_BODY.replace(b"  ", b" ")
+    assert _faults(metrics, "cache:timeout") == 1
 
 
 def test_a_working_lever_reports_its_outcome() -> None:
     """A lever's own outcome lands on the record; its rewrite is kept."""
-    request = context()
-    asyncio.run(run_guarded(Working(), request, lambda layer, reason: None))
+    request = lever_request()
+    asyncio.run(LeverChain((Working(),), GatewayMetrics()).run(request))
     assert request.record.levers_fired == {"slim": "hit"}
+    assert request.record.fell_back is False
     assert request.body == CLIENT_BODY.replace(b"  ", b" ")
 
 
+def test_chains_are_built_once_per_policy() -> None:
+    """The chain of a policy is built the first time it is seen, then reused."""
+    built: list[object] = []
+
+    def build(policy: object) -> tuple[Lever, ...]:
+        built.append(policy)
+        return (Working(),)
+
+    book = ChainBook(build, GatewayMetrics())
+    first = book.chain_for(DEFAULT_POLICY)
+    assert first is not None and book.chain_for(DEFAULT_POLICY) is first
+    assert built == [DEFAULT_POLICY]
+
+
+@pytest.mark.parametrize(
+    "lever", [RewritesThenFails(), Raises(), Hangs()], ids=lambda lever: type(lever).__name__
+)
 async def test_a_faulty_lever_sends_the_callers_request_upstream(
-    mock: MockServer, postgres: Postgres, db_env: dict[str, str], tmp_path: Path
+    mock: MockServer,
+    postgres: Postgres,
+    db_env: dict[str, str],
+    tmp_path: Path,
+    lever: Lever,
 ) -> None:
     """Through the real pipeline (real runtime, database and mock provider): with a lever
-    that rewrites the request and then fails, the provider receives the caller's bytes,
-    the caller gets the provider's answer, and the ledger row says `error` for the lever
-    on the caller's model."""
+    that raises, one that hangs past its budget, or one that corrupts the request and
+    then raises, the provider receives the caller's bytes, the caller gets the
+    provider's answer, and the ledger row says `error` for the lever, on the caller's
+    model, fallen back to the baseline."""
     settings = Settings.from_env(
         {
             **db_env,
@@ -115,9 +196,10 @@ async def test_a_faulty_lever_sends_the_callers_request_upstream(
     app = GatewayApp()  # the gateway's dispatch, without its lifespan: the runtime is ours
     metrics = GatewayMetrics()
     sent: list[Message] = []
+    await asyncio.to_thread(mock.clear)
 
     async with open_runtime(settings, metrics) as runtime:
-        runtime.levers = (RewritesThenFails(),)
+        runtime.chains = ChainBook(lambda policy: (lever,), metrics)
         await app(_scope(runtime), _receive_once(CLIENT_BODY), _collect(sent))
     # Leaving the runtime flushed the meter: the row is in the database.
 
@@ -128,14 +210,14 @@ async def test_a_faulty_lever_sends_the_callers_request_upstream(
     assert len(arrived) == 1
     assert arrived[0]["body"] == orjson.loads(CLIENT_BODY)
     assert arrived[0]["body_bytes"] == len(CLIENT_BODY)
-    assert metric_value(_exposition(metrics), "gateway_fail_open_total", layer="cache") == 1
+    assert metric_value(_exposition(metrics), "gateway_fail_open_total", layer="lever") == 1
 
     request_id = dict(start["headers"])[b"x-request-id"].decode()
     conn = await asyncpg.connect(postgres.url)
     try:
         row = await conn.fetchrow(
-            "SELECT levers_fired, baseline_model, realized_model, cache_hit, status"
-            " FROM recovea.request_events WHERE request_id = $1",
+            "SELECT levers_fired, baseline_model, realized_model, cache_hit, status,"
+            " fell_back_to_baseline FROM recovea.request_events WHERE request_id = $1",
             uuid.UUID(request_id),
         )
     finally:
@@ -144,6 +226,11 @@ async def test_a_faulty_lever_sends_the_callers_request_upstream(
     assert orjson.loads(row["levers_fired"]) == {"cache": "error"}
     assert (row["baseline_model"], row["realized_model"]) == ("gpt-4o", "gpt-4o")
     assert (row["cache_hit"], row["status"]) == (False, "success")
+    assert row["fell_back_to_baseline"] is True
+
+
+def _faults(metrics: GatewayMetrics, reason: str) -> float:
+    return metric_value(_exposition(metrics), "gateway_fail_open_total", reason=reason)
 
 
 def _scope(runtime: Runtime) -> Scope:

@@ -33,6 +33,7 @@ from recovea_proxy.auth.keys import PREFIXES
 from recovea_proxy.auth.resolver import KeyRecord, KeyResolver, invalid
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.headers import RequestHeaders
+from recovea_proxy.policy import DEFAULT_POLICY, PASSTHROUGH_POLICY, LeverPolicy
 from recovea_proxy.providers.base import Provider
 
 PASSTHROUGH_WORKSPACE = "passthrough"
@@ -56,6 +57,8 @@ class Principal:
     upstream_credentials: tuple[tuple[str, str], ...]
     project_id: str | None = None
     team_id: str | None = None
+    #: what the workspace chose for its levers
+    policy: LeverPolicy = DEFAULT_POLICY
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -117,7 +120,7 @@ class Authenticator:
         key = self._resolver.cached(token)
         if key is None:
             return None
-        secret = self._resolver.cached_provider_key(key.customer_id, provider.name)
+        secret = self._resolver.provider_keys.cached(key.customer_id, provider.name)
         if secret is None:
             return None
         return _rcv_principal(key, provider, secret)
@@ -130,7 +133,7 @@ class Authenticator:
         # known_principal answered (or refused) anything else
         assert self._resolver is not None and token is not None
         key = await self._resolver.resolve(token)
-        secret = await self._resolver.provider_key(key.customer_id, provider.name)
+        secret = await self._resolver.provider_keys.load(key.customer_id, provider.name)
         if secret is None:
             raise GatewayError(
                 400,
@@ -163,6 +166,7 @@ class Authenticator:
             project=None,
             team=None,
             upstream_credentials=tuple(credentials),
+            policy=PASSTHROUGH_POLICY,
         )
 
     async def admin_key(self, headers: RequestHeaders) -> KeyRecord:
@@ -179,7 +183,7 @@ class Authenticator:
     def forget_provider_key(self, customer_id: str, provider: str) -> None:
         """Drop a cached provider key after it changed."""
         if self._resolver is not None:
-            self._resolver.forget_provider_key(customer_id, provider)
+            self._resolver.provider_keys.forget(customer_id, provider)
 
 
 def _rcv_principal(key: KeyRecord, provider: Provider, secret: bytearray) -> Principal:

@@ -1,0 +1,24 @@
+"""One request's exchange with its client: the runtime it runs with, the ASGI
+connection (scope, receive, send), its record and its surface. The pipeline's steps
+take this one object instead of threading each part through every call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.record import RequestRecord
+from recovea_proxy.runtime import Runtime
+from recovea_proxy.surfaces import Surface
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The client side of one provider request."""
+
+    rt: Runtime
+    surface: Surface
+    scope: Scope
+    receive: Receive
+    send: Send
+    record: RequestRecord

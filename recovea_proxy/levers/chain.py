@@ -1,0 +1,191 @@
+"""The lever request, the lever interface, and the fail-open chain that runs levers
+in their fixed order (slim, routing, cache, dedup).
+
+Before each lever the chain notes what the lever may change (`_Saved`); on a fault
+it puts all of it back, drops any answer or observer the lever added, and records
+the fault. A lever with a `budget_s` runs under that timeout (a lever that waits on
+a network store); one without it never waits, so it costs no timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from recovea_proxy.headers import RequestHeaders
+from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.observers import LeverObserver
+from recovea_proxy.policy import LeverPolicy
+from recovea_proxy.record import RequestRecord
+from recovea_proxy.sources import ResponseSource
+from recovea_proxy.surfaces import Surface
+
+_log = structlog.get_logger("recovea.levers")
+
+#: the record fields a lever may set (the model it routes to, what answered); a
+#: faulty lever's changes to them are undone
+LEVER_FIELDS = (
+    "model",
+    "realized_model",
+    "cache_hit",
+    "cache_type",
+    "dedup_singleflight",
+    "fell_back",
+)
+_CHAINS_MAX = 4096
+
+
+class LeverRequest:
+    """The request the levers work on, and what they hand back to the pipeline."""
+
+    __slots__ = (
+        "answer",
+        "body",
+        "cache_key",
+        "headers",
+        "observers",
+        "parsed",
+        "policy",
+        "record",
+        "release",
+        "surface",
+    )
+
+    def __init__(
+        self,
+        record: RequestRecord,
+        surface: Surface,
+        headers: RequestHeaders,
+        body: bytes,
+        parsed: dict[str, Any] | None,
+        policy: LeverPolicy,
+    ) -> None:
+        self.record = record
+        self.surface = surface
+        self.headers = headers
+        self.body = body
+        self.parsed = parsed
+        self.policy = policy
+        #: a response a lever answers with (a cache hit, a flight in progress)
+        self.answer: ResponseSource | None = None
+        #: observers a lever attached to the response
+        self.observers: list[LeverObserver] = []
+        #: the exact-cache key when the request may be shared (set by the cache lever)
+        self.cache_key: bytes | None = None
+        #: called once when the request is done with whatever a lever holds for it
+        self.release: list[Callable[[], None]] = []
+
+
+class Lever(Protocol):
+    """One optimization lever."""
+
+    name: str
+    #: the longest `before` may take (None: it never waits, and runs without a timer)
+    budget_s: float | None
+
+    async def before(self, request: LeverRequest) -> str:
+        """Act before the upstream call; return `hit`, `miss` or `skip`."""
+        ...
+
+
+class _Saved:
+    """What a lever may change, as it was before the lever ran."""
+
+    __slots__ = ("body", "cache_key", "fields", "observers", "parsed", "release", "usage")
+
+    def __init__(self, request: LeverRequest) -> None:
+        record = request.record
+        self.body = request.body
+        self.parsed = request.parsed is not None
+        self.fields = [getattr(record, name) for name in LEVER_FIELDS]
+        self.usage = copy.copy(record.usage)
+        self.observers = len(request.observers)
+        self.release = len(request.release)
+        self.cache_key = request.cache_key
+
+    def restore(self, request: LeverRequest) -> None:
+        record = request.record
+        request.body = self.body
+        # The lever may have changed the parsed dict in place: read it again from the body.
+        request.parsed = _parsed(self.body) if self.parsed else None
+        for name, value in zip(LEVER_FIELDS, self.fields, strict=True):
+            setattr(record, name, value)
+        record.usage = self.usage
+        request.answer = None
+        del request.observers[self.observers :]
+        for release in request.release[self.release :]:
+            release()
+        del request.release[self.release :]
+        request.cache_key = self.cache_key
+
+
+class LeverChain:
+    """Levers in their fixed order, each fail-open; stops at the first answer."""
+
+    __slots__ = ("_faults", "levers")
+
+    def __init__(self, levers: tuple[Lever, ...], metrics: GatewayMetrics) -> None:
+        self.levers = levers
+        self._faults = metrics.fail_open
+
+    async def run(self, request: LeverRequest) -> None:
+        """Run the levers on `request` (never raises for a lever's fault)."""
+        fired = request.record.levers_fired
+        for lever in self.levers:
+            if request.answer is not None:
+                break
+            saved = _Saved(request)
+            try:
+                if lever.budget_s is None:
+                    outcome = await lever.before(request)
+                else:
+                    async with asyncio.timeout(lever.budget_s):
+                        outcome = await lever.before(request)
+            except Exception as exc:  # fail-open by design: any fault in a lever is contained
+                saved.restore(request)
+                fired[lever.name] = "error"
+                request.record.fell_back = True
+                reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+                self._faults.labels("lever", f"{lever.name}:{reason}").inc()
+                _log.warning("lever_fault", lever=lever.name, error=reason)
+                continue
+            fired[lever.name] = outcome
+
+
+class ChainBook:
+    """The chain of each workspace policy, built the first time the policy is seen."""
+
+    __slots__ = ("_build", "_chains", "_metrics")
+
+    def __init__(
+        self, build: Callable[[LeverPolicy], tuple[Lever, ...]], metrics: GatewayMetrics
+    ) -> None:
+        self._build = build
+        self._metrics = metrics
+        self._chains: dict[LeverPolicy, LeverChain | None] = {}
+
+    def chain_for(self, policy: LeverPolicy) -> LeverChain | None:
+        """The policy's chain; None when every lever is off for it."""
+        try:
+            return self._chains[policy]
+        except KeyError:
+            pass
+        levers = self._build(policy)
+        chain = LeverChain(levers, self._metrics) if levers else None
+        if len(self._chains) < _CHAINS_MAX:
+            self._chains[policy] = chain
+        return chain
+
+
+def _parsed(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object again, or None (it then goes upstream as it is)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

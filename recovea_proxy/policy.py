@@ -1,0 +1,36 @@
+"""What a workspace has chosen for its levers: plain data that the key store returns
+with a resolved key and the lever chain is chosen by.
+
+It sits below both auth (which loads it) and the levers (which read it), so neither
+imports the other.
+
+| field | values | default |
+| --- | --- | --- |
+| `cache` | `off`, `deterministic` (`temperature` 0 or a `seed`), `all` | `deterministic` |
+| `cache_ttl_s` | seconds an answer may be served from the cache | 3600 |
+| `cache_tool_calls` | whether answers that are tool calls may be cached | false |
+
+The exact cache and singleflight share the one eligibility: `cache` off turns off
+both. Passthrough requests (a caller's own provider key) are served with both off:
+the gateway cannot tell its callers apart, so it must not share answers among them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CACHE_POLICIES = ("off", "deterministic", "all")
+CACHE_TTL_MAX_S = 30 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class LeverPolicy:
+    """One workspace's lever settings (hashable: chains are built once per policy)."""
+
+    cache: str = "deterministic"
+    cache_ttl_s: int = 3600
+    cache_tool_calls: bool = False
+
+
+DEFAULT_POLICY = LeverPolicy()
+PASSTHROUGH_POLICY = LeverPolicy(cache="off")
