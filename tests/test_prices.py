@@ -1,4 +1,6 @@
-"""The shipped price table, model-name resolution, overrides and the cost of a request."""
+"""The shipped price table — every rate the providers publish: input, cache reads,
+cache writes by lifetime, output, long-context bands, service tiers — model-name
+resolution and overrides. (What a request costs under those rates: test_price_cost.py.)"""
 
 from __future__ import annotations
 
@@ -10,15 +12,22 @@ from typing import Any
 
 import pytest
 
-from recovea_proxy.meter.prices import (
-    Price,
-    PriceTable,
-    cost,
-    parse_table,
-    shipped_prices,
-)
+from recovea_proxy.pricing.rates import Price, Rates, parse_price
+from recovea_proxy.pricing.table import PriceTable, parse_table, shipped_prices
 
-FIELDS = {"provider", "input", "cached_input", "output", "source", "as_of"}
+FIELDS = {
+    "provider",
+    "input",
+    "cached_input",
+    "cache_write_5m",
+    "cache_write_1h",
+    "output",
+    "long_context",
+    "service_tiers",
+    "source",
+    "as_of",
+}
+RATES = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output")
 SOURCE_HOSTS = {"openai": ("openai.com",), "anthropic": ("anthropic.com",)}
 REQUIRED = [
     "gpt-5",
@@ -50,7 +59,7 @@ REQUIRED = [
 
 
 def raw_table() -> dict[str, Any]:
-    text = resources.files("recovea_proxy.meter").joinpath("prices.json").read_text("utf-8")
+    text = resources.files("recovea_proxy.pricing").joinpath("prices.json").read_text("utf-8")
     document: dict[str, Any] = json.loads(text)
     return document
 
@@ -66,17 +75,30 @@ def price(model: str) -> Price:
     return found
 
 
+def rates(input_: str, cached: str, output: str, write_5m: str = "", write_1h: str = "") -> Rates:
+    return Rates(
+        Decimal(input_),
+        Decimal(cached),
+        Decimal(write_5m or input_),
+        Decimal(write_1h or input_),
+        Decimal(output),
+    )
+
+
 def override(input_: str, cached: str, output: str) -> Price:
-    return Price(Decimal(input_), Decimal(cached), Decimal(output), "workspace", "2025-01-01")
+    return Price(rates(input_, cached, output), "workspace", "2025-01-01")
 
 
 # The shipped table
 
 
 def test_table_says_what_its_prices_are() -> None:
-    """The table carries a version and a note that prices are list prices, overridable."""
+    """The table carries a version, the date it was taken, how it was compiled, and a
+    note that prices are list prices, overridable."""
     document = raw_table()
     assert document["version"]
+    assert date.fromisoformat(document["taken"]) >= date.fromisoformat(document["version"])
+    assert "checked against its source" in document["provenance"]
     assert "list price" in document["note"].lower()
     assert "overrid" in document["note"].lower()
 
@@ -89,40 +111,111 @@ def test_required_models_are_priced() -> None:
 
 @pytest.mark.parametrize("name", sorted(raw_models()))
 def test_entry_is_well_formed(name: str) -> None:
-    """Each entry has exactly the documented fields, decimal strings, a provider page and a
-    date no later than the table's version."""
+    """Each entry has exactly the documented fields, decimal strings (cache writes may be
+    null), a provider page for every rate and a date no later than the table's version."""
     entry = raw_models()[name]
     assert set(entry) == FIELDS
-    for field in ("input", "cached_input", "output"):
+    for field in RATES:
+        if entry[field] is None:
+            assert field.startswith("cache_write") and entry["provider"] == "openai"
+            continue
         assert isinstance(entry[field], str)
         assert Decimal(entry[field]) >= 0
-    assert entry["provider"] in SOURCE_HOSTS
-    assert entry["source"].startswith("https://")
-    assert any(host in entry["source"] for host in SOURCE_HOSTS[entry["provider"]])
+    hosts = SOURCE_HOSTS[entry["provider"]]
+    sources = [entry["source"]]
+    if entry["long_context"] is not None:
+        sources.append(entry["long_context"]["source"])
+    sources += [tier["source"] for tier in entry["service_tiers"].values()]
+    for source in sources:
+        assert source.startswith("https://") and any(host in source for host in hosts)
     as_of = date.fromisoformat(entry["as_of"])
     assert date(2022, 1, 1) <= as_of <= date.fromisoformat(raw_table()["version"])
 
 
 @pytest.mark.parametrize("name", sorted(raw_models()))
 def test_prices_are_ordered_sensibly(name: str) -> None:
-    """Cached input never costs more than input; chat output never costs less than input;
-    embeddings bill input only."""
-    p = price(name)
-    assert p.cached_input <= p.input
+    """Cached input never costs more than input, nor a cache write less; a 1-hour write
+    never less than a 5-minute one; chat output never less than input; embeddings bill
+    input only."""
+    p = price(name).standard
+    assert p.cached_input <= p.input <= p.cache_write_5m <= p.cache_write_1h
     if "embedding" in name:
         assert (p.cached_input, p.output) == (p.input, Decimal(0))
     else:
         assert p.output >= p.input > 0
 
 
-@pytest.mark.parametrize(
-    "name", sorted(n for n, e in raw_models().items() if e["provider"] == "anthropic")
-)
-def test_anthropic_cache_reads_are_a_tenth_of_input(name: str) -> None:
-    """Anthropic bills a cache read at 0.1x the base input price, for every model (to the
-    cent: Claude 3 Haiku's $0.025 is listed as $0.03)."""
-    p = price(name)
+ANTHROPIC = sorted(n for n, e in raw_models().items() if e["provider"] == "anthropic")
+OPENAI = sorted(n for n, e in raw_models().items() if e["provider"] == "openai")
+
+
+@pytest.mark.parametrize("name", ANTHROPIC)
+def test_anthropic_cache_rates_follow_the_published_multipliers(name: str) -> None:
+    """Anthropic bills a cache read at 0.1x the base input price, a 5-minute cache write
+    at 1.25x and a 1-hour write at 2x, for every model (to the cent: Claude 3 Haiku's
+    $0.025 read and $0.3125 write are listed as $0.03 and $0.30)."""
+    p = price(name).standard
     assert abs(p.cached_input - p.input / 10) < Decimal("0.01")
+    assert abs(p.cache_write_5m - p.input * Decimal("1.25")) < Decimal("0.015")
+    assert p.cache_write_1h == p.input * 2
+
+
+@pytest.mark.parametrize("name", ANTHROPIC)
+def test_anthropic_batches_cost_half(name: str) -> None:
+    """Every Anthropic model has the Message Batches tier at 50% of every rate; the
+    Priority Tier, sold by contract, has no list price."""
+    tiers = price(name).service_tiers
+    assert tiers["batch"].multiplier == Decimal("0.5")
+    assert "priority" not in tiers
+
+
+def test_anthropic_long_context_band() -> None:
+    """Claude Sonnet 4 and 4.5 past 200k input tokens: input $6, output $22.50, and the
+    cache multipliers on top of those ($7.50 and $12 writes, $0.60 reads); no other
+    Anthropic model has a band."""
+    banded = {name for name in ANTHROPIC if price(name).long_context is not None}
+    assert banded == {"claude-sonnet-4", "claude-sonnet-4-5"}
+    for name in banded:
+        band = price(name).long_context
+        assert band is not None and band.above == 200_000
+        assert band.rates == rates("6.00", "0.60", "22.50", "7.50", "12.00")
+
+
+@pytest.mark.parametrize("name", OPENAI)
+def test_openai_cache_writes_bill_as_input(name: str) -> None:
+    """OpenAI charges no premium for writing its prompt cache: the table says null, and
+    a write is billed as plain input."""
+    entry = raw_models()[name]
+    assert entry["cache_write_5m"] is None and entry["cache_write_1h"] is None
+    p = price(name).standard
+    assert p.cache_write_5m == p.cache_write_1h == p.input
+
+
+def test_openai_service_tiers() -> None:
+    """Flex is half price where OpenAI offers it; priority has its own published rates
+    (spot checks); scale, sold by contract, has no list price anywhere."""
+    flex = {name for name in OPENAI if "flex" in price(name).service_tiers}
+    assert flex == {"gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini"}
+    for name in flex:
+        assert price(name).service_tiers["flex"].multiplier == Decimal("0.5")
+    assert price("gpt-5").service_tiers["priority"].rates == rates("2.50", "0.25", "20.00")
+    assert price("gpt-4o").service_tiers["priority"].rates == rates("4.25", "2.125", "17.00")
+    assert price("gpt-4.1-mini").service_tiers["priority"].rates == rates("0.70", "0.175", "2.80")
+    assert all("scale" not in price(name).service_tiers for name in OPENAI)
+
+
+@pytest.mark.parametrize("name", sorted(raw_models()))
+def test_tiers_cost_what_their_names_say(name: str) -> None:
+    """A batch or flex tier is a discount (multiplier below 1); a priority tier costs more
+    than standard for every rate."""
+    p = price(name)
+    for tier_name, tier in p.service_tiers.items():
+        if tier_name in ("batch", "flex"):
+            assert tier.multiplier is not None and 0 < tier.multiplier < 1
+        else:
+            assert tier_name == "priority" and tier.rates is not None
+            for rate in RATES:
+                assert getattr(tier.rates, rate) > getattr(p.standard, rate)
 
 
 def test_shipped_prices_are_read_once() -> None:
@@ -134,12 +227,12 @@ def test_shipped_prices_are_read_once() -> None:
 def test_known_list_prices() -> None:
     """Spot checks of the published prices (USD per 1M tokens: input, cached, output)."""
     assert price("gpt-4o") == Price(
-        Decimal("2.50"),
-        Decimal("1.25"),
-        Decimal("10.00"),
+        rates("2.50", "1.25", "10.00"),
         "https://platform.openai.com/docs/pricing",
         "2024-10-02",
+        service_tiers=price("gpt-4o").service_tiers,
     )
+    assert price("claude-opus-4-5").standard == rates("5", "0.50", "25", "6.25", "10")
     triples = {
         "gpt-5": ("1.25", "0.125", "10"),
         "gpt-4o-mini": ("0.15", "0.075", "0.60"),
@@ -148,28 +241,67 @@ def test_known_list_prices() -> None:
         "text-embedding-3-small": ("0.02", "0.02", "0"),
     }
     for model, (i, c, o) in triples.items():
-        p = price(model)
+        p = price(model).standard
         assert (p.input, p.cached_input, p.output) == (Decimal(i), Decimal(c), Decimal(o))
 
 
-def test_float_prices_are_refused() -> None:
-    """A price written as a JSON number (a float) is rejected, not silently rounded."""
-    entry = {
-        "input": 2.5,
-        "cached_input": "1.25",
-        "output": "10",
+def test_the_table_reads_back_as_written() -> None:
+    """An entry's `as_json` is what the table holds (null cache writes shown as the input
+    price they bill at), so the admin API shows exactly what prices a request."""
+    for name in raw_models():
+        again = parse_price(name, price(name).as_json())
+        assert again == price(name), name
+    shown = price("claude-sonnet-4-5").as_json()
+    assert shown["long_context"]["input"] == "6.00"
+    assert (
+        shown["service_tiers"]["batch"]
+        == raw_models()["claude-sonnet-4-5"]["service_tiers"]["batch"]
+    )
+
+
+def entry(**changes: Any) -> dict[str, Any]:
+    """A valid entry with `changes` applied."""
+    base: dict[str, Any] = {
+        "input": "1",
+        "cached_input": "0.1",
+        "cache_write_5m": None,
+        "cache_write_1h": None,
+        "output": "2",
+        "long_context": None,
+        "service_tiers": {},
         "source": "x",
         "as_of": "2025-01-01",
     }
-    with pytest.raises(ValueError, match="decimal string"):
-        parse_table(json.dumps({"version": "1", "note": "", "models": {"m": entry}}))
+    return {**base, **changes}
 
 
-def test_bad_date_is_refused() -> None:
-    """An `as_of` that is not YYYY-MM-DD is rejected."""
-    entry = {"input": "1", "cached_input": "1", "output": "1", "source": "x", "as_of": "May 2025"}
-    with pytest.raises(ValueError, match="as_of"):
-        parse_table(json.dumps({"version": "1", "note": "", "models": {"m": entry}}))
+def parse(one: dict[str, Any]) -> PriceTable:
+    return parse_table(json.dumps({"version": "1", "note": "", "models": {"m": one}}))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (entry(input=2.5), "decimal string"),
+        (entry(cache_write_1h=6), "decimal string"),
+        (entry(output="-1"), "not a price"),
+        (entry(as_of="May 2025"), "as_of"),
+        (entry(long_context={"above": 200_000, "input": "6", "cached_input": "1"}), "missing"),
+        (entry(long_context={"above": "200k"}), "above"),
+        (entry(long_context={"above": 0, **entry()}), "above"),
+        (entry(service_tiers={"flex": {"multiplier": 0.5, "source": "x"}}), "decimal string"),
+        (entry(service_tiers={"flex": {"multiplier": "0.5"}}), "source"),
+        (entry(service_tiers={"flex": {"multiplier": "0.5", "input": "1", "source": "x"}}), "own"),
+        (entry(service_tiers={"priority": {"input": "2", "source": "x"}}), "missing"),
+        (entry(service_tiers=["flex"]), "object"),
+    ],
+)
+def test_malformed_entries_are_refused(bad: dict[str, Any], message: str) -> None:
+    """A price written as a JSON number (a float) is rejected, not silently rounded; so
+    is a negative one, a bad date, a band or tier with a rate missing, a bad threshold,
+    a tier without its source, or a multiplier tier that also lists rates."""
+    with pytest.raises(ValueError, match=message):
+        parse(bad)
 
 
 # Resolution
@@ -204,13 +336,13 @@ def test_client_names_resolve_to_table_entries(sent: str, priced_as: str) -> Non
 
 def test_exact_snapshot_entry_beats_stripping() -> None:
     """A snapshot with its own price (gpt-4o-2024-05-13) is not priced as gpt-4o."""
-    assert price("gpt-4o-2024-05-13").input == Decimal("5.00")
-    assert price("gpt-4o-2024-08-06").input == Decimal("2.50")
+    assert price("gpt-4o-2024-05-13").standard.input == Decimal("5.00")
+    assert price("gpt-4o-2024-08-06").standard.input == Decimal("2.50")
 
 
 def test_latest_alias_with_its_own_price_is_exact() -> None:
     """`chatgpt-4o-latest` is its own model, not `-latest` of something else."""
-    assert price("chatgpt-4o-latest").output == Decimal("15.00")
+    assert price("chatgpt-4o-latest").standard.output == Decimal("15.00")
 
 
 @pytest.mark.parametrize(
@@ -246,7 +378,7 @@ def test_override_wins_and_applies_to_snapshots_and_prefixes() -> None:
 def test_override_leaves_shipped_table_alone() -> None:
     """Overriding returns a new table; the shipped one keeps list prices."""
     shipped_prices().with_overrides({"gpt-4o": override("1", "1", "1")})
-    assert price("gpt-4o").input == Decimal("2.50")
+    assert price("gpt-4o").standard.input == Decimal("2.50")
 
 
 def test_override_can_price_an_unlisted_model() -> None:
@@ -262,51 +394,3 @@ def test_later_overrides_win() -> None:
     first, second = override("1", "1", "1"), override("2", "2", "2")
     table = PriceTable({}).with_overrides({"m": first}).with_overrides({"m": second})
     assert table.price_for("m") is second
-
-
-# Cost
-
-
-def test_cost_of_gpt_4o_with_cache() -> None:
-    """gpt-4o, 1000 input of which 200 cached, 500 output:
-    (800 x 2.50 + 200 x 1.25 + 500 x 10.00) / 1e6 = 7250 / 1e6 = $0.00725."""
-    assert cost(price("gpt-4o"), 1000, 200, 500) == Decimal("0.00725")
-
-
-def test_cost_of_claude_sonnet_4_5_with_cache() -> None:
-    """claude-sonnet-4-5, 10000 input of which 4000 cache reads, 1000 output:
-    (6000 x 3 + 4000 x 0.30 + 1000 x 15) / 1e6 = $0.0342."""
-    assert cost(price("claude-sonnet-4-5-20250929"), 10_000, 4000, 1000) == Decimal("0.0342")
-
-
-def test_cost_is_exact() -> None:
-    """One gpt-5-nano output token costs exactly $0.0000004, a Decimal, not a float."""
-    one = cost(price("gpt-5-nano"), 0, 0, 1)
-    assert isinstance(one, Decimal)
-    assert one == Decimal("0.0000004")
-    assert cost(price("gpt-5-nano"), 0, 0, 3) == Decimal("0.0000012")
-
-
-def test_embedding_cost_is_input_only() -> None:
-    """A million text-embedding-3-small tokens cost $0.02; no output count is needed."""
-    assert cost(price("text-embedding-3-small"), 1_000_000, None, None) == Decimal("0.02")
-
-
-def test_missing_counts_count_as_zero() -> None:
-    """With one side known, a missing count costs nothing."""
-    gpt_4o = price("gpt-4o")
-    assert cost(gpt_4o, None, None, 500) == Decimal("0.005")
-    assert cost(gpt_4o, 1000, None, None) == Decimal("0.0025")
-
-
-def test_cached_beyond_input_never_goes_negative() -> None:
-    """More cached than input tokens bills no uncached input (never a negative amount)."""
-    assert cost(price("gpt-4o"), 100, 150, 0) == Decimal("0.0001875")
-
-
-def test_no_price_or_no_counts_means_no_cost() -> None:
-    """Unpriced models and requests with neither input nor output counts have no cost
-    (None, not $0)."""
-    assert cost(None, 1000, 0, 500) is None
-    assert cost(price("gpt-4o"), None, 200, None) is None
-    assert cost(price("gpt-4o"), 0, 0, 0) == Decimal(0)

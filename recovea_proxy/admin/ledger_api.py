@@ -19,22 +19,16 @@ from starlette.routing import Route
 from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.errors import GatewayError
-from recovea_proxy.meter.prices import Price, shipped_prices
 from recovea_proxy.meter.retention import PLAN_RETENTION_DAYS, delete_workspace
+from recovea_proxy.pricing.rates import Price, Rates
+from recovea_proxy.pricing.table import shipped_prices
 from recovea_proxy.runtime import Runtime
 
 _PRICE_FIELDS = ("input", "cached_input", "output")
 
 
 def _price_json(price: Price, overridden: bool) -> dict[str, Any]:
-    return {
-        "input": str(price.input),
-        "cached_input": str(price.cached_input),
-        "output": str(price.output),
-        "source": price.source,
-        "as_of": price.as_of,
-        "override": overridden,
-    }
+    return {**price.as_json(), "override": overridden}
 
 
 async def list_prices(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
@@ -51,9 +45,7 @@ async def list_prices(request: Request, runtime: Runtime, key: KeyRecord) -> Res
     data = {model: _price_json(price, False) for model, price in shipped.entries().items()}
     for row in rows:
         price = Price(
-            row["input"],
-            row["cached_input"],
-            row["output"],
+            Rates(row["input"], row["cached_input"], row["input"], row["input"], row["output"]),
             "workspace override",
             row["updated_at"].date().isoformat(),
         )

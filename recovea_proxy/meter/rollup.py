@@ -36,7 +36,9 @@ from recovea_proxy.meter.isolation import (
     connection_lost,
     maintenance_transaction,
 )
-from recovea_proxy.meter.prices import Price, PriceTable, cost, shipped_prices
+from recovea_proxy.pricing.cost import Tokens, cost
+from recovea_proxy.pricing.rates import Price, Rates
+from recovea_proxy.pricing.table import PriceTable, shipped_prices
 from recovea_proxy.store.service import service_mode
 
 DIMENSIONS = (
@@ -149,7 +151,9 @@ async def workspace_prices(conn: asyncpg.Connection, workspace: uuid.UUID) -> Pr
     )
     overrides = {
         row["model"]: Price(
-            row["input"], row["cached_input"], row["output"], "workspace override", ""
+            Rates(row["input"], row["cached_input"], row["input"], row["input"], row["output"]),
+            "workspace override",
+            "",
         )
         for row in rows
     }
@@ -167,8 +171,10 @@ def _priced(row: asyncpg.Record, prices: PriceTable) -> tuple[Any, Any, int]:
         return None, None, 0  # no token counts reported: nothing to price
     baseline_price = _price(prices, row["baseline_model"])
     realized_price = _price(prices, row["realized_model"] or row["baseline_model"])
-    baseline = cost(baseline_price, row["input_tokens"], row["cached_tokens"], row["output_tokens"])
-    realized = cost(realized_price, row["paid_input"], row["paid_cached"], row["paid_output"])
+    everything = Tokens(row["input_tokens"], row["cached_tokens"], output=row["output_tokens"])
+    paid = Tokens(row["paid_input"], row["paid_cached"], output=row["paid_output"])
+    baseline = cost(baseline_price, everything, context_tokens=0)
+    realized = cost(realized_price, paid, context_tokens=0)
     unpriced = row["counted"] if baseline_price is None or realized_price is None else 0
     return baseline, realized, unpriced
 
