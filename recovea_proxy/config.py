@@ -43,6 +43,15 @@ def _optional_pg_url(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+def _optional_redis_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name} must be a redis:// (or rediss://, unix://) URL")
+    return raw
+
+
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, default).strip().rstrip("/")
     if not raw.startswith(("http://", "https://")):
@@ -95,6 +104,13 @@ class Settings:
     maintenance_interval_s: float = 300.0
     maintenance_timeout_s: float = 120.0
     rollup_max_tags: int = 1000
+    redis_url: str | None = None
+    cache_max_mb: float = 256.0
+    cache_entry_max_kb: float = 4096.0
+    cache_budget_ms: float = 50.0
+    flight_buffer_max_kb: float = 8192.0
+    flight_followers_max: int = 100
+    flight_first_byte_wait_s: float = 30.0
     security_contact: str = "mailto:security@example.invalid"
 
     @classmethod
@@ -167,6 +183,15 @@ class Settings:
                 env, "RECOVEA_MAINTENANCE_TIMEOUT_S", 120, minimum=0.001
             ),
             rollup_max_tags=int(_number(env, "RECOVEA_ROLLUP_MAX_TAGS", 1000, minimum=1)),
+            redis_url=_optional_redis_url(env, "RECOVEA_REDIS_URL"),
+            cache_max_mb=_number(env, "RECOVEA_CACHE_MAX_MB", 256, minimum=0),
+            cache_entry_max_kb=_number(env, "RECOVEA_CACHE_ENTRY_MAX_KB", 4096, minimum=1),
+            cache_budget_ms=_number(env, "RECOVEA_CACHE_BUDGET_MS", 50, minimum=1),
+            flight_buffer_max_kb=_number(env, "RECOVEA_FLIGHT_BUFFER_MAX_KB", 8192, minimum=1),
+            flight_followers_max=int(_number(env, "RECOVEA_FLIGHT_FOLLOWERS_MAX", 100, minimum=0)),
+            flight_first_byte_wait_s=_number(
+                env, "RECOVEA_FLIGHT_FIRST_BYTE_WAIT_S", 30, minimum=0.001
+            ),
             security_contact=env.get("RECOVEA_SECURITY_CONTACT", "mailto:security@example.invalid"),
         )
 
