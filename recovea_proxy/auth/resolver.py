@@ -1,13 +1,11 @@
-"""rcv_ key resolution on the hot path, and the workspace's provider key.
+"""rcv_ key resolution on the hot path, and the listener that keeps it current.
 
 A known key costs a hash and a dict lookup: resolved keys are cached (positive
 TTL), refused ones too (short negative TTL), each cache bounded and least recently
-used first out (`ExpiringLru`), so made-up keys cannot grow memory. Provider keys
-are cached sealed with their unwrapped data key and decrypted per request; that
-cache is keyed by the workspace of a resolved key and the provider, so no caller
-input grows it.
-`cached` and `cached_provider_key` answer from the caches without awaiting (the
-common case); `resolve` and `provider_key` also load what is missing.
+used first out (`ExpiringLru`), so made-up keys cannot grow memory. The workspaces'
+provider keys are cached beside them (`provider_keys.ProviderKeys`).
+`cached` answers from the cache without awaiting (the common case); `resolve` also
+looks up what is missing.
 
 What a caller can make the gateway do, and its bound:
 
@@ -34,19 +32,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import structlog
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from recovea_proxy.auth.envelope import Sealed, associated_data, context_for
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash, looks_like_key
 from recovea_proxy.auth.lru import ExpiringLru
+from recovea_proxy.auth.provider_keys import ProviderKeys, unavailable
 from recovea_proxy.errors import GatewayError
 
 _log = structlog.get_logger("recovea.auth")
@@ -71,30 +66,6 @@ class KeyRecord:
     team_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _StoredProviderKey:
-    id: str
-    sealed: Sealed
-    context: dict[str, str]
-    aad: bytes
-
-
-class _DataKey:
-    """An unwrapped data key (as a ready AEAD), usable until it expires or runs out
-    of uses."""
-
-    __slots__ = ("aead", "expires", "uses_left")
-
-    def __init__(self, key: bytes, expires: float, uses: int) -> None:
-        self.aead = AESGCM(key)
-        self.expires = expires
-        self.uses_left = uses
-
-
-def unavailable() -> GatewayError:
-    return GatewayError(503, "auth_unavailable", "The key store is unreachable; try again.")
-
-
 def invalid() -> GatewayError:
     return GatewayError(401, "invalid_api_key", "Invalid API key.")
 
@@ -116,12 +87,17 @@ class KeyResolver:
         max_refused: int = 10_000,
     ) -> None:
         self._pool = pool
-        self._keyring = keyring
         self._ttl = ttl_s
         self._negative_ttl = negative_ttl_s
-        self._data_key_ttl = data_key_ttl_s
-        self._data_key_uses = data_key_max_uses
         self._timeout = timeout_s
+        self.provider_keys = ProviderKeys(
+            pool,
+            keyring,
+            row_ttl_s=ttl_s,
+            data_key_ttl_s=data_key_ttl_s,
+            data_key_max_uses=data_key_max_uses,
+            timeout_s=timeout_s,
+        )
         # Key lookups may take half the pool; the ledger API, provider-key loads and
         # the admin API keep the rest, whatever keys a caller makes up.
         self._lookups = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
@@ -130,8 +106,6 @@ class KeyResolver:
         self._hash_by_id: dict[str, bytes] = {}
         #: bumped by every revocation notice and listener reconnect (see module doc)
         self._generation = 0
-        self._provider: dict[tuple[str, str], tuple[float, _StoredProviderKey | None]] = {}
-        self._data_keys: dict[str, _DataKey] = {}
         self._listener: asyncpg.Connection | None = None
         self._listen_url = ""
         self._reconnect: asyncio.Task[None] | None = None
@@ -248,85 +222,6 @@ class KeyResolver:
             self._hash_by_id.pop(dropped.id, None)
         return record
 
-    def forget_provider_key(self, customer_id: str, provider: str) -> None:
-        """Drop the cached row of a provider key (it was replaced in this process)."""
-        self._provider.pop((customer_id, provider), None)
-
-    def cached_provider_key(self, customer_id: str, provider: str) -> bytearray | None:
-        """The workspace's plaintext provider key when its row and its unwrapped data key
-        are both cached and fresh; None when `provider_key` has something to load."""
-        now = time.monotonic()
-        cached = self._provider.get((customer_id, provider))
-        if cached is None or cached[0] <= now or cached[1] is None:
-            return None
-        stored = cached[1]
-        data_key = self._data_keys.get(stored.id)
-        if data_key is None or data_key.expires <= now or data_key.uses_left <= 0:
-            return None
-        return _decrypt(stored, data_key)
-
-    async def provider_key(self, customer_id: str, provider: str) -> bytearray | None:
-        """The workspace's plaintext provider key (a bytearray to overwrite), or None."""
-        now = time.monotonic()
-        cached = self._provider.get((customer_id, provider))
-        if cached is None or cached[0] <= now:
-            cached = (now + self._ttl, await self._load_provider_key(customer_id, provider))
-            self._provider[(customer_id, provider)] = cached
-        stored = cached[1]
-        if stored is None:
-            return None
-        data_key = self._data_keys.get(stored.id)
-        if data_key is None or data_key.expires <= now or data_key.uses_left <= 0:
-            data_key = await self._unwrap(stored, now)
-        return _decrypt(stored, data_key)
-
-    async def _unwrap(self, stored: _StoredProviderKey, now: float) -> _DataKey:
-        """Unwrap a data key with the master that wrapped it (off the event loop)."""
-        sealed = stored.sealed
-        try:
-            master = self._keyring.reader(sealed.backend, sealed.master_key_id)
-            key = await asyncio.to_thread(master.unwrap, sealed.wrapped_data_key, stored.context)
-        except Exception as exc:  # KMS down, wrong context, missing key file: fail closed
-            _log.error("provider_key_unwrap_failed", error=type(exc).__name__)
-            raise unavailable() from None
-        data_key = _DataKey(key, now + self._data_key_ttl, self._data_key_uses)
-        self._data_keys[stored.id] = data_key
-        return data_key
-
-    async def _load_provider_key(
-        self, customer_id: str, provider: str
-    ) -> _StoredProviderKey | None:
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
-                async with conn.transaction():
-                    await conn.execute(
-                        "SELECT set_config('recovea.customer_id', $1, true)", customer_id
-                    )
-                    row = await conn.fetchrow(
-                        "SELECT id, ciphertext, nonce, wrapped_data_key, master_key_id, backend"
-                        " FROM recovea.provider_keys WHERE customer_id = $1 AND provider = $2",
-                        uuid.UUID(customer_id),
-                        provider,
-                    )
-        except _STORE_ERRORS:
-            raise unavailable() from None
-        if row is None:
-            return None
-        key_id = str(row["id"])
-        context = context_for(customer_id, provider, key_id)
-        return _StoredProviderKey(
-            key_id,
-            Sealed(
-                row["ciphertext"],
-                row["nonce"],
-                row["wrapped_data_key"],
-                row["master_key_id"],
-                row["backend"],
-            ),
-            context,
-            associated_data(context),
-        )
-
 
 def _record(row: asyncpg.Record) -> KeyRecord:
     return KeyRecord(
@@ -339,21 +234,6 @@ def _record(row: asyncpg.Record) -> KeyRecord:
         project_id=_str_or_none(row["project_id"]),
         team_id=_str_or_none(row["team_id"]),
     )
-
-
-def _decrypt(stored: _StoredProviderKey, data_key: _DataKey) -> bytearray:
-    """One use of the data key: the provider key in plaintext. A ciphertext that does
-    not open under it and its context (a row changed under a cached data key, or
-    copied from another workspace) is refused 503, fail-closed, and the data key is
-    used up so the next request unwraps afresh."""
-    data_key.uses_left -= 1
-    sealed = stored.sealed
-    try:
-        return bytearray(data_key.aead.decrypt(sealed.nonce, sealed.ciphertext, stored.aad))
-    except InvalidTag:
-        data_key.uses_left = 0
-        _log.error("provider_key_decrypt_failed", provider_key_id=stored.id)
-        raise unavailable() from None
 
 
 def _str_or_none(value: object) -> str | None:
