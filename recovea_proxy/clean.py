@@ -15,6 +15,7 @@ the rest to a limit. A clean, short string (nearly every one) costs one
 | trace ids                    | `TRACE_ID_MAX` (64)   |
 | provider ids (request id)    | `ID_MAX` (128)        |
 | finish reasons               | `FINISH_REASON_MAX` (64) |
+| service tiers                | `TIER_MAX` (32)       |
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ TAG_MAX = 128
 TRACE_ID_MAX = 64
 ID_MAX = 128
 FINISH_REASON_MAX = 64
+TIER_MAX = 32
 
 
 def clean_text(value: str, limit: int) -> str | None:
@@ -48,9 +50,12 @@ def clean_model(value: object) -> str | None:
 
 
 def clean_usage(usage: Usage) -> Usage:
-    """The provider's usage with its one free-text field (the finish reason) cleaned;
-    counts are bounded where they are read (`providers.usage.as_count`)."""
+    """The provider's usage with its free-text fields (the finish reason, the service
+    tier) cleaned; counts are bounded where they are read (`providers.usage.as_count`)."""
     reason = usage.finish_reason
     if reason is not None:
         usage.finish_reason = clean_text(reason, FINISH_REASON_MAX)
+    tier = usage.service_tier
+    if tier is not None:
+        usage.service_tier = clean_text(tier, TIER_MAX)
     return usage

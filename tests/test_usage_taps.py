@@ -33,7 +33,9 @@ ANTHROPIC_STREAM = (
     b"event: message_start\r\n"
     b'data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":'
     b'"assistant","content":[],"model":"claude","stop_reason":null,"usage":{"input_tokens":'
-    b'5,"cache_creation_input_tokens":10,"cache_read_input_tokens":100,"output_tokens":1}}}\r\n'
+    b'5,"cache_creation_input_tokens":10,"cache_read_input_tokens":100,"cache_creation":'
+    b'{"ephemeral_5m_input_tokens":4,"ephemeral_1h_input_tokens":6},"output_tokens":1,'
+    b'"service_tier":"standard"}}}\r\n'
     b"\r\n"
     b'event: ping\r\ndata: {"type": "ping"}\r\n\r\n'
     b"event: content_block_delta\r\n"
@@ -59,6 +61,20 @@ RESPONSES_STREAM = (
 )
 
 
+#: ANTHROPIC_STREAM's usage: 5 + 10 + 100 input, 100 read, 4 + 6 written, standard tier
+ANTHROPIC_USAGE = Usage(
+    115,
+    42,
+    100,
+    None,
+    "end_turn",
+    terminal=True,
+    error=False,
+    cache_write_5m_tokens=4,
+    cache_write_1h_tokens=6,
+)
+
+
 def feed_split(tap: StreamTap, data: bytes, cut: int) -> Usage:
     tap.feed(data[:cut])
     tap.feed(data[cut:])
@@ -81,9 +97,10 @@ def test_openai_chat_stream_usage_survives_any_split(cut: int) -> None:
 
 @pytest.mark.parametrize("cut", range(0, len(ANTHROPIC_STREAM) + 1, 5))
 def test_anthropic_stream_usage_survives_any_split(cut: int) -> None:
-    """Anthropic input = input + cache creation + cache read; cached = cache read."""
+    """Anthropic input = input + cache creation + cache read; cached = cache read; the
+    cache writes by lifetime; the standard tier is no tier."""
     usage = feed_split(new_tap("anthropic", MESSAGES), ANTHROPIC_STREAM, cut)
-    assert usage == Usage(115, 42, 100, None, "end_turn", terminal=True, error=False)
+    assert usage == ANTHROPIC_USAGE
 
 
 @pytest.mark.parametrize("cut", range(0, len(RESPONSES_STREAM) + 1, 11))
@@ -194,7 +211,7 @@ def test_long_stream_usage_is_read_from_the_window_ends() -> None:
         tap.feed(filler)
     tap.feed(b"event: ping" + rest)
     tap.close()
-    assert tap.usage == Usage(115, 42, 100, None, "end_turn", terminal=True, error=False)
+    assert tap.usage == ANTHROPIC_USAGE
 
 
 def test_short_stream_with_fewer_events_than_the_window() -> None:

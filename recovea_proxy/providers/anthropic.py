@@ -4,6 +4,13 @@ Usage is normalized to OpenAI's convention: `input_tokens` is every input token
 (`input_tokens` + `cache_creation_input_tokens` + `cache_read_input_tokens`), and
 `cached_tokens` is `cache_read_input_tokens`. Anthropic reports no separate
 reasoning count, so `reasoning_tokens` stays None.
+
+Cache writes by lifetime: `cache_write_1h_tokens` is
+`cache_creation.ephemeral_1h_input_tokens` (0 without the breakdown) and
+`cache_write_5m_tokens` the rest of `cache_creation_input_tokens` (5 minutes is the
+default lifetime, and the only one before the breakdown existed), so the two always
+add up to the writes counted in `input_tokens`. `usage.service_tier` other than
+`standard` (`priority`, `batch`) is kept as the tier that served.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from recovea_proxy.providers.base import (
     StreamTap,
     WindowTap,
 )
-from recovea_proxy.providers.usage import Usage, as_count
+from recovea_proxy.providers.usage import Usage, as_count, served_tier
 
 _EXACT = {
     "/v1/messages": (MESSAGES, "/v1/messages"),
@@ -32,12 +39,13 @@ _EXACT = {
 class _UsageParts:
     """Anthropic's separate input counters, kept until the final usage is known."""
 
-    __slots__ = ("cache_creation", "cache_read", "input")
+    __slots__ = ("cache_creation", "cache_read", "input", "one_hour")
 
     def __init__(self) -> None:
         self.input: int | None = None
         self.cache_creation: int | None = None
         self.cache_read: int | None = None
+        self.one_hour: int | None = None
 
     def update(self, obj: Any, usage: Usage) -> None:
         """Overwrite the counters this usage object reports (as the SDK does) and total them."""
@@ -51,12 +59,25 @@ class _UsageParts:
             value = as_count(obj.get(field))
             if value is not None:
                 setattr(self, attr, value)
+        breakdown = obj.get("cache_creation")
+        if isinstance(breakdown, dict):
+            one_hour = as_count(breakdown.get("ephemeral_1h_input_tokens"))
+            if one_hour is not None:
+                self.one_hour = one_hour
+        tier = obj.get("service_tier")
+        if tier is not None:
+            usage.service_tier = served_tier(tier, "standard")
         output = as_count(obj.get("output_tokens"))
         if output is not None:
             usage.output_tokens = output
         if self.input is not None:
             usage.input_tokens = self.input + (self.cache_creation or 0) + (self.cache_read or 0)
         usage.cached_tokens = self.cache_read
+        written = self.cache_creation
+        if written is not None:
+            one_hour = min(self.one_hour or 0, written)
+            usage.cache_write_1h_tokens = one_hour
+            usage.cache_write_5m_tokens = written - one_hour
 
 
 class MessagesStreamTap(WindowTap):

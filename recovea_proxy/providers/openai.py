@@ -4,6 +4,11 @@ Chat Completions and Completions report usage in a stream only when the client a
 for `stream_options.include_usage`. The gateway always asks, and when the client did
 not, `HiddenUsageFilter` removes the extra usage chunk and the `"usage":null` keys so
 the client receives exactly the stream it would have received directly.
+
+The tier that served is the response's (or chunk's) top-level `service_tier`, kept
+unless it is `default`; cache writes, where reported
+(`prompt_tokens_details.cache_write_tokens`, as OpenRouter does), count as 5-minute
+writes (the lifetime is not reported).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from recovea_proxy.providers.base import (
     StreamTap,
     WindowTap,
 )
-from recovea_proxy.providers.usage import Usage, as_count, nested_count
+from recovea_proxy.providers.usage import Usage, as_count, nested_count, served_tier
 
 _EXACT = {
     "/v1/chat/completions": (CHAT, "/v1/chat/completions"),
@@ -84,6 +89,7 @@ def chat_usage(obj: Any, usage: Usage) -> None:
     usage.output_tokens = as_count(obj.get("completion_tokens"))
     usage.cached_tokens = nested_count(obj, "prompt_tokens_details", "cached_tokens")
     usage.reasoning_tokens = nested_count(obj, "completion_tokens_details", "reasoning_tokens")
+    usage.cache_write_5m_tokens = nested_count(obj, "prompt_tokens_details", "cache_write_tokens")
 
 
 def responses_usage(obj: Any, usage: Usage) -> None:
@@ -94,6 +100,14 @@ def responses_usage(obj: Any, usage: Usage) -> None:
     usage.output_tokens = as_count(obj.get("output_tokens"))
     usage.cached_tokens = nested_count(obj, "input_tokens_details", "cached_tokens")
     usage.reasoning_tokens = nested_count(obj, "output_tokens_details", "reasoning_tokens")
+    usage.cache_write_5m_tokens = nested_count(obj, "input_tokens_details", "cache_write_tokens")
+
+
+def service_tier(obj: dict[str, Any], usage: Usage) -> None:
+    """The tier that served, from a response or chunk's `service_tier` (when it has one)."""
+    tier = obj.get("service_tier")
+    if tier is not None:
+        usage.service_tier = served_tier(tier, "default")
 
 
 def _first_finish_reason(choices: Any) -> str | None:
@@ -111,6 +125,7 @@ def response_outcome(response: Any, usage: Usage) -> None:
     if not isinstance(response, dict):
         return
     responses_usage(response.get("usage"), usage)
+    service_tier(response, usage)
     status = response.get("status")
     details = response.get("incomplete_details")
     if status == "incomplete" and isinstance(details, dict) and details.get("reason"):
@@ -151,8 +166,19 @@ class ChatStreamTap(WindowTap):
         reason = end[start : end.find(b'"', start)]
         if b"\\" in reason:
             return False  # an escaped character: let the JSON parser read it
+        tier_at = end.find(b'"service_tier":', end.rfind(b"\n", 0, at) + 1, at)
+        tier: Any = None
+        if tier_at >= 0:
+            start = tier_at + 15
+            stop = end.find(b",", start)
+            try:
+                tier = orjson.loads(end[start:stop])
+            except orjson.JSONDecodeError:
+                return False
         self.usage.finish_reason = reason.decode("utf-8", "replace")
         chat_usage(usage, self.usage)
+        if tier is not None:
+            self.usage.service_tier = served_tier(tier, "default")
         self.usage.terminal = True
         return True
 
@@ -163,6 +189,7 @@ class ChatStreamTap(WindowTap):
         reason = _first_finish_reason(event.get("choices"))
         if reason is not None:
             self.usage.finish_reason = reason
+        service_tier(event, self.usage)
         if event.get("usage"):
             chat_usage(event["usage"], self.usage)
 
@@ -258,6 +285,7 @@ class OpenAI(Provider):
             response_outcome(body, usage)
         elif kind in (CHAT, COMPLETIONS, EMBEDDINGS):
             chat_usage(body.get("usage"), usage)
+            service_tier(body, usage)
             usage.finish_reason = _first_finish_reason(body.get("choices"))
         return usage
 

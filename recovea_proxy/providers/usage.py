@@ -21,6 +21,12 @@ class Usage:
     `input_tokens` counts every input token, cached ones included (OpenAI's
     convention; Anthropic's three input fields are summed). `terminal` is True once
     the provider signalled a normal end; `error` once it reported an error.
+
+    What pricing needs beyond the ledger's columns: `cache_write_5m_tokens` and
+    `cache_write_1h_tokens`, the part of `input_tokens` written to the prompt cache
+    for 5 minutes or 1 hour, and `service_tier`, the tier that served the request
+    when it was not the provider's standard one (`flex`, `priority`, `scale`,
+    `batch`, ...; None for standard or when the provider did not say).
     """
 
     input_tokens: int | None = None
@@ -30,6 +36,9 @@ class Usage:
     finish_reason: str | None = None
     terminal: bool = False
     error: bool = False
+    cache_write_5m_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    service_tier: str | None = None
 
 
 def as_count(value: Any) -> int | None:
@@ -46,3 +55,9 @@ def nested_count(obj: Any, outer: str, inner: str) -> int | None:
     if isinstance(details, dict):
         return as_count(details.get(inner))
     return None
+
+
+def served_tier(value: Any, standard: str) -> str | None:
+    """The service tier a response names, None when it is the provider's `standard`
+    one or not a string (cleaned and bounded where the record is built)."""
+    return value if isinstance(value, str) and value != standard else None
