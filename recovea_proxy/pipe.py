@@ -41,6 +41,7 @@ from recovea_proxy.sources import ResponseSource
 _BUFFER_JSON_MAX = 16 * 1024 * 1024
 _JSON_TYPE = b"application/json"
 _SSE_TYPE = b"text/event-stream"
+_CACHE_HEADER = {"hit": b"hit", "miss": b"miss", "skip": b"skip"}
 
 
 async def deliver(
@@ -292,9 +293,13 @@ def _note_upstream_id(record: RequestRecord, upstream_id: bytes | None) -> None:
 
 
 def add_gateway_headers(headers: list[tuple[bytes, bytes]], record: RequestRecord) -> None:
-    """The gateway's own response headers: request and trace ids."""
+    """The gateway's own response headers: request and trace ids, and what the cache
+    did when it was asked (`hit`, `miss` or `skip`; a cache fault reads as a miss)."""
     headers.append((b"x-request-id", record.request_id.encode()))
     headers.append((b"x-recovea-trace-id", record.trace_id.encode("latin-1")))
+    cache = record.levers_fired.get("cache")
+    if cache is not None:
+        headers.append((b"x-recovea-cache", _CACHE_HEADER.get(cache, b"miss")))
 
 
 def add_receipt_header(

@@ -19,6 +19,7 @@ from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import ChainBook
 from recovea_proxy.levers.build import lever_builder
+from recovea_proxy.levers.cache_store import MemoryStore
 from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_fields, event_row
@@ -164,6 +165,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         # what they queued is still written (or spooled).
         stack.push_async_callback(drainer.close, max(settings.shutdown_grace_s, _FLUSH_MIN_S))
         signer = ReceiptSigner(signing_key)
+        cache_store = MemoryStore(int(settings.cache_max_mb * 1024 * 1024))
         published = PublishedKeys(pool)
         await published.reload()
         maintenance = Maintenance(
@@ -188,7 +190,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
                 resolver=resolver,
                 passthrough_workspace_id=passthrough_id or "",
             ),
-            chains=ChainBook(lever_builder(), metrics),
+            chains=ChainBook(lever_builder(settings, cache_store), metrics),
             pool=pool,
             keyring=keyring,
             upstream_base={

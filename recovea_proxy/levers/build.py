@@ -6,14 +6,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from recovea_proxy.config import Settings
+from recovea_proxy.levers.cache import CacheLever
+from recovea_proxy.levers.cache_store import CacheStore
 from recovea_proxy.levers.chain import Lever
 from recovea_proxy.policy import LeverPolicy
 
 
-def lever_builder() -> Callable[[LeverPolicy], tuple[Lever, ...]]:
+def lever_builder(
+    settings: Settings, store: CacheStore
+) -> Callable[[LeverPolicy], tuple[Lever, ...]]:
     """The function that builds a policy's levers (called once per distinct policy)."""
+    entry_max = int(settings.cache_entry_max_kb * 1024)
 
     def build(policy: LeverPolicy) -> tuple[Lever, ...]:
-        return ()
+        levers: list[Lever] = []
+        if policy.cache != "off":
+            levers.append(
+                CacheLever(
+                    store,
+                    ttl_s=policy.cache_ttl_s,
+                    entry_max_bytes=entry_max,
+                    tool_calls=policy.cache_tool_calls,
+                )
+            )
+        return tuple(levers)
 
     return build

@@ -1,0 +1,58 @@
+"""Which requests may be shared (answered from the exact cache, or joined to a flight
+in progress), and the key they are shared under.
+
+Eligible: a POST whose body is a JSON object, when the workspace's cache policy is
+not `off`; under `deterministic` (the default) only with `temperature` 0 or a
+`seed`. Never: `n` > 1, `store: true`, `previous_response_id` or `conversation` (the
+answer depends on state the body does not hold).
+
+The key is SHA-256 over the workspace, the method, the provider and path, and the
+canonical JSON of the whole body (sorted keys, `stream` included) less a short
+deny-list of identity fields. A deny-list, not an allow-list: a parameter a provider
+adds tomorrow changes the key instead of being ignored. The workspace is in the key,
+so one tenant can neither read nor probe another's entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+#: fields that say who asks, not what is asked: left out of the key
+IDENTITY_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
+#: fields whose presence makes the answer depend on state outside the body
+STATEFUL_FIELDS = ("previous_response_id", "conversation")
+
+
+def shareable(parsed: dict[str, Any], cache_policy: str) -> bool:
+    """Whether a request with this body may be answered from the cache or a flight."""
+    if cache_policy == "off":
+        return False
+    if cache_policy == "deterministic":
+        temperature = parsed.get("temperature")
+        seed = parsed.get("seed")
+        if not (_is_zero(temperature) or (type(seed) is int)):
+            return False
+    n = parsed.get("n")
+    if type(n) is int and n > 1:
+        return False
+    if parsed.get("store") is True:
+        return False
+    return not any(field in parsed for field in STATEFUL_FIELDS)
+
+
+def _is_zero(value: object) -> bool:
+    return type(value) in (int, float) and value == 0
+
+
+def key_of(
+    workspace_id: str, method: str, provider: str, path: str, parsed: dict[str, Any]
+) -> bytes:
+    """The entry key of a shareable request."""
+    body = {name: value for name, value in parsed.items() if name not in IDENTITY_FIELDS}
+    digest = hashlib.sha256()
+    digest.update(f"{workspace_id}\n{method}\n{provider}\n{path}\n".encode())
+    digest.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    return digest.digest()

@@ -1,0 +1,139 @@
+"""Where the exact cache keeps answers: an entry's shape, its wire form, and the
+in-process store (an LRU bounded by bytes, each entry until its TTL).
+
+A cached body is the one place the gateway holds a response after the request: only
+in memory (this store) or in Redis (`cache_redis.RedisStore`), always with a TTL,
+never in Postgres.
+
+Every store has the same two calls: `lookup` (awaited by the cache lever, under the
+store's `budget_s` when it may wait) and `save` (never awaited by a request: the
+store does it off the hot path and owns whatever task that takes).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+_MAGIC = b"RCV1"
+_COUNT = struct.Struct("!I")
+_HEAD = struct.Struct("!dHII")  # stored_at, status, header count, chunk count
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A stored answer: status, the headers worth replaying, the body as it came."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    chunks: tuple[bytes, ...]
+    #: wall-clock seconds when it was stored (ages are judged against it)
+    stored_at: float
+
+    @property
+    def size(self) -> int:
+        """Bytes it holds (what the memory bound counts)."""
+        return sum(map(len, self.chunks)) + sum(len(n) + len(v) for n, v in self.headers) + 64
+
+    def to_bytes(self) -> bytes:
+        """Its wire form (for Redis): versioned, length-prefixed."""
+        parts = [
+            _MAGIC,
+            _HEAD.pack(self.stored_at, self.status, len(self.headers), len(self.chunks)),
+        ]
+        for name, value in self.headers:
+            parts += [_COUNT.pack(len(name)), name, _COUNT.pack(len(value)), value]
+        for chunk in self.chunks:
+            parts += [_COUNT.pack(len(chunk)), chunk]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CacheEntry:
+        """An entry from its wire form; ValueError when the bytes are not one."""
+        if data[:4] != _MAGIC:
+            raise ValueError("not a cache entry")
+        try:
+            stored_at, status, header_count, chunk_count = _HEAD.unpack_from(data, 4)
+            at = 4 + _HEAD.size
+            headers = []
+            for _ in range(header_count):
+                name, at = _field(data, at)
+                value, at = _field(data, at)
+                headers.append((name, value))
+            chunks = []
+            for _ in range(chunk_count):
+                chunk, at = _field(data, at)
+                chunks.append(chunk)
+        except struct.error:
+            raise ValueError("a truncated cache entry") from None
+        if at != len(data):
+            raise ValueError("a cache entry with trailing bytes")
+        return cls(status, tuple(headers), tuple(chunks), stored_at)
+
+
+def _field(data: bytes, at: int) -> tuple[bytes, int]:
+    (length,) = _COUNT.unpack_from(data, at)
+    start = at + _COUNT.size
+    end = start + length
+    if end > len(data):
+        raise ValueError("a truncated cache entry")
+    return data[start:end], end
+
+
+class CacheStore(Protocol):
+    """Where entries live."""
+
+    #: the longest a lookup may take (None: it never waits)
+    budget_s: float | None
+
+    async def lookup(self, key: bytes) -> CacheEntry | None:
+        """The fresh entry under `key`, or None."""
+        ...
+
+    def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
+        """Keep `entry` for `ttl_s` seconds (done off the request's path)."""
+        ...
+
+
+class MemoryStore:
+    """This process's entries, least recently used out first, within `max_bytes`."""
+
+    budget_s: float | None = None
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._entries: OrderedDict[bytes, tuple[float, CacheEntry]] = OrderedDict()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def lookup(self, key: bytes) -> CacheEntry | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires, entry = found
+        if expires <= time.monotonic():
+            self._forget(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
+        size = entry.size
+        if size > self._max:
+            return
+        if key in self._entries:
+            self._forget(key)
+        self._entries[key] = (time.monotonic() + ttl_s, entry)
+        self.size += size
+        while self.size > self._max:
+            oldest = next(iter(self._entries))
+            self._forget(oldest)
+
+    def _forget(self, key: bytes) -> None:
+        _, entry = self._entries.pop(key)
+        self.size -= entry.size

@@ -1,0 +1,147 @@
+"""The exact cache: a deterministic request asked again is answered from the cache —
+the same bytes, JSON or stream — without calling the provider, and the ledger says
+so; what may not be shared never is."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from recovea_proxy.meter.verify import decode_token, split_response
+from tests.conftest import upstream_env
+from tests.ledger_support import Tenant, make_tenant, stored
+from tests.support import Gateway, MockServer
+
+
+@pytest.fixture(scope="module")
+def cached(mock: MockServer, workdir: Any, db_env: dict[str, str]) -> Iterator[Gateway]:
+    gateway = Gateway({**upstream_env(mock), **db_env}, workdir)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def tenant(db_env: dict[str, str]) -> Tenant:
+    return make_tenant(db_env, "cache-main")
+
+
+def ask(
+    gateway: Gateway, tenant: Tenant, prompt: str, *, stream: bool = False, **fields: Any
+) -> httpx.Response:
+    headers = {**tenant.bearer, **fields.pop("headers", {})}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "stream": stream,
+        **fields,
+    }
+    return httpx.post(
+        f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30
+    )
+
+
+def upstream_calls(mock: MockServer, prompt: str) -> int:
+    return sum(1 for r in mock.requests() if prompt in str(r.get("body")))
+
+
+def test_a_deterministic_json_answer_is_served_again_from_the_cache(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """The second identical request (temperature 0) is a hit: the same body, one call
+    upstream, `x-recovea-cache: hit`, and a row with cache_hit, cache_type exact and
+    the original's usage; its receipt says cache_hit and hashes what it received."""
+    first = ask(cached, tenant, "cache-json-1")
+    second = ask(cached, tenant, "cache-json-1")
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers["x-recovea-cache"] == "miss"
+    assert second.headers["x-recovea-cache"] == "hit"
+    assert second.content == first.content
+    assert upstream_calls(mock, "cache-json-1") == 1
+    row = stored(cached, tenant, "requests", second.headers["x-request-id"])
+    original = stored(cached, tenant, "requests", first.headers["x-request-id"])
+    assert (row["cache_hit"], row["cache_type"]) == (True, "exact")
+    assert row["levers_fired"]["cache"] == "hit"
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        original["input_tokens"],
+        original["output_tokens"],
+    )
+    receipt = decode_token(second.headers["recovea-receipt"]).payload
+    assert receipt["cache_hit"] is True
+
+
+def test_a_stream_is_replayed_as_it_came(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """A streamed answer asked again replays the same events (receipt line aside), with
+    the original's usage in the row; the provider is called once."""
+    first = ask(cached, tenant, "cache-stream-1", stream=True)
+    second = ask(cached, tenant, "cache-stream-1", stream=True)
+    assert second.headers["x-recovea-cache"] == "hit"
+    assert split_response(second.content)[0] == split_response(first.content)[0]
+    assert upstream_calls(mock, "cache-stream-1") == 1
+    row = stored(cached, tenant, "requests", second.headers["x-request-id"])
+    assert row["cache_hit"] is True
+    assert row["output_tokens"] == 16
+
+
+def test_requests_that_may_not_be_shared_always_go_upstream(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """Not deterministic (temperature 1), `n` > 1, `store: true`, and
+    `X-Recovea-Cache: skip` are never answered from the cache: `skip`, every time."""
+    cases: list[dict[str, Any]] = [
+        {"temperature": 1},
+        {"n": 2},
+        {"store": True},
+        {"headers": {"x-recovea-cache": "skip"}},
+    ]
+    for index, fields in enumerate(cases):
+        prompt = f"cache-never-{index}"
+        for _ in range(2):
+            response = ask(cached, tenant, prompt, **fields)
+            assert response.status_code == 200
+            assert response.headers["x-recovea-cache"] == "skip"
+        assert upstream_calls(mock, prompt) == 2, fields
+
+
+def test_answers_that_are_not_complete_are_not_kept(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """An answer cut by `max_tokens` (finish reason `length`) or an error is not stored:
+    the next identical request goes upstream again."""
+    for prompt, fields in (
+        ("cache-cut", {"max_tokens": 2}),
+        ("cache-error", {"headers": {"x-mock-fault": "500"}}),
+    ):
+        ask(cached, tenant, prompt, **fields)
+        again = ask(cached, tenant, prompt, **fields)
+        assert again.headers["x-recovea-cache"] == "miss"
+        assert upstream_calls(mock, prompt) == 2
+
+
+def test_refresh_and_max_age_go_upstream_and_refresh_writes(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """`X-Recovea-Cache: refresh` does not read (the provider is called) but writes;
+    `Cache-Control: max-age=0` accepts no stored entry."""
+    ask(cached, tenant, "cache-refresh")
+    refreshed = ask(cached, tenant, "cache-refresh", headers={"x-recovea-cache": "refresh"})
+    assert refreshed.headers["x-recovea-cache"] == "miss"
+    young = ask(cached, tenant, "cache-refresh", headers={"cache-control": "max-age=0"})
+    assert young.headers["x-recovea-cache"] == "miss"
+    assert ask(cached, tenant, "cache-refresh").headers["x-recovea-cache"] == "hit"
+    assert upstream_calls(mock, "cache-refresh") == 3
+
+
+def test_entries_never_cross_workspaces(
+    cached: Gateway, tenant: Tenant, mock: MockServer, db_env: dict[str, str]
+) -> None:
+    """Another workspace asking the same thing misses: keys hold the workspace."""
+    other = make_tenant(db_env, "cache-other")
+    ask(cached, tenant, "cache-shared-question")
+    assert ask(cached, other, "cache-shared-question").headers["x-recovea-cache"] == "miss"
+    assert upstream_calls(mock, "cache-shared-question") == 2
