@@ -72,6 +72,7 @@ class Settings:
     kms_key_id: str | None = None
     data_key_cache_ttl_s: float = 300.0
     data_key_max_uses: int = 100_000
+    workspace_data_key_ttl_s: float = 60.0
     key_cache_ttl_s: float = 60.0
     key_negative_ttl_s: float = 5.0
     upstream_openai: str = "https://api.openai.com"
@@ -135,6 +136,9 @@ class Settings:
             kms_key_id=env.get("RECOVEA_KMS_KEY_ID", "").strip() or None,
             data_key_cache_ttl_s=_number(env, "RECOVEA_DATA_KEY_CACHE_TTL_S", 300, minimum=0),
             data_key_max_uses=int(_number(env, "RECOVEA_DATA_KEY_MAX_USES", 100_000, minimum=1)),
+            workspace_data_key_ttl_s=_number(
+                env, "RECOVEA_WORKSPACE_DATA_KEY_TTL_S", 60, minimum=0
+            ),
             key_cache_ttl_s=_number(env, "RECOVEA_KEY_CACHE_TTL_S", 60, minimum=0.001),
             key_negative_ttl_s=_number(env, "RECOVEA_KEY_NEGATIVE_TTL_S", 5, minimum=0),
             upstream_openai=_url(env, "RECOVEA_UPSTREAM_OPENAI", "https://api.openai.com"),

@@ -15,7 +15,9 @@ import structlog
 
 from recovea_proxy.auth import Authenticator
 from recovea_proxy.auth.keyring import Keyring, load_keyring
+from recovea_proxy.auth.kms_refusals import REASONS
 from recovea_proxy.auth.resolver import KeyResolver
+from recovea_proxy.auth.workspace_keys import WorkspaceKeys
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import ChainBook
 from recovea_proxy.levers.build import lever_builder
@@ -128,6 +130,14 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         keyring = await asyncio.to_thread(load_keyring, settings)
         async with pool.acquire() as signing_conn:
             signing_key = await active_signing_key(signing_conn, keyring)
+        workspace_keys = WorkspaceKeys(
+            keyring,
+            pool,
+            timeout_s=settings.auth_timeout_s,
+            on_refused=metrics.count_provider_key_unavailable,
+        )
+        stack.push_async_callback(workspace_keys.close)
+        metrics.watch_workspace_keys(workspace_keys.failing, REASONS)
         resolver = KeyResolver(
             pool,
             keyring,
@@ -135,6 +145,8 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             negative_ttl_s=settings.key_negative_ttl_s,
             data_key_ttl_s=settings.data_key_cache_ttl_s,
             data_key_max_uses=settings.data_key_max_uses,
+            workspace_keys=workspace_keys,
+            workspace_data_key_ttl_s=settings.workspace_data_key_ttl_s,
             timeout_s=settings.auth_timeout_s,
             max_keys=settings.key_cache_max,
             max_refused=settings.key_negative_cache_max,

@@ -5,14 +5,23 @@ RECOVEA_KMS_KEY_ID is set, otherwise the local key file. Stored keys are
 unwrapped by the backend and key id recorded with them, so switching backends or
 rotating the local file keeps old rows readable until `provider-key rotate`
 re-wraps them.
+
+A workspace on its own KMS key (`recovea workspace kms set`) is the exception: its
+data keys are wrapped by that key and unwrapped through it alone (`workspace_key`,
+pinned), whatever master the deployment has.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from recovea_proxy.auth.envelope import LocalMasterKey, MasterKey
 from recovea_proxy.config import Settings
+
+if TYPE_CHECKING:
+    from recovea_proxy.auth.kms import KmsMasterKey
 
 RETIRED_SUFFIX = ".retired-"
 
@@ -23,6 +32,28 @@ class Keyring:
     def __init__(self, current: MasterKey, readers: dict[str, MasterKey]) -> None:
         self.current = current
         self._readers = {current.key_id: current, **readers}
+        self._workspace_keys: dict[str, KmsMasterKey] = {}
+        self._workspace_client: Any = None
+        self._lock = threading.Lock()
+
+    def workspace_key(self, key_id: str) -> KmsMasterKey:
+        """A workspace's own KMS key, pinned, on the one client (short timeouts) every
+        workspace key shares. Blocking the first time (boto3 set-up)."""
+        with self._lock:
+            found = self._workspace_keys.get(key_id)
+            if found is None:
+                from recovea_proxy.auth.kms import KmsMasterKey, new_client
+
+                if self._workspace_client is None:
+                    self._workspace_client = new_client(bounded=True)
+                found = KmsMasterKey(key_id, self._workspace_client, pinned=True)
+                self._workspace_keys[key_id] = found
+            return found
+
+    def master_for(self, kms_key_arn: str | None) -> MasterKey:
+        """The master that wraps a workspace's data keys: its own key when it has one
+        (`workspaces.kms_key_arn`), else the deployment's current one."""
+        return self.current if kms_key_arn is None else self.workspace_key(kms_key_arn)
 
     def reader(self, backend: str, key_id: str) -> MasterKey:
         """The master key that wrapped a stored row; KeyError when it is not available."""

@@ -21,7 +21,10 @@ while a lookup runs may concern the key being looked up, whose answer may predat
 it: every notice (and every reconnect of the listener) bumps a generation counter,
 and a lookup that saw it move neither caches nor trusts a valid answer but looks
 again (503 after `_LOOKUP_ATTEMPTS` such crossings in a row). The TTL bounds
-staleness only while that channel is down.
+staleness only while that channel is down. The same listener hears when a
+workspace's own KMS key is set or cleared (`workspace_keys.KMS_CHANGES_CHANNEL`) and
+drops that workspace's cached provider keys; after a reconnect every cached provider
+key is dropped too.
 
 Fail-closed: a key that is not cached while the key store cannot be reached (or
 not within the auth timeout) is refused with 503 `auth_unavailable`, never served.
@@ -42,6 +45,7 @@ from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash, looks_like_key
 from recovea_proxy.auth.lru import ExpiringLru
 from recovea_proxy.auth.provider_keys import ProviderKeys, unavailable
+from recovea_proxy.auth.workspace_keys import KMS_CHANGES_CHANNEL, WorkspaceKeys
 from recovea_proxy.errors import GatewayError
 
 _log = structlog.get_logger("recovea.auth")
@@ -82,6 +86,8 @@ class KeyResolver:
         negative_ttl_s: float,
         data_key_ttl_s: float,
         data_key_max_uses: int,
+        workspace_keys: WorkspaceKeys,
+        workspace_data_key_ttl_s: float,
         timeout_s: float = 2.0,
         max_keys: int = 100_000,
         max_refused: int = 10_000,
@@ -97,6 +103,8 @@ class KeyResolver:
             data_key_ttl_s=data_key_ttl_s,
             data_key_max_uses=data_key_max_uses,
             timeout_s=timeout_s,
+            workspace_keys=workspace_keys,
+            workspace_data_key_ttl_s=workspace_data_key_ttl_s,
         )
         # Key lookups may take half the pool; the ledger API, provider-key loads and
         # the admin API keep the rest, whatever keys a caller makes up.
@@ -131,6 +139,7 @@ class KeyResolver:
         try:
             conn = await asyncpg.connect(self._listen_url, timeout=5)
             await conn.add_listener(REVOCATIONS_CHANNEL, self._on_revoked)
+            await conn.add_listener(KMS_CHANGES_CHANNEL, self._on_kms_changed)
         except _STORE_ERRORS as exc:
             _log.warning("revocation_listener_unavailable", error=type(exc).__name__)
             return False
@@ -153,11 +162,13 @@ class KeyResolver:
         while not self._closing:
             await asyncio.sleep(delay)
             if await self._connect_listener():
-                # Revocations sent while we were deaf are lost: forget every cached key,
-                # and let no lookup that ran meanwhile cache its answer.
+                # Revocations (and KMS key changes) sent while we were deaf are lost:
+                # forget every cached key, and let no lookup that ran meanwhile cache
+                # its answer.
                 self._generation += 1
                 self._keys.clear()
                 self._hash_by_id.clear()
+                self.provider_keys.clear()
                 _log.info("revocation_listener_back")
                 return
             delay = min(delay * 2, 10.0)
@@ -168,6 +179,10 @@ class KeyResolver:
         digest = self._hash_by_id.pop(key_id, None)
         if digest is not None:
             self._keys.pop(digest)
+
+    def _on_kms_changed(self, _conn: Any, _pid: int, _channel: str, workspace_id: str) -> None:
+        _log.info("workspace_kms_changed", workspace_id=workspace_id)
+        self.provider_keys.forget_workspace(workspace_id)
 
     def cached(self, token: str) -> KeyRecord | None:
         """The key's record while the cache holds it (GatewayError 401 for a cached

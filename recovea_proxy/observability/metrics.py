@@ -8,6 +8,8 @@ metrics, updated off the per-request path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -89,9 +91,39 @@ class GatewayMetrics:
             buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000),
             registry=self.registry,
         )
+        self.provider_key_unavailable = Counter(
+            "recovea_provider_key_unavailable_total",
+            "Requests refused 503 provider_key_unavailable because their workspace's own "
+            "KMS key refused or could not be reached, by reason (disabled, access_denied, "
+            "not_found, unreachable, refused).",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.workspace_kms_failing = Gauge(
+            "recovea_workspace_kms_keys_failing",
+            "Workspaces whose own KMS key this process last saw failing, by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
         self.maintenance_runs = Counter(
             "recovea_maintenance_runs",
             "Background maintenance runs (partitions, rollup, prune) by job and outcome.",
             ("job", "outcome"),
             registry=self.registry,
         )
+
+    def count_provider_key_unavailable(self, reason: str) -> None:
+        """One request refused because its workspace's own KMS key failed (`reason`);
+        off the hot path: refusals only."""
+        self.provider_key_unavailable.labels(reason).inc()
+
+    def watch_workspace_keys(self, failing: Callable[[str], int], reasons: tuple[str, ...]) -> None:
+        """Export each reason (at 0 until it happens), and read how many workspaces' own
+        keys are failing for it at scrape time."""
+        for reason in reasons:
+            self.provider_key_unavailable.labels(reason)
+            self.workspace_kms_failing.labels(reason).set_function(_reader(failing, reason))
+
+
+def _reader(failing: Callable[[str], int], reason: str) -> Callable[[], float]:
+    return lambda: failing(reason)
