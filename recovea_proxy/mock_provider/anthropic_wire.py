@@ -2,7 +2,9 @@
 SSE events of a stream, token counting and the model list.
 
 Anthropic's `input_tokens` excludes cached input: the mock reports
-`input_tokens = input - cached` and `cache_read_input_tokens = cached`.
+`input_tokens = input - cached - written`, `cache_read_input_tokens = cached`,
+`cache_creation_input_tokens = written` with its `cache_creation` breakdown by
+lifetime, and `service_tier` (`standard` unless the request asks otherwise).
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from recovea_proxy.mock_provider.text import pieces, reply_text
 
 
 def _usage(plan: Plan, output: int) -> dict[str, Any]:
-    s = plan.shape
-    cached = min(s.cached_tokens, s.input_tokens)
+    parts = plan.input_parts()
     return {
-        "input_tokens": s.input_tokens - cached,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
+        "input_tokens": parts.uncached,
+        "cache_creation_input_tokens": parts.written,
+        "cache_read_input_tokens": parts.read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": parts.write_5m,
+            "ephemeral_1h_input_tokens": parts.write_1h,
+        },
         "output_tokens": output,
+        "service_tier": plan.tier("standard"),
     }
 
 

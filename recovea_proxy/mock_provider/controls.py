@@ -44,6 +44,23 @@ class MockDefaults:
     output_tokens: int = 16
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    #: input written to the prompt cache for 5 minutes / 1 hour (part of the input)
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InputParts:
+    """The input tokens split as Anthropic reports them (they add up to the input)."""
+
+    uncached: int
+    read: int
+    write_5m: int
+    write_1h: int
+
+    @property
+    def written(self) -> int:
+        return self.write_5m + self.write_1h
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +73,25 @@ class Plan:
     #: the finish (stop) reason to report instead of the natural one: a hostile
     #: provider's string, given as a JSON string literal in `x-mock-finish-reason`
     finish_reason: str | None = None
+    #: the service tier to report as the one that served (`x-mock-service-tier`)
+    service_tier: str | None = None
 
     def reason(self, natural: str) -> str:
         """The finish reason to report: the override, else `natural`."""
         return natural if self.finish_reason is None else self.finish_reason
+
+    def tier(self, standard: str) -> str:
+        """The service tier to report: the override, else the provider's `standard`."""
+        return standard if self.service_tier is None else self.service_tier
+
+    def input_parts(self) -> InputParts:
+        """The input split into cache reads, writes (each bounded by what is left of the
+        input) and the rest."""
+        s = self.shape
+        read = min(s.cached_tokens, s.input_tokens)
+        write_5m = min(s.cache_write_5m_tokens, s.input_tokens - read)
+        write_1h = min(s.cache_write_1h_tokens, s.input_tokens - read - write_5m)
+        return InputParts(s.input_tokens - read - write_5m - write_1h, read, write_5m, write_1h)
 
     @property
     def created(self) -> int:
@@ -91,6 +123,8 @@ _INT_HEADERS = (
     ("x-mock-output-tokens", "output_tokens"),
     ("x-mock-cached-tokens", "cached_tokens"),
     ("x-mock-reasoning-tokens", "reasoning_tokens"),
+    ("x-mock-cache-write-5m-tokens", "cache_write_5m_tokens"),
+    ("x-mock-cache-write-1h-tokens", "cache_write_1h_tokens"),
 )
 _FLOAT_HEADERS = (
     ("x-mock-chunk-delay-ms", "chunk_delay_ms"),
@@ -127,6 +161,7 @@ def plan_for(defaults: MockDefaults, headers: Mapping[str, str], ident: bytes) -
         fault=fault if fault in FAULTS else None,
         digest=hashlib.sha256(ident).hexdigest(),
         finish_reason=_json_string(headers.get("x-mock-finish-reason")),
+        service_tier=headers.get("x-mock-service-tier") or None,
     )
 
 
@@ -158,6 +193,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-tokens", type=int, default=d.output_tokens)
     parser.add_argument("--cached-tokens", type=int, default=d.cached_tokens)
     parser.add_argument("--reasoning-tokens", type=int, default=d.reasoning_tokens)
+    parser.add_argument("--cache-write-5m-tokens", type=int, default=d.cache_write_5m_tokens)
+    parser.add_argument("--cache-write-1h-tokens", type=int, default=d.cache_write_1h_tokens)
 
 
 def defaults_from_args(ns: argparse.Namespace) -> MockDefaults:
@@ -170,4 +207,6 @@ def defaults_from_args(ns: argparse.Namespace) -> MockDefaults:
         output_tokens=ns.output_tokens,
         cached_tokens=ns.cached_tokens,
         reasoning_tokens=ns.reasoning_tokens,
+        cache_write_5m_tokens=ns.cache_write_5m_tokens,
+        cache_write_1h_tokens=ns.cache_write_1h_tokens,
     )

@@ -6,7 +6,9 @@ Streams are written the compact way the real API writes them (orjson, no spaces)
 `stream_options.include_usage` every chunk ends with `"usage":null` and one more chunk
 with `"choices":[]` carries the usage; without it no chunk has a `usage` key.
 OpenRouter always sends the usage chunk (its chunks have no `"usage":null`) and adds
-`cost` and `cost_details` to usage.
+`cost` and `cost_details` to usage, and `cache_write_tokens` to its prompt details.
+Bodies and chunks name the `service_tier` that served (`default` unless the request
+asks otherwise).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def chat_usage(plan: Plan, output: int, *, openrouter: bool) -> dict[str, Any]:
         },
     }
     if openrouter:
-        prompt_details["cache_write_tokens"] = 0
+        prompt_details["cache_write_tokens"] = plan.input_parts().written
         cost = round((s.input_tokens + 4 * output) * 1e-7, 12)
         usage["cost"] = cost
         usage["is_byok"] = False
@@ -83,6 +85,7 @@ def chat_json(body: dict[str, Any], plan: Plan, *, legacy: bool, openrouter: boo
     }
     if plan.usage:
         doc["usage"] = chat_usage(plan, output, openrouter=openrouter)
+    doc["service_tier"] = plan.tier("default")
     doc["system_fingerprint"] = "fp_mock"
     return orjson.dumps(doc)
 
@@ -108,6 +111,8 @@ def chat_events(
         + str(plan.created).encode()
         + b',"model":'
         + orjson.dumps(body.get("model"))
+        + b',"service_tier":'
+        + orjson.dumps(plan.tier("default"))
         + b',"system_fingerprint":"fp_mock","choices":['
     )
     tail = b'],"usage":null}\n\n' if include_usage and not openrouter else b"]}\n\n"

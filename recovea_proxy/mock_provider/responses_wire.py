@@ -61,7 +61,7 @@ def response_object(body: dict[str, Any], plan: Plan, *, final: bool) -> dict[st
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": None, "summary": None},
-        "service_tier": "default",
+        "service_tier": plan.tier("default"),
         "store": body.get("store", True),
         "temperature": _number(body.get("temperature"), 1.0),
         "text": {"format": {"type": "text"}, "verbosity": "medium"},

@@ -72,7 +72,9 @@ async def test_messages_stream_event_order_and_final_usage(
         "input_tokens": 20,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 100,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
         "output_tokens": 1,
+        "service_tier": "standard",
     }
     assert orjson.loads(events[-2][1]) == {
         "type": "message_delta",

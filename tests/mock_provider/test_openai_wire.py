@@ -35,7 +35,9 @@ async def test_chat_json_has_openai_shape_and_usage(http: aiohttp.ClientSession,
     assert status == 200
     assert headers["content-type"] == "application/json"
     assert headers["x-request-id"].startswith("req_") and "openai-processing-ms" in headers
-    assert list(doc) == "id object created model choices usage system_fingerprint".split()
+    assert list(doc) == (
+        "id object created model choices usage service_tier system_fingerprint".split()
+    )
     assert doc["id"].startswith("chatcmpl-") and doc["object"] == "chat.completion"
     assert doc["model"] == "gpt-4o"
     assert doc["choices"] == [
