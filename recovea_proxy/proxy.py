@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable
 
 import aiohttp
 from yarl import URL
@@ -28,6 +29,7 @@ from recovea_proxy.exchange import Exchange
 from recovea_proxy.headers import split_request_headers
 from recovea_proxy.ids import new_id
 from recovea_proxy.levers import LeverRequest
+from recovea_proxy.levers.flights import OpenUpstream, Subscription
 from recovea_proxy.pipe import deliver, send_error
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.request_body import ClientGone, parse_json_object, read_body
@@ -125,7 +127,7 @@ async def _serve(x: Exchange) -> None:
     try:
         await chain.run(request)
         if request.answer is not None:
-            await _answer(x, request, request.answer)
+            await _answer(x, request, request.answer, principal)
         else:
             await _call(x, request, principal)
     finally:
@@ -133,8 +135,20 @@ async def _serve(x: Exchange) -> None:
             release()
 
 
-async def _answer(x: Exchange, request: LeverRequest, answer: ResponseSource) -> None:
-    """Step 6 for a request a lever answered (a cache hit, a flight in progress)."""
+async def _answer(
+    x: Exchange, request: LeverRequest, answer: ResponseSource, principal: Principal
+) -> None:
+    """Step 6 for a request a lever answered (a cache hit, a flight in progress). A
+    follower whose flight does not begin in time, or failed before its first byte,
+    calls upstream on its own."""
+    if isinstance(answer, Subscription) and not await answer.ready(
+        x.rt.settings.flight_first_byte_wait_s
+    ):
+        answer.finish(clean=False)
+        x.record.dedup_singleflight = False
+        x.record.levers_fired["dedup"] = "miss"
+        await _call(x, request, principal)
+        return
     hide_usage = False
     if request.parsed is not None:
         surface = x.surface
@@ -163,31 +177,52 @@ async def _call(x: Exchange, request: LeverRequest, principal: Principal) -> Non
         url += "?" + query.decode("ascii")
     upstream_url = URL(url, encoded=True)
 
-    waited = time.perf_counter_ns()
-    try:
-        upstream = await rt.session.request(
+    def open_upstream() -> Awaitable[aiohttp.ClientResponse]:
+        return rt.session.request(
             x.scope["method"],
             upstream_url,
             headers=forward,
             data=body or None,
             allow_redirects=False,
         )
+
+    source: ResponseSource
+    waited = time.perf_counter_ns()
+    try:
+        if request.lead_flight and request.cache_key is not None:
+            source = await _lead(rt, provider.name, request.cache_key, open_upstream)
+        else:
+            source = UpstreamSource(await open_upstream(), rt.settings.idle_read_timeout_s)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         kind = classify(exc)
-        rt.metrics.upstream_errors.labels(provider.name, kind).inc()
-        # Looked up here, on the failure path only: a success pays nothing for it.
-        rt.metrics.fail_open.labels("upstream", kind).inc()
-        raise GatewayError(
-            502, "upstream_unreachable", f"The provider could not be reached ({kind})."
-        ) from UpstreamUnreachable(kind)
+        raise _unreachable(rt, provider.name, kind) from UpstreamUnreachable(kind)
     finally:
         record.upstream_wait_ns += time.perf_counter_ns() - waited
-
-    source = UpstreamSource(upstream, rt.settings.idle_read_timeout_s)
     try:
         await deliver(x, source, hide_usage=hide_usage, observers=request.observers)
     finally:
         source.finish(clean=not (record.client_gone or record.error_code))
+
+
+async def _lead(
+    rt: Runtime, provider: str, key: bytes, open_upstream: OpenUpstream
+) -> Subscription:
+    """Make this request's upstream call the shared one under `key`; its subscription
+    (502 when the shared call fails before its first byte)."""
+    subscription = rt.flights.lead(key, open_upstream)
+    if not await subscription.ready(None):
+        subscription.finish(clean=False)
+        kind = subscription.failure
+        raise _unreachable(rt, provider, kind) from UpstreamUnreachable(kind)
+    return subscription
+
+
+def _unreachable(rt: Runtime, provider: str, kind: str) -> GatewayError:
+    """502 `upstream_unreachable`, counted (on the failure path only: a success pays
+    nothing for the lookup)."""
+    rt.metrics.upstream_errors.labels(provider, kind).inc()
+    rt.metrics.fail_open.labels("upstream", kind).inc()
+    return GatewayError(502, "upstream_unreachable", f"The provider could not be reached ({kind}).")
 
 
 def _refused_path_shape(scope: Scope) -> str:

@@ -22,6 +22,7 @@ from recovea_proxy.config import Settings
 from recovea_proxy.levers import ChainBook
 from recovea_proxy.levers.build import lever_builder
 from recovea_proxy.levers.cache_store import MemoryStore
+from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_fields, event_row
@@ -50,6 +51,8 @@ class Runtime:
     auth: Authenticator
     #: the lever chain of each workspace policy
     chains: ChainBook
+    #: the shared upstream calls in progress (singleflight)
+    flights: FlightRegistry
     upstream_base: dict[str, str]
     pool: asyncpg.Pool
     keyring: Keyring
@@ -178,6 +181,12 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         stack.push_async_callback(drainer.close, max(settings.shutdown_grace_s, _FLUSH_MIN_S))
         signer = ReceiptSigner(signing_key)
         cache_store = MemoryStore(int(settings.cache_max_mb * 1024 * 1024))
+        flights = FlightRegistry(
+            buffer_max_bytes=int(settings.flight_buffer_max_kb * 1024),
+            followers_max=settings.flight_followers_max,
+            idle_timeout_s=settings.idle_read_timeout_s,
+        )
+        stack.push_async_callback(flights.close)
         published = PublishedKeys(pool)
         await published.reload()
         maintenance = Maintenance(
@@ -202,7 +211,8 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
                 resolver=resolver,
                 passthrough_workspace_id=passthrough_id or "",
             ),
-            chains=ChainBook(lever_builder(settings, cache_store), metrics),
+            chains=ChainBook(lever_builder(settings, cache_store, flights), metrics),
+            flights=flights,
             pool=pool,
             keyring=keyring,
             upstream_base={

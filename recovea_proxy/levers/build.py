@@ -10,11 +10,13 @@ from recovea_proxy.config import Settings
 from recovea_proxy.levers.cache import CacheLever
 from recovea_proxy.levers.cache_store import CacheStore
 from recovea_proxy.levers.chain import Lever
+from recovea_proxy.levers.dedup import DedupLever
+from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.policy import LeverPolicy
 
 
 def lever_builder(
-    settings: Settings, store: CacheStore
+    settings: Settings, store: CacheStore, flights: FlightRegistry
 ) -> Callable[[LeverPolicy], tuple[Lever, ...]]:
     """The function that builds a policy's levers (called once per distinct policy)."""
     entry_max = int(settings.cache_entry_max_kb * 1024)
@@ -30,6 +32,7 @@ def lever_builder(
                     tool_calls=policy.cache_tool_calls,
                 )
             )
+            levers.append(DedupLever(flights))
         return tuple(levers)
 
     return build

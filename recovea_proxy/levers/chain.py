@@ -48,6 +48,7 @@ class LeverRequest:
         "body",
         "cache_key",
         "headers",
+        "lead_flight",
         "observers",
         "parsed",
         "policy",
@@ -77,6 +78,8 @@ class LeverRequest:
         self.observers: list[LeverObserver] = []
         #: the exact-cache key when the request may be shared (set by the cache lever)
         self.cache_key: bytes | None = None
+        #: this request's upstream call is to be shared under `cache_key` (dedup lever)
+        self.lead_flight = False
         #: called once when the request is done with whatever a lever holds for it
         self.release: list[Callable[[], None]] = []
 
@@ -96,7 +99,16 @@ class Lever(Protocol):
 class _Saved:
     """What a lever may change, as it was before the lever ran."""
 
-    __slots__ = ("body", "cache_key", "fields", "observers", "parsed", "release", "usage")
+    __slots__ = (
+        "body",
+        "cache_key",
+        "fields",
+        "lead_flight",
+        "observers",
+        "parsed",
+        "release",
+        "usage",
+    )
 
     def __init__(self, request: LeverRequest) -> None:
         record = request.record
@@ -107,6 +119,7 @@ class _Saved:
         self.observers = len(request.observers)
         self.release = len(request.release)
         self.cache_key = request.cache_key
+        self.lead_flight = request.lead_flight
 
     def restore(self, request: LeverRequest) -> None:
         record = request.record
@@ -116,12 +129,15 @@ class _Saved:
         for name, value in zip(LEVER_FIELDS, self.fields, strict=True):
             setattr(record, name, value)
         record.usage = self.usage
+        if request.answer is not None:
+            request.answer.finish(clean=False)  # e.g. leave a flight the lever joined
         request.answer = None
         del request.observers[self.observers :]
         for release in request.release[self.release :]:
             release()
         del request.release[self.release :]
         request.cache_key = self.cache_key
+        request.lead_flight = self.lead_flight
 
 
 class LeverChain:

@@ -1,0 +1,31 @@
+"""The `dedup` lever: a shareable request joins the flight in progress under its key
+(`hit`: it is answered by the shared call, its row says `dedup_singleflight`), or
+leads a new one (`miss`: its own upstream call becomes the shared one). See
+`flights.py` for what a flight guarantees."""
+
+from __future__ import annotations
+
+from recovea_proxy.levers.chain import LeverRequest
+from recovea_proxy.levers.flights import FlightRegistry
+
+
+class DedupLever:
+    """Singleflight for one workspace policy (the cache lever sets the key first)."""
+
+    name = "dedup"
+    budget_s: float | None = None
+
+    def __init__(self, flights: FlightRegistry) -> None:
+        self._flights = flights
+
+    async def before(self, request: LeverRequest) -> str:
+        key = request.cache_key
+        if key is None:
+            return "skip"
+        subscription = self._flights.join(key)
+        if subscription is None:
+            request.lead_flight = True
+            return "miss"
+        request.answer = subscription
+        request.record.dedup_singleflight = True
+        return "hit"
