@@ -203,4 +203,5 @@ def _rcv_principal(key: KeyRecord, provider: Provider, secret: bytearray) -> Pri
         upstream_credentials=credentials,
         project_id=key.project_id,
         team_id=key.team_id,
+        policy=key.policy,
     )

@@ -47,6 +47,7 @@ from recovea_proxy.auth.lru import ExpiringLru
 from recovea_proxy.auth.provider_keys import ProviderKeys, unavailable
 from recovea_proxy.auth.workspace_keys import KMS_CHANGES_CHANNEL, WorkspaceKeys
 from recovea_proxy.errors import GatewayError
+from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
 
 _log = structlog.get_logger("recovea.auth")
 _STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -68,6 +69,8 @@ class KeyRecord:
     team: str | None
     project_id: str | None = None
     team_id: str | None = None
+    #: the workspace's lever policy, read with the key
+    policy: LeverPolicy = DEFAULT_POLICY
 
 
 def invalid() -> GatewayError:
@@ -248,7 +251,14 @@ def _record(row: asyncpg.Record) -> KeyRecord:
         team=row["team"],
         project_id=_str_or_none(row["project_id"]),
         team_id=_str_or_none(row["team_id"]),
+        policy=_policy(row),
     )
+
+
+def _policy(row: asyncpg.Record) -> LeverPolicy:
+    """The workspace's lever policy from its key's row (one object per distinct value)."""
+    policy = LeverPolicy(row["cache_policy"], row["cache_ttl_s"], row["cache_tool_calls"])
+    return DEFAULT_POLICY if policy == DEFAULT_POLICY else policy
 
 
 def _str_or_none(value: object) -> str | None:
