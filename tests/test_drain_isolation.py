@@ -252,8 +252,9 @@ def test_a_dead_letter_entry_is_json_whatever_the_event_held() -> None:
     types written as text: the file stays readable line by line."""
     from recovea_proxy.meter.dead_letter import VALUE_MAX, entry
 
-    event = good_event(str(uuid.uuid4()), baseline_model="a\ud800b", feature=_BIG)
-    event = tuple([*event[:-1], 2**80])
+    event = good_event(
+        str(uuid.uuid4()), baseline_model="a\ud800b", feature=_BIG, route_path=2**80
+    )
     parsed = orjson.loads(entry(event, "TypeError: \udcff odd"))
     assert parsed["event"]["baseline_model"] == "a\\ud800b"
     assert parsed["event"]["feature"].startswith("x" * VALUE_MAX)

@@ -3,9 +3,11 @@
 
 The hot path builds the row exactly as the drainer's staging table takes it
 (`STAGING_COLUMNS`: the `request_events` columns, then the receipt's place and
-token, then the route's path): a flat tuple of plain values that goes to COPY as it
-is and to the spool as JSON. Postgres casts the ids and the epoch-millisecond time,
-and creates routes from the batch, so the drainer does no per-event Python work.
+token, the route's path, then the pricing facts the row has no column for — cache
+writes by lifetime and the service tier, which go to `pricing_facts`): a flat tuple
+of plain values that goes to COPY as it is and to the spool as JSON. Postgres casts
+the ids and the epoch-millisecond time, and creates routes from the batch, so the
+drainer does no per-event Python work.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ COLUMNS = (
     "baseline_cost",
     "realized_cost",
 )
-#: what the hot path queues per request: the row, the receipt (or NULLs), the route's path
-STAGING_COLUMNS = (*COLUMNS, "chain_id", "seq", "kid", "token", "route_path")
+#: the facts pricing needs beyond the row (`pricing_facts`)
+PRICING_COLUMNS = ("cache_write_5m_tokens", "cache_write_1h_tokens", "service_tier")
+#: what the hot path queues per request: the row, the receipt (or NULLs), the route's
+#: path, the pricing facts. New columns go at the end: a shorter row (spooled by an
+#: older version) is read with NULLs for them.
+STAGING_COLUMNS = (*COLUMNS, "chain_id", "seq", "kid", "token", "route_path", *PRICING_COLUMNS)
 _ROUTE_NAMESPACE = uuid.UUID("7d0c3f5e-2a61-4c55-9a43-8f1d6b0e2c11")
 _NO_RECEIPT = (None, None, None, None)
 
@@ -102,6 +108,9 @@ def event_row(record: RequestRecord, route: str | None) -> Row:
         None,
         *((place[0], place[1], place[2], record.receipt) if place else _NO_RECEIPT),
         record.route,
+        usage.cache_write_5m_tokens,
+        usage.cache_write_1h_tokens,
+        usage.service_tier,
     )
 
 

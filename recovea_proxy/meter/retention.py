@@ -1,7 +1,8 @@
 """Retention: how long a workspace's ledger is kept, and deleting it on request.
 
-A workspace keeps its `request_events` and `receipts` for its plan's period (free
-30 days, pro 365) unless `workspaces.retention_days` overrides it. Pruning deletes
+A workspace keeps its `request_events`, their `pricing_facts` and its `receipts` for
+its plan's period (free 30 days, pro 365) unless `workspaces.retention_days`
+overrides it. Pruning deletes
 each workspace's older rows (one transaction per workspace, under the maintenance
 statement timeout; a workspace that fails is reported and tried again at the next
 prune), then drops whole day partitions that every workspace's retention has
@@ -27,7 +28,14 @@ from recovea_proxy.store.service import service_mode
 
 PLAN_RETENTION_DAYS = {"free": 30, "pro": 365}
 #: tables holding a workspace's rows that do not go with the workspace row by cascade
-_LEDGER_TABLES = ("request_events", "receipts", "usage_rollups", "model_prices", "routes")
+_LEDGER_TABLES = (
+    "request_events",
+    "pricing_facts",
+    "receipts",
+    "usage_rollups",
+    "model_prices",
+    "routes",
+)
 
 
 async def prune(
@@ -82,7 +90,8 @@ async def prune(
 async def _prune_workspace(
     conn: asyncpg.Connection, workspace: uuid.UUID, cutoff: datetime, timeout_s: float
 ) -> tuple[int, int]:
-    """Delete one workspace's events and receipts older than `cutoff`; how many of each."""
+    """Delete one workspace's events (with their pricing facts) and receipts older than
+    `cutoff`; how many events and receipts."""
     async with maintenance_transaction(conn, timeout_s):
         events = _count(
             await conn.execute(
@@ -90,6 +99,11 @@ async def _prune_workspace(
                 workspace,
                 cutoff,
             )
+        )
+        await conn.execute(
+            "DELETE FROM recovea.pricing_facts WHERE customer_id = $1 AND ts < $2",
+            workspace,
+            cutoff,
         )
         receipts = _count(
             await conn.execute(

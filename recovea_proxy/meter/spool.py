@@ -6,7 +6,9 @@ lives. A file whose lock can be taken belongs to a process that is gone: it is
 adopted and replayed. The spool is bounded (`RECOVEA_METER_SPOOL_MAX_MB`); `append`
 refuses a batch that would not fit. A torn last line (a process killed mid-write)
 is skipped on replay. Replaying twice is harmless: the writer ignores rows it
-already has. File work runs in a thread, never on the event loop.
+already has. A row spooled by an older version, with fewer staging columns, is read
+with NULLs for the ones it lacks. File work runs in a thread, never on the event
+loop.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from typing import IO, Any
 
 import orjson
 
+from recovea_proxy.meter.event import STAGING_COLUMNS
 from recovea_proxy.meter.queue import Item
+
+_WIDTH = len(STAGING_COLUMNS)
 
 
 class Spool:
@@ -141,4 +146,12 @@ def _parse_line(line: bytes) -> list[Item] | None:
         return None  # torn by a crash mid-write
     if not isinstance(raw, list):
         return None
-    return [tuple(row) for row in raw]
+    return [_widened(row) for row in raw]
+
+
+def _widened(row: Any) -> Item:
+    """A spooled row as a staging row: one spooled before columns were added to the
+    staging table's end gets NULLs for them."""
+    if isinstance(row, list) and len(row) < _WIDTH:
+        row = row + [None] * (_WIDTH - len(row))
+    return tuple(row)

@@ -6,7 +6,9 @@ rows exactly as the hot path queued them: each event beside its receipt and its
 route's path, ids as text, the time as epoch milliseconds — and moved with one
 `INSERT … SELECT … ON CONFLICT DO NOTHING` per table, in one transaction. Postgres
 does the casts and creates routes on first sight (remembering the batch's earliest
-model); the writer does no per-event work. The conflict keys ((request_id, ts) for
+model); the writer does no per-event work. An event with cache writes or a
+non-standard service tier also gets its `pricing_facts` row (the rollup's, keyed
+like the event). The conflict keys ((request_id, ts) for
 events, (chain_id, seq) for receipts, route_id for routes) make a retried or
 replayed batch idempotent.
 
@@ -46,6 +48,9 @@ _STAGING_TYPES = {
     "kid": "text",
     "token": "text",
     "route_path": "text",
+    "cache_write_5m_tokens": "integer",
+    "cache_write_1h_tokens": "integer",
+    "service_tier": "text",
 }
 _CAST = {
     "request_id": "request_id::uuid",
@@ -65,6 +70,14 @@ _MOVE_RECEIPTS = (
     "INSERT INTO recovea.receipts (chain_id, seq, request_id, customer_id, kid, ts, token)"
     f" SELECT chain_id, seq, request_id::uuid, customer_id::uuid, kid, {_CAST['ts']}, token"
     " FROM staging_events WHERE token IS NOT NULL ON CONFLICT DO NOTHING"
+)
+_MOVE_PRICING_FACTS = (
+    "INSERT INTO recovea.pricing_facts (request_id, ts, customer_id, cache_write_5m_tokens,"
+    " cache_write_1h_tokens, service_tier)"
+    f" SELECT request_id::uuid, {_CAST['ts']}, customer_id::uuid, cache_write_5m_tokens,"
+    " cache_write_1h_tokens, service_tier FROM staging_events"
+    " WHERE cache_write_5m_tokens > 0 OR cache_write_1h_tokens > 0 OR service_tier IS NOT NULL"
+    " ON CONFLICT DO NOTHING"
 )
 _MARK_HOURS = (
     "INSERT INTO recovea.rollup_pending (hour, customer_id)"
@@ -178,6 +191,7 @@ class EventWriter:
             discarded = int((await conn.execute(_DISCARD_ORPHANS)).rsplit(" ", 1)[-1])
             await conn.execute(_ADD_ROUTES)
             await conn.execute(_MOVE_EVENTS)
+            await conn.execute(_MOVE_PRICING_FACTS)
             await conn.execute(_MOVE_RECEIPTS)
             await conn.execute(_MARK_HOURS)
         return discarded
