@@ -21,7 +21,7 @@ from recovea_proxy.auth.workspace_keys import WorkspaceKeys
 from recovea_proxy.config import Settings
 from recovea_proxy.levers import ChainBook
 from recovea_proxy.levers.build import lever_builder
-from recovea_proxy.levers.cache_store import MemoryStore
+from recovea_proxy.levers.cache_tiers import open_cache_store
 from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
@@ -180,7 +180,8 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         # what they queued is still written (or spooled).
         stack.push_async_callback(drainer.close, max(settings.shutdown_grace_s, _FLUSH_MIN_S))
         signer = ReceiptSigner(signing_key)
-        cache_store = MemoryStore(int(settings.cache_max_mb * 1024 * 1024))
+        # memory alone, or memory in front of Redis (RECOVEA_REDIS_URL)
+        cache_store = await stack.enter_async_context(open_cache_store(settings, metrics))
         flights = FlightRegistry(
             buffer_max_bytes=int(settings.flight_buffer_max_kb * 1024),
             followers_max=settings.flight_followers_max,

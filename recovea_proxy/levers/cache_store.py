@@ -86,7 +86,8 @@ def _field(data: bytes, at: int) -> tuple[bytes, int]:
 class CacheStore(Protocol):
     """Where entries live."""
 
-    #: the longest a lookup may take (None: it never waits)
+    #: the longest a lookup may take, timed by the chain (None: it never waits, or it
+    #: bounds its own wait, as `cache_redis.RedisStore` does)
     budget_s: float | None
 
     async def lookup(self, key: bytes) -> CacheEntry | None:
