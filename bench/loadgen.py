@@ -1,4 +1,4 @@
-"""The load generator: POSTs one chat body again and again and times each response.
+"""The load generator: POSTs chat bodies again and again and times each response.
 
 Two shapes of load:
 
@@ -9,6 +9,18 @@ Two shapes of load:
   its queueing (no coordinated omission). Beyond `--max-in-flight` a due
   request is counted as dropped instead of sent.
 
+With `--burst B` requests go out B at a time, identical: in closed loop each client
+sends B at once and waits for all of them; in open loop B are due together, every
+B/R s. The bodies (`--body`), built here so that the target pays nothing for them:
+
+- `plain`: one ~400-byte chat request, no `temperature` (the default);
+- `cache-miss`: the same with `temperature` 0 and a prompt ending in a mark no other
+  request of any run repeats (this process's random nonce and a counter), a new one
+  per request, or per burst;
+- `cache-hit`: the same with `temperature` 0 and one fixed prompt, every time.
+
+Every body of a run has the same length.
+
 A response counts as a success when its status is 200 and, for a stream, it
 ends with `data: [DONE]` (before a gateway's closing receipt line). It runs in its
 own process so its CPU never counts against the proxy under test, and prints one
@@ -17,6 +29,7 @@ requests, ok, errors, dropped, seconds, rps, p50_ms, p90_ms, p99_ms, max_ms.
 
     python -m bench.loadgen --url http://127.0.0.1:8080/v1/chat/completions \
         --requests 2000 --concurrency 16 [--stream] [--rate 500] [--duration 10]
+        [--body plain|cache-miss|cache-hit] [--burst 20] [--chunk-delay-ms 10]
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +46,7 @@ import aiohttp
 import orjson
 import uvloop
 
-Fire = Callable[[], Awaitable[bool]]
+Fire = Callable[[bytes], Awaitable[bool]]
 _DONE = b"data: [DONE]"
 _RECEIPT = b"\n: recovea-receipt-v1 "
 
@@ -52,24 +66,33 @@ class Tally:
             self.errors += 1
 
 
-def chat_body(stream: bool, include_usage: bool) -> bytes:
-    """A ~400-byte chat completion request, like a short real prompt."""
+BODIES = ("plain", "cache-miss", "cache-hit")
+_PROMPT = "benchmark prompt " * 20
+_MARK = "@@mark@@"
+
+
+def chat_body(stream: bool, include_usage: bool, kind: str = "plain", mark: str = "") -> bytes:
+    """A ~400-byte chat completion request, like a short real prompt; `cache-*` kinds
+    ask for `temperature` 0 (shareable under the default cache policy) and end the
+    prompt with `mark`."""
     doc: dict[str, object] = {
         "model": "gpt-4o-mini",
         "stream": stream,
-        "messages": [{"role": "user", "content": "benchmark prompt " * 20}],
+        "messages": [{"role": "user", "content": _PROMPT + mark}],
     }
+    if kind != "plain":
+        doc["temperature"] = 0
     if include_usage:
         doc["stream_options"] = {"include_usage": True}
     return orjson.dumps(doc)
 
 
 def make_fire(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], stream: bool
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], stream: bool
 ) -> Fire:
-    """One request, read to its end; True when it succeeded."""
+    """One request with the given body, read to its end; True when it succeeded."""
 
-    async def fire() -> bool:
+    async def fire(body: bytes) -> bool:
         try:
             async with session.post(url, data=body, headers=headers) as response:
                 payload = await response.read()
@@ -85,35 +108,79 @@ def make_fire(
     return fire
 
 
+def bodies(kind: str, stream: bool, include_usage: bool) -> Callable[[], bytes]:
+    """The body of each next request (or burst) of a run."""
+    if kind == "plain":
+        plain = chat_body(stream, include_usage)
+        return lambda: plain
+    if kind == "cache-hit":
+        fixed = chat_body(stream, include_usage, kind, " #" + "0" * 24)
+        return lambda: fixed
+    if kind != "cache-miss":
+        raise ValueError(f"unknown body {kind!r}")
+    # A template split around the mark: a request costs one join, not a JSON encode.
+    head, tail = chat_body(stream, include_usage, kind, _MARK).split(_MARK.encode())
+    nonce = os.urandom(6).hex().encode()  # apart from every other run's
+    count = 0
+
+    def unique() -> bytes:
+        nonlocal count
+        count += 1
+        return b"".join((head, b" #", nonce, b"%012d" % count, tail))
+
+    return unique
+
+
 async def closed_loop(
-    fire: Fire, concurrency: int, requests: int | None, duration: float | None
+    fire: Fire,
+    body: Callable[[], bytes],
+    concurrency: int,
+    requests: int | None,
+    duration: float | None,
+    burst: int = 1,
 ) -> Tally:
-    """`concurrency` clients back to back until `requests` are sent or `duration` is over."""
+    """`concurrency` clients back to back until `requests` are sent or `duration` is
+    over; each sends `burst` identical requests at once and waits for all of them."""
     tally = Tally()
     remaining = requests if requests is not None else math.inf
     end = time.perf_counter() + duration if duration is not None else math.inf
 
+    async def timed(payload: bytes, started: float) -> None:
+        ok = await fire(payload)
+        tally.add(ok, time.perf_counter() - started)
+
     async def client() -> None:
         nonlocal remaining
         while remaining > 0 and time.perf_counter() < end:
-            remaining -= 1
+            ways = int(min(burst, remaining))
+            remaining -= ways
+            payload = body()
             started = time.perf_counter()
-            ok = await fire()
-            tally.add(ok, time.perf_counter() - started)
+            if ways == 1:
+                await timed(payload, started)
+            else:
+                await asyncio.gather(*(timed(payload, started) for _ in range(ways)))
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return tally
 
 
 async def open_loop(
-    fire: Fire, rate: float, requests: int | None, duration: float | None, max_in_flight: int
+    fire: Fire,
+    body: Callable[[], bytes],
+    rate: float,
+    requests: int | None,
+    duration: float | None,
+    max_in_flight: int,
+    burst: int = 1,
 ) -> Tally:
-    """One request due every 1/`rate` s, until `requests` are due or `duration` is over."""
+    """One request due every 1/`rate` s (or `burst` identical ones every `burst`/`rate`
+    s), until `requests` are due or `duration` is over."""
     tally = Tally()
     in_flight: set[asyncio.Task[None]] = set()
 
-    async def timed(due: float) -> None:
-        ok = await fire()
+    async def timed(payload: bytes, due: float) -> None:
+        ok = await fire(payload)
         tally.add(ok, time.perf_counter() - due)
 
     start = time.perf_counter()
@@ -125,13 +192,16 @@ async def open_loop(
         wait = due - time.perf_counter()
         if wait > 0:
             await asyncio.sleep(wait)  # pacing the schedule, not waiting on anything
-        if len(in_flight) >= max_in_flight:
-            tally.dropped += 1
-        else:
-            task = asyncio.create_task(timed(due))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        sent += 1
+        payload = body()
+        ways = burst if requests is None else min(burst, requests - sent)
+        for _ in range(ways):
+            if len(in_flight) >= max_in_flight:
+                tally.dropped += 1
+            else:
+                task = asyncio.create_task(timed(payload, due))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        sent += ways
     await asyncio.gather(*in_flight)
     return tally
 
@@ -164,24 +234,29 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         "content-type": "application/json",
         "x-mock-chunks": str(args.chunks),
     }
+    if args.chunk_delay_ms:
+        headers["x-mock-chunk-delay-ms"] = f"{args.chunk_delay_ms:g}"
     requests: int | None = args.requests
     if requests is None and args.duration is None:
         requests = 2000
-    limit = args.concurrency if args.rate is None else 0
+    limit = args.concurrency * args.burst if args.rate is None else 0
+    body = bodies(args.body, args.stream, args.include_usage)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0),
         timeout=aiohttp.ClientTimeout(total=args.timeout),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
-        fire = make_fire(
-            session, args.url, chat_body(args.stream, args.include_usage), headers, args.stream
-        )
+        fire = make_fire(session, args.url, headers, args.stream)
         began = time.perf_counter()
         if args.rate is None:
-            tally = await closed_loop(fire, args.concurrency, requests, args.duration)
+            tally = await closed_loop(
+                fire, body, args.concurrency, requests, args.duration, args.burst
+            )
         else:
-            tally = await open_loop(fire, args.rate, requests, args.duration, args.max_in_flight)
+            tally = await open_loop(
+                fire, body, args.rate, requests, args.duration, args.max_in_flight, args.burst
+            )
         return summarize(tally, time.perf_counter() - began)
 
 
@@ -196,9 +271,20 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help='send "stream": true')
     parser.add_argument("--chunks", type=int, default=16, help="x-mock-chunks for the mock")
     parser.add_argument("--include-usage", action="store_true", help="ask for stream usage")
+    parser.add_argument(
+        "--body", choices=BODIES, default="plain", help="plain, or temperature 0 for the cache"
+    )
+    parser.add_argument(
+        "--burst", type=int, default=1, help="identical requests sent at once (default 1)"
+    )
+    parser.add_argument(
+        "--chunk-delay-ms", type=float, default=0, help="x-mock-chunk-delay-ms for the mock"
+    )
     parser.add_argument("--key", default="sk-bench-0000000000000000", help="API key to send")
     parser.add_argument("--timeout", type=float, default=60, help="per-request timeout (s)")
     args = parser.parse_args()
+    if args.burst < 1:
+        parser.error("--burst must be at least 1")
     print(orjson.dumps(uvloop.run(run(args))).decode())
 
 

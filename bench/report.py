@@ -1,5 +1,6 @@
 """The bench's output: per-round results reduced to medians, the gateway/floor
-ratios, the table printed after a run, and the JSON written to
+ratios, the differences between two gateways (or two modes) in units of the floor's
+CPU, the table printed after a run, and the JSON written to
 `bench/results/latest.json`.
 """
 
@@ -15,6 +16,8 @@ import orjson
 Row = dict[str, Any]
 #: per (target, mode), one load generator result per round, in round order
 Runs = dict[tuple[str, str], list[dict[str, float]]]
+#: (target, mode) set beside (reference target, reference mode)
+Pairs = list[tuple[tuple[str, str], tuple[str, str]]]
 
 _COLUMNS = (
     # (heading, row key, format)
@@ -28,18 +31,25 @@ _COLUMNS = (
     ("p99 ms", "p99_ms", "{:>7.2f}"),
     ("errors", "errors", "{:>6.0f}"),
 )
+#: what answered a gateway's requests, from its request log (lever modes only)
+_LEVER_COLUMNS = (
+    ("hit %", "cache_hit_pct", "{:>5.0f}"),
+    ("joined %", "flight_join_pct", "{:>8.0f}"),
+)
 
 
-def table(rows: list[Row]) -> str:
-    """One line per target and mode, the figures aligned."""
+def table(rows: list[Row], *, levers: bool = False) -> str:
+    """One line per target and mode, the figures aligned; `levers`: with the share of
+    requests the cache answered and the share that joined a flight."""
+    columns = _COLUMNS + _LEVER_COLUMNS if levers else _COLUMNS
     name_w = max([len("target"), *(len(r["target"]) for r in rows)])
     mode_w = max([len("mode"), *(len(r["mode"]) for r in rows)])
     head = f"{'target':<{name_w}}  {'mode':<{mode_w}}"
-    head += "".join(f"  {h:>{len(fmt.format(0))}}" for h, _, fmt in _COLUMNS)
+    head += "".join(f"  {h:>{len(fmt.format(0))}}" for h, _, fmt in columns)
     lines = [head]
     for row in rows:
         line = f"{row['target']:<{name_w}}  {row['mode']:<{mode_w}}"
-        line += "".join(f"  {fmt.format(row[key])}" for _, key, fmt in _COLUMNS)
+        line += "".join(f"  {fmt.format(row.get(key, 0.0))}" for _, key, fmt in columns)
         lines.append(line)
     return "\n".join(lines)
 
@@ -110,6 +120,47 @@ def ratio_lines(found: dict[str, dict[str, float]]) -> str:
         line += f"  p50 x{r['p50']:.2f}"
         if r["cpu_with_db"] - r["cpu"] >= 0.01:
             line += f"  (cpu with its database x{r['cpu_with_db']:.2f})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def deltas(runs: Runs, pairs: Pairs) -> dict[str, dict[str, float]]:
+    """For each pair, the first side's CPU/request minus the second's, in units of the
+    floor's CPU/request in the second side's mode: the yardstick of "rises by no more
+    than 0.05x the floor's". Round by round (the sides of a pair ran in the same round),
+    then the median with the lowest and highest; `best` sets each side's lowest figure
+    over the rounds against the floor's lowest. Pairs with a side not run are left out."""
+    out: dict[str, dict[str, float]] = {}
+    for (name, mode), (ref, ref_mode) in pairs:
+        target, other = runs.get((name, mode)), runs.get((ref, ref_mode))
+        floor = runs.get(("floor", ref_mode))
+        if not target or not other or not floor:
+            continue
+        cpu = "cpu_us_per_req"
+        steps = [
+            (t[cpu] - o[cpu]) / f[cpu]
+            for t, o, f in zip(target, other, floor, strict=True)
+            if f[cpu]
+        ]
+        if not steps:
+            continue
+        lowest = [min(r[cpu] for r in side) for side in (target, other, floor)]
+        out[f"{name} {mode} - {ref} {ref_mode}"] = {
+            "delta": round(statistics.median(steps), 3),
+            "delta_min": round(min(steps), 3),
+            "delta_max": round(max(steps), 3),
+            "delta_best": round((lowest[0] - lowest[1]) / lowest[2], 3),
+        }
+    return out
+
+
+def delta_lines(found: dict[str, dict[str, float]]) -> str:
+    """The differences, one line each, in units of the floor's CPU/request."""
+    width = max((len(k) for k in found), default=0)
+    lines = []
+    for key, d in found.items():
+        line = f"{key:<{width}}  {d['delta']:+.3f} floor ({d['delta_min']:+.3f} to "
+        line += f"{d['delta_max']:+.3f})  best {d['delta_best']:+.3f}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -2,16 +2,21 @@
 
 Starts the mock provider, then every target of `bench.targets` side by side (a
 target that does not become ready is skipped with its reason). Each round runs,
-for every target and mode, a warm-up and then a measured closed-loop run of
-`bench.loadgen` in its own process; rounds interleave the targets so drift on a
-shared machine hits them alike, and the report shows per-figure medians.
-Measured: requests/s, CPU µs per request of the target's process tree over the
-measured run only (the mock's for `direct`; the mock's and the embedded
-database's as context), p50/p99 latency, errors, and each gateway's CPU and p50
-over the floor's. Prints a table; writes `bench/results/latest.json`.
+for every mode (`bench.modes`) and target, a warm-up and then a measured run of
+`bench.loadgen` in its own process (closed loop, or open loop with `--rate`);
+rounds interleave the targets so drift on a shared machine hits them alike, and
+the report shows per-figure medians. Measured: requests/s, CPU µs per request of
+the target's process tree over the measured run only (the mock's for `direct`; the
+mock's and the embedded database's as context), p50/p99 latency, errors, each
+gateway's CPU and p50 over the floor's, and — for the lever modes — what answered
+the gateway's requests (cache hits, flight joins, from its request log) and
+gateway-auth's CPU beside the `--against` gateway's and its own in the mode of
+today's requests, in units of the floor's. Prints a table; writes
+`bench/results/latest.json` (or `--out`).
 
     python -m bench.run [--requests N] [--concurrency C] [--rounds R] [--quick]
-                        [--targets floor,gateway] [--no-pin]
+                        [--targets floor,gateway] [--no-pin] [--rate R]
+                        [--modes levers] [--against REF] [--out FILE]
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from pathlib import Path
 
 import orjson
 
-from bench import report
+from bench import lever_log, report
 from bench.cpu import CpuTime, tree, tree_cpu
+from bench.modes import NAMED, Mode, loadgen_argv
+from bench.modes import chosen as chosen_modes
 from bench.procs import (
     NotReady,
     free_port,
@@ -50,24 +57,6 @@ READY_DEADLINE_S = 30.0
 
 
 @dataclass(frozen=True)
-class Mode:
-    """A kind of request: streamed or not, and whether the client asks for usage."""
-
-    name: str
-    stream: bool
-    include_usage: bool = False
-
-
-# Without include_usage the gateway asks upstream for usage itself (and hides it
-# again), which the floor does not: the third mode compares like with like.
-MODES = (
-    Mode("chat", stream=False),
-    Mode("chat-stream-16", stream=True),
-    Mode("chat-stream-16-usage", stream=True, include_usage=True),
-)
-
-
-@dataclass(frozen=True)
 class Live:
     """A started target: where to send requests, which processes to watch."""
 
@@ -76,6 +65,8 @@ class Live:
     pid: int
     db_pid: int | None
     key: str | None
+    #: the gateway's output, with its JSON request log (None: the target has none)
+    log: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -90,28 +81,6 @@ class Plan:
     others_cores: str | None  # where the load generator runs
 
 
-def loadgen_argv(
-    url: str,
-    mode: Mode,
-    key: str | None,
-    requests: int,
-    concurrency: int,
-    rate: float | None = None,
-) -> list[str]:
-    """The command line of one load generator run (closed loop unless `rate` is set)."""
-    argv = [sys.executable, "-m", "bench.loadgen", "--url", url]
-    argv += ["--requests", str(requests), "--concurrency", str(concurrency)]
-    if rate:
-        argv += ["--rate", str(rate)]
-    if mode.stream:
-        argv.append("--stream")
-    if mode.include_usage:
-        argv.append("--include-usage")
-    if key:
-        argv += ["--key", key]
-    return argv
-
-
 def load(plan: Plan, url: str, mode: Mode, key: str | None, requests: int) -> dict[str, float]:
     """One load generator run, in its own process; its JSON summary."""
     argv = loadgen_argv(url, mode, key, requests, plan.concurrency, plan.rate)
@@ -123,9 +92,14 @@ def load(plan: Plan, url: str, mode: Mode, key: str | None, requests: int) -> di
 
 
 def measure(plan: Plan, live: Live, mock_pid: int, mode: Mode) -> dict[str, float]:
-    """Warm up, then one measured run with the CPU of the watched trees around it."""
+    """Warm up, then one measured run with the CPU of the watched trees around it; for
+    a gateway, what answered the measured requests (from its request log, read after
+    the CPU)."""
     url = f"{live.base_url}/v1/chat/completions"
-    load(plan, url, mode, live.key, plan.warmup)
+    mark = lever_log.size(live.log) if live.log else 0
+    warm = load(plan, url, mode, live.key, plan.warmup)
+    if live.log:
+        mark = lever_log.read(live.log, mark, int(warm["requests"])).end
     watched = {"cpu": live.pid, "mock": mock_pid, "db": live.db_pid}
     before = {name: tree_cpu(pid) if pid else CpuTime(0, 0) for name, pid in watched.items()}
     result = load(plan, url, mode, live.key, plan.requests)
@@ -138,6 +112,9 @@ def measure(plan: Plan, live: Live, mock_pid: int, mode: Mode) -> dict[str, floa
     result["cpu_stat_us_per_req"] = spent["cpu"].stat_us / served
     result["mock_cpu_us_per_req"] = spent["mock"].best_us / served
     result["db_cpu_us_per_req"] = spent["db"].best_us / served
+    seen = lever_log.read(live.log, mark, int(result["requests"])) if live.log else None
+    result["cache_hit_pct"] = 100 * seen.cache_hits / served if seen else 0.0
+    result["flight_join_pct"] = 100 * seen.flight_joins / served if seen else 0.0
     return result
 
 
@@ -173,16 +150,31 @@ def start_target(
             raise NotReady(f"{target.name}: setup failed: {exc}") from exc
     port = free_port()
     argv = [*target.argv, "--host", "127.0.0.1", "--port", str(port)]
-    process = stack.enter_context(
-        started(pinned(argv, proxy_cores), env, workdir / f"{target.name}.log")
-    )
+    log = workdir / f"{target.name}.log"
+    process = stack.enter_context(started(pinned(argv, proxy_cores), env, log))
     base = f"http://127.0.0.1:{port}"
     check = http_ok(base + target.ready_path) if target.ready_path else tcp_open(port)
     wait_ready(check, process, target.name, READY_DEADLINE_S)
     db_pid = postmaster_pid(data_dir)
     if db_pid is not None:
         pin_tree(tree(db_pid), others_cores)
-    return Live(target, base, process.pid, db_pid, key)
+    return Live(target, base, process.pid, db_pid, key, log if target.request_log else None)
+
+
+def delta_pairs(modes: tuple[Mode, ...], name: str, reference: str | None) -> report.Pairs:
+    """What `name`'s CPU per request is set beside, mode by mode: the `--against`
+    gateway's in the same mode and in the mode's `base` (today's requests of the same
+    shape), and its own in the `base` mode."""
+    pairs: report.Pairs = []
+    for mode in modes:
+        base = mode.base or mode.name
+        if reference:
+            pairs.append(((name, mode.name), (reference, mode.name)))
+        if base != mode.name:
+            if reference:
+                pairs.append(((name, mode.name), (reference, base)))
+            pairs.append(((name, mode.name), (name, base)))
+    return pairs
 
 
 @contextlib.contextmanager
@@ -230,6 +222,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="600 requests, 1 round")
     parser.add_argument("--targets", help="comma-separated subset of targets (default: all)")
     parser.add_argument(
+        "--modes",
+        help="comma-separated request modes, or one of "
+        f"{', '.join(NAMED)} (default: {', '.join(m.name for m in NAMED['default'])}); "
+        "`levers` adds the exact cache's and singleflight's (see bench/README.md)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help=f"where the JSON goes (default {RESULTS.relative_to(RESULTS.parent.parent.parent)})",
+    )
+    parser.add_argument(
         "--no-pin",
         dest="pin",
         action="store_false",
@@ -246,6 +250,10 @@ def main() -> None:
     proxy_cores, others_cores = (str(cores - 1), f"0-{cores - 2}") if pin else (None, None)
     requests = 600 if args.quick else args.requests
     rounds = 1 if args.quick else args.rounds
+    try:
+        modes = chosen_modes(args.modes)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     plan = Plan(requests, max(200, requests // 5), args.concurrency, args.rate, others_cores)
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
@@ -261,8 +269,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
     with contextlib.ExitStack() as stack:
         stack.callback(clean_up, workdir, skipped)  # runs last
-        if args.against:
-            chosen.append(at_ref(f"gateway-auth@{args.against}", mock_url, workdir / "against"))
+        reference = f"gateway-auth@{args.against}" if args.against else None
+        if reference:
+            chosen.append(at_ref(reference, mock_url, workdir / "against"))
             stack.enter_context(worktree(args.against, workdir / "against"))
         mock_argv = [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)]
         mock = stack.enter_context(
@@ -282,14 +291,15 @@ def main() -> None:
                 print(f"skipping {exc} (log: {workdir / target.name}.log)", file=sys.stderr)
         for n in range(rounds):
             print(f"round {n + 1}/{rounds}", file=sys.stderr, flush=True)
-            for mode in MODES:
+            for mode in modes:
                 # Each mode's targets back to back, in alternating order: a pair of
                 # runs compared in a ratio is as close in time as it can be.
                 for one in live if n % 2 == 0 else reversed(live):
                     result = measure(plan, one, mock.pid, mode)
                     runs.setdefault((one.target.name, mode.name), []).append(result)
     rows = report.summarize(runs)
-    found = report.ratios(runs, [m.name for m in MODES])
+    found = report.ratios(runs, [m.name for m in modes])
+    steps = report.deltas(runs, delta_pairs(modes, "gateway-auth", reference))
     print(
         f"\n{requests} requests per run (warm-up {plan.warmup}), "
         f"{f'open loop at {args.rate:g}/s' if args.rate else f'concurrency {args.concurrency}'}, "
@@ -297,13 +307,16 @@ def main() -> None:
         f"{'target pinned to core ' + proxy_cores if proxy_cores else 'unpinned'}, "
         f"{time.monotonic() - began:.0f} s\n"
     )
-    print(report.table(rows))
+    print(report.table(rows, levers=any(m.body != "plain" for m in modes)))
     print()
     print(report.ratio_lines(found))
+    if steps:
+        print()
+        print(report.delta_lines(steps))
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     report.write_json(
-        RESULTS,
+        args.out,
         {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": {"cores": cores, "python": platform.python_version()},
@@ -319,10 +332,11 @@ def main() -> None:
                 for (name, mode), results in runs.items()
             ],
             "ratios": found,
+            "deltas_over_floor": steps,
             "skipped": skipped,
         },
     )
-    print(f"\nwritten to {RESULTS}")
+    print(f"\nwritten to {args.out}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ class Target:
     ready_path: str | None = None
     #: prepares the target's data (given its environment); returns the API key to send
     setup: Setup | None = None
+    #: writes the gateway's JSON request log to its output (`bench.lever_log` reads it)
+    request_log: bool = False
 
 
 def targets(mock_url: str) -> list[Target]:
@@ -61,6 +63,7 @@ def gateway(
         {**base, **(env or {})},
         ready_path="/readyz",
         setup=setup,
+        request_log=True,
     )
 
 
@@ -73,6 +76,7 @@ def at_ref(name: str, mock_url: str, checkout: Path) -> Target:
         {**gateway(name, mock_url).env, "RECOVEA_PASSTHROUGH": "off"},
         ready_path="/readyz",
         setup=lambda env: workspace_key(env, command),
+        request_log=True,
     )
 
 

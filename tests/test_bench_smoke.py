@@ -1,7 +1,8 @@
 """The bench's floor proxy and load generator keep working (so `make bench` does not rot).
 
 Real sockets throughout: the mock provider on its own port, the floor as its own
-process (`python -m bench.floor`), the load generator as its own process.
+process (`python -m bench.floor`), the load generator as its own process; the lever
+modes against a real gateway with a workspace's rcv_ key.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import httpx
 import orjson
 import pytest
 
+from bench import lever_log
+from bench.modes import ALL_MODES, chosen, loadgen_argv
 from bench.procs import free_port, started, tcp_open, wait_ready
-from tests.support import MockServer
+from tests.ledger_support import make_tenant
+from tests.support import Gateway, MockServer
 
 CHAT = "/v1/chat/completions"
 HEADERS = {"authorization": "Bearer sk-floor-000000", "x-mock-chunks": "16"}
@@ -93,3 +97,78 @@ def test_at_ref_runs_the_cli_of_the_checkout_it_is_given(tmp_path: Path) -> None
     refused = at_ref(empty)
     assert refused.returncode != 0
     assert f"not from {empty}" in refused.stderr
+
+
+def loadgen(url: str, *args: str) -> dict[str, float]:
+    """One load generator run in its own process; its JSON summary."""
+    argv = [sys.executable, "-m", "bench.loadgen", "--url", url, *args]
+    done = subprocess.run(argv, capture_output=True, check=True, timeout=120)
+    result: dict[str, float] = orjson.loads(done.stdout)
+    return result
+
+
+def test_cache_bodies_are_shareable_and_unique_per_burst(mock: MockServer) -> None:
+    """`--body cache-miss` sends temperature 0 and a prompt that is the same within a
+    burst and new from burst to burst, and from run to run; `--body cache-hit` one fixed
+    prompt in every run; every body of a kind has the same length."""
+    url = f"{mock.url}{CHAT}"
+
+    def sent(*args: str) -> list[dict[str, object]]:
+        mock.clear()
+        result = loadgen(url, "--requests", "12", "--concurrency", "1", *args)
+        assert (12, 0) == (result["ok"], result["errors"])
+        return [r["body"] for r in mock.requests() if r["path"] == CHAT]
+
+    misses = [sent("--body", "cache-miss", "--burst", "4") for _ in range(2)]
+    for bodies in misses:
+        assert {0} == {body["temperature"] for body in bodies}
+    prompts = [[str(body["messages"]) for body in bodies] for bodies in misses]
+    assert [1, 1, 1] == [len(set(prompts[0][n : n + 4])) for n in (0, 4, 8)]
+    assert 3 == len(set(prompts[0]))
+    assert not set(prompts[0]) & set(prompts[1])
+    hits = sent("--body", "cache-hit") + sent("--body", "cache-hit")
+    assert 1 == len({orjson.dumps(body) for body in hits})
+    assert 1 == len({len(orjson.dumps(body)) for body in misses[0] + misses[1] + hits})
+
+
+def test_modes_name_what_the_loadgen_is_told() -> None:
+    """`--modes levers` picks today's two modes and the lever modes; the flight mode
+    sends bursts of 20 slow temperature-0 streams; an unknown name is refused."""
+    names = [mode.name for mode in chosen("levers")]
+    assert ["chat", "chat-stream-16"] == names[:2]
+    assert "chat-stream-16-flight-20" in names and "chat-cache-hit" in names
+    flight = next(mode for mode in ALL_MODES if mode.name == "chat-stream-16-flight-20")
+    argv = loadgen_argv("http://x", flight, "k", 100, 4, 800)
+    assert argv[argv.index("--body") + 1] == "cache-miss"
+    assert argv[argv.index("--burst") + 1] == "20"
+    assert "--stream" in argv and "--chunk-delay-ms" in argv
+    with pytest.raises(ValueError, match="unknown mode"):
+        chosen("chat,chat-cache-maybe")
+
+
+def test_lever_modes_hit_and_join_as_the_gateway_logs_them(
+    start_gateway: Callable[..., Gateway], db_env: dict[str, str]
+) -> None:
+    """Through a gateway with a workspace key, what `bench.lever_log` reads from its
+    request log: a `cache-hit` run is all hits after its first request, a `cache-miss`
+    run none, and in 20-way bursts of slow streams the 19 that follow the first are
+    answered by its flight (or, had they come late, by the cache it filled)."""
+    gateway = start_gateway(RECOVEA_PASSTHROUGH="off")
+    key = make_tenant(db_env, "bench-levers").key
+    url = f"{gateway.url}{CHAT}"
+
+    def run(requests: int, *args: str) -> lever_log.Seen:
+        mark = lever_log.size(gateway.log_path)
+        result = loadgen(url, "--key", key, "--requests", str(requests), *args)
+        assert (requests, 0) == (result["ok"], result["errors"])
+        return lever_log.read(gateway.log_path, mark, requests, deadline_s=20)
+
+    hit = run(30, "--concurrency", "1", "--body", "cache-hit")
+    assert (30, 29, 0) == (hit.requests, hit.cache_hits, hit.flight_joins)
+    miss = run(30, "--concurrency", "4", "--body", "cache-miss", "--stream")
+    assert (30, 0, 0) == (miss.requests, miss.cache_hits, miss.flight_joins)
+    flight = ["--concurrency", "1", "--body", "cache-miss", "--stream", "--burst", "20"]
+    burst = run(40, *flight, "--chunk-delay-ms", "20")
+    assert 40 == burst.requests
+    assert 38 == burst.flight_joins + burst.cache_hits
+    assert burst.flight_joins >= 19
