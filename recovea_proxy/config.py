@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,10 @@ def _optional_redis_url(env: Mapping[str, str], name: str) -> str | None:
         return None
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{name} must be a redis:// (or rediss://, unix://) URL")
+    try:
+        urlsplit(raw).port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{name} has a port that is not a number") from None
     return raw
 
 

@@ -42,6 +42,8 @@ def test_defaults_match_the_documented_ones() -> None:
         ("RECOVEA_MAX_BODY_MB", "lots", "a number"),
         ("RECOVEA_IDLE_READ_TIMEOUT_S", "0", "at least"),
         ("RECOVEA_LOG_FORMAT", "xml", "console or json"),
+        ("RECOVEA_REDIS_URL", "http://cache:6379", "redis://"),
+        ("RECOVEA_REDIS_URL", "redis://cache:six/0", "not a number"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(

@@ -106,6 +106,9 @@ def keyed(handler: Handler, *, admin_only: bool) -> Callable[[Request], Awaitabl
             return await handler(request, runtime, key)
         except GatewayError as exc:
             return _error(exc)
+        except ops.KmsRefusedError as exc:
+            code = "provider_key_unavailable" if exc.status == 503 else "invalid_request"
+            return _error(GatewayError(exc.status, code, str(exc)))
         except ops.OperationError as exc:
             return _error(bad_request(str(exc)))
         except _DB_ERRORS:
@@ -194,7 +197,7 @@ async def set_provider_key(request: Request, runtime: Runtime, key: KeyRecord) -
     body = await json_body(request, {"key"})
     secret = body.get("key") or ""
     async with runtime.pool.acquire() as conn:
-        await ops.set_provider_key(conn, runtime.keyring.current, key.customer_id, provider, secret)
+        await ops.set_provider_key(conn, runtime.keyring, key.customer_id, provider, secret)
     runtime.auth.forget_provider_key(key.customer_id, provider)
     return json_response({"provider": provider, "last_four": secret.strip()[-4:]})
 

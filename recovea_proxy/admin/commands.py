@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from recovea_proxy.admin import kms_commands
 from recovea_proxy.admin import operations as ops
 from recovea_proxy.auth.keyring import load_keyring, retire_local_key
 from recovea_proxy.config import Settings
@@ -119,9 +120,7 @@ async def provider_key_set(
 ) -> dict[str, Any]:
     secret = sys.stdin.readline().strip()
     keyring = await asyncio.to_thread(load_keyring, settings)
-    key_id = await ops.set_provider_key(
-        conn, keyring.current, args.workspace, args.provider, secret
-    )
+    key_id = await ops.set_provider_key(conn, keyring, args.workspace, args.provider, secret)
     last_four = secret[-4:]
     emit(
         args,
@@ -172,6 +171,7 @@ def add_commands(commands: Any) -> None:
     from recovea_proxy.meter.commands import add_commands as add_ledger_commands
 
     add_ledger_commands(commands, workspace)
+    kms_commands.add_commands(workspace, run)
 
     key = commands.add_parser("key", help="rcv_ keys").add_subparsers(dest="action", required=True)
     kc = key.add_parser("create", help="create an rcv_ key (printed once)")

@@ -13,15 +13,27 @@ from typing import Any
 
 import asyncpg
 
-from recovea_proxy.auth.envelope import MasterKey, context_for, seal
+from recovea_proxy.auth.envelope import context_for, seal
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash, last_four, new_key
+from recovea_proxy.auth.kms_refusals import reason_for
 
 PROVIDERS = ("openai", "anthropic", "openrouter")
 
 
 class OperationError(ValueError):
     """The operation's input is not acceptable; the message says why."""
+
+
+class KmsRefusedError(OperationError):
+    """A workspace's own KMS key (or, re-wrapping, the key before it) refused or could
+    not be reached; `reason` as in auth.kms_refusals, `status` the HTTP answer (400:
+    the key given cannot be used; 503 `provider_key_unavailable`: the key in use)."""
+
+    def __init__(self, message: str, reason: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +179,10 @@ async def revoke_key(
 
 
 async def set_provider_key(
-    conn: asyncpg.Connection, master: MasterKey, workspace_id: str, provider: str, secret: str
+    conn: asyncpg.Connection, keyring: Keyring, workspace_id: str, provider: str, secret: str
 ) -> str:
-    """Store (or replace) the workspace's key for a provider, envelope-encrypted."""
+    """Store (or replace) the workspace's key for a provider, envelope-encrypted under
+    the workspace's own KMS key when it has one, else the deployment's master key."""
     if provider not in PROVIDERS:
         raise OperationError(f"provider must be one of {', '.join(PROVIDERS)}")
     secret = secret.strip()
@@ -178,10 +191,34 @@ async def set_provider_key(
     workspace = parse_id(workspace_id, "workspace id")
     key_id = uuid.uuid4()
     context = context_for(str(workspace), provider, str(key_id))
-    sealed = await asyncio.to_thread(seal, master, secret, context)  # KMS is blocking
+    async with conn.transaction():
+        await scope(conn, str(workspace))
+        kms_key_arn = await conn.fetchval(
+            "SELECT kms_key_arn FROM recovea.workspaces WHERE customer_id = $1", workspace
+        )
+    try:
+        # KMS is blocking (boto3 set-up too)
+        sealed = await asyncio.to_thread(
+            lambda: seal(keyring.master_for(kms_key_arn), secret, context)
+        )
+    except Exception as exc:
+        if kms_key_arn is None:
+            raise
+        raise KmsRefusedError(
+            f"the workspace's KMS key refused or could not be reached ({reason_for(exc)});"
+            " the key was not stored",
+            reason_for(exc),
+        ) from None
     async with conn.transaction():
         await scope(conn, str(workspace))
         await _require_workspace(conn, workspace)
+        # Locked: a `workspace kms set`/`clear` waits for this row, or ran before it.
+        if kms_key_arn != await conn.fetchval(
+            "SELECT kms_key_arn FROM recovea.workspaces WHERE customer_id = $1"
+            " FOR NO KEY UPDATE",
+            workspace,
+        ):
+            raise OperationError("the workspace's KMS key changed meanwhile; store the key again")
         await conn.execute(
             "INSERT INTO recovea.provider_keys (id, customer_id, provider, ciphertext, nonce,"
             " wrapped_data_key, master_key_id, backend, last_four)"
@@ -223,10 +260,13 @@ async def init(conn: asyncpg.Connection) -> tuple[str, CreatedKey]:
 
 async def rewrap_provider_keys(conn: asyncpg.Connection, keyring: Keyring) -> int:
     """Re-wrap every stored data key under the current master key (no downtime: rows
-    stay readable throughout, each row is rewritten in its own transaction)."""
+    stay readable throughout, each row is rewritten in its own transaction). Workspaces
+    on their own KMS key keep it: their rows are left alone, and a row re-wrapped or
+    replaced meanwhile (`workspace kms set`) is not overwritten."""
     rows = await conn.fetch(
         "SELECT id, customer_id, provider, wrapped_data_key, master_key_id, backend"
-        " FROM recovea.provider_keys"
+        " FROM recovea.provider_keys WHERE customer_id NOT IN"
+        " (SELECT customer_id FROM recovea.workspaces WHERE kms_key_arn IS NOT NULL)"
     )
     current = keyring.current
     count = 0
@@ -235,15 +275,16 @@ async def rewrap_provider_keys(conn: asyncpg.Connection, keyring: Keyring) -> in
         reader = keyring.reader(row["backend"], row["master_key_id"])
         data_key = await asyncio.to_thread(reader.unwrap, row["wrapped_data_key"], context)
         wrapped = await asyncio.to_thread(current.wrap, data_key, context)
-        await conn.execute(
+        status = await conn.execute(
             "UPDATE recovea.provider_keys SET wrapped_data_key = $2, master_key_id = $3,"
-            " backend = $4 WHERE id = $1",
+            " backend = $4 WHERE id = $1 AND wrapped_data_key = $5",
             row["id"],
             wrapped,
             current.key_id,
             current.backend,
+            row["wrapped_data_key"],
         )
-        count += 1
+        count += str(status).endswith(" 1")
     return count
 
 

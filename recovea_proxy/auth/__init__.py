@@ -185,6 +185,11 @@ class Authenticator:
         if self._resolver is not None:
             self._resolver.provider_keys.forget(customer_id, provider)
 
+    def forget_workspace_keys(self, customer_id: str) -> None:
+        """Drop a workspace's cached provider keys after its own KMS key changed."""
+        if self._resolver is not None:
+            self._resolver.provider_keys.forget_workspace(customer_id)
+
 
 def _rcv_principal(key: KeyRecord, provider: Provider, secret: bytearray) -> Principal:
     """The principal of a resolved rcv_ key; the plaintext provider key is overwritten

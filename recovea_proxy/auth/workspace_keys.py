@@ -235,4 +235,3 @@ def _unwrap(keyring: Keyring, key_arn: str, wrapped: bytes, context: dict[str, s
         return keyring.workspace_key(key_arn).unwrap(wrapped, context)
     except Exception as exc:
         raise KmsKeyRefused(reason_for(exc)) from None
-

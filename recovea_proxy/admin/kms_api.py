@@ -1,0 +1,55 @@
+"""`/admin/v1/workspace/kms`: the caller's workspace's own AWS KMS key over HTTP (admin
+keys only), the same operations as `recovea workspace kms set|clear` and the KMS part
+of `recovea workspace show`.
+
+| method, path                   | what |
+| GET    /admin/v1/workspace/kms | the key, and what a gateway last saw of it |
+| PUT    /admin/v1/workspace/kms | `{key_id}`: put the workspace on that key (re-wraps |
+|                                | its provider keys) |
+| DELETE /admin/v1/workspace/kms | back to the deployment's master key (re-wraps them) |
+
+A key the gateway cannot use is 400 `invalid_request` and changes nothing; a re-wrap
+that the workspace's current key refuses, or a KMS that cannot be reached, is 503
+`provider_key_unavailable` and changes nothing either.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from recovea_proxy.admin import kms_operations as kms
+from recovea_proxy.admin.api import admin, json_body, json_response, scoped
+from recovea_proxy.auth.resolver import KeyRecord
+from recovea_proxy.runtime import Runtime
+
+
+async def get_kms(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    return json_response(
+        await scoped(runtime, key, lambda conn: kms.workspace_kms(conn, key.customer_id))
+    )
+
+
+async def set_kms(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    body = await json_body(request, {"key_id"})
+    async with runtime.pool.acquire() as conn:
+        result = await kms.set_workspace_kms(
+            conn, runtime.keyring, key.customer_id, body.get("key_id") or ""
+        )
+    runtime.auth.forget_workspace_keys(key.customer_id)
+    return json_response(result)
+
+
+async def clear_kms(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    async with runtime.pool.acquire() as conn:
+        result = await kms.clear_workspace_kms(conn, runtime.keyring, key.customer_id)
+    runtime.auth.forget_workspace_keys(key.customer_id)
+    return json_response(result)
+
+
+KMS_ADMIN_ROUTES = [
+    Route("/admin/v1/workspace/kms", admin(get_kms), methods=["GET"]),
+    Route("/admin/v1/workspace/kms", admin(set_kms), methods=["PUT"]),
+    Route("/admin/v1/workspace/kms", admin(clear_kms), methods=["DELETE"]),
+]
