@@ -294,12 +294,12 @@ def _note_upstream_id(record: RequestRecord, upstream_id: bytes | None) -> None:
 
 def add_gateway_headers(headers: list[tuple[bytes, bytes]], record: RequestRecord) -> None:
     """The gateway's own response headers: request and trace ids, and what the cache
-    did when it was asked (`hit`, `miss` or `skip`; a cache fault reads as a miss)."""
+    did (`hit`, `miss`, or `skip` when it was off or the request not shareable; a
+    cache fault reads as a miss)."""
     headers.append((b"x-request-id", record.request_id.encode()))
     headers.append((b"x-recovea-trace-id", record.trace_id.encode("latin-1")))
     cache = record.levers_fired.get("cache")
-    if cache is not None:
-        headers.append((b"x-recovea-cache", _CACHE_HEADER.get(cache, b"miss")))
+    headers.append((b"x-recovea-cache", _CACHE_HEADER.get(cache, b"miss") if cache else b"skip"))
 
 
 def add_receipt_header(
