@@ -1,7 +1,7 @@
 """`/admin/v1/*` routes for the ledger: price overrides, retention, deletion.
 
 | GET    /admin/v1/prices         | the effective price table (shipped + overrides) |
-| PUT    /admin/v1/prices/{model} | override a model's prices (USD per 1M tokens) |
+| PUT    /admin/v1/prices/{model} | override every rate of a model (`meter.overrides`) |
 | DELETE /admin/v1/prices/{model} | drop an override |
 | PATCH  /admin/v1/workspace      | set `retention_days` (days, or null: the plan's) |
 | DELETE /admin/v1/workspace      | delete the workspace and all it owns (`?confirm=<id>`) |
@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -19,12 +19,12 @@ from starlette.routing import Route
 from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.errors import GatewayError
+from recovea_proxy.meter.overrides import FIELDS as OVERRIDE_FIELDS
+from recovea_proxy.meter.overrides import override_entry, read_overrides, write_override
 from recovea_proxy.meter.retention import PLAN_RETENTION_DAYS, delete_workspace
-from recovea_proxy.pricing.rates import Price, Rates
+from recovea_proxy.pricing.rates import Price
 from recovea_proxy.pricing.table import shipped_prices
 from recovea_proxy.runtime import Runtime
-
-_PRICE_FIELDS = ("input", "cached_input", "output")
 
 
 def _price_json(price: Price, overridden: bool) -> dict[str, Any]:
@@ -32,36 +32,11 @@ def _price_json(price: Price, overridden: bool) -> dict[str, Any]:
 
 
 async def list_prices(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    rows = await scoped(
-        runtime,
-        key,
-        lambda c: c.fetch(
-            "SELECT model, input, cached_input, output, updated_at FROM recovea.model_prices"
-            " WHERE customer_id = $1::uuid",
-            key.customer_id,
-        ),
-    )
+    overrides = await scoped(runtime, key, lambda c: read_overrides(c, key.customer_id))
     shipped = shipped_prices()
     data = {model: _price_json(price, False) for model, price in shipped.entries().items()}
-    for row in rows:
-        price = Price(
-            Rates(row["input"], row["cached_input"], row["input"], row["input"], row["output"]),
-            "workspace override",
-            row["updated_at"].date().isoformat(),
-        )
-        data[row["model"]] = _price_json(price, True)
+    data.update((model, _price_json(price, True)) for model, price in overrides.items())
     return json_response({"unit": "USD per 1M tokens", "version": shipped.version, "data": data})
-
-
-def _decimal(body: dict[str, Any], name: str) -> Decimal:
-    raw = body.get(name)
-    try:
-        value = Decimal(str(raw))
-    except InvalidOperation:
-        raise bad_request(f"{name} must be a decimal number of USD per 1M tokens.") from None
-    if not value.is_finite() or value < 0 or value > 1_000_000:
-        raise bad_request(f"{name} must be between 0 and 1000000.")
-    return value
 
 
 def _model(request: Request) -> str:
@@ -73,27 +48,13 @@ def _model(request: Request) -> str:
 
 async def set_price(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     model = _model(request)
-    body = await json_body(request, set(_PRICE_FIELDS), strings_only=False)
-    missing = [name for name in _PRICE_FIELDS if body.get(name) is None]
-    if missing:
-        raise bad_request(f"Missing field(s): {', '.join(missing)}.")
-    values = [_decimal(body, name) for name in _PRICE_FIELDS]
-    await scoped(
-        runtime,
-        key,
-        lambda c: c.execute(
-            "INSERT INTO recovea.model_prices (customer_id, model, input, cached_input, output)"
-            " VALUES ($1::uuid, $2, $3, $4, $5) ON CONFLICT (customer_id, model) DO UPDATE"
-            " SET input = EXCLUDED.input, cached_input = EXCLUDED.cached_input,"
-            " output = EXCLUDED.output, updated_at = now()",
-            key.customer_id,
-            model,
-            *values,
-        ),
-    )
-    return json_response(
-        {"model": model, **dict(zip(_PRICE_FIELDS, map(str, values), strict=True))}
-    )
+    body = await json_body(request, set(OVERRIDE_FIELDS), strings_only=False)
+    try:
+        price = override_entry(model, body, datetime.now(UTC).date().isoformat())
+    except ValueError as exc:
+        raise bad_request(str(exc)[:300]) from None
+    await scoped(runtime, key, lambda c: write_override(c, key.customer_id, model, price))
+    return json_response({"model": model, **price.as_json()})
 
 
 async def delete_price(request: Request, runtime: Runtime, key: KeyRecord) -> Response:

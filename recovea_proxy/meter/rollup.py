@@ -17,9 +17,18 @@ grouping; an `(other)` model has no price.
 
 Dollars: `baseline_cost` prices every request's tokens on the model the client asked
 for, as if no lever had acted; `realized_cost` prices what was actually paid for —
-requests answered from the cache cost nothing — on the model that served them.
-Prices: the shipped table under the workspace's overrides (`model_prices`). A group
-whose model has no price gets NULL costs and counts its requests as `unpriced`.
+requests answered from the cache cost nothing — on the model that served them. Both
+with `pricing.cost`, the one price function, under the same rules: cache reads and
+writes by lifetime (from `pricing_facts`), the tier that served, the request's
+long-context band. Prices are the shipped table under the workspace's overrides
+(`meter.overrides`).
+
+`pricing.cost` is linear within one model, tier and band, so the SQL sums each
+group's requests per (tier, band) bucket — the band being the largest long-context
+threshold of the price table a request's input exceeds — and each bucket is priced
+once; a group's costs are its buckets' sums. A bucket that has no price (the model,
+the tier or the band unpriced, on either side) adds nothing to the costs and counts
+its requests as `unpriced`; a group with no priced bucket has NULL costs.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -36,9 +46,10 @@ from recovea_proxy.meter.isolation import (
     connection_lost,
     maintenance_transaction,
 )
+from recovea_proxy.meter.overrides import workspace_prices
 from recovea_proxy.pricing.cost import Tokens, cost
-from recovea_proxy.pricing.rates import Price, Rates
-from recovea_proxy.pricing.table import PriceTable, shipped_prices
+from recovea_proxy.pricing.rates import Price
+from recovea_proxy.pricing.table import PriceTable
 from recovea_proxy.store.service import service_mode
 
 DIMENSIONS = (
@@ -67,6 +78,14 @@ _EVENT_COLUMNS = (
     "dedup_singleflight",
     "fell_back_to_baseline",
 )
+_FACT_COLUMNS = ("cache_write_5m_tokens", "cache_write_1h_tokens", "service_tier")
+#: what a bucket of like requests is priced on, beside its model: the tier that served
+#: and the least input size of the request's long-context band (see `_BAND`)
+BUCKET = ("service_tier", "band")
+#: the token sums a bucket is priced on (with output): of every request (baseline) and,
+#: as `paid_<name>`, of the requests that were paid for (realized)
+_PRICED = ("input_tokens", "cached_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens")
+_PAID = "NOT cache_hit"
 
 
 def _top(tag: str) -> str:
@@ -86,29 +105,40 @@ def _bounded(name: str) -> str:
     )
 
 
-# $1 workspace, $2 and $3 the hour, $4 the tag bound. Grouped by output position: the
-# bounded tags keep their column names.
+# The band of a request: 0 below every long-context threshold of the price table ($5),
+# else the largest threshold its input exceeds, plus one (the band's least input size).
+_BAND = "coalesce((SELECT max(t) + 1 FROM unnest($5::bigint[]) t WHERE e.input_tokens > t), 0)"
+_SUMS = ", ".join(
+    f"coalesce(sum({name}), 0) AS {name}"
+    for name in ("input_tokens", "output_tokens", *_PRICED[1:], "reasoning_tokens")
+)
+_PAID_SUMS = ", ".join(
+    f"coalesce(sum({name}) FILTER (WHERE {_PAID}), 0) AS paid_{name}"
+    for name in (*_PRICED, "output_tokens")
+)
+# $1 workspace, $2 and $3 the hour, $4 the tag bound, $5 the price table's long-context
+# thresholds. Grouped by output position: the bounded tags keep their column names.
+# Each group is split into buckets priced alike (tier, band); `_merge` joins them again.
 _AGGREGATE = f"""
 WITH hour_events AS (
-  SELECT {", ".join(_EVENT_COLUMNS)} FROM recovea.request_events
-  WHERE customer_id = $1 AND ts >= $2 AND ts < $3
+  SELECT {", ".join(f"e.{name}" for name in _EVENT_COLUMNS)},
+    {", ".join(f"f.{name}" for name in _FACT_COLUMNS)}, {_BAND} AS band
+  FROM recovea.request_events e
+  LEFT JOIN recovea.pricing_facts f
+    ON f.request_id = e.request_id AND f.ts = e.ts AND f.customer_id = e.customer_id
+  WHERE e.customer_id = $1 AND e.ts >= $2 AND e.ts < $3
 ), {", ".join(_top(tag) for tag in TAGS)}
-SELECT {", ".join(_bounded(name) for name in DIMENSIONS)},
+SELECT {", ".join(_bounded(name) for name in DIMENSIONS)}, {", ".join(BUCKET)},
   count(*) AS requests,
   count(*) FILTER (WHERE status = 'error') AS errors,
-  coalesce(sum(input_tokens), 0) AS input_tokens,
-  coalesce(sum(output_tokens), 0) AS output_tokens,
-  coalesce(sum(cached_tokens), 0) AS cached_tokens,
-  coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+  {_SUMS},
   count(*) FILTER (WHERE cache_hit) AS cache_hits,
   count(*) FILTER (WHERE dedup_singleflight) AS dedup_hits,
   count(*) FILTER (WHERE fell_back_to_baseline) AS fallbacks,
   count(*) FILTER (WHERE input_tokens IS NOT NULL OR output_tokens IS NOT NULL) AS counted,
-  coalesce(sum(input_tokens) FILTER (WHERE NOT cache_hit), 0) AS paid_input,
-  coalesce(sum(output_tokens) FILTER (WHERE NOT cache_hit), 0) AS paid_output,
-  coalesce(sum(cached_tokens) FILTER (WHERE NOT cache_hit), 0) AS paid_cached
+  {_PAID_SUMS}
 FROM hour_events
-GROUP BY {", ".join(str(position) for position in range(1, len(DIMENSIONS) + 1))}
+GROUP BY {", ".join(str(position) for position in range(1, len(DIMENSIONS) + len(BUCKET) + 1))}
 """
 #: the per-group counts a rollup row holds (summed again when usage is read)
 COUNTS = (
@@ -121,6 +151,8 @@ COUNTS = (
     "cache_hits",
     "dedup_hits",
     "fallbacks",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
 )
 _COLUMNS = ("hour", *DIMENSIONS, *COUNTS, "baseline_cost", "realized_cost", "unpriced")
 _INSERT = (
@@ -142,41 +174,61 @@ def hour_of(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-async def workspace_prices(conn: asyncpg.Connection, workspace: uuid.UUID) -> PriceTable:
-    """The workspace's price table: shipped prices under its overrides."""
-    rows = await conn.fetch(
-        "SELECT model, input, cached_input, output FROM recovea.model_prices"
-        " WHERE customer_id = $1",
-        workspace,
-    )
-    overrides = {
-        row["model"]: Price(
-            Rates(row["input"], row["cached_input"], row["input"], row["input"], row["output"]),
-            "workspace override",
-            "",
-        )
-        for row in rows
-    }
-    return shipped_prices().with_overrides(overrides)
-
-
 def _price(prices: PriceTable, model: str | None) -> Price | None:
     """A model's price; `(other)` stands for many models and has none."""
     return None if model == OTHER else prices.price_for(model)
 
 
-def _priced(row: asyncpg.Record, prices: PriceTable) -> tuple[Any, Any, int]:
-    """(baseline_cost, realized_cost, unpriced requests) of one group."""
-    if row["counted"] == 0:
-        return None, None, 0  # no token counts reported: nothing to price
-    baseline_price = _price(prices, row["baseline_model"])
-    realized_price = _price(prices, row["realized_model"] or row["baseline_model"])
-    everything = Tokens(row["input_tokens"], row["cached_tokens"], output=row["output_tokens"])
-    paid = Tokens(row["paid_input"], row["paid_cached"], output=row["paid_output"])
-    baseline = cost(baseline_price, everything, context_tokens=0)
-    realized = cost(realized_price, paid, context_tokens=0)
-    unpriced = row["counted"] if baseline_price is None or realized_price is None else 0
-    return baseline, realized, unpriced
+@dataclass
+class _Group:
+    """One rollup row in the making: its buckets' counts and costs added up."""
+
+    counts: dict[str, int]
+    baseline: Decimal | None = None
+    realized: Decimal | None = None
+    unpriced: int = 0
+
+    def add(self, bucket: asyncpg.Record, prices: PriceTable) -> None:
+        """Count a bucket, and price it: on the baseline model as if no lever had acted,
+        and what was paid for on the model that served. A bucket either price cannot
+        cover (the model, the tier or the band has no price) counts as unpriced."""
+        for name in COUNTS:
+            self.counts[name] += bucket[name]
+        if bucket["counted"] == 0:
+            return  # no token counts reported: nothing to price
+        tier, band = bucket["service_tier"], bucket["band"]
+        everything, paid = (
+            Tokens(
+                bucket[f"{prefix}input_tokens"],
+                bucket[f"{prefix}cached_tokens"],
+                bucket[f"{prefix}cache_write_5m_tokens"],
+                bucket[f"{prefix}cache_write_1h_tokens"],
+                bucket[f"{prefix}output_tokens"],
+            )
+            for prefix in ("", "paid_")
+        )
+        served = bucket["realized_model"] or bucket["baseline_model"]
+        baseline = cost(
+            _price(prices, bucket["baseline_model"]), everything, tier, context_tokens=band
+        )
+        realized = cost(_price(prices, served), paid, tier, context_tokens=band)
+        if baseline is None or realized is None:
+            self.unpriced += bucket["counted"]
+            return
+        self.baseline = baseline + (self.baseline or 0)
+        self.realized = realized + (self.realized or 0)
+
+
+def _merge(buckets: list[asyncpg.Record], prices: PriceTable) -> dict[tuple[Any, ...], _Group]:
+    """The hour's buckets joined into one group per dimension key, priced."""
+    groups: dict[tuple[Any, ...], _Group] = {}
+    for bucket in buckets:
+        key = tuple(bucket[name] for name in DIMENSIONS)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group(dict.fromkeys(COUNTS, 0))
+        group.add(bucket, prices)
+    return groups
 
 
 async def rollup_workspace_hour(
@@ -201,26 +253,26 @@ async def rollup_workspace_hour(
             hour,
             workspace,
         )
-        groups = await conn.fetch(_AGGREGATE, workspace, hour, hour + HOUR, max_tags)
         prices = await workspace_prices(conn, workspace)
+        buckets = await conn.fetch(
+            _AGGREGATE, workspace, hour, hour + HOUR, max_tags, prices.context_thresholds()
+        )
         await conn.execute(
             "DELETE FROM recovea.usage_rollups WHERE hour = $1 AND customer_id = $2",
             hour,
             workspace,
         )
-        records = []
-        for row in groups:
-            baseline, realized, unpriced = _priced(row, prices)
-            records.append(
-                (
-                    hour,
-                    *(row[name] for name in DIMENSIONS),
-                    *(row[name] for name in COUNTS),
-                    baseline,
-                    realized,
-                    unpriced,
-                )
+        records = [
+            (
+                hour,
+                *key,
+                *(group.counts[name] for name in COUNTS),
+                group.baseline,
+                group.realized,
+                group.unpriced,
             )
+            for key, group in _merge(buckets, prices).items()
+        ]
         if records:
             await conn.executemany(_INSERT, records)
     return len(records)
