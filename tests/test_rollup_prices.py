@@ -56,6 +56,7 @@ CASES: dict[str, list[tuple[str, dict[str, str], bool]]] = {
         ("claude-opus-4-7", tokens(10, 5), True),
     ],
     "hit": [(SONNET, tokens(2100, 50, w5=2000), False)],
+    "follower": [(SONNET, tokens(2100, 50, w5=2000), False)],
 }
 
 
@@ -87,8 +88,9 @@ def call(
 def billed(
     gateway: Gateway, db_env: dict[str, str], postgres: Postgres
 ) -> dict[str, dict[str, Any]]:
-    """Every case's requests sent and stored, a cache hit of the `hit` case's request
-    written as the cache lever writes one, the hour rolled up; usage by feature."""
+    """Every case's requests sent and stored; a cache hit of the `hit` case's request
+    and a singleflight follower of the `follower` case's, written as the levers write
+    them; the hour rolled up; usage by feature."""
     tenant = make_tenant(db_env, "rollup-prices")
     sent = {
         feature: [call(gateway, tenant, feature, *request) for request in requests]
@@ -98,29 +100,8 @@ def billed(
         feature: [stored(gateway, tenant, "requests", request_id) for request_id in ids]
         for feature, ids in sent.items()
     }
-    original = rows["hit"][0]
-    hit = uuid.uuid4()
-    owner_query(
-        postgres.url,
-        "INSERT INTO recovea.request_events (request_id, trace_id, customer_id, feature,"
-        " baseline_model, realized_model, input_tokens, output_tokens, cached_tokens,"
-        " cache_hit, cache_type, success, status, latency_total_ms, gateway_overhead_ms,"
-        " provider, env, ts)"
-        " VALUES ($1, 't', $2::uuid, 'hit', $3, $3, $4, $5, 0, true, 'exact', true,"
-        " 'success', 1, 1, 'anthropic', 'live', now())",
-        hit,
-        tenant.workspace,
-        SONNET,
-        original["input_tokens"],
-        original["output_tokens"],
-    )
-    owner_query(
-        postgres.url,
-        "INSERT INTO recovea.pricing_facts (request_id, ts, customer_id, cache_write_5m_tokens)"
-        " SELECT request_id, ts, customer_id, 2000 FROM recovea.request_events"
-        " WHERE request_id = $1",
-        hit,
-    )
+    answered_alike(postgres.url, tenant, rows["hit"][0], "cache_hit")
+    answered_alike(postgres.url, tenant, rows["follower"][0], "dedup_singleflight")
     since = datetime.now(UTC) - timedelta(hours=1)
     cli_json("rollup", "--since", since.isoformat(), env=db_env)
     response = httpx.get(
@@ -130,6 +111,34 @@ def billed(
     )
     assert response.status_code == 200, response.text
     return {row["key"]: row for row in response.json()["data"]}
+
+
+def answered_alike(url: str, tenant: Tenant, original: dict[str, Any], lever: str) -> None:
+    """A row for a request answered by a lever from `original` (`cache_hit` or
+    `dedup_singleflight`): the original's usage, and its pricing facts (its 2000
+    5-minute cache writes), as the drainer writes them."""
+    request_id = uuid.uuid4()
+    owner_query(
+        url,
+        "INSERT INTO recovea.request_events (request_id, trace_id, customer_id, feature,"
+        f" baseline_model, realized_model, input_tokens, output_tokens, cached_tokens, {lever},"
+        " success, status, latency_total_ms, gateway_overhead_ms, provider, env, ts)"
+        " VALUES ($1, 't', $2::uuid, $3, $4, $4, $5, $6, 0, true, true, 'success', 1, 1,"
+        " 'anthropic', 'live', now())",
+        request_id,
+        tenant.workspace,
+        original["feature"],
+        original["baseline_model"],
+        original["input_tokens"],
+        original["output_tokens"],
+    )
+    owner_query(
+        url,
+        "INSERT INTO recovea.pricing_facts (request_id, ts, customer_id, cache_write_5m_tokens)"
+        " SELECT request_id, ts, customer_id, 2000 FROM recovea.request_events"
+        " WHERE request_id = $1",
+        request_id,
+    )
 
 
 def costs(row: dict[str, Any]) -> tuple[Decimal | None, Decimal | None]:
@@ -235,6 +244,16 @@ def test_a_cache_hit_saves_what_the_original_cost_writes_included(
     assert row["requests"] == 2 and row["cache_hits"] == 1
     assert costs(row) == (Decimal("0.0171"), Decimal("0.00855"))
     assert Decimal(row["savings_usd"]) == Decimal("0.00855")
+
+
+def test_a_singleflight_follower_costs_nothing_realized(
+    billed: dict[str, dict[str, Any]],
+) -> None:
+    """A follower that shared the 5-minute-write request's upstream call was not paid
+    for: baseline twice $0.00855, realized once, as for a cache hit."""
+    row = billed["follower"]
+    assert row["requests"] == 2 and row["dedup_hits"] == 1
+    assert costs(row) == (Decimal("0.0171"), Decimal("0.00855"))
 
 
 BAND: dict[str, Any] = {

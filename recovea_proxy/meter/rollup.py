@@ -17,7 +17,8 @@ grouping; an `(other)` model has no price.
 
 Dollars: `baseline_cost` prices every request's tokens on the model the client asked
 for, as if no lever had acted; `realized_cost` prices what was actually paid for —
-requests answered from the cache cost nothing — on the model that served them. Both
+requests answered from the cache, and singleflight followers that shared another's
+upstream call, cost nothing — on the model that served them. Both
 with `pricing.cost`, the one price function, under the same rules: cache reads and
 writes by lifetime (from `pricing_facts`), the tier that served, the request's
 long-context band. Prices are the shipped table under the workspace's overrides
@@ -83,9 +84,10 @@ _FACT_COLUMNS = ("cache_write_5m_tokens", "cache_write_1h_tokens", "service_tier
 #: and the least input size of the request's long-context band (see `_BAND`)
 BUCKET = ("service_tier", "band")
 #: the token sums a bucket is priced on (with output): of every request (baseline) and,
-#: as `paid_<name>`, of the requests that were paid for (realized)
+#: as `paid_<name>`, of the requests that were paid for (realized: not answered by the
+#: cache, not a follower of another's upstream call)
 _PRICED = ("input_tokens", "cached_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens")
-_PAID = "NOT cache_hit"
+_PAID = "NOT cache_hit AND NOT dedup_singleflight"
 
 
 def _top(tag: str) -> str:
