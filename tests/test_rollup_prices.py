@@ -57,7 +57,10 @@ CASES: dict[str, list[tuple[str, dict[str, str], bool]]] = {
     ],
     "hit": [(SONNET, tokens(2100, 50, w5=2000), False)],
     "follower": [(SONNET, tokens(2100, 50, w5=2000), False)],
+    "cached": [(SONNET, tokens(2100, 50, w5=2000), False)] * 2,
 }
+#: cases whose requests ask for determinism (temperature 0), so the exact cache may answer
+DETERMINISTIC = {"cached"}
 
 
 def call(
@@ -69,6 +72,8 @@ def call(
         body["max_tokens"] = 100_000
     if stream:
         body["stream"] = True
+    if feature in DETERMINISTIC:
+        body["temperature"] = 0
     response = httpx.post(
         f"{gateway.url}{'/v1/messages' if anthropic else '/v1/chat/completions'}",
         json=body,
@@ -244,6 +249,17 @@ def test_a_cache_hit_saves_what_the_original_cost_writes_included(
     assert row["requests"] == 2 and row["cache_hits"] == 1
     assert costs(row) == (Decimal("0.0171"), Decimal("0.00855"))
     assert Decimal(row["savings_usd"]) == Decimal("0.00855")
+
+
+def test_the_exact_cache_saves_a_repeat_with_its_cache_writes(
+    billed: dict[str, dict[str, Any]],
+) -> None:
+    """The same deterministic request twice through the gateway: the second is answered
+    by the exact cache with the first's usage, writes included, so it saves $0.00855."""
+    row = billed["cached"]
+    assert row["requests"] == 2 and row["cache_hits"] == 1
+    assert row["cache_write_5m_tokens"] == 4000
+    assert costs(row) == (Decimal("0.0171"), Decimal("0.00855"))
 
 
 def test_a_singleflight_follower_costs_nothing_realized(
