@@ -640,3 +640,35 @@ def test_the_admin_api_sets_shows_and_clears_the_workspace_key_for_admins_only(
     assert call(admin_key, "GET").json()["key_arn"] is None
     assert {row[4] for row in sealed_rows(world, workspace.id)} == {world.keys.deployment}
     wait_until(lambda: served(world, workspace), 10, "served on the deployment key")
+
+
+def test_a_key_gone_for_good_is_cleared_only_by_dropping_the_provider_keys(world: World) -> None:
+    """When the workspace's key is deleted, `kms clear` cannot re-wrap (it needs the
+    key) and changes nothing; `kms clear --drop-provider-keys` deletes the provider
+    keys that can no longer be opened and puts the workspace back on the deployment's
+    key, where new provider keys are stored and served."""
+    workspace = new_workspace(world, "gone", key=world.keys.one)
+    before = sealed_rows(world, workspace.id)
+    world.front.refuse(Refusal(world.keys.one, "NotFoundException"))
+    done = cli("workspace", "kms", "clear", "--workspace", workspace.id, env=world.env)
+    assert done.returncode == 1
+    assert "not_found" in done.stderr and "nothing was changed" in done.stderr
+    assert sealed_rows(world, workspace.id) == before
+    wait_until(lambda: refused(chat(world, workspace, uuid.uuid4().hex)), 10, "a 503")
+
+    dropped = cli_json(
+        "workspace",
+        "kms",
+        "clear",
+        "--workspace",
+        workspace.id,
+        "--drop-provider-keys",
+        env=world.env,
+    )
+    assert (dropped["dropped"], dropped["kms_key_arn"]) == (2, None)
+    assert sealed_rows(world, workspace.id) == []
+    fresh = f"sk-proj-after-{secrets.token_hex(12)}"
+    set_provider_key(world.env, workspace.id, "openai", fresh)
+    assert {row[4] for row in sealed_rows(world, workspace.id)} == {world.keys.deployment}
+    renewed = Workspace(workspace.id, workspace.rcv_key, fresh, workspace.anthropic)
+    wait_until(lambda: served(world, renewed), 10, "served on the new provider key")

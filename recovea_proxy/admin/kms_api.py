@@ -6,7 +6,8 @@ of `recovea workspace show`.
 | GET    /admin/v1/workspace/kms | the key, and what a gateway last saw of it |
 | PUT    /admin/v1/workspace/kms | `{key_id}`: put the workspace on that key (re-wraps |
 |                                | its provider keys) |
-| DELETE /admin/v1/workspace/kms | back to the deployment's master key (re-wraps them) |
+| DELETE /admin/v1/workspace/kms | back to the deployment's master key (re-wraps them; |
+|                                | `?drop_provider_keys=true` deletes them instead)    |
 
 A key the gateway cannot use is 400 `invalid_request` and changes nothing; a re-wrap
 that the workspace's current key refuses, or a KMS that cannot be reached, is 503
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recovea_proxy.admin import kms_operations as kms
-from recovea_proxy.admin.api import admin, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.runtime import Runtime
 
@@ -42,8 +43,13 @@ async def set_kms(request: Request, runtime: Runtime, key: KeyRecord) -> Respons
 
 
 async def clear_kms(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    drop = request.query_params.get("drop_provider_keys", "false")
+    if drop not in ("true", "false"):
+        raise bad_request("drop_provider_keys must be true or false.")
     async with runtime.pool.acquire() as conn:
-        result = await kms.clear_workspace_kms(conn, runtime.keyring, key.customer_id)
+        result = await kms.clear_workspace_kms(
+            conn, runtime.keyring, key.customer_id, drop_provider_keys=drop == "true"
+        )
     runtime.auth.forget_workspace_keys(key.customer_id)
     return json_response(result)
 

@@ -44,12 +44,19 @@ async def kms_clear(
     conn: asyncpg.Connection, args: argparse.Namespace, settings: Settings
 ) -> dict[str, Any]:
     keyring = await asyncio.to_thread(load_keyring, settings)
-    result = await kms.clear_workspace_kms(conn, keyring, args.workspace)
+    result = await kms.clear_workspace_kms(
+        conn, keyring, args.workspace, drop_provider_keys=args.drop_provider_keys
+    )
+    done = (
+        f"deleted {result['dropped']} provider key(s); store them again"
+        if args.drop_provider_keys
+        else f"re-wrapped {result['rewrapped']} provider key(s)"
+    )
     _print(
         args,
         result,
         f"workspace {result['workspace_id']} is on the deployment's master key"
-        f" {result['master_key_id']}; re-wrapped {result['rewrapped']} provider key(s)",
+        f" {result['master_key_id']}; {done}",
     )
     return result
 
@@ -108,5 +115,10 @@ def add_commands(workspace: Any, run: Runner) -> None:
         "clear", help="back to the deployment's master key (re-wraps the provider keys)"
     )
     clearing.add_argument("--workspace", required=True)
+    clearing.add_argument(
+        "--drop-provider-keys",
+        action="store_true",
+        help="delete the provider keys instead of re-wrapping them (the key is gone for good)",
+    )
     clearing.add_argument("--json", action="store_true")
     clearing.set_defaults(run=lambda args: run(kms_clear, args))

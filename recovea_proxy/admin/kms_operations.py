@@ -166,17 +166,31 @@ async def set_workspace_kms(
 
 
 async def clear_workspace_kms(
-    conn: asyncpg.Connection, keyring: Keyring, workspace_id: str
+    conn: asyncpg.Connection,
+    keyring: Keyring,
+    workspace_id: str,
+    *,
+    drop_provider_keys: bool = False,
 ) -> dict[str, Any]:
     """Put the workspace back on the deployment's master key, re-wrapping its provider
-    keys under it (which needs the workspace's own key one last time)."""
+    keys under it (which needs the workspace's own key one last time). With
+    `drop_provider_keys`, its provider keys are deleted instead — the way out when the
+    key is gone for good and they can never be opened again."""
     workspace = parse_id(workspace_id, "workspace id")
+    count = dropped = 0
     async with conn.transaction():
         await scope(conn, str(workspace))
         current_arn = await _locked_kms_arn(conn, workspace)
-        count = 0
         if current_arn is not None:
-            count = await _rewrap(conn, keyring, workspace, current_arn, lambda: keyring.current)
+            if drop_provider_keys:
+                status = await conn.execute(
+                    "DELETE FROM recovea.provider_keys WHERE customer_id = $1", workspace
+                )
+                dropped = int(str(status).rsplit(" ", 1)[-1])
+            else:
+                count = await _rewrap(
+                    conn, keyring, workspace, current_arn, lambda: keyring.current
+                )
             await conn.execute(
                 "UPDATE recovea.workspaces SET kms_key_id = NULL, kms_key_arn = NULL,"
                 " kms_set_at = NULL WHERE customer_id = $1",
@@ -189,6 +203,7 @@ async def clear_workspace_kms(
         "kms_key_arn": None,
         "master_key_id": keyring.current.key_id,
         "rewrapped": count,
+        "dropped": dropped,
     }
 
 
