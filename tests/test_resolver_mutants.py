@@ -1,0 +1,486 @@
+"""Key resolution and provider keys, in this process, on the real key store: a real
+`KeyResolver` (and its `ProviderKeys`) on a real asyncpg pool of the app role against
+the session's embedded Postgres, keys created as the CLI creates them.
+
+The promises: a live key resolves to exactly its record and is then answered from
+memory for its TTL; a malformed, unknown or revoked key is refused 401 (and the
+refusal remembered for its short TTL); a revocation evicts the key at once; a store
+that cannot be reached refuses 503 and never serves an unknown key. A provider key is
+decrypted only under its own row's context, each unwrapped data key serves a bounded
+number of requests for a bounded time, a replaced or forgotten key is reloaded, and
+whatever cannot be loaded, unwrapped or opened is refused 503, never served.
+
+Written while reviewing the surviving mutants of `make mutate`
+(mutation-survivors.md); each test states the behaviour a user would notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from recovea_proxy.admin import operations as ops
+from recovea_proxy.auth.envelope import LocalMasterKey
+from recovea_proxy.auth.keyring import Keyring, load_keyring, retire_local_key
+from recovea_proxy.auth.resolver import KeyRecord, KeyResolver
+from recovea_proxy.auth.workspace_keys import WorkspaceKeys
+from recovea_proxy.config import Settings
+from recovea_proxy.errors import GatewayError
+from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
+from recovea_proxy.store.database import connect, open_pool
+from recovea_proxy.store.migrate import apply_migrations
+from tests.drain_support import app_url_of
+from tests.support import Postgres, short_tmpdir
+
+OPENAI_SECRET = "sk-resolver-test-0123456789abcdefABCD"
+ANTHROPIC_SECRET = "sk-ant-resolver-test-0123456789abcdWXYZ"
+
+
+@dataclass
+class Store:
+    """The session's key store: its URLs, the master key, and one workspace's keys."""
+
+    owner: str
+    app: str
+    master_file: Path
+    workspace: str
+    other_workspace: str
+    admin: ops.CreatedKey
+    member: ops.CreatedKey
+    revoked: ops.CreatedKey
+
+
+async def _prepare(owner: str, master_file: Path) -> Store:
+    conn = await connect(owner)
+    try:
+        await apply_migrations(conn)
+        keyring = Keyring(LocalMasterKey.load_or_create(master_file), {})
+        tag = uuid.uuid4().hex[:8]
+        workspace = await ops.create_workspace(conn, f"resolver-{tag}")
+        other = await ops.create_workspace(conn, f"resolver-other-{tag}")
+        admin = await ops.create_key(conn, workspace, role="admin", env="test")
+        member = await ops.create_key(conn, workspace, project="apps", team="core")
+        revoked = await ops.create_key(conn, workspace)
+        await ops.revoke_key(conn, revoked.id)
+        await ops.set_provider_key(conn, keyring, workspace, "openai", OPENAI_SECRET)
+        await ops.set_provider_key(conn, keyring, other, "anthropic", ANTHROPIC_SECRET)
+    finally:
+        await conn.close()
+    return Store(
+        owner, app_url_of(owner), master_file, workspace, other, admin, member, revoked
+    )
+
+
+@pytest.fixture(scope="module")
+def store(postgres: Postgres) -> Store:
+    master_file = short_tmpdir() / "master.key"
+    return asyncio.run(_prepare(postgres.url, master_file))
+
+
+@dataclass
+class Gateway:
+    """One process's auth: its pool and resolver (listening for revocations)."""
+
+    pool: asyncpg.Pool
+    resolver: KeyResolver
+    workspace_keys: WorkspaceKeys
+
+
+async def open_auth(
+    store: Store,
+    *,
+    keyring: Keyring | None = None,
+    listen: bool = True,
+    ttl_s: float = 60.0,
+    negative_ttl_s: float = 60.0,
+    data_key_ttl_s: float = 60.0,
+    data_key_max_uses: int = 1000,
+) -> Gateway:
+    pool = await open_pool(store.app, size=4)
+    keyring = keyring or Keyring(LocalMasterKey.load(store.master_file), {})
+    workspace_keys = WorkspaceKeys(keyring, pool, timeout_s=2.0)
+    resolver = KeyResolver(
+        pool,
+        keyring,
+        ttl_s=ttl_s,
+        negative_ttl_s=negative_ttl_s,
+        data_key_ttl_s=data_key_ttl_s,
+        data_key_max_uses=data_key_max_uses,
+        workspace_keys=workspace_keys,
+        workspace_data_key_ttl_s=60.0,
+        timeout_s=2.0,
+    )
+    if listen:
+        await resolver.start(store.app)
+    return Gateway(pool, resolver, workspace_keys)
+
+
+async def close_auth(gateway: Gateway) -> None:
+    await gateway.resolver.close()
+    await gateway.workspace_keys.close()
+    await gateway.pool.close()
+
+
+@pytest.fixture
+async def auth(store: Store) -> AsyncIterator[KeyResolver]:
+    gateway = await open_auth(store)
+    yield gateway.resolver
+    await close_auth(gateway)
+
+
+def refused(exc: pytest.ExceptionInfo[GatewayError]) -> tuple[int, str]:
+    return exc.value.status, exc.value.code
+
+
+async def until(predicate: Callable[[], bool], deadline_s: float = 10.0) -> None:
+    """Poll `predicate` until it is true, without blocking the event loop."""
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+# --- rcv_ keys ------------------------------------------------------------------
+
+
+async def test_a_live_key_resolves_to_exactly_its_record(store: Store, auth: KeyResolver) -> None:
+    """The admin key: its id, workspace, role and env, no project or team, the workspace's
+    default lever policy. The member key: its project and team, by name and by id."""
+    admin = await auth.resolve(store.admin.secret)
+    assert admin == KeyRecord(
+        id=store.admin.id,
+        customer_id=store.workspace,
+        role="admin",
+        env="test",
+        project=None,
+        team=None,
+        project_id=None,
+        team_id=None,
+        policy=DEFAULT_POLICY,
+    )
+    member = await auth.resolve(store.member.secret)
+    assert (member.role, member.env, member.project, member.team) == (
+        "member",
+        "live",
+        "apps",
+        "core",
+    )
+    assert member.project_id is not None and member.team_id is not None
+    assert str(uuid.UUID(member.project_id)) != str(uuid.UUID(member.team_id))
+
+
+async def test_a_resolved_key_is_answered_from_memory(store: Store, auth: KeyResolver) -> None:
+    """Before its first use a key is not cached; once resolved, `cached` answers it
+    without the key store, the same record."""
+    assert auth.cached(store.member.secret) is None
+    record = await auth.resolve(store.member.secret)
+    assert auth.cached(store.member.secret) == record
+    assert await auth.resolve(store.member.secret) == record
+
+
+async def test_a_workspaces_lever_policy_comes_with_its_key(store: Store) -> None:
+    """A workspace that changed its cache policy gets it with every key it resolves."""
+    conn = await connect(store.owner)
+    try:
+        workspace = await ops.create_workspace(conn, f"policy-{uuid.uuid4().hex[:8]}")
+        key = await ops.create_key(conn, workspace)
+        await conn.execute(
+            "UPDATE recovea.workspaces SET cache_policy = 'all', cache_ttl_s = 60,"
+            " cache_tool_calls = true WHERE customer_id = $1",
+            uuid.UUID(workspace),
+        )
+    finally:
+        await conn.close()
+    gateway = await open_auth(store, listen=False)
+    try:
+        record = await gateway.resolver.resolve(key.secret)
+    finally:
+        await close_auth(gateway)
+    assert record.policy == LeverPolicy(cache="all", cache_ttl_s=60, cache_tool_calls=True)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "rcv_live_short", "sk-not-ours-0123456789", "rcv_prod_" + "a" * 43],
+)
+async def test_a_malformed_key_is_refused_401(auth: KeyResolver, token: str) -> None:
+    """Anything not shaped like an rcv_ key is refused 401 `invalid_api_key`."""
+    with pytest.raises(GatewayError) as exc:
+        await auth.resolve(token)
+    assert refused(exc) == (401, "invalid_api_key")
+
+
+async def test_an_unknown_key_is_refused_and_the_refusal_remembered(auth: KeyResolver) -> None:
+    """A well-formed key the store does not know: 401, and `cached` then refuses it 401
+    from memory."""
+    unknown = "rcv_live_" + "Q" * 43
+    assert auth.cached(unknown) is None
+    with pytest.raises(GatewayError) as exc:
+        await auth.resolve(unknown)
+    assert refused(exc) == (401, "invalid_api_key")
+    with pytest.raises(GatewayError) as again:
+        auth.cached(unknown)
+    assert refused(again) == (401, "invalid_api_key")
+
+
+async def test_a_revoked_key_is_refused(store: Store, auth: KeyResolver) -> None:
+    """A key revoked before it was ever used is refused 401."""
+    with pytest.raises(GatewayError) as exc:
+        await auth.resolve(store.revoked.secret)
+    assert refused(exc) == (401, "invalid_api_key")
+
+
+async def test_the_key_caches_expire(store: Store) -> None:
+    """A resolved key is asked again once its TTL passed; a refusal once the negative
+    TTL passed."""
+    gateway = await open_auth(store, listen=False, ttl_s=0.05, negative_ttl_s=0.05)
+    resolver = gateway.resolver
+    unknown = "rcv_test_" + "Z" * 43
+    try:
+        await resolver.resolve(store.admin.secret)
+        with pytest.raises(GatewayError):
+            await resolver.resolve(unknown)
+        await until(lambda: resolver.cached(store.admin.secret) is None)
+        await until(lambda: _not_refused(resolver, unknown))
+    finally:
+        await close_auth(gateway)
+
+
+def _not_refused(resolver: KeyResolver, token: str) -> bool:
+    try:
+        return resolver.cached(token) is None
+    except GatewayError:
+        return False
+
+
+async def test_a_revocation_evicts_the_key_at_once(store: Store, auth: KeyResolver) -> None:
+    """A cached key revoked (by the CLI, in another process) is evicted as soon as the
+    notice arrives, long before its TTL; the next use is refused 401. Other keys stay."""
+    conn = await connect(store.owner)
+    try:
+        key = await ops.create_key(conn, store.workspace)
+        await auth.resolve(key.secret)
+        await auth.resolve(store.admin.secret)
+        assert auth.cached(key.secret) is not None
+        await ops.revoke_key(conn, key.id)
+    finally:
+        await conn.close()
+    await until(lambda: auth.cached(key.secret) is None)
+    with pytest.raises(GatewayError) as exc:
+        await auth.resolve(key.secret)
+    assert refused(exc) == (401, "invalid_api_key")
+    assert auth.cached(store.admin.secret) is not None
+
+
+async def test_a_store_that_cannot_be_reached_refuses_503_never_serves(
+    own_postgres: Postgres,
+) -> None:
+    """With the key store down: a key already resolved is still answered from memory; a
+    key not yet seen is refused 503 `auth_unavailable`, not 401 and never served; the
+    provider key of the workspace cannot be loaded either (503)."""
+    own = await _prepare(own_postgres.url, short_tmpdir() / "master.key")
+    gateway = await open_auth(own, listen=False)
+    resolver = gateway.resolver
+    try:
+        known = await resolver.resolve(own.admin.secret)
+        own_postgres.stop()
+        assert resolver.cached(own.admin.secret) == known
+        with pytest.raises(GatewayError) as exc:
+            await resolver.resolve(own.member.secret)
+        assert refused(exc) == (503, "auth_unavailable")
+        with pytest.raises(GatewayError) as load:
+            await resolver.provider_keys.load(own.workspace, "openai")
+        assert refused(load) == (503, "auth_unavailable")
+    finally:
+        gateway.pool.terminate()
+        await resolver.close()
+        await gateway.workspace_keys.close()
+
+
+# --- provider keys ----------------------------------------------------------------
+
+
+async def test_a_provider_key_opens_for_its_own_workspace_only(
+    store: Store, auth: KeyResolver
+) -> None:
+    """The workspace's OpenAI key is decrypted for it; the workspace has no Anthropic
+    key (None), and another workspace's key is never returned for it."""
+    keys = auth.provider_keys
+    assert await keys.load(store.workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+    assert await keys.load(store.workspace, "anthropic") is None
+    assert await keys.load(store.other_workspace, "anthropic") == bytearray(
+        ANTHROPIC_SECRET.encode()
+    )
+    assert await keys.load(store.other_workspace, "openai") is None
+
+
+async def test_a_loaded_provider_key_is_served_from_memory(
+    store: Store, auth: KeyResolver
+) -> None:
+    """Not cached before its first load; afterwards `cached` decrypts it from memory,
+    and a workspace without a key for that provider has nothing cached."""
+    keys = auth.provider_keys
+    assert keys.cached(store.workspace, "openai") is None
+    await keys.load(store.workspace, "openai")
+    assert keys.cached(store.workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+    await keys.load(store.workspace, "anthropic")
+    assert keys.cached(store.workspace, "anthropic") is None
+
+
+async def test_a_data_key_serves_a_bounded_number_of_requests(store: Store) -> None:
+    """With 3 uses per unwrapped data key: three requests are served from memory, the
+    fourth must unwrap again (and then is served)."""
+    gateway = await open_auth(store, listen=False, data_key_max_uses=3)
+    keys = gateway.resolver.provider_keys
+    try:
+        assert await keys.load(store.workspace, "openai") is not None  # use 1
+        assert keys.cached(store.workspace, "openai") is not None  # use 2
+        assert keys.cached(store.workspace, "openai") is not None  # use 3
+        assert keys.cached(store.workspace, "openai") is None
+        assert await keys.load(store.workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        assert keys.cached(store.workspace, "openai") is not None
+    finally:
+        await close_auth(gateway)
+
+
+@pytest.mark.parametrize("expiring", ["data key", "row"])
+async def test_a_data_key_and_a_row_serve_for_a_bounded_time(store: Store, expiring: str) -> None:
+    """A data key past its TTL is unwrapped again; a row past its TTL is read again."""
+    if expiring == "data key":
+        gateway = await open_auth(store, listen=False, data_key_ttl_s=0.05)
+    else:
+        gateway = await open_auth(store, listen=False, ttl_s=0.05)
+    keys = gateway.resolver.provider_keys
+    try:
+        await keys.load(store.workspace, "openai")
+        await until(lambda: keys.cached(store.workspace, "openai") is None)
+        assert await keys.load(store.workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+    finally:
+        await close_auth(gateway)
+
+
+async def test_a_replaced_provider_key_is_served_once_forgotten(store: Store) -> None:
+    """A workspace that replaces its key: this process serves the new one once it forgets
+    the old row (as the admin API does after a replace)."""
+    conn = await connect(store.owner)
+    try:
+        workspace = await ops.create_workspace(conn, f"replace-{uuid.uuid4().hex[:8]}")
+        keyring = Keyring(LocalMasterKey.load(store.master_file), {})
+        await ops.set_provider_key(conn, keyring, workspace, "openai", "sk-old-0123456789")
+        gateway = await open_auth(store, listen=False)
+        keys = gateway.resolver.provider_keys
+        try:
+            assert await keys.load(workspace, "openai") == bytearray(b"sk-old-0123456789")
+            await ops.set_provider_key(conn, keyring, workspace, "openai", "sk-new-0123456789")
+            keys.forget(workspace, "openai")
+            assert keys.cached(workspace, "openai") is None
+            assert await keys.load(workspace, "openai") == bytearray(b"sk-new-0123456789")
+        finally:
+            await close_auth(gateway)
+    finally:
+        await conn.close()
+
+
+async def test_a_workspace_key_change_notice_drops_its_provider_keys(
+    store: Store, auth: KeyResolver
+) -> None:
+    """A NOTIFY that a workspace's own KMS key changed drops that workspace's cached
+    provider keys (rows and data keys) at once; other workspaces keep theirs."""
+    keys = auth.provider_keys
+    await keys.load(store.workspace, "openai")
+    await keys.load(store.other_workspace, "anthropic")
+    conn = await connect(store.owner)
+    try:
+        await conn.execute(
+            "SELECT pg_notify('recovea_workspace_kms_changed', $1)", store.workspace
+        )
+    finally:
+        await conn.close()
+    await until(lambda: keys.cached(store.workspace, "openai") is None)
+    assert keys.cached(store.other_workspace, "anthropic") is not None
+
+
+async def test_a_ciphertext_copied_from_another_workspace_never_opens(store: Store) -> None:
+    """The owner copies workspace A's sealed OpenAI key into workspace B's row: B's key
+    is refused 503 (it does not open under B's context), never A's secret served."""
+    conn = await connect(store.owner)
+    try:
+        victim = await ops.create_workspace(conn, f"victim-{uuid.uuid4().hex[:8]}")
+        thief = await ops.create_workspace(conn, f"thief-{uuid.uuid4().hex[:8]}")
+        keyring = Keyring(LocalMasterKey.load(store.master_file), {})
+        await ops.set_provider_key(conn, keyring, victim, "openai", "sk-victim-0123456789")
+        await ops.set_provider_key(conn, keyring, thief, "openai", "sk-thief-0123456789")
+        await conn.execute(
+            "UPDATE recovea.provider_keys t SET ciphertext = v.ciphertext, nonce = v.nonce,"
+            " wrapped_data_key = v.wrapped_data_key FROM recovea.provider_keys v"
+            " WHERE t.customer_id = $1 AND v.customer_id = $2"
+            " AND t.provider = 'openai' AND v.provider = 'openai'",
+            uuid.UUID(thief),
+            uuid.UUID(victim),
+        )
+    finally:
+        await conn.close()
+    gateway = await open_auth(store, listen=False)
+    try:
+        with pytest.raises(GatewayError) as exc:
+            await gateway.resolver.provider_keys.load(thief, "openai")
+        assert refused(exc) == (503, "auth_unavailable")
+        assert await gateway.resolver.provider_keys.load(victim, "openai") == bytearray(
+            b"sk-victim-0123456789"
+        )
+    finally:
+        await close_auth(gateway)
+
+
+async def test_a_key_wrapped_by_a_master_this_process_lacks_is_refused(store: Store) -> None:
+    """A gateway whose keyring lacks the master that wrapped the row refuses 503."""
+    stranger = LocalMasterKey(os.urandom(32), "local:stranger")
+    gateway = await open_auth(store, keyring=Keyring(stranger, {}), listen=False)
+    try:
+        with pytest.raises(GatewayError) as exc:
+            await gateway.resolver.provider_keys.load(store.workspace, "openai")
+        assert refused(exc) == (503, "auth_unavailable")
+    finally:
+        await close_auth(gateway)
+
+
+# --- the keyring --------------------------------------------------------------------
+
+
+def test_the_local_master_key_is_created_once_owner_only(tmp_path: Path) -> None:
+    """The first load creates a 32-byte key file readable by its owner only; the next
+    load reads the same key."""
+    settings = Settings(data_dir=tmp_path / "data")
+    first = load_keyring(settings)
+    path = tmp_path / "data" / "master.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(path.read_bytes()) == 32
+    assert load_keyring(settings).current.key_id == first.current.key_id
+    assert first.current.key_id.startswith("local:")
+    assert first.master_for(None) is first.current
+
+
+def test_a_retired_local_key_still_reads_its_rows(tmp_path: Path) -> None:
+    """After the local key is retired (moved aside, a new one created), the keyring wraps
+    with the new key and still unwraps what the old one wrapped; a key id it has never
+    held is a KeyError."""
+    settings = Settings(data_dir=tmp_path, master_key_file=tmp_path / "keys" / "master.key")
+    old = load_keyring(settings).current
+    context = {"workspace": "w", "provider": "openai", "key_id": "k"}
+    data_key, wrapped = old.generate_data_key(context)
+    new = retire_local_key(settings)
+    keyring = load_keyring(settings)
+    assert keyring.current.key_id == new.key_id != old.key_id
+    assert keyring.reader("local", old.key_id).unwrap(wrapped, context) == data_key
+    assert keyring.reader("local", new.key_id) is keyring.current
+    with pytest.raises(KeyError):
+        keyring.reader("local", "local:0000000000000000")
