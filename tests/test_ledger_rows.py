@@ -71,7 +71,8 @@ def test_row_has_exactly_the_columns_and_the_request_facts(
     assert row["reasoning_tokens"] == 2
     assert row["finish_reason"] == "stop"
     assert row["success"] is True and row["status"] == "success"
-    assert row["levers_fired"] == {}
+    # no temperature 0 or seed: not shareable under the default policy
+    assert row["levers_fired"] == {"cache": "skip", "dedup": "skip"}
     assert row["cache_hit"] is False and row["cache_type"] is None
     assert row["dedup_singleflight"] is False and row["fell_back_to_baseline"] is False
     assert row["provider"] == "openai" and row["env"] == "live"
