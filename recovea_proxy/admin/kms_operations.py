@@ -138,7 +138,7 @@ async def set_workspace_kms(
     if _KEY_ID.fullmatch(key_id) is None:
         raise OperationError("the KMS key must be a key id, key ARN or alias (alias/NAME)")
     arn = await _kms(
-        lambda: keyring.workspace_key(key_id).check(check_context(str(workspace))),
+        lambda: keyring.trial_key(key_id).check(check_context(str(workspace))),
         failure="the KMS key cannot be used by the gateway (it needs Encrypt, Decrypt and"
         " GenerateDataKey); nothing was changed",
         status=400,

@@ -106,6 +106,10 @@ class Authenticator:
         self._passthrough = passthrough
         self._resolver = resolver
         self._passthrough_workspace_id = passthrough_workspace_id
+        # Bound once: one attribute lookup per request on the hot path.
+        self._cached_provider_key = (
+            resolver.provider_keys.cached if resolver is not None else _no_provider_key
+        )
 
     def known_principal(self, headers: RequestHeaders, provider: Provider) -> Principal | None:
         """The principal when it needs no waiting: a provider key in passthrough mode, or
@@ -120,7 +124,7 @@ class Authenticator:
         key = self._resolver.cached(token)
         if key is None:
             return None
-        secret = self._resolver.provider_keys.cached(key.customer_id, provider.name)
+        secret = self._cached_provider_key(key.customer_id, provider.name)
         if secret is None:
             return None
         return _rcv_principal(key, provider, secret)
@@ -189,6 +193,10 @@ class Authenticator:
         """Drop a workspace's cached provider keys after its own KMS key changed."""
         if self._resolver is not None:
             self._resolver.provider_keys.forget_workspace(customer_id)
+
+
+def _no_provider_key(_customer_id: str, _provider: str) -> bytearray | None:
+    return None
 
 
 def _rcv_principal(key: KeyRecord, provider: Provider, secret: bytearray) -> Principal:

@@ -36,19 +36,33 @@ class Keyring:
         self._workspace_client: Any = None
         self._lock = threading.Lock()
 
-    def workspace_key(self, key_id: str) -> KmsMasterKey:
-        """A workspace's own KMS key, pinned, on the one client (short timeouts) every
-        workspace key shares. Blocking the first time (boto3 set-up)."""
-        with self._lock:
-            found = self._workspace_keys.get(key_id)
-            if found is None:
-                from recovea_proxy.auth.kms import KmsMasterKey, new_client
+    def workspace_key(self, key_arn: str) -> KmsMasterKey:
+        """A workspace's own KMS key (by the ARN stored for it), pinned, on the one
+        client (short timeouts) every workspace key shares. Blocking the first time
+        (boto3 set-up)."""
+        from recovea_proxy.auth.kms import KmsMasterKey
 
-                if self._workspace_client is None:
-                    self._workspace_client = new_client(bounded=True)
-                found = KmsMasterKey(key_id, self._workspace_client, pinned=True)
-                self._workspace_keys[key_id] = found
+        with self._lock:
+            found = self._workspace_keys.get(key_arn)
+            if found is None:
+                found = KmsMasterKey(key_arn, self._client(), pinned=True)
+                self._workspace_keys[key_arn] = found
             return found
+
+    def trial_key(self, key_id: str) -> KmsMasterKey:
+        """A key a workspace asks to be put on (id, ARN or alias), to try before it is
+        stored; not kept. Blocking the first time (boto3 set-up)."""
+        from recovea_proxy.auth.kms import KmsMasterKey
+
+        with self._lock:
+            return KmsMasterKey(key_id, self._client())
+
+    def _client(self) -> Any:
+        if self._workspace_client is None:
+            from recovea_proxy.auth.kms import new_client
+
+            self._workspace_client = new_client(bounded=True)
+        return self._workspace_client
 
     def master_for(self, kms_key_arn: str | None) -> MasterKey:
         """The master that wraps a workspace's data keys: its own key when it has one

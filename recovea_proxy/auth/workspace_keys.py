@@ -156,9 +156,14 @@ class WorkspaceKeys:
         wrapped: bytes,
         context: dict[str, str],
     ) -> bytes:
-        return await loop.run_in_executor(
-            self._executor, _unwrap, self._keyring, key_arn, wrapped, context
-        )
+        try:
+            return await loop.run_in_executor(
+                self._executor, _unwrap, self._keyring, key_arn, wrapped, context
+            )
+        except KmsKeyRefused:
+            raise
+        except Exception:  # the threads are shutting down: refuse, never serve
+            raise KmsKeyRefused("refused") from None
 
     def _unwrapped(self, provider_key_id: str, task: asyncio.Task[bytes]) -> None:
         if self._unwrapping.get(provider_key_id) is task:
