@@ -140,7 +140,9 @@ class KmsFront:
             refusal = next(
                 (r for r in self.refusals if r.applies(operation, key_id, context)), None
             )
-            self.calls.append(Call(operation, key_id, context, refusal and refusal.error))
+            self.calls.append(
+                Call(operation, key_id, context, refusal.error if refusal is not None else None)
+            )
         if refusal is not None:
             message = MESSAGES[refusal.error].format(key=key_id)
             error = orjson.dumps({"__type": refusal.error, "message": message})
