@@ -1,0 +1,540 @@
+"""The drainer's promises, in this process, against the session's real Postgres reached
+through a unix-socket gate that the test can shut (the database unreachable, its
+connections cut) and open again: events are written in batches of at most
+RECOVEA_METER_BATCH_MAX, or after the flush interval; an outage is retried and
+spooled, never rejected, and replayed when the database is back; a connection cut
+between batches is an outage too; closing flushes what is queued (or spools it) and
+the next process adopts and writes what was spooled; what is lost is counted (a full
+dead-letter file, a full spool at exit) under `meter_events_total` and
+`gateway_fail_open_total`; the queue and spool gauges read the live values.
+
+Written while reviewing the surviving mutants of `make mutate`
+(mutation-survivors.md); each test states the behaviour a user would notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+
+from recovea_proxy.meter.dead_letter import DeadLetters
+from recovea_proxy.meter.drain import Drainer
+from recovea_proxy.meter.queue import Item, MeterQueue
+from recovea_proxy.meter.spool import Spool
+from recovea_proxy.meter.writer import EventWriter, is_data_error, is_timeout
+from recovea_proxy.observability.metrics import GatewayMetrics
+from tests.drain_support import COLUMN, app_url_of, good_event, prepare, stored_ids
+from tests.support import Postgres, short_tmpdir
+
+SOCKET = ".s.PGSQL.5432"
+
+
+class Gate:
+    """A unix-socket proxy in front of the embedded Postgres. Open, connections pass
+    through to the server; shut, new connections are refused and open ones cut; `cut`
+    drops the open connections and keeps accepting new ones; `stall` holds every byte
+    (the database stops answering without closing anything) until `resume`."""
+
+    def __init__(self, server_dir: Path) -> None:
+        self._target = str(server_dir / SOCKET)
+        self.dir = short_tmpdir()
+        self._server: asyncio.AbstractServer | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def url(self, app_url: str) -> str:
+        """`app_url` pointed at the gate instead of the server."""
+        base = app_url.split("?", 1)[0]
+        return f"{base}?host={quote(str(self.dir), safe='/')}"
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_unix_server(self._pass, path=self.dir / SOCKET)
+
+    async def shut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        (self.dir / SOCKET).unlink(missing_ok=True)
+        self.cut()
+
+    def cut(self) -> None:
+        for writer in list(self._open):
+            writer.transport.abort()
+        self._open.clear()
+
+    async def _pass(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open.update((writer, up_writer))
+        await asyncio.gather(
+            _pump(reader, up_writer, self._flowing), _pump(up_reader, writer, self._flowing)
+        )
+
+
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
+    try:
+        while data := await reader.read(65536):
+            await flowing.wait()
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.transport.abort()
+
+
+@pytest.fixture(scope="module")
+def workspace(postgres: Postgres) -> str:
+    return asyncio.run(prepare(postgres.url, ["drain-mutants"]))[0]
+
+
+@dataclass
+class Drain:
+    drainer: Drainer
+    queue: MeterQueue
+    spool: Spool
+    metrics: GatewayMetrics
+    dead_dir: Path
+
+    def count(self, outcome: str) -> float:
+        value = self.metrics.registry.get_sample_value("meter_events_total", {"outcome": outcome})
+        return float(value or 0)
+
+    def fail_open(self, reason: str) -> float:
+        labels = {"layer": "meter", "reason": reason}
+        value = self.metrics.registry.get_sample_value("gateway_fail_open_total", labels)
+        return float(value or 0)
+
+    def gauge(self, name: str) -> float:
+        return float(self.metrics.registry.get_sample_value(name) or 0)
+
+    def batches(self) -> tuple[float, float]:
+        """(batches written, events in them), from the batch-size histogram."""
+        registry = self.metrics.registry
+        count = registry.get_sample_value("meter_batch_size_count") or 0
+        total = registry.get_sample_value("meter_batch_size_sum") or 0
+        return float(count), float(total)
+
+
+def new_drain(
+    url: str,
+    data_dir: Path,
+    *,
+    batch_max: int = 5000,
+    interval_s: float = 0.05,
+    spool_bytes: int = 64 * 1024 * 1024,
+    dead_bytes: int = 64 * 1024 * 1024,
+    dead_dir: Path | None = None,
+    queue_max: int = 100_000,
+    write_timeout_s: float = 5.0,
+) -> Drain:
+    metrics = GatewayMetrics()
+    queue = MeterQueue(queue_max, batch_max, lambda: None)
+    spool = Spool(data_dir / "spool", spool_bytes)
+    dead_dir = dead_dir or data_dir / "dead-letter"
+    drainer = Drainer(
+        queue,
+        EventWriter(url, timeout_s=write_timeout_s),
+        spool,
+        DeadLetters(dead_dir, dead_bytes),
+        metrics,
+        batch_max=batch_max,
+        interval_s=interval_s,
+    )
+    return Drain(drainer, queue, spool, metrics, dead_dir)
+
+
+@contextlib.asynccontextmanager
+async def gate_for(postgres: Postgres) -> AsyncIterator[Gate]:
+    gate = Gate(Path(postgres.data_dir) / "pg")
+    await gate.open()
+    try:
+        yield gate
+    finally:
+        await gate.shut()
+
+
+async def until(predicate: Callable[[], bool], what: str, deadline_s: float = 20.0) -> None:
+    """Poll `predicate` without blocking the event loop; fail after the deadline."""
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def request_id(event: Item) -> str:
+    return str(event[COLUMN["request_id"]])
+
+
+async def test_a_full_queue_is_written_in_batches_of_batch_max(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """25 events waiting with a batch size of 10: three batches (10, 10, 5), every
+    event written once and counted."""
+    drain = new_drain(app_url_of(postgres.url), tmp_path, batch_max=10, interval_s=10.0)
+    events = [good_event(workspace) for _ in range(25)]
+    for event in events:
+        drain.queue.put(event)
+    started = time.perf_counter()
+    await drain.drainer.start()
+    try:
+        await until(lambda: drain.count("written") == 25, "25 written")
+        assert drain.batches() == (3.0, 25.0)
+        assert drain.drainer.written == 25
+        flush_seconds = drain.metrics.registry.get_sample_value("meter_flush_seconds_sum")
+        assert 0 < float(flush_seconds or 0) < time.perf_counter() - started
+        assert drain.gauge("meter_queue_depth") == 0
+    finally:
+        await drain.drainer.close(10)
+    assert await stored_ids(postgres.url, [request_id(e) for e in events]) == {
+        request_id(e) for e in events
+    }
+
+
+async def test_a_few_events_are_written_after_the_flush_interval(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """Fewer events than a batch are written once the flush interval has passed, without
+    waiting for more."""
+    drain = new_drain(app_url_of(postgres.url), tmp_path, batch_max=1000, interval_s=0.05)
+    await drain.drainer.start()
+    try:
+        drain.queue.put(good_event(workspace))
+        await until(lambda: drain.count("written") == 1, "one written")
+        assert drain.gauge("meter_queue_depth") == 0
+    finally:
+        await drain.drainer.close(10)
+
+
+async def test_the_queue_depth_gauge_reads_the_queue(tmp_path: Path, workspace: str) -> None:
+    """`meter_queue_depth` is the queue's length at scrape time; `meter_spool_bytes` the
+    spool's size."""
+    drain = new_drain("postgresql://nobody@/none?host=/nonexistent", tmp_path)
+    for _ in range(3):
+        drain.queue.put(good_event(workspace))
+    assert drain.gauge("meter_queue_depth") == 3
+    assert await drain.spool.append([good_event(workspace)])
+    assert drain.gauge("meter_spool_bytes") == drain.spool.size > 0
+    drain.spool.close()
+
+
+async def test_an_outage_is_spooled_and_replayed_when_the_database_is_back(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """With the database unreachable, events are retried and spooled (counted so), never
+    rejected; new events wait in the spool too; once it answers again everything is
+    written and the spool emptied."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(gate.url(app_url_of(postgres.url)), tmp_path, interval_s=0.02)
+        await gate.shut()
+        await drain.drainer.start()
+        try:
+            first = [good_event(workspace) for _ in range(5)]
+            for event in first:
+                drain.queue.put(event)
+            await until(lambda: drain.count("spooled") >= 5, "the first events spooled")
+            assert drain.count("retried") >= 5
+            later = [good_event(workspace) for _ in range(4)]
+            for event in later:
+                drain.queue.put(event)
+            await until(lambda: drain.count("spooled") >= 9, "the later events spooled")
+            assert drain.gauge("meter_spool_bytes") > 0
+            await gate.open()
+            await until(lambda: drain.count("written") == 9, "all written after the outage")
+            await until(lambda: drain.gauge("meter_spool_bytes") == 0, "the spool emptied")
+            assert drain.count("rejected") == 0
+        finally:
+            await drain.drainer.close(10)
+    ids = [request_id(e) for e in first + later]
+    assert await stored_ids(postgres.url, ids) == set(ids)
+
+
+async def test_a_connection_cut_between_batches_is_an_outage_not_a_rejection(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """The writer's connection is cut while the database still answers: the next batch
+    is retried on a new connection and written; nothing is set aside."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(gate.url(app_url_of(postgres.url)), tmp_path, interval_s=0.02)
+        await drain.drainer.start()
+        try:
+            drain.queue.put(good_event(workspace))
+            await until(lambda: drain.count("written") == 1, "the first written")
+            gate.cut()
+            events = [good_event(workspace) for _ in range(3)]
+            for event in events:
+                drain.queue.put(event)
+            await until(lambda: drain.count("written") == 4, "the rest written")
+            assert drain.count("rejected") == 0
+            assert not list(drain.dead_dir.glob("*.jsonl"))
+        finally:
+            await drain.drainer.close(10)
+
+
+async def test_closing_flushes_the_queue(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """Events queued just before shutdown are written by `close`, not left behind."""
+    drain = new_drain(app_url_of(postgres.url), tmp_path, interval_s=30.0)
+    await drain.drainer.start()
+    events = [good_event(workspace) for _ in range(7)]
+    for event in events:
+        drain.queue.put(event)
+    await drain.drainer.close(10)
+    assert drain.count("written") == 7
+    ids = [request_id(e) for e in events]
+    assert await stored_ids(postgres.url, ids) == set(ids)
+
+
+async def test_what_is_spooled_at_exit_is_written_by_the_next_process(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """Closing with the database unreachable spools the queue (nothing dropped); the
+    next drainer over the same data directory adopts that spool at start and writes
+    it."""
+    events = [good_event(workspace) for _ in range(6)]
+    async with gate_for(postgres) as gate:
+        first = new_drain(gate.url(app_url_of(postgres.url)), tmp_path, interval_s=30.0)
+        await gate.shut()
+        await first.drainer.start()
+        for event in events:
+            first.queue.put(event)
+        await first.drainer.close(5)
+        assert first.count("spooled") == 6
+        assert first.count("dropped") == 0
+        assert len(first.queue) == 0
+    second = new_drain(app_url_of(postgres.url), tmp_path, interval_s=0.02)
+    await second.drainer.start()
+    try:
+        await until(lambda: second.count("written") == 6, "the adopted spool written")
+    finally:
+        await second.drainer.close(10)
+    ids = [request_id(e) for e in events]
+    assert await stored_ids(postgres.url, ids) == set(ids)
+
+
+async def test_events_that_fit_nowhere_at_exit_are_dropped_and_counted(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """Closing with the database unreachable and the spool full: what is left is lost,
+    and counted as dropped (on the queue too) and as a fail-open of the meter."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(
+            gate.url(app_url_of(postgres.url)),
+            tmp_path,
+            interval_s=30.0,
+            spool_bytes=10,
+            queue_max=4,
+        )
+        await gate.shut()
+        await drain.drainer.start()
+        for _ in range(5):  # the fifth is dropped by the full queue itself
+            drain.queue.put(good_event(workspace))
+        await drain.drainer.close(5)
+    assert drain.count("dropped") == 4
+    assert drain.fail_open("queue_and_spool_full") == 4
+    assert drain.queue.dropped == 5
+    assert len(drain.queue) == 0
+
+
+async def test_a_refused_event_with_the_dead_letter_file_full_is_dropped_and_counted(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """An event Postgres refuses when the dead-letter file has no room: dropped, counted
+    as dropped and as a fail-open of the meter (`dead_letter_full`), never rejected; the
+    events around it are written."""
+    drain = new_drain(app_url_of(postgres.url), tmp_path, dead_bytes=10)
+    await drain.drainer.start()
+    try:
+        drain.queue.put(good_event(workspace))
+        drain.queue.put(good_event(workspace, baseline_model="gpt\x00-4o"))
+        drain.queue.put(good_event(workspace))
+        await until(lambda: drain.count("dropped") == 1, "the refused event dropped")
+        await until(lambda: drain.count("written") == 2, "the others written")
+        assert drain.fail_open("dead_letter_full") == 1
+        assert drain.count("rejected") == 0
+    finally:
+        await drain.drainer.close(10)
+
+
+async def test_a_dead_letter_file_that_cannot_be_written_drops_and_counts(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """When the dead-letter file cannot be written at all (its directory is a file), a
+    refused event is dropped and counted like a full file, and the drainer goes on."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    drain = new_drain(app_url_of(postgres.url), tmp_path, dead_dir=blocked)
+    await drain.drainer.start()
+    try:
+        drain.queue.put(good_event(workspace, baseline_model="gpt\x00-4o"))
+        drain.queue.put(good_event(workspace))
+        await until(lambda: drain.count("written") == 1, "the good event written")
+        assert drain.count("dropped") == 1
+        assert drain.fail_open("dead_letter_full") == 1
+        assert drain.count("rejected") == 0
+    finally:
+        await drain.drainer.close(10)
+
+
+async def test_a_write_refused_for_another_reason_than_its_events_is_an_outage(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """Postgres refuses the write for a reason that is not the events' content (the app
+    role lost its INSERT grant) while it answers every probe: the events are retried and
+    spooled, never set aside, and written once the grant is back."""
+    owner = await asyncpg.connect(postgres.url)
+    drain = new_drain(app_url_of(postgres.url), tmp_path, interval_s=0.02)
+    events = [good_event(workspace) for _ in range(3)]
+    try:
+        await owner.execute("REVOKE INSERT ON recovea.request_events FROM recovea_app")
+        await drain.drainer.start()
+        for event in events:
+            drain.queue.put(event)
+        await until(lambda: drain.count("spooled") >= 3, "the events spooled")
+        assert drain.count("rejected") == 0
+    finally:
+        await owner.execute("GRANT INSERT ON recovea.request_events TO recovea_app")
+        await owner.close()
+    try:
+        await until(lambda: drain.count("written") == 3, "the events written")
+        assert drain.count("rejected") == 0
+    finally:
+        await drain.drainer.close(10)
+
+
+async def test_retries_back_off_while_the_database_is_unreachable(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """An outage is retried on a doubling backoff (50 ms, 100 ms, 200 ms, ...), not at
+    every flush interval: four attempts take at least 0.3 s, even after the database had
+    been answering."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(gate.url(app_url_of(postgres.url)), tmp_path, interval_s=0.005)
+        await drain.drainer.start()
+        try:
+            drain.queue.put(good_event(workspace))
+            await until(lambda: drain.count("written") == 1, "a first write")
+            await gate.shut()
+            drain.queue.put(good_event(workspace))
+            await until(lambda: drain.count("retried") >= 1, "the first attempt")
+            first = time.monotonic()
+            await until(lambda: drain.count("retried") >= 4, "the fourth attempt")
+            assert time.monotonic() - first >= 0.3
+        finally:
+            await drain.drainer.close(5)
+
+
+async def test_closing_is_bounded_when_the_database_hangs(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """The database stops answering without closing anything: `close` returns after its
+    timeout, not after the writer's."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(
+            gate.url(app_url_of(postgres.url)), tmp_path, interval_s=30.0, write_timeout_s=30.0
+        )
+        gate.stall()
+        await drain.drainer.start()
+        drain.queue.put(good_event(workspace))
+        started = time.monotonic()
+        await drain.drainer.close(0.3)
+        assert time.monotonic() - started < 10
+        gate.resume()
+
+
+async def test_a_drainer_closed_before_it_started_closes_cleanly(tmp_path: Path) -> None:
+    """A lifespan that fails before the drainer starts still closes it without error."""
+    drain = new_drain("postgresql://nobody@/none?host=/nonexistent", tmp_path)
+    await drain.drainer.close(1)
+
+
+# --- the writer on its own ---------------------------------------------------------
+
+
+async def test_the_probe_tells_a_database_that_answers_from_one_that_does_not(
+    postgres: Postgres, workspace: str
+) -> None:
+    """`answers` is True while the database answers, False when it is unreachable and
+    False (within about a second) when it hangs."""
+    async with gate_for(postgres) as gate:
+        writer = EventWriter(gate.url(app_url_of(postgres.url)))
+        assert await writer.answers() is True
+        gate.stall()
+        started = time.monotonic()
+        assert await writer.answers() is False
+        assert time.monotonic() - started < 5
+        gate.resume()
+        await gate.shut()
+        assert await writer.answers() is False
+
+
+async def test_the_writer_tells_a_timeout_and_a_data_error_from_an_outage(
+    postgres: Postgres, workspace: str
+) -> None:
+    """A statement cancelled by its timeout and the client's own wait running out are
+    timeouts; a value Postgres refuses is a data error; a refused grant is neither."""
+    conn = await asyncpg.connect(app_url_of(postgres.url))
+    try:
+        errors: list[BaseException] = []
+        for query in (
+            "SET statement_timeout = 10; SELECT pg_sleep(1)",
+            "SELECT 'not a number'::int",
+            "INSERT INTO public.recovea_migrations (name) VALUES ('x')",
+        ):
+            try:
+                await conn.execute(query)
+            except asyncpg.PostgresError as exc:
+                errors.append(exc)
+        cancelled, data, denied = errors
+    finally:
+        await conn.close()
+    assert isinstance(denied, asyncpg.InsufficientPrivilegeError)
+    assert (is_timeout(cancelled), is_data_error(cancelled)) == (True, False)
+    assert (is_timeout(data), is_data_error(data)) == (False, True)
+    assert (is_timeout(denied), is_data_error(denied)) == (False, False)
+    assert is_timeout(TimeoutError()) is True
+
+
+async def test_a_write_to_a_database_that_hangs_fails_within_the_writers_timeout(
+    postgres: Postgres, workspace: str
+) -> None:
+    """A write to a database that stops answering fails after the writer's timeout
+    (connecting or writing), and once the database answers again the next write goes
+    through on a fresh connection."""
+    async with gate_for(postgres) as gate:
+        writer = EventWriter(gate.url(app_url_of(postgres.url)), timeout_s=0.3)
+        try:
+            assert await writer.write([good_event(workspace)]) == 0
+            gate.stall()
+            for _ in range(2):  # a held connection, then a new one that hangs
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await writer.write([good_event(workspace)])
+                assert time.monotonic() - started < 5
+            gate.resume()
+            assert await writer.write([good_event(workspace)]) == 0
+        finally:
+            await writer.close()
