@@ -1,0 +1,444 @@
+"""The ledger API (`/v1/recovea/*`) and the admin API's reads, in this process, with
+row-level security out of the way: the gateway's real routes and runtime
+(`open_runtime`) on the session's Postgres, its pool connected as the owner
+(RECOVEA_APP_DATABASE_URL), which RLS does not bind. So every answer here is scoped
+by the code alone — the first line of defence, proven on its own (tests/test_tenancy.py
+proves the backstop): a workspace sees exactly its own rows, receipts, chains, usage,
+keys and provider keys, and another workspace's ids are 404 or absent.
+
+Written while reviewing the surviving mutants of `make mutate`
+(mutation-survivors.md); each test states the behaviour a user would notice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from starlette.applications import Starlette
+
+from recovea_proxy.admin import operations as ops
+from recovea_proxy.admin.api import ADMIN_ROUTES
+from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.auth.envelope import LocalMasterKey
+from recovea_proxy.auth.keyring import Keyring
+from recovea_proxy.config import Settings
+from recovea_proxy.meter.api import LEDGER_ROUTES
+from recovea_proxy.meter.event import COLUMNS, RouteIds, event_row
+from recovea_proxy.meter.receipt_keys import SigningKey, key_id
+from recovea_proxy.meter.receipts import ReceiptSigner
+from recovea_proxy.meter.rollup import run_rollup
+from recovea_proxy.meter.writer import EventWriter
+from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.providers.usage import Usage
+from recovea_proxy.record import RequestRecord
+from recovea_proxy.runtime import Runtime, open_runtime
+from recovea_proxy.store.database import connect
+from recovea_proxy.store.migrate import apply_migrations
+from tests.support import Postgres, short_tmpdir
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass
+class Tenant:
+    """One workspace: its keys, and the request ids of its rows (one with a receipt)."""
+
+    id: str
+    admin: ops.CreatedKey
+    member: ops.CreatedKey
+    requests: list[str]
+    chain: str
+
+    def auth(self, role: str = "admin") -> dict[str, str]:
+        key = self.admin if role == "admin" else self.member
+        return {"authorization": f"Bearer {key.secret}"}
+
+
+@dataclass
+class Ledger:
+    client: httpx.AsyncClient
+    mine: Tenant
+    theirs: Tenant
+
+
+def _record(workspace: str, rcv_key_id: str, model: str, ts_ms: int) -> RequestRecord:
+    rec = RequestRecord(uuid.uuid4().hex, uuid.uuid4().hex, 0, ts_ms)
+    rec.workspace_id, rec.rcv_key_id, rec.env = workspace, rcv_key_id, "live"
+    rec.provider, rec.route, rec.model = "openai", "/v1/chat/completions", model
+    rec.feature = "search"
+    rec.usage = Usage(10, 5, 2, None, "stop")
+    rec.success = True
+    rec.levers_fired = {"cache": "miss"}
+    rec.request_sha256 = hashlib.sha256(b"request").hexdigest()
+    rec.end(1_000_000)
+    return rec
+
+
+async def _tenant(
+    owner: str, conn: Any, keyring: Keyring, name: str, signer: ReceiptSigner
+) -> Tenant:
+    """A workspace with two keys, an OpenAI key and four signed requests, written by the
+    real writer."""
+    workspace = await ops.create_workspace(conn, f"{name}-{uuid.uuid4().hex[:8]}")
+    admin = await ops.create_key(conn, workspace, role="admin")
+    member = await ops.create_key(conn, workspace, project="web")
+    await ops.set_provider_key(conn, keyring, workspace, "openai", f"sk-{name}-0123456789")
+    now_ms = int(time.time() * 1000)
+    records = [
+        _record(workspace, admin.id, "gpt-4o" if i < 3 else "gpt-4o-mini", now_ms - i * 1000)
+        for i in range(4)
+    ]
+    routes = RouteIds()
+    rows = []
+    for rec in records:
+        signer.sign(rec, hashlib.sha256(b"response").hexdigest())
+        rows.append(event_row(rec, routes.id_for(rec)))
+    writer = EventWriter(owner)
+    try:
+        await writer.write(rows)
+    finally:
+        await writer.close()
+    place = records[0].receipt_place
+    assert place is not None
+    return Tenant(workspace, admin, member, [r.request_id for r in records], place[0])
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def ledger(postgres: Postgres) -> AsyncIterator[Ledger]:
+    data_dir = short_tmpdir()
+    settings = Settings(
+        database_url=postgres.url,
+        app_database_url=postgres.url,  # the owner: row-level security does not apply
+        data_dir=data_dir,
+        master_key_file=data_dir / "master.key",
+        maintenance_interval_s=3600.0,
+    )
+    keyring = Keyring(LocalMasterKey.load_or_create(data_dir / "master.key"), {})
+    conn = await connect(postgres.url)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    async with open_runtime(settings, GatewayMetrics()) as runtime:
+        signer = ReceiptSigner(_signing_key())
+        conn = await connect(postgres.url)
+        try:
+            mine = await _tenant(postgres.url, conn, keyring, "mine", signer)
+            theirs = await _tenant(postgres.url, conn, keyring, "theirs", signer)
+            await run_rollup(conn, timeout_s=30, max_tags=100)
+        finally:
+            await conn.close()
+        app = _app(runtime)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield Ledger(client, mine, theirs)
+
+
+def _signing_key() -> SigningKey:
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return SigningKey(key_id(public), private)
+
+
+def _app(runtime: Runtime) -> Any:
+    """The gateway's own ledger and admin routes, with the runtime as the lifespan's
+    state (what uvicorn hands every request)."""
+    routes = Starlette(routes=[*LEDGER_ROUTES, *ADMIN_ROUTES])
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = {"runtime": runtime}
+        await routes(scope, receive, send)
+
+    return app
+
+
+async def get(
+    ledger: Ledger, path: str, who: Tenant | None = None, role: str = "admin"
+) -> httpx.Response:
+    headers = (who or ledger.mine).auth(role)
+    return await ledger.client.get(path, headers=headers)
+
+
+# --- /v1/recovea/requests --------------------------------------------------------------
+
+
+async def test_a_request_row_is_returned_with_exactly_the_ledgers_columns(ledger: Ledger) -> None:
+    """The stored row of one of the workspace's requests: every column, typed for JSON
+    (ids as text, the time as ISO 8601, levers as an object), for any key of it."""
+    request_id = ledger.mine.requests[0]
+    for role in ("admin", "member"):
+        answer = await get(ledger, f"/v1/recovea/requests/{request_id}", role=role)
+        assert answer.status_code == 200
+        row = answer.json()
+        assert list(row) == list(COLUMNS)
+        assert row["request_id"] == request_id
+        assert row["customer_id"] == ledger.mine.id
+        assert row["rcv_key_id"] == ledger.mine.admin.id
+        assert uuid.UUID(row["route_id"])
+        assert row["levers_fired"] == {"cache": "miss"}
+        assert (row["input_tokens"], row["output_tokens"], row["cached_tokens"]) == (10, 5, 2)
+        assert row["reasoning_tokens"] is None
+        assert datetime.fromisoformat(row["ts"]).tzinfo is not None
+        assert (row["baseline_cost"], row["realized_cost"]) == (None, None)
+
+
+async def test_another_workspaces_request_is_not_found(ledger: Ledger) -> None:
+    """Another workspace's request id, an unknown one and a malformed one: 404, the same
+    answer, so a caller cannot tell which exist."""
+    for request_id in (ledger.theirs.requests[0], uuid.uuid4().hex, "not-an-id"):
+        answer = await get(ledger, f"/v1/recovea/requests/{request_id}")
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] == "not_found"
+        assert "request" in answer.json()["error"]["message"]
+
+
+# --- /v1/recovea/receipts --------------------------------------------------------------
+
+
+async def test_a_receipt_is_returned_for_its_workspace_only(ledger: Ledger) -> None:
+    """The workspace's receipt: its request id, chain, seq, kid and token; another
+    workspace's is 404."""
+    request_id = ledger.mine.requests[0]
+    answer = await get(ledger, f"/v1/recovea/receipts/{request_id}")
+    assert answer.status_code == 200
+    receipt = answer.json()
+    assert set(receipt) == {"request_id", "chain", "seq", "kid", "token"}
+    assert (receipt["request_id"], receipt["chain"], receipt["seq"]) == (
+        request_id,
+        ledger.mine.chain,
+        1,
+    )
+    assert receipt["kid"].startswith("rk_") and "." in receipt["token"]
+    theirs = await get(ledger, f"/v1/recovea/receipts/{ledger.theirs.requests[0]}")
+    assert theirs.status_code == 404
+    assert "receipt" in theirs.json()["error"]["message"]
+
+
+# --- /v1/recovea/ledger ----------------------------------------------------------------
+
+
+async def test_the_ledger_lists_the_workspaces_own_chains(ledger: Ledger) -> None:
+    """Without `chain=`: the workspace's chains only, each with its first and last seq,
+    its count and its time span."""
+    answer = await get(ledger, "/v1/recovea/ledger")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["object"] == "list"
+    [chain] = body["data"]
+    assert (chain["chain"], chain["first_seq"], chain["last_seq"], chain["receipts"]) == (
+        ledger.mine.chain,
+        1,
+        4,
+        4,
+    )
+    assert datetime.fromisoformat(chain["first_ts"]) <= datetime.fromisoformat(chain["last_ts"])
+
+
+async def test_a_chain_is_paged_in_seq_order(ledger: Ledger) -> None:
+    """`chain=` pages the chain from `after_seq`, `limit` at a time, with the chain's
+    stored first and last seq, `has_more` and where the next page starts."""
+    base = f"/v1/recovea/ledger?chain={ledger.mine.chain}"
+    first = (await get(ledger, f"{base}&limit=3")).json()
+    assert first["object"] == "recovea-chain-v1"
+    assert (first["chain"], first["first_seq"], first["last_seq"]) == (ledger.mine.chain, 1, 4)
+    assert [r["seq"] for r in first["receipts"]] == [1, 2, 3]
+    assert set(first["receipts"][0]) == {"request_id", "seq", "kid", "token"}
+    assert (first["has_more"], first["next_after_seq"]) == (True, 3)
+    rest = (await get(ledger, f"{base}&after_seq=3")).json()
+    assert [r["seq"] for r in rest["receipts"]] == [4]
+    assert (rest["has_more"], rest["next_after_seq"]) == (False, None)
+    whole = (await get(ledger, base)).json()
+    assert [r["seq"] for r in whole["receipts"]] == [1, 2, 3, 4]
+    assert whole["has_more"] is False
+    one = (await get(ledger, f"{base}&limit=0")).json()
+    assert [r["seq"] for r in one["receipts"]] == [1]
+
+
+async def test_another_workspaces_chain_reads_as_empty(ledger: Ledger) -> None:
+    """Asking for another workspace's chain id gives an empty page with no bounds, as
+    for a chain that does not exist."""
+    answer = await get(ledger, f"/v1/recovea/ledger?chain={ledger.theirs.chain}")
+    body = answer.json()
+    assert (body["receipts"], body["first_seq"], body["last_seq"], body["has_more"]) == (
+        [],
+        None,
+        None,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("chain=bad%20id", "chain must be a chain id."),
+        ("chain=abc&after_seq=-1", "after_seq must be an integer from 0 to"),
+        ("chain=abc&limit=x", "limit must be an integer from 0 to 10000."),
+        ("chain=abc&limit=10001", "limit must be an integer from 0 to 10000."),
+    ],
+)
+async def test_a_bad_ledger_query_is_a_400_that_says_why(
+    ledger: Ledger, query: str, message: str
+) -> None:
+    """A malformed chain id, offset or page size is refused 400 with what is wrong."""
+    answer = await get(ledger, f"/v1/recovea/ledger?{query}")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"].startswith(message)
+
+
+async def test_the_largest_page_is_allowed(ledger: Ledger) -> None:
+    """`limit` up to 10000 is accepted."""
+    answer = await get(ledger, f"/v1/recovea/ledger?chain={ledger.mine.chain}&limit=10000")
+    assert answer.status_code == 200
+
+
+# --- /v1/recovea/usage ----------------------------------------------------------------
+
+
+async def test_usage_is_the_workspaces_own_rollups(ledger: Ledger) -> None:
+    """By model (the default): the workspace's requests and tokens per model, largest
+    first, and their totals; the other workspace's traffic is not counted."""
+    answer = await get(ledger, "/v1/recovea/usage")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["object"], body["group_by"]) == ("usage", "model")
+    by_model = {row["key"]: row for row in body["data"]}
+    assert [row["key"] for row in body["data"]] == ["gpt-4o", "gpt-4o-mini"]
+    assert (by_model["gpt-4o"]["requests"], by_model["gpt-4o"]["input_tokens"]) == (3, 30)
+    assert body["totals"]["requests"] == 4
+    assert body["totals"]["output_tokens"] == 20
+    assert datetime.fromisoformat(body["to"]) - datetime.fromisoformat(body["from"]) == (
+        timedelta(days=30)
+    )
+
+
+@pytest.mark.parametrize(
+    ("group_by", "key"),
+    [("feature", "search"), ("provider", "openai"), ("realized_model", "gpt-4o")],
+)
+async def test_usage_groups_by_each_dimension(ledger: Ledger, group_by: str, key: str) -> None:
+    """Each `group_by` groups the same requests by that dimension."""
+    body = (await get(ledger, f"/v1/recovea/usage?group_by={group_by}")).json()
+    assert body["group_by"] == group_by
+    assert key in {row["key"] for row in body["data"]}
+    assert body["totals"]["requests"] == 4
+
+
+async def test_usage_costs_and_savings_are_decimal_strings(ledger: Ledger) -> None:
+    """Baseline and realized cost, and savings, are exact decimal strings (or null when
+    unpriced), totalled the same way."""
+    body = (await get(ledger, "/v1/recovea/usage")).json()
+    for row in [*body["data"], body["totals"]]:
+        baseline, realized, savings = (
+            row["baseline_cost_usd"],
+            row["realized_cost_usd"],
+            row["savings_usd"],
+        )
+        if baseline is not None and realized is not None:
+            assert Decimal(savings) == Decimal(baseline) - Decimal(realized)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("group_by=color", "group_by must be one of feature, model,"),
+        ("from=2026-02-01&to=2026-01-01", "from must be before to."),
+        ("from=yesterday", "from must be an ISO 8601 date or time."),
+        ("to=soon", "to must be an ISO 8601 date or time."),
+    ],
+)
+async def test_a_bad_usage_query_is_a_400_that_says_why(
+    ledger: Ledger, query: str, message: str
+) -> None:
+    """An unknown dimension, a window that ends before it starts, or a time that is not
+    ISO 8601 is refused 400 with what is wrong."""
+    answer = await get(ledger, f"/v1/recovea/usage?{query}")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"].startswith(message)
+
+
+async def test_usage_of_a_window_without_traffic_is_empty(ledger: Ledger) -> None:
+    """A window in the past with no traffic: no groups, zero totals, no costs."""
+    body = (await get(ledger, "/v1/recovea/usage?from=2020-01-01&to=2020-01-02")).json()
+    assert body["data"] == []
+    assert body["totals"]["requests"] == 0
+    assert body["totals"]["baseline_cost_usd"] is None
+    assert body["from"].startswith("2020-01-01")
+
+
+# --- the admin API's reads ------------------------------------------------------------
+
+
+async def test_the_workspace_read_is_the_callers_own(ledger: Ledger) -> None:
+    """GET /admin/v1/workspace describes the caller's workspace, whichever exists."""
+    for tenant in (ledger.mine, ledger.theirs):
+        body = (await get(ledger, "/admin/v1/workspace", tenant)).json()
+        assert body["id"] == tenant.id
+        assert body["plan"] == "free"
+        assert datetime.fromisoformat(body["created_at"]) <= datetime.now(UTC)
+
+
+async def test_the_key_list_is_the_callers_own_without_secrets(ledger: Ledger) -> None:
+    """GET /admin/v1/keys lists the workspace's keys (project and team by name, last
+    four characters only), none of another workspace."""
+    body = (await get(ledger, "/admin/v1/keys")).json()
+    ids = {key["id"] for key in body["data"]}
+    assert ids == {ledger.mine.admin.id, ledger.mine.member.id}
+    member = next(key for key in body["data"] if key["id"] == ledger.mine.member.id)
+    assert (member["role"], member["project"], member["team"], member["revoked_at"]) == (
+        "member",
+        "web",
+        None,
+        None,
+    )
+    assert member["last_four"] == ledger.mine.member.secret[-4:]
+    assert ledger.mine.member.secret not in str(body)
+
+
+async def test_the_provider_key_list_is_the_callers_own(ledger: Ledger) -> None:
+    """GET /admin/v1/provider-keys lists the workspace's provider keys (last four
+    characters only), none of another workspace."""
+    body = (await get(ledger, "/admin/v1/provider-keys")).json()
+    assert [(k["provider"], k["last_four"]) for k in body["data"]] == [("openai", "6789")]
+    assert "sk-mine" not in str(body)
+
+
+async def test_the_admin_reads_need_an_admin_key(ledger: Ledger) -> None:
+    """A member key on an admin route is 403 `forbidden`; no key is 401."""
+    member = await get(ledger, "/admin/v1/keys", role="member")
+    assert (member.status_code, member.json()["error"]["code"]) == (403, "forbidden")
+    anonymous = await ledger.client.get("/admin/v1/keys")
+    assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "invalid_api_key")
+    ledger_anonymous = await ledger.client.get("/v1/recovea/ledger")
+    assert ledger_anonymous.status_code == 401
+
+
+async def test_the_receipt_keys_are_published_without_auth(ledger: Ledger) -> None:
+    """The receipt public keys need no key and may be cached for five minutes."""
+    answer = await ledger.client.get("/.well-known/recovea-receipt-keys")
+    assert answer.status_code == 200
+    assert answer.headers["cache-control"] == "public, max-age=300"
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["keys"]
+
+
+async def test_revoking_another_workspaces_key_is_not_found(ledger: Ledger) -> None:
+    """An admin key cannot revoke a key of another workspace (404), with row-level
+    security out of the way; its own member key it can."""
+    theirs = await ledger.client.delete(
+        f"/admin/v1/keys/{ledger.theirs.member.id}", headers=ledger.mine.auth()
+    )
+    assert theirs.status_code == 404
+    still = await get(ledger, "/v1/recovea/ledger", ledger.theirs, role="member")
+    assert still.status_code == 200
