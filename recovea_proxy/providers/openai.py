@@ -230,8 +230,9 @@ class HiddenUsageFilter(StreamFilter):
         cut = buf.rfind(b"\n") + 1
         self._tail = buf[cut:]
         out = buf[:cut]
-        if self._drop_blank:
-            # The usage event's data line ended the previous chunk; its blank line is here.
+        if self._drop_blank and out:
+            # The usage event's data line ended an earlier chunk; its blank line is the
+            # first complete line now (a chunk without a line end leaves it pending).
             self._drop_blank = False
             if out[:1] == b"\n":
                 out = out[1:]
