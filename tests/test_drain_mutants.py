@@ -50,6 +50,8 @@ class Gate:
         self._open: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        #: chunks that reached the gate while it stalled (a write is in progress)
+        self.held = 0
 
     def stall(self) -> None:
         self._flowing.clear()
@@ -85,23 +87,20 @@ class Gate:
             writer.transport.abort()
             return
         self._open.update((writer, up_writer))
-        await asyncio.gather(
-            _pump(reader, up_writer, self._flowing), _pump(up_reader, writer, self._flowing)
-        )
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
 
-
-async def _pump(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
-) -> None:
-    try:
-        while data := await reader.read(65536):
-            await flowing.wait()
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.transport.abort()
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not self._flowing.is_set():
+                    self.held += 1
+                    await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +174,7 @@ async def gate_for(postgres: Postgres) -> AsyncIterator[Gate]:
         await gate.shut()
 
 
-async def until(predicate: Callable[[], bool], what: str, deadline_s: float = 20.0) -> None:
+async def until(predicate: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
     """Poll `predicate` without blocking the event loop; fail after the deadline."""
     end = time.monotonic() + deadline_s
     while not predicate():
@@ -399,30 +398,32 @@ async def test_a_dead_letter_file_that_cannot_be_written_drops_and_counts(
         await drain.drainer.close(10)
 
 
-async def test_a_write_refused_for_another_reason_than_its_events_is_an_outage(
+async def test_a_connection_lost_in_the_middle_of_a_write_is_an_outage(
     postgres: Postgres, workspace: str, tmp_path: Path
 ) -> None:
-    """Postgres refuses the write for a reason that is not the events' content (the app
-    role lost its INSERT grant) while it answers every probe: the events are retried and
-    spooled, never set aside, and written once the grant is back."""
-    owner = await asyncpg.connect(postgres.url)
-    drain = new_drain(app_url_of(postgres.url), tmp_path, interval_s=0.02)
-    events = [good_event(workspace) for _ in range(3)]
-    try:
-        await owner.execute("REVOKE INSERT ON recovea.request_events FROM recovea_app")
+    """The writer's connection breaks while a batch is being written, and the database
+    answers every probe: the batch is an outage (retried and written), never taken for
+    events Postgres refused and set aside."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(gate.url(app_url_of(postgres.url)), tmp_path, interval_s=0.02)
         await drain.drainer.start()
-        for event in events:
-            drain.queue.put(event)
-        await until(lambda: drain.count("spooled") >= 3, "the events spooled")
-        assert drain.count("rejected") == 0
-    finally:
-        await owner.execute("GRANT INSERT ON recovea.request_events TO recovea_app")
-        await owner.close()
-    try:
-        await until(lambda: drain.count("written") == 3, "the events written")
-        assert drain.count("rejected") == 0
-    finally:
-        await drain.drainer.close(10)
+        try:
+            drain.queue.put(good_event(workspace))
+            await until(lambda: drain.count("written") == 1, "the first written")
+            gate.stall()
+            events = [good_event(workspace) for _ in range(3)]
+            for event in events:
+                drain.queue.put(event)
+            await until(lambda: gate.held > 0, "the write under way")
+            gate.cut()
+            gate.resume()
+            await until(lambda: drain.count("written") == 4, "the batch written")
+            assert drain.count("retried") >= 3
+            assert drain.count("rejected") == 0
+        finally:
+            await drain.drainer.close(10)
+    ids = [request_id(e) for e in events]
+    assert await stored_ids(postgres.url, ids) == set(ids)
 
 
 async def test_retries_back_off_while_the_database_is_unreachable(
