@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -116,16 +117,18 @@ async def _tenant(
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def ledger(postgres: Postgres) -> AsyncIterator[Ledger]:
-    data_dir = short_tmpdir()
+async def ledger(postgres: Postgres, db_env: dict[str, str]) -> AsyncIterator[Ledger]:
+    # The session's master key, as its gateways use: the receipt signing key they (or
+    # this fixture) stored in the session's database is sealed under it.
+    master_file = Path(db_env["RECOVEA_MASTER_KEY_FILE"])
     settings = Settings(
         database_url=postgres.url,
         app_database_url=postgres.url,  # the owner: row-level security does not apply
-        data_dir=data_dir,
-        master_key_file=data_dir / "master.key",
+        data_dir=short_tmpdir(),
+        master_key_file=master_file,
         maintenance_interval_s=3600.0,
     )
-    keyring = Keyring(LocalMasterKey.load_or_create(data_dir / "master.key"), {})
+    keyring = Keyring(LocalMasterKey.load_or_create(master_file), {})
     conn = await connect(postgres.url)
     try:
         await apply_migrations(conn)
