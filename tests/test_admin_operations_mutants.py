@@ -251,6 +251,9 @@ async def test_provider_key_input_is_checked(owner: asyncpg.Connection, keyring:
     assert await refusal(ops.set_provider_key(owner, keyring, missing, "openai", "k" * 9)) == (
         f"no workspace {missing}"
     )
+    assert await refusal(ops.set_provider_key(owner, keyring, "w1", "openai", "k" * 9)) == (
+        "workspace id must be a UUID, not 'w1'"
+    )
 
 
 async def test_init_runs_once(migrated: str) -> None:

@@ -28,13 +28,16 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Route
 
+from recovea_proxy.admin import api as admin_api
 from recovea_proxy.admin import operations as ops
-from recovea_proxy.admin.api import ADMIN_ROUTES
+from recovea_proxy.admin.api import ADMIN_ROUTES, admin, keyed
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.auth.envelope import LocalMasterKey
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.config import Settings
+from recovea_proxy.meter import api as ledger_api
 from recovea_proxy.meter.api import LEDGER_ROUTES
 from recovea_proxy.meter.event import COLUMNS, RouteIds, event_row
 from recovea_proxy.meter.receipt_keys import SigningKey, key_id
@@ -68,14 +71,28 @@ class Tenant:
 
 
 @dataclass
+class World:
+    """The session's database with two workspaces, and a gateway runtime on it."""
+
+    runtime: Runtime
+    mine: Tenant
+    theirs: Tenant
+    operator: ops.CreatedKey
+
+
+@dataclass
 class Ledger:
     client: httpx.AsyncClient
     mine: Tenant
     theirs: Tenant
+    operator: ops.CreatedKey
 
 
-def _record(workspace: str, rcv_key_id: str, model: str, ts_ms: int) -> RequestRecord:
+def _record(
+    workspace: str, rcv_key_id: str, model: str, ts_ms: int, cache_hit: bool = False
+) -> RequestRecord:
     rec = RequestRecord(uuid.uuid4().hex, uuid.uuid4().hex, 0, ts_ms)
+    rec.cache_hit, rec.cache_type = cache_hit, "exact" if cache_hit else None
     rec.workspace_id, rec.rcv_key_id, rec.env = workspace, rcv_key_id, "live"
     rec.provider, rec.route, rec.model = "openai", "/v1/chat/completions", model
     rec.feature = "search"
@@ -98,7 +115,13 @@ async def _tenant(
     await ops.set_provider_key(conn, keyring, workspace, "openai", f"sk-{name}-0123456789")
     now_ms = int(time.time() * 1000)
     records = [
-        _record(workspace, admin.id, "gpt-4o" if i < 3 else "gpt-4o-mini", now_ms - i * 1000)
+        _record(
+            workspace,
+            admin.id,
+            "gpt-4o" if i < 3 else "gpt-4o-mini",
+            now_ms - i * 1000,
+            cache_hit=i == 2,  # served from the cache: realized cost 0
+        )
         for i in range(4)
     ]
     routes = RouteIds()
@@ -117,7 +140,7 @@ async def _tenant(
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def ledger(postgres: Postgres, db_env: dict[str, str]) -> AsyncIterator[Ledger]:
+async def world(postgres: Postgres, db_env: dict[str, str]) -> AsyncIterator[World]:
     # The session's master key, as its gateways use: the receipt signing key they (or
     # this fixture) stored in the session's database is sealed under it.
     master_file = Path(db_env["RECOVEA_MASTER_KEY_FILE"])
@@ -141,12 +164,27 @@ async def ledger(postgres: Postgres, db_env: dict[str, str]) -> AsyncIterator[Le
             mine = await _tenant(postgres.url, conn, keyring, "mine", signer)
             theirs = await _tenant(postgres.url, conn, keyring, "theirs", signer)
             await run_rollup(conn, timeout_s=30, max_tags=100)
+            operator = await _operator_key(conn)
         finally:
             await conn.close()
-        app = _app(runtime)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield Ledger(client, mine, theirs)
+        yield World(runtime, mine, theirs, operator)
+
+
+async def _operator_key(conn: Any) -> ops.CreatedKey:
+    """An admin key of the operator's workspace (`default`), made by `init` if need be."""
+    default = await conn.fetchval(
+        "SELECT customer_id FROM recovea.workspaces WHERE name = 'default'"
+    )
+    if default is None:
+        return (await ops.init(conn))[1]
+    return await ops.create_key(conn, str(default), role="admin")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def ledger(world: World) -> AsyncIterator[Ledger]:
+    transport = httpx.ASGITransport(app=_app(world.runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        yield Ledger(client, world.mine, world.theirs, world.operator)
 
 
 def _signing_key() -> SigningKey:
@@ -155,14 +193,51 @@ def _signing_key() -> SigningKey:
     return SigningKey(key_id(public), private)
 
 
+def routes() -> list[BaseRoute]:
+    """The gateway's ledger and admin read routes, wrapped as `meter/api.py` and
+    `admin/api.py` wrap them, but now (their wrappers run at import, before a test
+    could change them)."""
+    return [
+        Route("/v1/recovea/requests/{request_id}", keyed(ledger_api.get_request, admin_only=False)),
+        Route("/v1/recovea/receipts/{request_id}", keyed(ledger_api.get_receipt, admin_only=False)),
+        Route("/v1/recovea/ledger", keyed(ledger_api.get_ledger, admin_only=False)),
+        Route("/v1/recovea/usage", keyed(ledger_api.get_usage, admin_only=False)),
+        Route("/.well-known/recovea-receipt-keys", ledger_api.receipt_keys),
+        Route("/admin/v1/workspace", admin(admin_api.get_workspace), methods=["GET"]),
+        Route("/admin/v1/workspaces", admin(admin_api.create_workspace), methods=["POST"]),
+        Route("/admin/v1/keys", admin(admin_api.list_keys), methods=["GET"]),
+        Route("/admin/v1/keys", admin(admin_api.create_key), methods=["POST"]),
+        Route("/admin/v1/keys/{key_id}", admin(admin_api.revoke_key), methods=["DELETE"]),
+        Route("/admin/v1/provider-keys", admin(admin_api.list_provider_keys), methods=["GET"]),
+        Route(
+            "/admin/v1/provider-keys/{provider}",
+            admin(admin_api.set_provider_key),
+            methods=["PUT"],
+        ),
+    ]
+
+
+def _shape(table: list[BaseRoute]) -> list[tuple[str, frozenset[str] | None]]:
+    return [
+        (route.path, frozenset(route.methods or ()) or None)
+        for route in table
+        if isinstance(route, Route)
+    ]
+
+
+async def test_these_routes_are_the_gateways() -> None:
+    """The table the tests below serve is the gateway's own: same paths and methods."""
+    assert _shape(routes()) == _shape([*LEDGER_ROUTES, *ADMIN_ROUTES])
+
+
 def _app(runtime: Runtime) -> Any:
-    """The gateway's own ledger and admin routes, with the runtime as the lifespan's
-    state (what uvicorn hands every request)."""
-    routes = Starlette(routes=[*LEDGER_ROUTES, *ADMIN_ROUTES])
+    """The routes, with the runtime as the lifespan's state (what uvicorn hands every
+    request)."""
+    table = Starlette(routes=routes())
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         scope["state"] = {"runtime": runtime}
-        await routes(scope, receive, send)
+        await table(scope, receive, send)
 
     return app
 
@@ -184,6 +259,7 @@ async def test_a_request_row_is_returned_with_exactly_the_ledgers_columns(ledger
     for role in ("admin", "member"):
         answer = await get(ledger, f"/v1/recovea/requests/{request_id}", role=role)
         assert answer.status_code == 200
+        assert answer.headers["content-type"] == "application/json"
         row = answer.json()
         assert list(row) == list(COLUMNS)
         assert row["request_id"] == request_id
@@ -203,8 +279,15 @@ async def test_another_workspaces_request_is_not_found(ledger: Ledger) -> None:
     for request_id in (ledger.theirs.requests[0], uuid.uuid4().hex, "not-an-id"):
         answer = await get(ledger, f"/v1/recovea/requests/{request_id}")
         assert answer.status_code == 404
-        assert answer.json()["error"]["code"] == "not_found"
-        assert "request" in answer.json()["error"]["message"]
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json() == {
+            "error": {
+                "message": "No request with that id in this workspace.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "not_found",
+            }
+        }
 
 
 # --- /v1/recovea/receipts --------------------------------------------------------------
@@ -226,7 +309,7 @@ async def test_a_receipt_is_returned_for_its_workspace_only(ledger: Ledger) -> N
     assert receipt["kid"].startswith("rk_") and "." in receipt["token"]
     theirs = await get(ledger, f"/v1/recovea/receipts/{ledger.theirs.requests[0]}")
     assert theirs.status_code == 404
-    assert "receipt" in theirs.json()["error"]["message"]
+    assert theirs.json()["error"]["message"] == "No receipt with that id in this workspace."
 
 
 # --- /v1/recovea/ledger ----------------------------------------------------------------
@@ -267,6 +350,10 @@ async def test_a_chain_is_paged_in_seq_order(ledger: Ledger) -> None:
     assert whole["has_more"] is False
     one = (await get(ledger, f"{base}&limit=0")).json()
     assert [r["seq"] for r in one["receipts"]] == [1]
+    exact = (await get(ledger, f"{base}&limit=4")).json()
+    assert (len(exact["receipts"]), exact["has_more"], exact["next_after_seq"]) == (4, False, None)
+    far = await get(ledger, f"{base}&after_seq={2**62}")
+    assert (far.status_code, far.json()["receipts"]) == (200, [])
 
 
 async def test_another_workspaces_chain_reads_as_empty(ledger: Ledger) -> None:
@@ -287,6 +374,7 @@ async def test_another_workspaces_chain_reads_as_empty(ledger: Ledger) -> None:
     [
         ("chain=bad%20id", "chain must be a chain id."),
         ("chain=abc&after_seq=-1", "after_seq must be an integer from 0 to"),
+        (f"chain=abc&after_seq={2**62 + 1}", f"after_seq must be an integer from 0 to {2**62}."),
         ("chain=abc&limit=x", "limit must be an integer from 0 to 10000."),
         ("chain=abc&limit=10001", "limit must be an integer from 0 to 10000."),
     ],
@@ -297,6 +385,7 @@ async def test_a_bad_ledger_query_is_a_400_that_says_why(
     """A malformed chain id, offset or page size is refused 400 with what is wrong."""
     answer = await get(ledger, f"/v1/recovea/ledger?{query}")
     assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_request"
     assert answer.json()["error"]["message"].startswith(message)
 
 
@@ -319,11 +408,13 @@ async def test_usage_is_the_workspaces_own_rollups(ledger: Ledger) -> None:
     by_model = {row["key"]: row for row in body["data"]}
     assert [row["key"] for row in body["data"]] == ["gpt-4o", "gpt-4o-mini"]
     assert (by_model["gpt-4o"]["requests"], by_model["gpt-4o"]["input_tokens"]) == (3, 30)
+    assert by_model["gpt-4o"]["cache_hits"] == 1
     assert body["totals"]["requests"] == 4
     assert body["totals"]["output_tokens"] == 20
     assert datetime.fromisoformat(body["to"]) - datetime.fromisoformat(body["from"]) == (
         timedelta(days=30)
     )
+    assert body["to"].endswith("+00:00")
 
 
 @pytest.mark.parametrize(
@@ -339,17 +430,21 @@ async def test_usage_groups_by_each_dimension(ledger: Ledger, group_by: str, key
 
 
 async def test_usage_costs_and_savings_are_decimal_strings(ledger: Ledger) -> None:
-    """Baseline and realized cost, and savings, are exact decimal strings (or null when
-    unpriced), totalled the same way."""
+    """Baseline and realized cost, and savings (a cache hit costs nothing), are exact
+    decimal strings, never in exponent form; the totals add them up."""
     body = (await get(ledger, "/v1/recovea/usage")).json()
+    by_model = {row["key"]: row for row in body["data"]}
     for row in [*body["data"], body["totals"]]:
-        baseline, realized, savings = (
-            row["baseline_cost_usd"],
-            row["realized_cost_usd"],
-            row["savings_usd"],
-        )
-        if baseline is not None and realized is not None:
-            assert Decimal(savings) == Decimal(baseline) - Decimal(realized)
+        money = [row["baseline_cost_usd"], row["realized_cost_usd"], row["savings_usd"]]
+        assert all(isinstance(value, str) and "E" not in value.upper() for value in money)
+        baseline, realized, savings = (Decimal(value) for value in money)
+        assert savings == baseline - realized
+        assert baseline > 0
+    assert Decimal(by_model["gpt-4o"]["savings_usd"]) > 0
+    assert by_model["gpt-4o-mini"]["savings_usd"] == "0"
+    totals = body["totals"]
+    for name in ("baseline_cost_usd", "realized_cost_usd"):
+        assert Decimal(totals[name]) == sum(Decimal(row[name]) for row in body["data"])
 
 
 @pytest.mark.parametrize(
@@ -357,6 +452,7 @@ async def test_usage_costs_and_savings_are_decimal_strings(ledger: Ledger) -> No
     [
         ("group_by=color", "group_by must be one of feature, model,"),
         ("from=2026-02-01&to=2026-01-01", "from must be before to."),
+        ("from=2026-01-01&to=2026-01-01", "from must be before to."),
         ("from=yesterday", "from must be an ISO 8601 date or time."),
         ("to=soon", "to must be an ISO 8601 date or time."),
     ],
@@ -421,6 +517,8 @@ async def test_the_admin_reads_need_an_admin_key(ledger: Ledger) -> None:
     """A member key on an admin route is 403 `forbidden`; no key is 401."""
     member = await get(ledger, "/admin/v1/keys", role="member")
     assert (member.status_code, member.json()["error"]["code"]) == (403, "forbidden")
+    assert member.json()["error"]["message"] == "This route needs an admin key."
+    assert member.headers["content-type"] == "application/json"
     anonymous = await ledger.client.get("/admin/v1/keys")
     assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "invalid_api_key")
     ledger_anonymous = await ledger.client.get("/v1/recovea/ledger")
@@ -445,3 +543,137 @@ async def test_revoking_another_workspaces_key_is_not_found(ledger: Ledger) -> N
     assert theirs.status_code == 404
     still = await get(ledger, "/v1/recovea/ledger", ledger.theirs, role="member")
     assert still.status_code == 200
+
+
+# --- the admin API's writes, through the same wrappers --------------------------------
+
+
+async def test_an_admin_creates_and_revokes_a_key_of_its_workspace(ledger: Ledger) -> None:
+    """POST /admin/v1/keys shows the new key once (201) with its role, env and last
+    four; the key works; DELETE revokes it (and only once)."""
+    created = await ledger.client.post(
+        "/admin/v1/keys",
+        json={"role": "member", "env": "test", "project": "api"},
+        headers=ledger.mine.auth(),
+    )
+    assert created.status_code == 201
+    key = created.json()
+    assert (key["role"], key["env"], key["last_four"]) == ("member", "test", key["key"][-4:])
+    assert key["key"].startswith("rcv_test_")
+    uses = await ledger.client.get(
+        "/v1/recovea/ledger", headers={"authorization": f"Bearer {key['key']}"}
+    )
+    assert uses.status_code == 200
+    revoked = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=ledger.mine.auth())
+    assert (revoked.status_code, revoked.json()) == (200, {"id": key["id"], "revoked": True})
+    again = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=ledger.mine.auth())
+    assert again.status_code == 404
+    assert again.json()["error"]["message"] == "No active key with that id in this workspace."
+    malformed = await ledger.client.delete("/admin/v1/keys/k1", headers=ledger.mine.auth())
+    assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, "invalid_request")
+
+
+async def test_an_admin_stores_a_provider_key_for_its_workspace(ledger: Ledger) -> None:
+    """PUT /admin/v1/provider-keys/{provider} stores the key (last four back, never the
+    key), listed for the workspace; an unknown provider is 404."""
+    stored = await ledger.client.put(
+        "/admin/v1/provider-keys/anthropic",
+        json={"key": " sk-ant-admin-api-4321 "},
+        headers=ledger.mine.auth(),
+    )
+    assert (stored.status_code, stored.json()) == (
+        200,
+        {"provider": "anthropic", "last_four": "4321"},
+    )
+    listed = (await get(ledger, "/admin/v1/provider-keys")).json()["data"]
+    assert ("anthropic", "4321") in [(k["provider"], k["last_four"]) for k in listed]
+    unknown = await ledger.client.put(
+        "/admin/v1/provider-keys/azure", json={"key": "k" * 20}, headers=ledger.mine.auth()
+    )
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "not_found")
+    short = await ledger.client.put(
+        "/admin/v1/provider-keys/openai", json={"key": "short"}, headers=ledger.mine.auth()
+    )
+    assert short.status_code == 400
+    assert short.json()["error"]["message"] == (
+        "the provider key must be 8 to 512 printable characters, no spaces"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "The body must be a JSON object."),
+        (b"[1, 2]", "The body must be a JSON object."),
+        (b'{"role": "member", "colour": "red", "bogus": 1}', "Unknown field(s): bogus, colour."),
+        (b'{"role": 7}', "role must be a string."),
+    ],
+)
+async def test_a_bad_admin_body_is_a_400_that_says_why(
+    ledger: Ledger, body: bytes, message: str
+) -> None:
+    """A body that is not a JSON object, has unknown fields or a non-string value is
+    refused 400 with what is wrong; nothing is created."""
+    before = len((await get(ledger, "/admin/v1/keys")).json()["data"])
+    answer = await ledger.client.post(
+        "/admin/v1/keys",
+        content=body,
+        headers={**ledger.mine.auth(), "content-type": "application/json"},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"] == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_request",
+    }
+    assert len((await get(ledger, "/admin/v1/keys")).json()["data"]) == before
+
+
+async def test_an_admin_body_over_64_kb_is_refused_413(ledger: Ledger) -> None:
+    """Over 64 KB, announced or streamed, the body is refused 413 before it is read;
+    exactly 64 KB is read (and judged on its content)."""
+    big = b'{"role": "' + b"m" * (64 * 1024) + b'"}'
+
+    async def streamed() -> AsyncIterator[bytes]:
+        for at in range(0, len(big), 4096):
+            yield big[at : at + 4096]
+
+    for content in (big, streamed()):
+        answer = await ledger.client.post(
+            "/admin/v1/keys", content=content, headers=ledger.mine.auth()
+        )
+        assert answer.status_code == 413
+        assert answer.json()["error"]["code"] == "request_too_large"
+    exactly = b'{"project": "' + b"p" * (64 * 1024 - 15) + b'"}'
+    assert len(exactly) == 64 * 1024
+    answer = await ledger.client.post("/admin/v1/keys", content=exactly, headers=ledger.mine.auth())
+    assert answer.status_code == 400  # read, then refused for the project name's length
+
+
+async def test_only_the_operator_creates_workspaces(ledger: Ledger) -> None:
+    """POST /admin/v1/workspaces: 403 for an admin of any other workspace; the
+    operator's (`default`) gets the new workspace and its first admin key, which works."""
+    name = f"created-{uuid.uuid4().hex[:8]}"
+    refused = await ledger.client.post(
+        "/admin/v1/workspaces", json={"name": name}, headers=ledger.mine.auth()
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"]["message"] == "Only the operator workspace creates workspaces."
+    operator = {"authorization": f"Bearer {ledger.operator.secret}"}
+    created = await ledger.client.post(
+        "/admin/v1/workspaces", json={"name": name, "plan": "pro"}, headers=operator
+    )
+    assert created.status_code == 201
+    body = created.json()
+    first = {"authorization": f"Bearer {body['admin_key']}"}
+    described = (await ledger.client.get("/admin/v1/workspace", headers=first)).json()
+    assert (described["id"], described["name"], described["plan"]) == (body["id"], name, "pro")
+    keys = (await ledger.client.get("/admin/v1/keys", headers=first)).json()["data"]
+    assert [(k["id"], k["role"], k["env"]) for k in keys] == [
+        (body["admin_key_id"], "admin", "live")
+    ]
+    taken = await ledger.client.post(
+        "/admin/v1/workspaces", json={"name": name}, headers=operator
+    )
+    assert taken.status_code == 400
