@@ -119,7 +119,9 @@ def run_target(
 
 def table(results: dict[str, Counts], modes: tuple[Mode, ...], args: argparse.Namespace) -> str:
     """One line per target and mode."""
-    head = f"{'target':24} {'mode':26} {'instructions/req':>17} {'vs floor':>9}"
+    name_w = max([len("target"), *(len(name) for name in results)])
+    mode_w = max([len("mode"), *(len(mode.name) for mode in modes)])
+    head = f"{'target':{name_w}} {'mode':{mode_w}} {'instructions/req':>17} {'vs floor':>9}"
     lines = [head + f" {'Δ base':>8} {'hits':>6} {'joined':>7}"]
     floor = results.get("floor", {})
     base_of = {mode.name: mode.base for mode in modes}
@@ -133,7 +135,7 @@ def table(results: dict[str, Counts], modes: tuple[Mode, ...], args: argparse.Na
                 step = f"{(value - counts[base]['instr']) / floor[base]['instr']:+.3f}"
             hits = f"{found['hits']:.0f}" if "hits" in found else ""
             joined = f"{found['joined']:.0f}" if "joined" in found else ""
-            line = f"{name:24} {mode:26} {value:17,.0f} {ratio:>9} {step:>8}"
+            line = f"{name:{name_w}} {mode:{mode_w}} {value:17,.0f} {ratio:>9} {step:>8}"
             lines.append(line + f" {hits:>6} {joined:>7}")
     total = args.warmup + args.requests
     lines.append(f"(hits, joined: of the {total} requests of warm-up and measured run together)")

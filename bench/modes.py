@@ -13,6 +13,10 @@ and how requests arrive (one at a time, or in bursts of identical ones that over
   flight led, the answer recorded and stored);
 - `chat-cache-hit`, `chat-stream-16-cache-hit`: `temperature` 0 and one fixed prompt:
   after the warm-up's first request every one is a hit, replayed from memory;
+- `chat-stream-16-slow`, `chat-stream-16-slow-cache-miss`: a plain stream and a
+  missing one whose chunks come 10 ms apart, as a model's tokens do, so that each
+  arrives on its own (without a delay the mock's 16 chunks reach the proxy in one or
+  two reads, which hides any cost paid per chunk);
 - `chat-stream-16-burst-20`: 20 identical plain streams at once, 10 ms between
   chunks: not shareable, 20 upstream calls;
 - `chat-stream-16-flight-20`: the same bursts with `temperature` 0 and a new prompt
@@ -56,28 +60,38 @@ MODES = (
     Mode("chat-stream-16-usage", stream=True, include_usage=True),
 )
 
-#: 20 requests at once; 16 chunks 10 ms apart make each stream last ~170 ms, so the
-#: 19 that follow the first arrive while its call is in flight
+#: the mock's pause between events in the slow modes: 16 chunks (and the events
+#: around them) 10 ms apart make a stream last ~200 ms
+SLOW_CHUNK_DELAY_MS = 10.0
+#: 20 requests at once, slow enough that the 19 that follow the first arrive while
+#: its call is in flight
 FLIGHT_WAYS = 20
-FLIGHT_CHUNK_DELAY_MS = 10.0
 
 LEVER_MODES = (
     Mode("chat-cache-miss", stream=False, body="cache-miss", base="chat"),
     Mode("chat-stream-16-cache-miss", stream=True, body="cache-miss", base="chat-stream-16"),
     Mode("chat-cache-hit", stream=False, body="cache-hit", base="chat"),
     Mode("chat-stream-16-cache-hit", stream=True, body="cache-hit", base="chat-stream-16"),
+    Mode("chat-stream-16-slow", stream=True, chunk_delay_ms=SLOW_CHUNK_DELAY_MS),
+    Mode(
+        "chat-stream-16-slow-cache-miss",
+        stream=True,
+        body="cache-miss",
+        chunk_delay_ms=SLOW_CHUNK_DELAY_MS,
+        base="chat-stream-16-slow",
+    ),
     Mode(
         f"chat-stream-16-burst-{FLIGHT_WAYS}",
         stream=True,
         burst=FLIGHT_WAYS,
-        chunk_delay_ms=FLIGHT_CHUNK_DELAY_MS,
+        chunk_delay_ms=SLOW_CHUNK_DELAY_MS,
     ),
     Mode(
         f"chat-stream-16-flight-{FLIGHT_WAYS}",
         stream=True,
         body="cache-miss",
         burst=FLIGHT_WAYS,
-        chunk_delay_ms=FLIGHT_CHUNK_DELAY_MS,
+        chunk_delay_ms=SLOW_CHUNK_DELAY_MS,
         base=f"chat-stream-16-burst-{FLIGHT_WAYS}",
     ),
 )
