@@ -103,6 +103,7 @@ async def open_auth(
     negative_ttl_s: float = 60.0,
     data_key_ttl_s: float = 60.0,
     data_key_max_uses: int = 1000,
+    max_keys: int = 100_000,
 ) -> Gateway:
     pool = await open_pool(store.app, size=4)
     keyring = keyring or Keyring(LocalMasterKey.load(store.master_file), {})
@@ -117,6 +118,7 @@ async def open_auth(
         workspace_keys=workspace_keys,
         workspace_data_key_ttl_s=60.0,
         timeout_s=2.0,
+        max_keys=max_keys,
     )
     if listen:
         await resolver.start(store.app)
@@ -137,6 +139,8 @@ async def auth(store: Store) -> AsyncIterator[KeyResolver]:
 
 
 def refused(exc: pytest.ExceptionInfo[GatewayError]) -> tuple[int, str]:
+    if exc.value.status == 401:
+        assert exc.value.message == "Invalid API key."
     return exc.value.status, exc.value.code
 
 
@@ -185,6 +189,22 @@ async def test_a_resolved_key_is_answered_from_memory(store: Store, auth: KeyRes
     record = await auth.resolve(store.member.secret)
     assert auth.cached(store.member.secret) == record
     assert await auth.resolve(store.member.secret) == record
+
+
+async def test_the_key_cache_is_bounded(store: Store) -> None:
+    """With room for one key, resolving a second evicts the first from memory (it is
+    looked up again next time), and both keep resolving."""
+    gateway = await open_auth(store, listen=False, max_keys=1)
+    resolver = gateway.resolver
+    try:
+        first = await resolver.resolve(store.admin.secret)
+        await resolver.resolve(store.member.secret)
+        assert resolver.cached(store.admin.secret) is None
+        assert resolver.cached(store.member.secret) is not None
+        assert await resolver.resolve(store.admin.secret) == first
+        assert resolver.cached(store.member.secret) is None
+    finally:
+        await close_auth(gateway)
 
 
 async def test_a_workspaces_lever_policy_comes_with_its_key(store: Store) -> None:
@@ -294,6 +314,7 @@ async def test_a_store_that_cannot_be_reached_refuses_503_never_serves(
         known = await resolver.resolve(own.admin.secret)
         own_postgres.stop()
         assert resolver.cached(own.admin.secret) == known
+        assert await resolver.resolve(own.admin.secret) == known
         with pytest.raises(GatewayError) as exc:
             await resolver.resolve(own.member.secret)
         assert refused(exc) == (503, "auth_unavailable")
@@ -484,3 +505,26 @@ def test_a_retired_local_key_still_reads_its_rows(tmp_path: Path) -> None:
     assert keyring.reader("local", new.key_id) is keyring.current
     with pytest.raises(KeyError):
         keyring.reader("local", "local:0000000000000000")
+
+
+def test_a_stored_kms_row_is_read_with_the_kms_key_it_names(tmp_path: Path) -> None:
+    """A row wrapped by an AWS KMS key is read through that key (made once, then reused),
+    whatever the deployment's current master; an unknown local key is a KeyError that
+    names it."""
+    keyring = load_keyring(Settings(data_dir=tmp_path))
+    arn = "arn:aws:kms:us-east-1:111122223333:key/0000-test"
+    reader = keyring.reader("kms", arn)
+    assert (reader.backend, reader.key_id) == ("kms", arn)
+    assert keyring.reader("kms", arn) is reader
+    with pytest.raises(KeyError, match="master key local:0000000000000000 \\(local\\)"):
+        keyring.reader("local", "local:0000000000000000")
+
+
+def test_with_kms_configured_the_local_key_still_reads_old_rows(tmp_path: Path) -> None:
+    """RECOVEA_KMS_KEY_ID set: new keys are wrapped by KMS, and the local key file that
+    wrapped the rows stored before keeps reading them."""
+    local = load_keyring(Settings(data_dir=tmp_path)).current
+    arn = "arn:aws:kms:us-east-1:111122223333:key/0000-current"
+    keyring = load_keyring(Settings(data_dir=tmp_path, kms_key_id=arn))
+    assert (keyring.current.backend, keyring.current.key_id) == ("kms", arn)
+    assert keyring.reader("local", local.key_id).key_id == local.key_id
