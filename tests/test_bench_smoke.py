@@ -172,3 +172,13 @@ def test_lever_modes_hit_and_join_as_the_gateway_logs_them(
     assert 40 == burst.requests
     assert 38 == burst.flight_joins + burst.cache_hits
     assert burst.flight_joins >= 19
+
+
+def test_lever_costs_times_every_piece() -> None:
+    """`bench.lever_costs` runs the levers' pieces in-process and prints a figure for
+    each (so the README's cost table can be made again)."""
+    argv = [sys.executable, "-m", "bench.lever_costs", "--loops", "20"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+    rows = [line for line in out.splitlines()[1:] if line.strip()]
+    assert 8 == len(rows)
+    assert all(float(row.rsplit(maxsplit=1)[1]) > 0 for row in rows)

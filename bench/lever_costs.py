@@ -1,0 +1,182 @@
+"""What the levers add to one request, piece by piece, in CPU µs on this machine
+(in-process, best of five timed loops): the chain on a request it skips, the usage
+snapshot the chain takes before each lever, the cache key, the chain on a miss, and a
+leader reading its own upstream response through a flight against reading it
+directly (over a stand-in response whose chunks arrive one loop turn apart, as
+separate reads from a socket do).
+
+    python -m bench.lever_costs [--loops N]
+
+Under callgrind the same loops give instructions: run it twice with different
+`--loops` and divide the difference of the totals by the difference of the loops
+(`valgrind --tool=callgrind python -m bench.lever_costs --loops 2000 --only "16 chunks"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import uvloop
+
+from recovea_proxy.headers import RequestHeaders
+from recovea_proxy.levers.cache import CacheLever
+from recovea_proxy.levers.cache_key import key_of
+from recovea_proxy.levers.cache_store import MemoryStore
+from recovea_proxy.levers.chain import LeverChain, LeverRequest
+from recovea_proxy.levers.dedup import DedupLever
+from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.policy import DEFAULT_POLICY
+from recovea_proxy.record import RequestRecord
+from recovea_proxy.sources import ResponseSource, UpstreamSource
+from recovea_proxy.surfaces import SurfaceMap
+
+_PLAIN: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "stream": True,
+    "messages": [{"role": "user", "content": "benchmark prompt " * 20}],
+}
+_CHUNK = b"data: " + b"x" * 120 + b"\n\n"
+#: n calls of a piece; returns the CPU seconds they took (set-up left out)
+Work = Callable[[int], Awaitable[float]]
+_SURFACE = SurfaceMap().resolve(b"/v1/chat/completions")
+
+
+class _Content:
+    """A response body whose chunks arrive one loop turn apart."""
+
+    def __init__(self, chunks: int) -> None:
+        self._left = chunks
+
+    async def readany(self) -> bytes:
+        if self._left == 0:
+            return b""
+        self._left -= 1
+        await asyncio.sleep(0)
+        return _CHUNK
+
+
+class _Response:
+    """What `UpstreamSource` reads of an aiohttp response."""
+
+    status = 200
+    raw_headers = ((b"Content-Type", b"text/event-stream"),)
+    headers = {"content-type": "text/event-stream"}
+    content_length = None
+    connection = None
+
+    def __init__(self, chunks: int) -> None:
+        self.content = _Content(chunks)
+
+    def release(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _request(parsed: dict[str, Any]) -> LeverRequest:
+    record = RequestRecord("a" * 32, "b" * 32, 0, 0)
+    record.method = "POST"
+    record.workspace_id = "ws-bench"
+    assert _SURFACE is not None
+    headers = RequestHeaders([("accept-encoding", "identity")])
+    return LeverRequest(record, _SURFACE, headers, orjson.dumps(parsed), parsed, DEFAULT_POLICY)
+
+
+def pieces() -> dict[str, Work]:
+    """Each piece as a loop of n calls."""
+    store = MemoryStore(1 << 30)
+    flights = FlightRegistry(buffer_max_bytes=8 << 20, followers_max=100, idle_timeout_s=60)
+    cache = CacheLever(store, ttl_s=3600, entry_max_bytes=4 << 20, tool_calls=False)
+    chain = LeverChain((cache, DedupLever(flights)), GatewayMetrics())
+    usage = _request(_PLAIN).record.usage
+
+    async def skipped(n: int) -> float:
+        requests = [_request(_PLAIN) for _ in range(n)]
+        started = time.process_time()
+        for request in requests:
+            await chain.run(request)
+        return time.process_time() - started
+
+    async def missed(n: int) -> float:
+        requests = [_request({**_PLAIN, "temperature": 0, "seed": i}) for i in range(n)]
+        started = time.process_time()
+        for request in requests:
+            await chain.run(request)
+        return time.process_time() - started
+
+    async def snapshot(n: int) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            copy.copy(usage)
+        return time.process_time() - started
+
+    async def key(n: int) -> float:
+        shared = {**_PLAIN, "temperature": 0}
+        started = time.process_time()
+        for _ in range(n):
+            key_of("ws-bench", "POST", "openai", "/v1/chat/completions", shared)
+        return time.process_time() - started
+
+    def read(chunks: int, flight: bool) -> Work:
+        async def open_upstream() -> Any:
+            return _Response(chunks)
+
+        async def loop(n: int) -> float:
+            started = time.process_time()
+            for i in range(n):
+                source: ResponseSource
+                if flight:
+                    subscription = flights.lead(i.to_bytes(8, "big"), open_upstream)
+                    await subscription.ready(None)
+                    source = subscription
+                else:
+                    source = UpstreamSource(await open_upstream(), 60)
+                source.start_body()
+                while await source.read():
+                    pass
+                source.finish(clean=True)
+            return time.process_time() - started
+
+        return loop
+
+    return {
+        "chain, both levers skip (a plain request)": skipped,
+        "  of which one copy.copy(record.usage), per lever": snapshot,
+        "chain, cache miss + flight to lead (no upstream yet)": missed,
+        "  of which the cache key": key,
+        "upstream read, 1 chunk, direct": read(1, flight=False),
+        "upstream read, 1 chunk, through a flight it leads": read(1, flight=True),
+        "upstream read, 16 chunks, direct": read(16, flight=False),
+        "upstream read, 16 chunks, through a flight it leads": read(16, flight=True),
+    }
+
+
+async def per_call_us(work: Work, loops: int) -> float:
+    best = float("inf")
+    for _ in range(5):
+        best = min(best, await work(loops) / loops * 1e6)
+    return best
+
+
+async def main(loops: int, only: str | None) -> None:
+    print(f"{'piece':56} cpu µs")
+    for name, work in pieces().items():
+        if only and only not in name:
+            continue
+        print(f"{name:56} {await per_call_us(work, loops):7.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.lever_costs")
+    parser.add_argument("--loops", type=int, default=3000)
+    parser.add_argument("--only", help="only the pieces whose name holds this text")
+    args = parser.parse_args()
+    uvloop.run(main(args.loops, args.only))
