@@ -29,7 +29,7 @@ from recovea_proxy.exchange import Exchange
 from recovea_proxy.headers import split_request_headers
 from recovea_proxy.ids import new_id
 from recovea_proxy.levers import LeverRequest
-from recovea_proxy.levers.flights import OpenUpstream, Subscription
+from recovea_proxy.levers.flights import Subscription
 from recovea_proxy.pipe import deliver, send_error
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.request_body import ClientGone, parse_json_object, read_body
@@ -187,34 +187,28 @@ async def _call(x: Exchange, request: LeverRequest, principal: Principal) -> Non
         )
 
     source: ResponseSource
+    flight = None
+    if request.lead_flight and request.cache_key is not None:
+        flight = rt.flights.open(request.cache_key)
     waited = time.perf_counter_ns()
     try:
-        if request.lead_flight and request.cache_key is not None:
-            source = await _lead(rt, provider.name, request.cache_key, open_upstream)
-        else:
-            source = UpstreamSource(await open_upstream(), rt.settings.idle_read_timeout_s)
+        upstream = UpstreamSource(await open_upstream(), rt.settings.idle_read_timeout_s)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         kind = classify(exc)
+        if flight is not None:
+            rt.flights.fail(flight, kind)
         raise _unreachable(rt, provider.name, kind) from UpstreamUnreachable(kind)
+    except BaseException:
+        if flight is not None:
+            rt.flights.fail(flight, "cancelled")
+        raise
     finally:
         record.upstream_wait_ns += time.perf_counter_ns() - waited
+    source = upstream if flight is None else rt.flights.lead(flight, upstream)
     try:
         await deliver(x, source, hide_usage=hide_usage, observers=request.observers)
     finally:
         source.finish(clean=not (record.client_gone or record.error_code))
-
-
-async def _lead(
-    rt: Runtime, provider: str, key: bytes, open_upstream: OpenUpstream
-) -> Subscription:
-    """Make this request's upstream call the shared one under `key`; its subscription
-    (502 when the shared call fails before its first byte)."""
-    subscription = rt.flights.lead(key, open_upstream)
-    if not await subscription.ready(None):
-        subscription.finish(clean=False)
-        kind = subscription.failure
-        raise _unreachable(rt, provider, kind) from UpstreamUnreachable(kind)
-    return subscription
 
 
 def _unreachable(rt: Runtime, provider: str, kind: str) -> GatewayError:

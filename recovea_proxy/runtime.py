@@ -185,7 +185,6 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         flights = FlightRegistry(
             buffer_max_bytes=int(settings.flight_buffer_max_kb * 1024),
             followers_max=settings.flight_followers_max,
-            idle_timeout_s=settings.idle_read_timeout_s,
         )
         stack.push_async_callback(flights.close)
         published = PublishedKeys(pool)

@@ -10,8 +10,9 @@ a network store); one without it never waits, so it costs no timer.
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Callable
+from dataclasses import fields
+from operator import attrgetter
 from typing import Any, Protocol
 
 import orjson
@@ -21,6 +22,7 @@ from recovea_proxy.headers import RequestHeaders
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.observers import LeverObserver
 from recovea_proxy.policy import LeverPolicy
+from recovea_proxy.providers.usage import Usage
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.sources import ResponseSource
 from recovea_proxy.surfaces import Surface
@@ -38,6 +40,9 @@ LEVER_FIELDS = (
     "fell_back",
 )
 _CHAINS_MAX = 4096
+_lever_fields = attrgetter(*LEVER_FIELDS)
+_USAGE_FIELDS = tuple(field.name for field in fields(Usage))
+_usage_fields = attrgetter(*_USAGE_FIELDS)
 
 
 class LeverRequest:
@@ -108,14 +113,18 @@ class _Saved:
         "parsed",
         "release",
         "usage",
+        "usage_fields",
     )
 
     def __init__(self, request: LeverRequest) -> None:
         record = request.record
         self.body = request.body
         self.parsed = request.parsed is not None
-        self.fields = [getattr(record, name) for name in LEVER_FIELDS]
-        self.usage = copy.copy(record.usage)
+        # Plain tuples of values (attrgetter reads them in C): a snapshot per lever per
+        # request must cost next to nothing (copy.copy of the usage cost ~1.6 µs).
+        self.fields = _lever_fields(record)
+        self.usage = record.usage
+        self.usage_fields = _usage_fields(record.usage)
         self.observers = len(request.observers)
         self.release = len(request.release)
         self.cache_key = request.cache_key
@@ -128,6 +137,8 @@ class _Saved:
         request.parsed = _parsed(self.body) if self.parsed else None
         for name, value in zip(LEVER_FIELDS, self.fields, strict=True):
             setattr(record, name, value)
+        for name, value in zip(_USAGE_FIELDS, self.usage_fields, strict=True):
+            setattr(self.usage, name, value)
         record.usage = self.usage
         if request.answer is not None:
             request.answer.finish(clean=False)  # e.g. leave a flight the lever joined

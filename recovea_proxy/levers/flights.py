@@ -1,13 +1,14 @@
 """Singleflight: identical shareable requests in flight at once share one upstream call.
 
-The first of them leads: its upstream call runs in a task the `FlightRegistry` owns
-(the lifespan owns the registry), not in the leader's own task, and its response is
-kept in the flight's buffer as it arrives. Every request of the flight — the leader
-too — reads it through a `Subscription`: what has passed, then the rest live. A
-request that joins mid-stream gets the same bytes as the first.
+The first of them leads: it makes the upstream call and reads the response itself
+(`LeaderSource`), keeping each chunk in the flight's buffer as it passes; the others
+read it through a `Subscription`: what has passed, then the rest live. A request
+that joins mid-stream gets the same bytes as the first. (The leader reading in its
+own task costs a request nothing when no one joins: no chunk waits for another task.)
 
-- The upstream call is cancelled only when its last subscriber leaves: the leader's
-  client going away does not cut the others.
+- The upstream call is cancelled only when its last subscriber leaves: when the
+  leader's client goes away while others still read, the `FlightRegistry` (owned by
+  the lifespan) takes the reading over in a task of its own.
 - A follower waits at most `RECOVEA_FLIGHT_FIRST_BYTE_WAIT_S` for the response to
   begin, then calls upstream on its own; so does every follower when the shared call
   fails before its first byte. After the first byte, a broken call ends every
@@ -22,17 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 
-import aiohttp
 import structlog
 
 from recovea_proxy.sources import Headers, UpstreamSource
-from recovea_proxy.upstream import classify
 
 _log = structlog.get_logger("recovea.flights")
-
-OpenUpstream = Callable[[], Awaitable[aiohttp.ClientResponse]]
 
 
 class FlightBroken(Exception):
@@ -83,6 +79,43 @@ class Flight:
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
+    def begin(self, upstream: UpstreamSource) -> None:
+        """The shared response has begun: its status and headers are known."""
+        self.status = upstream.status
+        self.raw_headers = upstream.raw_headers
+        self.content_type = upstream.content_type
+        self.content_length = upstream.content_length
+        self.identity_encoded = upstream.identity_encoded
+        self.state = "streaming"
+        self.notify()
+
+    def keep(self, chunk: bytes, buffer_max: int) -> None:
+        """One more chunk of the shared response (followers are woken, if any)."""
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        if self.size > buffer_max:
+            self.joinable = False
+        if self.subscribers > 1:
+            self.notify()
+
+    def done(self) -> None:
+        self.state = "done"
+        self.joinable = False
+        self.notify()
+
+    def broken(self, kind: str) -> None:
+        self.failure = kind
+        self.state = "broken"
+        self.joinable = False
+        self.notify()
+
+    def failed(self, kind: str) -> None:
+        """The call failed before its first byte."""
+        self.failure = kind
+        self.state = "failed"
+        self.joinable = False
+        self.notify()
+
     def notify(self) -> None:
         """Wake whoever waits for this flight to change."""
         changed, self._changed = self._changed, asyncio.Event()
@@ -94,13 +127,14 @@ class Flight:
 
 
 class Subscription:
-    """One request's view of a flight: a response source read from the flight's buffer."""
+    """A follower's view of a flight: a response source read from the flight's buffer."""
 
-    __slots__ = ("_flight", "_left", "_next")
+    __slots__ = ("_flight", "_left", "_next", "_registry")
 
     errors: tuple[type[BaseException], ...] = (FlightBroken,)
 
-    def __init__(self, flight: Flight) -> None:
+    def __init__(self, registry: FlightRegistry, flight: Flight) -> None:
+        self._registry = registry
         self._flight = flight
         self._next = 0
         self._left = False
@@ -125,11 +159,6 @@ class Subscription:
     @property
     def identity_encoded(self) -> bool:
         return self._flight.identity_encoded
-
-    @property
-    def failure(self) -> str:
-        """How the shared call failed before its first byte (`connect`, `timeout`, ...)."""
-        return self._flight.failure
 
     async def ready(self, wait_s: float | None) -> bool:
         """Wait (at most `wait_s`) for the shared response to begin; False when it failed
@@ -160,28 +189,89 @@ class Subscription:
         return exc.kind if isinstance(exc, FlightBroken) else "error"
 
     def start_body(self) -> None:
-        return None  # the flight's own read bounds the upstream's silences
+        return None  # the leader's read bounds the upstream's silences
 
     def finish(self, *, clean: bool) -> None:
         """This request is done with the flight (the last one out cancels the call)."""
+        if not self._left:
+            self._left = True
+            self._registry.leave(self._flight)
+
+
+class LeaderSource:
+    """The leader's view of its flight: the upstream response, read by the leader
+    itself, each chunk kept in the flight's buffer for the followers."""
+
+    __slots__ = ("_flight", "_left", "_registry", "_upstream")
+
+    def __init__(self, registry: FlightRegistry, flight: Flight, upstream: UpstreamSource) -> None:
+        self._registry = registry
+        self._flight = flight
+        self._upstream = upstream
+        self._left = False
+        flight.subscribers += 1
+        flight.begin(upstream)
+
+    @property
+    def status(self) -> int:
+        return self._upstream.status
+
+    @property
+    def raw_headers(self) -> Headers:
+        return self._upstream.raw_headers
+
+    @property
+    def content_type(self) -> bytes:
+        return self._upstream.content_type
+
+    @property
+    def content_length(self) -> int | None:
+        return self._upstream.content_length
+
+    @property
+    def identity_encoded(self) -> bool:
+        return self._upstream.identity_encoded
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        return self._upstream.errors
+
+    def kind_of(self, exc: BaseException) -> str:
+        return self._upstream.kind_of(exc)
+
+    def start_body(self) -> None:
+        self._upstream.start_body()
+
+    async def read(self) -> bytes:
+        flight = self._flight
+        try:
+            chunk = await self._upstream.read()
+        except self._upstream.errors as exc:
+            flight.broken(self._upstream.kind_of(exc))
+            raise
+        if chunk:
+            flight.keep(chunk, self._registry.buffer_max)
+        else:
+            flight.done()
+        return chunk
+
+    def finish(self, *, clean: bool) -> None:
+        """The leader is done: the call ends with it, unless followers still read, in
+        which case the registry reads the rest for them."""
         if self._left:
             return
         self._left = True
-        flight = self._flight
-        flight.subscribers -= 1
-        if flight.subscribers <= 0 and flight.task is not None and not flight.task.done():
-            flight.task.cancel()
+        self._registry.leader_left(self._flight, self._upstream, clean=clean)
 
 
 class FlightRegistry:
     """The flights in progress, by key, and the tasks that make their calls."""
 
-    def __init__(self, *, buffer_max_bytes: int, followers_max: int, idle_timeout_s: float) -> None:
+    def __init__(self, *, buffer_max_bytes: int, followers_max: int) -> None:
         self._flights: dict[bytes, Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._buffer_max = buffer_max_bytes
+        self.buffer_max = buffer_max_bytes
         self._followers_max = followers_max
-        self._idle_s = idle_timeout_s
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -192,73 +282,76 @@ class FlightRegistry:
         if flight is None or not flight.joinable or flight.followers >= self._followers_max:
             return None
         flight.followers += 1
-        return Subscription(flight)
+        return Subscription(self, flight)
 
-    def lead(self, key: bytes, open_upstream: OpenUpstream) -> Subscription:
-        """Start the shared call for `key`; the leader's subscription to it."""
+    def open(self, key: bytes) -> Flight:
+        """A new flight under `key`, which followers may join at once (they wait for
+        the leader's response to begin)."""
         flight = Flight(key)
         self._flights[key] = flight
-        subscription = Subscription(flight)
-        task = asyncio.get_running_loop().create_task(
-            self._fly(flight, open_upstream), name="flight"
-        )
+        return flight
+
+    def lead(self, flight: Flight, upstream: UpstreamSource) -> LeaderSource:
+        """The leader's response began: the source it reads, feeding the flight."""
+        return LeaderSource(self, flight, upstream)
+
+    def fail(self, flight: Flight, kind: str) -> None:
+        """The leader's call failed before its first byte: the followers go on their own."""
+        flight.failed(kind)
+        self._discard(flight)
+
+    def leave(self, flight: Flight) -> None:
+        """A follower is done with the flight; the last one out of a call the registry
+        reads cancels it."""
+        flight.subscribers -= 1
+        if flight.subscribers <= 0 and flight.task is not None and not flight.task.done():
+            flight.task.cancel()
+
+    def leader_left(self, flight: Flight, upstream: UpstreamSource, *, clean: bool) -> None:
+        """The leader is done with the call: finished, or its client went away."""
+        flight.subscribers -= 1
+        if flight.state not in ("waiting", "streaming"):
+            upstream.finish(clean=clean and flight.state == "done")
+            self._discard(flight)
+            return
+        if flight.subscribers <= 0:
+            upstream.finish(clean=False)  # nobody reads on: drop the call
+            flight.broken("cancelled")
+            self._discard(flight)
+            return
+        # Followers still read: the registry reads the rest for them.
+        task = asyncio.get_running_loop().create_task(self._relay(flight, upstream), name="flight")
         flight.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return subscription
 
     async def close(self) -> None:
-        """Cancel every call still in flight (the lifespan's exit)."""
+        """Cancel every call the registry still reads (the lifespan's exit)."""
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _fly(self, flight: Flight, open_upstream: OpenUpstream) -> None:
-        try:
-            try:
-                response = await open_upstream()
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                flight.joinable = False
-                flight.failure = classify(exc)
-                flight.state = "failed"
-                return
-            await self._relay(flight, UpstreamSource(response, self._idle_s))
-        finally:
-            flight.joinable = False
-            if self._flights.get(flight.key) is flight:
-                del self._flights[flight.key]
-            if flight.state in ("waiting", "streaming"):
-                # cancelled (every subscriber left) or a bug: nobody may wait forever
-                flight.failure = flight.failure or "cancelled"
-                flight.state = "failed" if flight.state == "waiting" else "broken"
-            flight.notify()
+    def _discard(self, flight: Flight) -> None:
+        flight.joinable = False
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
 
-    async def _relay(self, flight: Flight, source: UpstreamSource) -> None:
-        """Keep the shared response in the flight's buffer as it arrives."""
-        flight.status = source.status
-        flight.raw_headers = source.raw_headers
-        flight.content_type = source.content_type
-        flight.content_length = source.content_length
-        flight.identity_encoded = source.identity_encoded
-        flight.state = "streaming"
-        flight.notify()
-        source.start_body()
+    async def _relay(self, flight: Flight, upstream: UpstreamSource) -> None:
+        """Read the rest of the shared response for the followers."""
         clean = False
         try:
-            read = source.read
+            read = upstream.read
             while chunk := await read():
-                flight.chunks.append(chunk)
-                flight.size += len(chunk)
-                if flight.size > self._buffer_max:
-                    flight.joinable = False
-                flight.notify()
-            flight.state = "done"
+                flight.keep(chunk, self.buffer_max)
+            flight.done()
             clean = True
-        except source.errors as exc:
-            flight.failure = source.kind_of(exc)
-            flight.state = "broken"
+        except upstream.errors as exc:
+            flight.broken(upstream.kind_of(exc))
             _log.warning("flight_broken", kind=flight.failure)
         finally:
-            source.finish(clean=clean)
+            if flight.state in ("waiting", "streaming"):
+                flight.broken("cancelled")  # every follower left (or the gateway stops)
+            upstream.finish(clean=clean)
+            self._discard(flight)
