@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +27,7 @@ from recovea_proxy.headers import RequestHeaders
 from recovea_proxy.levers.cache import CacheLever
 from recovea_proxy.levers.cache_key import key_of
 from recovea_proxy.levers.cache_store import MemoryStore
-from recovea_proxy.levers.chain import LeverChain, LeverRequest
+from recovea_proxy.levers.chain import LeverChain, LeverRequest, _Saved
 from recovea_proxy.levers.dedup import DedupLever
 from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.observability.metrics import GatewayMetrics
@@ -93,10 +92,10 @@ def _request(parsed: dict[str, Any]) -> LeverRequest:
 def pieces() -> dict[str, Work]:
     """Each piece as a loop of n calls."""
     store = MemoryStore(1 << 30)
-    flights = FlightRegistry(buffer_max_bytes=8 << 20, followers_max=100, idle_timeout_s=60)
+    flights = FlightRegistry(buffer_max_bytes=8 << 20, followers_max=100)
     cache = CacheLever(store, ttl_s=3600, entry_max_bytes=4 << 20, tool_calls=False)
     chain = LeverChain((cache, DedupLever(flights)), GatewayMetrics())
-    usage = _request(_PLAIN).record.usage
+    plain = _request(_PLAIN)
 
     async def skipped(n: int) -> float:
         requests = [_request(_PLAIN) for _ in range(n)]
@@ -115,7 +114,7 @@ def pieces() -> dict[str, Work]:
     async def snapshot(n: int) -> float:
         started = time.process_time()
         for _ in range(n):
-            copy.copy(usage)
+            _Saved(plain)
         return time.process_time() - started
 
     async def key(n: int) -> float:
@@ -134,9 +133,8 @@ def pieces() -> dict[str, Work]:
             for i in range(n):
                 source: ResponseSource
                 if flight:
-                    subscription = flights.lead(i.to_bytes(8, "big"), open_upstream)
-                    await subscription.ready(None)
-                    source = subscription
+                    shared = flights.open(i.to_bytes(8, "big"))
+                    source = flights.lead(shared, UpstreamSource(await open_upstream(), 60))
                 else:
                     source = UpstreamSource(await open_upstream(), 60)
                 source.start_body()
@@ -149,7 +147,7 @@ def pieces() -> dict[str, Work]:
 
     return {
         "chain, both levers skip (a plain request)": skipped,
-        "  of which one copy.copy(record.usage), per lever": snapshot,
+        "  of which the snapshot the chain takes, per lever": snapshot,
         "chain, cache miss + flight to lead (no upstream yet)": missed,
         "  of which the cache key": key,
         "upstream read, 1 chunk, direct": read(1, flight=False),

@@ -34,11 +34,19 @@ from tests.support import MockServer, Postgres, metric_value
 CLIENT_BODY = b'{"model":  "gpt-4o", "messages": [{"role": "user", "content": "lever-7c1e"}]}'
 
 
-class RewritesThenFails:
+class _Lever:
+    """What every test lever shares: it applies to every request."""
+
+    budget_s: float | None = None
+
+    def applies(self, request: LeverRequest) -> bool:
+        return True
+
+
+class RewritesThenFails(_Lever):
     """A lever that changes everything it may change, then raises."""
 
     name = "cache"
-    budget_s = None
 
     async def before(self, request: LeverRequest) -> str:
         request.body = b'{"model":"gpt-4o-mini","messages":[]}'
@@ -58,17 +66,16 @@ class RewritesThenFails:
         raise RuntimeError("cache backend exploded")
 
 
-class Raises:
+class Raises(_Lever):
     """A lever that fails at once."""
 
     name = "cache"
-    budget_s = None
 
     async def before(self, request: LeverRequest) -> str:
         raise ValueError("broken")
 
 
-class Hangs:
+class Hangs(_Lever):
     """A lever that waits past its budget (a network store that never answers)."""
 
     name = "cache"
@@ -80,9 +87,8 @@ class Hangs:
         return "miss"
 
 
-class Working:
+class Working(_Lever):
     name = "slim"
-    budget_s = None
 
     async def before(self, request: LeverRequest) -> str:
         request.body = request.body.replace(b"  ", b" ")
@@ -152,6 +158,25 @@ def test_a_working_lever_reports_its_outcome() -> None:
     assert request.record.levers_fired == {"slim": "hit"}
     assert request.record.fell_back is False
     assert request.body == CLIENT_BODY.replace(b"  ", b" ")
+
+
+class NotForThis(_Lever):
+    """A lever with nothing to do for the request."""
+
+    name = "routing"
+
+    def applies(self, request: LeverRequest) -> bool:
+        return False
+
+    async def before(self, request: LeverRequest) -> str:
+        raise AssertionError("a lever that does not apply is not run")
+
+
+def test_a_lever_that_does_not_apply_is_skipped_without_running() -> None:
+    """A lever with nothing to do is recorded as `skip` and never run."""
+    request = lever_request()
+    asyncio.run(LeverChain((NotForThis(), Working()), GatewayMetrics()).run(request))
+    assert request.record.levers_fired == {"routing": "skip", "slim": "hit"}
 
 
 def test_chains_are_built_once_per_policy() -> None:

@@ -45,15 +45,20 @@ class CacheLever:
         self._tool_calls = tool_calls
         self.budget_s = store.budget_s
 
+    def applies(self, request: LeverRequest) -> bool:
+        parsed = request.parsed
+        return (
+            parsed is not None
+            and request.record.method == "POST"
+            and request.headers.cache != "skip"
+            and shareable(parsed, request.policy.cache)
+        )
+
     async def before(self, request: LeverRequest) -> str:
         parsed = request.parsed
         record = request.record
-        if parsed is None or record.method != "POST" or not shareable(parsed, request.policy.cache):
-            return "skip"
+        assert parsed is not None and record.workspace_id is not None
         mode = request.headers.cache
-        if mode == "skip":
-            return "skip"
-        assert record.workspace_id is not None
         key = key_of(
             record.workspace_id,
             record.method,

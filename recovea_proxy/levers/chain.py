@@ -96,6 +96,11 @@ class Lever(Protocol):
     #: the longest `before` may take (None: it never waits, and runs without a timer)
     budget_s: float | None
 
+    def applies(self, request: LeverRequest) -> bool:
+        """Whether the lever has anything to do for this request (a cheap, side-effect
+        free check; False records `skip` without running the lever)."""
+        ...
+
     async def before(self, request: LeverRequest) -> str:
         """Act before the upstream call; return `hit`, `miss` or `skip`."""
         ...
@@ -166,6 +171,9 @@ class LeverChain:
         for lever in self.levers:
             if request.answer is not None:
                 break
+            if not lever.applies(request):
+                fired[lever.name] = "skip"
+                continue
             saved = _Saved(request)
             try:
                 if lever.budget_s is None:

@@ -18,10 +18,12 @@ class DedupLever:
     def __init__(self, flights: FlightRegistry) -> None:
         self._flights = flights
 
+    def applies(self, request: LeverRequest) -> bool:
+        return request.cache_key is not None
+
     async def before(self, request: LeverRequest) -> str:
         key = request.cache_key
-        if key is None:
-            return "skip"
+        assert key is not None
         subscription = self._flights.join(key)
         if subscription is None:
             request.lead_flight = True
