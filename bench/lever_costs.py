@@ -29,11 +29,11 @@ from recovea_proxy.levers.cache_key import key_of
 from recovea_proxy.levers.cache_store import MemoryStore
 from recovea_proxy.levers.chain import LeverChain, LeverRequest, _Saved
 from recovea_proxy.levers.dedup import DedupLever
-from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.levers.flights import FlightFeeder, FlightRegistry
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.policy import DEFAULT_POLICY
 from recovea_proxy.record import RequestRecord
-from recovea_proxy.sources import ResponseSource, UpstreamSource
+from recovea_proxy.sources import UpstreamSource
 from recovea_proxy.surfaces import SurfaceMap
 
 _PLAIN: dict[str, Any] = {
@@ -129,18 +129,25 @@ def pieces() -> dict[str, Work]:
             return _Response(chunks)
 
         async def loop(n: int) -> float:
+            record = _request(_PLAIN).record
             started = time.process_time()
             for i in range(n):
-                source: ResponseSource
-                if flight:
-                    shared = flights.open(i.to_bytes(8, "big"))
-                    source = flights.lead(shared, UpstreamSource(await open_upstream(), 60))
-                else:
-                    source = UpstreamSource(await open_upstream(), 60)
-                source.start_body()
-                while await source.read():
-                    pass
-                source.finish(clean=True)
+                upstream = UpstreamSource(await open_upstream(), 60)
+                if not flight:
+                    upstream.start_body()
+                    while await upstream.read():
+                        pass
+                    upstream.finish(clean=True)
+                    continue
+                # as the pipe does for a leader: the feeder observes each chunk
+                shared = flights.open(i.to_bytes(8, "big"))
+                feeder = FlightFeeder(flights, shared, record)
+                feeder.begin(upstream)
+                upstream.start_body()
+                while chunk := await upstream.read():
+                    feeder.feed(chunk)
+                feeder.close()
+                flights.leader_left(shared, upstream, clean=True)
             return time.process_time() - started
 
         return loop

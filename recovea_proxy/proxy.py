@@ -186,29 +186,25 @@ async def _call(x: Exchange, request: LeverRequest, principal: Principal) -> Non
             allow_redirects=False,
         )
 
-    source: ResponseSource
-    flight = None
-    if request.lead_flight and request.cache_key is not None:
-        flight = rt.flights.open(request.cache_key)
+    flight = request.flight
     waited = time.perf_counter_ns()
     try:
-        upstream = UpstreamSource(await open_upstream(), rt.settings.idle_read_timeout_s)
+        source = UpstreamSource(await open_upstream(), rt.settings.idle_read_timeout_s)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         kind = classify(exc)
         if flight is not None:
             rt.flights.fail(flight, kind)
         raise _unreachable(rt, provider.name, kind) from UpstreamUnreachable(kind)
-    except BaseException:
-        if flight is not None:
-            rt.flights.fail(flight, "cancelled")
-        raise
     finally:
         record.upstream_wait_ns += time.perf_counter_ns() - waited
-    source = upstream if flight is None else rt.flights.lead(flight, upstream)
     try:
         await deliver(x, source, hide_usage=hide_usage, observers=request.observers)
     finally:
-        source.finish(clean=not (record.client_gone or record.error_code))
+        clean = not (record.client_gone or record.error_code)
+        if flight is None:
+            source.finish(clean=clean)
+        else:
+            rt.flights.leader_left(flight, source, clean=clean)
 
 
 def _unreachable(rt: Runtime, provider: str, kind: str) -> GatewayError:

@@ -19,6 +19,7 @@ import orjson
 import structlog
 
 from recovea_proxy.headers import RequestHeaders
+from recovea_proxy.levers.flights import Flight
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.observers import LeverObserver
 from recovea_proxy.policy import LeverPolicy
@@ -52,8 +53,8 @@ class LeverRequest:
         "answer",
         "body",
         "cache_key",
+        "flight",
         "headers",
-        "lead_flight",
         "observers",
         "parsed",
         "policy",
@@ -83,8 +84,9 @@ class LeverRequest:
         self.observers: list[LeverObserver] = []
         #: the exact-cache key when the request may be shared (set by the cache lever)
         self.cache_key: bytes | None = None
-        #: this request's upstream call is to be shared under `cache_key` (dedup lever)
-        self.lead_flight = False
+        #: the flight this request's upstream call is to feed (set by the dedup lever
+        #: when it leads one)
+        self.flight: Flight | None = None
         #: called once when the request is done with whatever a lever holds for it
         self.release: list[Callable[[], None]] = []
 
@@ -113,7 +115,7 @@ class _Saved:
         "body",
         "cache_key",
         "fields",
-        "lead_flight",
+        "flight",
         "observers",
         "parsed",
         "release",
@@ -133,7 +135,7 @@ class _Saved:
         self.observers = len(request.observers)
         self.release = len(request.release)
         self.cache_key = request.cache_key
-        self.lead_flight = request.lead_flight
+        self.flight = request.flight
 
     def restore(self, request: LeverRequest) -> None:
         record = request.record
@@ -153,7 +155,7 @@ class _Saved:
             release()
         del request.release[self.release :]
         request.cache_key = self.cache_key
-        request.lead_flight = self.lead_flight
+        request.flight = self.flight
 
 
 class LeverChain:

@@ -6,7 +6,7 @@ leads a new one (`miss`: its own upstream call becomes the shared one). See
 from __future__ import annotations
 
 from recovea_proxy.levers.chain import LeverRequest
-from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.levers.flights import FlightFeeder, FlightRegistry
 
 
 class DedupLever:
@@ -26,7 +26,10 @@ class DedupLever:
         assert key is not None
         subscription = self._flights.join(key)
         if subscription is None:
-            request.lead_flight = True
+            flights = self._flights
+            flight = request.flight = flights.open(key)
+            request.observers.append(FlightFeeder(flights, flight, request.record))
+            request.release.append(lambda: flights.abandon(flight))
             return "miss"
         request.answer = subscription
         request.record.dedup_singleflight = True

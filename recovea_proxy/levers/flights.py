@@ -1,7 +1,7 @@
 """Singleflight: identical shareable requests in flight at once share one upstream call.
 
-The first of them leads: it makes the upstream call and reads the response itself
-(`LeaderSource`), keeping each chunk in the flight's buffer as it passes; the others
+The first of them leads: it makes the upstream call and reads the response itself,
+a `FlightFeeder` on its response keeping each chunk in the flight's buffer as it passes; the others
 read it through a `Subscription`: what has passed, then the rest live. A request
 that joins mid-stream gets the same bytes as the first. (The leader reading in its
 own task costs a request nothing when no one joins: no chunk waits for another task.)
@@ -26,7 +26,8 @@ import contextlib
 
 import structlog
 
-from recovea_proxy.sources import Headers, UpstreamSource
+from recovea_proxy.record import RequestRecord
+from recovea_proxy.sources import Headers, ResponseSource, UpstreamSource
 
 _log = structlog.get_logger("recovea.flights")
 
@@ -79,7 +80,7 @@ class Flight:
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
-    def begin(self, upstream: UpstreamSource) -> None:
+    def begin(self, upstream: ResponseSource) -> None:
         """The shared response has begun: its status and headers are known."""
         self.status = upstream.status
         self.raw_headers = upstream.raw_headers
@@ -198,70 +199,33 @@ class Subscription:
             self._registry.leave(self._flight)
 
 
-class LeaderSource:
-    """The leader's view of its flight: the upstream response, read by the leader
-    itself, each chunk kept in the flight's buffer for the followers."""
+class FlightFeeder:
+    """An observer on the leader's own response: each chunk the leader receives is kept
+    in the flight's buffer for the followers (the leader reads its upstream itself, in
+    its own task; a chunk costs the buffer append, and a wake-up only when followers
+    wait)."""
 
-    __slots__ = ("_flight", "_left", "_registry", "_upstream")
+    __slots__ = ("_flight", "_record", "_registry")
 
-    def __init__(self, registry: FlightRegistry, flight: Flight, upstream: UpstreamSource) -> None:
+    def __init__(self, registry: FlightRegistry, flight: Flight, record: RequestRecord) -> None:
         self._registry = registry
         self._flight = flight
-        self._upstream = upstream
-        self._left = False
-        flight.subscribers += 1
-        flight.begin(upstream)
+        self._record = record
 
-    @property
-    def status(self) -> int:
-        return self._upstream.status
+    def begin(self, source: ResponseSource) -> None:
+        self._flight.begin(source)
 
-    @property
-    def raw_headers(self) -> Headers:
-        return self._upstream.raw_headers
+    def feed(self, chunk: bytes) -> None:
+        self._flight.keep(chunk, self._registry.buffer_max)
 
-    @property
-    def content_type(self) -> bytes:
-        return self._upstream.content_type
-
-    @property
-    def content_length(self) -> int | None:
-        return self._upstream.content_length
-
-    @property
-    def identity_encoded(self) -> bool:
-        return self._upstream.identity_encoded
-
-    @property
-    def errors(self) -> tuple[type[BaseException], ...]:
-        return self._upstream.errors
-
-    def kind_of(self, exc: BaseException) -> str:
-        return self._upstream.kind_of(exc)
-
-    def start_body(self) -> None:
-        self._upstream.start_body()
-
-    async def read(self) -> bytes:
-        flight = self._flight
-        try:
-            chunk = await self._upstream.read()
-        except self._upstream.errors as exc:
-            flight.broken(self._upstream.kind_of(exc))
-            raise
-        if chunk:
-            flight.keep(chunk, self._registry.buffer_max)
+    def close(self) -> None:
+        record, flight = self._record, self._flight
+        if flight.state != "streaming" or record.client_gone:
+            return  # the leader left early: `FlightRegistry.leader_left` decides
+        if record.error_code:
+            flight.broken(record.error_code.removeprefix("upstream_"))
         else:
             flight.done()
-        return chunk
-
-    def finish(self, *, clean: bool) -> None:
-        """The leader is done: the call ends with it, unless followers still read, in
-        which case the registry reads the rest for them."""
-        if self._left:
-            return
-        self._left = True
-        self._registry.leader_left(self._flight, self._upstream, clean=clean)
 
 
 class FlightRegistry:
@@ -285,15 +249,18 @@ class FlightRegistry:
         return Subscription(self, flight)
 
     def open(self, key: bytes) -> Flight:
-        """A new flight under `key`, which followers may join at once (they wait for
-        the leader's response to begin)."""
+        """A new flight under `key` (its leader counted), which followers may join at
+        once: they wait for the leader's response to begin."""
         flight = Flight(key)
+        flight.subscribers = 1
         self._flights[key] = flight
         return flight
 
-    def lead(self, flight: Flight, upstream: UpstreamSource) -> LeaderSource:
-        """The leader's response began: the source it reads, feeding the flight."""
-        return LeaderSource(self, flight, upstream)
+    def abandon(self, flight: Flight) -> None:
+        """The leader never got to its upstream call (an error before it): the
+        followers go on their own."""
+        if flight.state == "waiting":
+            self.fail(flight, "abandoned")
 
     def fail(self, flight: Flight, kind: str) -> None:
         """The leader's call failed before its first byte: the followers go on their own."""
