@@ -93,28 +93,29 @@ def main(argv: list[str] | None = None) -> int:
     stale: list[str] = []
     totals: Counter[str] = Counter()
     for module in modules(root):
-        found = results(root, module)
+        found = {n: st for n, st in results(root, module).items() if st != "not checked"}
+        if not found:
+            print(f"{module:44} (not run)")
+            continue
         counts = Counter(found.values())
         totals.update(counts)
         total = len(found)
         caught = counts["killed"] + counts["timeout"]
-        rate = f"{100 * caught / total:8.1f}%" if total else "       -"
         print(
             f"{module:44} {total:7} {counts['killed']:6} {counts['survived']:5}"
-            f" {counts['no tests']:7} {counts['timeout']:7} {rate}"
+            f" {counts['no tests']:7} {counts['timeout']:7} {100 * caught / total:8.1f}%"
         )
         for name, status in found.items():
-            if status in ("survived", "no tests", "suspicious", "not checked"):
+            if status in ("survived", "no tests", "suspicious"):
                 surviving.add(name)
                 if not covers(reviewed, name):
                     unexplained.append(f"{status:11} {name}")
-        if found:
-            prefix = module.removesuffix(".py").replace("/", ".") + "."
-            stale += [
-                n
-                for n in reviewed
-                if n.startswith(prefix) and not any(fnmatch.fnmatchcase(s, n) for s in surviving)
-            ]
+        prefix = module.removesuffix(".py").replace("/", ".") + "."
+        stale += [
+            n
+            for n in reviewed
+            if n.startswith(prefix) and not any(fnmatch.fnmatchcase(s, n) for s in surviving)
+        ]
     grand = sum(totals.values())
     if grand:
         caught = totals["killed"] + totals["timeout"]
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'all':44} {grand:7} {totals['killed']:6} {totals['survived']:5}"
             f" {totals['no tests']:7} {totals['timeout']:7} {100 * caught / grand:8.1f}%"
         )
-    print("(kill rate: killed or timed out, of all mutants)")
+    print("(kill rate: killed or timed out, of the mutants run)")
     if stale:
         print(f"\n{len(stale)} mutants explained in {args.survivors} no longer survive:")
         print("\n".join(f"  {name}" for name in sorted(stale)))
