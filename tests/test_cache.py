@@ -39,9 +39,7 @@ def ask(
         "stream": stream,
         **fields,
     }
-    return httpx.post(
-        f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30
-    )
+    return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
 def upstream_calls(mock: MockServer, prompt: str) -> int:
@@ -73,9 +71,7 @@ def test_a_deterministic_json_answer_is_served_again_from_the_cache(
     assert receipt["cache_hit"] is True
 
 
-def test_a_stream_is_replayed_as_it_came(
-    cached: Gateway, tenant: Tenant, mock: MockServer
-) -> None:
+def test_a_stream_is_replayed_as_it_came(cached: Gateway, tenant: Tenant, mock: MockServer) -> None:
     """A streamed answer asked again replays the same events (receipt line aside), with
     the original's usage in the row; the provider is called once."""
     first = ask(cached, tenant, "cache-stream-1", stream=True)
@@ -145,3 +141,27 @@ def test_entries_never_cross_workspaces(
     ask(cached, tenant, "cache-shared-question")
     assert ask(cached, other, "cache-shared-question").headers["x-recovea-cache"] == "miss"
     assert upstream_calls(mock, "cache-shared-question") == 2
+
+
+def test_an_answer_larger_than_the_entry_bound_is_not_kept(
+    mock: MockServer, workdir: Any, db_env: dict[str, str], tenant: Tenant
+) -> None:
+    """Past `RECOVEA_CACHE_ENTRY_MAX_KB` (4 KB here) an answer is passed on but not
+    stored: the same request goes upstream again. A stream under the bound is kept
+    (the recorder reads the buffer of the flight its request leads)."""
+    small = Gateway({**upstream_env(mock), **db_env, "RECOVEA_CACHE_ENTRY_MAX_KB": "4"}, workdir)
+    try:
+        for prompt, chunks, kept in (
+            ("cache-bound-long", "40", False),
+            ("cache-bound-short", "1", True),
+        ):
+            headers = {"x-mock-chunks": chunks}
+            first = ask(small, tenant, prompt, stream=True, headers=headers)
+            again = ask(small, tenant, prompt, stream=True, headers=headers)
+            assert first.status_code == again.status_code == 200
+            if not kept:
+                assert len(first.content) > 8192  # the provider's part alone is past 4 KB
+            assert again.headers["x-recovea-cache"] == ("hit" if kept else "miss")
+            assert upstream_calls(mock, prompt) == (1 if kept else 2)
+    finally:
+        small.stop()

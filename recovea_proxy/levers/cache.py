@@ -21,7 +21,7 @@ from recovea_proxy.levers.cache_key import key_of, shareable
 from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
 from recovea_proxy.levers.chain import LeverRequest
 from recovea_proxy.record import RequestRecord
-from recovea_proxy.sources import ReplaySource, ResponseSource
+from recovea_proxy.sources import Headers, ReplaySource, ResponseSource
 
 #: finish reasons of answers that are not kept (cut short, filtered)
 _INCOMPLETE = frozenset({"length", "content_filter", "max_tokens", "refusal"})
@@ -126,7 +126,7 @@ class CacheRecorder:
         self._chunks: list[bytes] = []
         self._size = 0
         self._status = 0
-        self._headers: tuple[tuple[bytes, bytes], ...] = ()
+        self._headers: Headers = ()
         self._off = False
 
     def begin(self, source: ResponseSource) -> None:
@@ -134,11 +134,7 @@ class CacheRecorder:
         if source.status != 200 or not source.identity_encoded:
             self._off = True
             return
-        self._headers = tuple(
-            (name.lower(), value)
-            for name, value in source.raw_headers
-            if name.lower() not in _NOT_STORED
-        )
+        self._headers = source.raw_headers  # filtered when stored
 
     def feed(self, chunk: bytes) -> None:
         if self._off:
@@ -150,6 +146,14 @@ class CacheRecorder:
             return
         self._chunks.append(chunk)
 
+    def take(self, chunks: list[bytes], size: int) -> None:
+        """The whole answer, kept by the flight this request leads (which then feeds
+        no chunk here: one observer a chunk instead of two)."""
+        if size > self._max:
+            self._off = True
+        else:
+            self._chunks = chunks
+
     def close(self) -> None:
         record = self._record
         if self._off or record.client_gone or record.error_code or record.success is not True:
@@ -157,7 +161,17 @@ class CacheRecorder:
         reason = record.usage.finish_reason
         if reason in _INCOMPLETE or (reason in _TOOL_CALLS and not self._tool_calls):
             return
-        if not self._tool_calls and any(b'"function_call"' in chunk for chunk in self._chunks):
-            return  # a Responses answer that calls a tool
-        entry = CacheEntry(self._status, self._headers, tuple(self._chunks), time.time())
+        chunks = self._chunks
+        if not self._tool_calls:
+            for chunk in chunks:
+                if b'"function_call"' in chunk:
+                    return  # a Responses answer that calls a tool
+        headers = tuple(
+            [
+                (low, value)
+                for name, value in self._headers
+                if (low := name.lower()) not in _NOT_STORED
+            ]
+        )
+        entry = CacheEntry(self._status, headers, tuple(chunks), time.time())
         self._store.save(self._key, entry, self._ttl)

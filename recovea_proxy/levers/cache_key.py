@@ -23,7 +23,7 @@ import orjson
 #: fields that say who asks, not what is asked: left out of the key
 IDENTITY_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
 #: fields whose presence makes the answer depend on state outside the body
-STATEFUL_FIELDS = ("previous_response_id", "conversation")
+STATEFUL_FIELDS = frozenset({"previous_response_id", "conversation"})
 
 
 def shareable(parsed: dict[str, Any], cache_policy: str) -> bool:
@@ -40,7 +40,7 @@ def shareable(parsed: dict[str, Any], cache_policy: str) -> bool:
         return False
     if parsed.get("store") is True:
         return False
-    return not any(field in parsed for field in STATEFUL_FIELDS)
+    return STATEFUL_FIELDS.isdisjoint(parsed)
 
 
 def _is_zero(value: object) -> bool:
@@ -51,7 +51,9 @@ def key_of(
     workspace_id: str, method: str, provider: str, path: str, parsed: dict[str, Any]
 ) -> bytes:
     """The entry key of a shareable request."""
-    body = {name: value for name, value in parsed.items() if name not in IDENTITY_FIELDS}
+    body = parsed
+    if not IDENTITY_FIELDS.isdisjoint(parsed):
+        body = {name: value for name, value in parsed.items() if name not in IDENTITY_FIELDS}
     digest = hashlib.sha256()
     digest.update(f"{workspace_id}\n{method}\n{provider}\n{path}\n".encode())
     digest.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))

@@ -16,6 +16,7 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import chain
 from typing import Protocol
 
 _MAGIC = b"RCV1"
@@ -23,9 +24,11 @@ _COUNT = struct.Struct("!I")
 _HEAD = struct.Struct("!dHII")  # stored_at, status, header count, chunk count
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CacheEntry:
-    """A stored answer: status, the headers worth replaying, the body as it came."""
+    """A stored answer: status, the headers worth replaying, the body as it came.
+    Never changed once made (not frozen: a frozen dataclass's `__init__` costs a miss
+    four `object.__setattr__` calls)."""
 
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
@@ -36,7 +39,7 @@ class CacheEntry:
     @property
     def size(self) -> int:
         """Bytes it holds (what the memory bound counts)."""
-        return sum(map(len, self.chunks)) + sum(len(n) + len(v) for n, v in self.headers) + 64
+        return sum(map(len, self.chunks)) + sum(map(len, chain.from_iterable(self.headers))) + 64
 
     def to_bytes(self) -> bytes:
         """Its wire form (for Redis): versioned, length-prefixed."""

@@ -5,6 +5,7 @@ leads a new one (`miss`: its own upstream call becomes the shared one). See
 
 from __future__ import annotations
 
+from recovea_proxy.levers.cache import CacheRecorder
 from recovea_proxy.levers.chain import LeverRequest
 from recovea_proxy.levers.flights import FlightFeeder, FlightRegistry
 
@@ -28,7 +29,15 @@ class DedupLever:
         if subscription is None:
             flights = self._flights
             flight = request.flight = flights.open(key)
-            request.observers.append(FlightFeeder(flights, flight, request.record))
+            observers = request.observers
+            # The cache's recorder (attached just before) reads the flight's buffer
+            # instead of being fed every chunk itself.
+            recorder = observers[-1] if observers and type(observers[-1]) is CacheRecorder else None
+            feeder = FlightFeeder(flights, flight, request.record, recorder)
+            if recorder is None:
+                observers.append(feeder)
+            else:
+                observers[-1] = feeder
             request.release.append(lambda: flights.abandon(flight))
             return "miss"
         request.answer = subscription

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 import structlog
 
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.sources import Headers, ResponseSource, UpstreamSource
+
+if TYPE_CHECKING:
+    from recovea_proxy.levers.cache import CacheRecorder
 
 _log = structlog.get_logger("recovea.flights")
 
@@ -78,7 +82,9 @@ class Flight:
         self.followers = 0
         self.joinable = True
         self.task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
+        #: set on the next change; made only when someone waits (a flight nobody
+        #: joins never makes one)
+        self._changed: asyncio.Event | None = None
 
     def begin(self, upstream: ResponseSource) -> None:
         """The shared response has begun: its status and headers are known."""
@@ -119,12 +125,17 @@ class Flight:
 
     def notify(self) -> None:
         """Wake whoever waits for this flight to change."""
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
     async def changed(self) -> None:
         """Wait for the next change (a chunk, the start, the end)."""
-        await self._changed.wait()
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = asyncio.Event()
+        await changed.wait()
 
 
 class Subscription:
@@ -203,29 +214,42 @@ class FlightFeeder:
     """An observer on the leader's own response: each chunk the leader receives is kept
     in the flight's buffer for the followers (the leader reads its upstream itself, in
     its own task; a chunk costs the buffer append, and a wake-up only when followers
-    wait)."""
+    wait). When the exact cache records the same response, its recorder rides along:
+    it is told the start and the end, and takes the flight's buffer as the answer."""
 
-    __slots__ = ("_flight", "_record", "_registry")
+    __slots__ = ("_flight", "_record", "_recorder", "_registry")
 
-    def __init__(self, registry: FlightRegistry, flight: Flight, record: RequestRecord) -> None:
+    def __init__(
+        self,
+        registry: FlightRegistry,
+        flight: Flight,
+        record: RequestRecord,
+        recorder: CacheRecorder | None = None,
+    ) -> None:
         self._registry = registry
         self._flight = flight
         self._record = record
+        self._recorder = recorder
 
     def begin(self, source: ResponseSource) -> None:
         self._flight.begin(source)
+        if self._recorder is not None:
+            self._recorder.begin(source)
 
     def feed(self, chunk: bytes) -> None:
         self._flight.keep(chunk, self._registry.buffer_max)
 
     def close(self) -> None:
-        record, flight = self._record, self._flight
-        if flight.state != "streaming" or record.client_gone:
-            return  # the leader left early: `FlightRegistry.leader_left` decides
-        if record.error_code:
-            flight.broken(record.error_code.removeprefix("upstream_"))
-        else:
-            flight.done()
+        record, flight, recorder = self._record, self._flight, self._recorder
+        if flight.state == "streaming" and not record.client_gone:
+            if record.error_code:
+                flight.broken(record.error_code.removeprefix("upstream_"))
+            else:
+                flight.done()
+        # else the leader left early: `FlightRegistry.leader_left` decides
+        if recorder is not None:
+            recorder.take(flight.chunks, flight.size)
+            recorder.close()
 
 
 class FlightRegistry:
