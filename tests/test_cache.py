@@ -131,6 +131,12 @@ def test_refresh_and_max_age_go_upstream_and_refresh_writes(
     assert young.headers["x-recovea-cache"] == "miss"
     assert ask(cached, tenant, "cache-refresh").headers["x-recovea-cache"] == "hit"
     assert upstream_calls(mock, "cache-refresh") == 3
+    # A max-age that is no number (a superscript two, which str.isdigit takes and int does not) is
+    # ignored, never a fault of the lever
+    odd = ask(cached, tenant, "cache-refresh", headers={"cache-control": "max-age=²".encode()})
+    assert odd.headers["x-recovea-cache"] == "hit"
+    row = stored(cached, tenant, "requests", odd.headers["x-request-id"])
+    assert row["levers_fired"]["cache"] == "hit"
 
 
 def test_entries_never_cross_workspaces(

@@ -62,7 +62,7 @@ async def json_body(
     request: Request, allowed: set[str], *, strings_only: bool = True
 ) -> dict[str, Any]:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
+    if declared.isdecimal() and int(declared) > MAX_BODY:
         raise _too_large()
     parts: list[bytes] = []
     size = 0

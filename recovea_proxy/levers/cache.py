@@ -86,7 +86,7 @@ def _fresh_enough(entry: CacheEntry, request: LeverRequest) -> bool:
         if name == "cache-control":
             for directive in value.split(","):
                 field, _, number = directive.strip().partition("=")
-                if field.lower() == "max-age" and number.strip().isdigit():
+                if field.lower() == "max-age" and number.strip().isdecimal():
                     return time.time() - entry.stored_at <= int(number)
     return True
 
