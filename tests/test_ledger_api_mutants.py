@@ -187,6 +187,16 @@ async def ledger(world: World) -> AsyncIterator[Ledger]:
         yield Ledger(client, world.mine, world.theirs, world.operator)
 
 
+@pytest_asyncio.fixture(loop_scope="module")
+async def scratch(world: World) -> dict[str, str]:
+    """An admin key of a workspace of its own, for a test that adds keys: the reads above
+    list `mine`'s keys exactly, whatever order the tests run in (mutmut runs a set)."""
+    async with world.runtime.pool.acquire() as conn:
+        workspace = await ops.create_workspace(conn, f"scratch-{uuid.uuid4().hex[:8]}")
+        key = await ops.create_key(conn, workspace, role="admin")
+    return {"authorization": f"Bearer {key.secret}"}
+
+
 def _signing_key() -> SigningKey:
     private = Ed25519PrivateKey.generate()
     public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -548,13 +558,15 @@ async def test_revoking_another_workspaces_key_is_not_found(ledger: Ledger) -> N
 # --- the admin API's writes, through the same wrappers --------------------------------
 
 
-async def test_an_admin_creates_and_revokes_a_key_of_its_workspace(ledger: Ledger) -> None:
+async def test_an_admin_creates_and_revokes_a_key_of_its_workspace(
+    ledger: Ledger, scratch: dict[str, str]
+) -> None:
     """POST /admin/v1/keys shows the new key once (201) with its role, env and last
     four; the key works; DELETE revokes it (and only once)."""
     created = await ledger.client.post(
         "/admin/v1/keys",
         json={"role": "member", "env": "test", "project": "api"},
-        headers=ledger.mine.auth(),
+        headers=scratch,
     )
     assert created.status_code == 201
     key = created.json()
@@ -564,35 +576,37 @@ async def test_an_admin_creates_and_revokes_a_key_of_its_workspace(ledger: Ledge
         "/v1/recovea/ledger", headers={"authorization": f"Bearer {key['key']}"}
     )
     assert uses.status_code == 200
-    revoked = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=ledger.mine.auth())
+    revoked = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=scratch)
     assert (revoked.status_code, revoked.json()) == (200, {"id": key["id"], "revoked": True})
-    again = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=ledger.mine.auth())
+    again = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=scratch)
     assert again.status_code == 404
     assert again.json()["error"]["message"] == "No active key with that id in this workspace."
-    malformed = await ledger.client.delete("/admin/v1/keys/k1", headers=ledger.mine.auth())
+    malformed = await ledger.client.delete("/admin/v1/keys/k1", headers=scratch)
     assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, "invalid_request")
 
 
-async def test_an_admin_stores_a_provider_key_for_its_workspace(ledger: Ledger) -> None:
+async def test_an_admin_stores_a_provider_key_for_its_workspace(
+    ledger: Ledger, scratch: dict[str, str]
+) -> None:
     """PUT /admin/v1/provider-keys/{provider} stores the key (last four back, never the
     key), listed for the workspace; an unknown provider is 404."""
     stored = await ledger.client.put(
         "/admin/v1/provider-keys/anthropic",
         json={"key": " sk-ant-admin-api-4321 "},
-        headers=ledger.mine.auth(),
+        headers=scratch,
     )
     assert (stored.status_code, stored.json()) == (
         200,
         {"provider": "anthropic", "last_four": "4321"},
     )
-    listed = (await get(ledger, "/admin/v1/provider-keys")).json()["data"]
+    listed = (await ledger.client.get("/admin/v1/provider-keys", headers=scratch)).json()["data"]
     assert ("anthropic", "4321") in [(k["provider"], k["last_four"]) for k in listed]
     unknown = await ledger.client.put(
-        "/admin/v1/provider-keys/azure", json={"key": "k" * 20}, headers=ledger.mine.auth()
+        "/admin/v1/provider-keys/azure", json={"key": "k" * 20}, headers=scratch
     )
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "not_found")
     short = await ledger.client.put(
-        "/admin/v1/provider-keys/openai", json={"key": "short"}, headers=ledger.mine.auth()
+        "/admin/v1/provider-keys/openai", json={"key": "short"}, headers=scratch
     )
     assert short.status_code == 400
     assert short.json()["error"]["message"] == (
@@ -673,7 +687,5 @@ async def test_only_the_operator_creates_workspaces(ledger: Ledger) -> None:
     assert [(k["id"], k["role"], k["env"]) for k in keys] == [
         (body["admin_key_id"], "admin", "live")
     ]
-    taken = await ledger.client.post(
-        "/admin/v1/workspaces", json={"name": name}, headers=operator
-    )
+    taken = await ledger.client.post("/admin/v1/workspaces", json={"name": name}, headers=operator)
     assert taken.status_code == 400
