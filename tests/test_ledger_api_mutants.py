@@ -78,6 +78,8 @@ class World:
     mine: Tenant
     theirs: Tenant
     operator: ops.CreatedKey
+    #: a workspace with a request too cheap for plain notation and one of no known price
+    odd: Tenant
 
 
 @dataclass
@@ -86,17 +88,23 @@ class Ledger:
     mine: Tenant
     theirs: Tenant
     operator: ops.CreatedKey
+    odd: Tenant
 
 
 def _record(
-    workspace: str, rcv_key_id: str, model: str, ts_ms: int, cache_hit: bool = False
+    workspace: str,
+    rcv_key_id: str,
+    model: str,
+    ts_ms: int,
+    cache_hit: bool = False,
+    usage: Usage | None = None,
 ) -> RequestRecord:
     rec = RequestRecord(uuid.uuid4().hex, uuid.uuid4().hex, 0, ts_ms)
     rec.cache_hit, rec.cache_type = cache_hit, "exact" if cache_hit else None
     rec.workspace_id, rec.rcv_key_id, rec.env = workspace, rcv_key_id, "live"
     rec.provider, rec.route, rec.model = "openai", "/v1/chat/completions", model
     rec.feature = "search"
-    rec.usage = Usage(10, 5, 2, None, "stop")
+    rec.usage = usage or Usage(10, 5, 2, None, "stop")
     rec.success = True
     rec.levers_fired = {"cache": "miss"}
     rec.request_sha256 = hashlib.sha256(b"request").hexdigest()
@@ -105,10 +113,15 @@ def _record(
 
 
 async def _tenant(
-    owner: str, conn: Any, keyring: Keyring, name: str, signer: ReceiptSigner
+    owner: str,
+    conn: Any,
+    keyring: Keyring,
+    name: str,
+    signer: ReceiptSigner,
+    requests: list[tuple[str, Usage]] | None = None,
 ) -> Tenant:
-    """A workspace with two keys, an OpenAI key and four signed requests, written by the
-    real writer."""
+    """A workspace with two keys, an OpenAI key and four signed requests (or these
+    `requests`, model and usage), written by the real writer."""
     workspace = await ops.create_workspace(conn, f"{name}-{uuid.uuid4().hex[:8]}")
     admin = await ops.create_key(conn, workspace, role="admin")
     member = await ops.create_key(conn, workspace, project="web")
@@ -124,6 +137,11 @@ async def _tenant(
         )
         for i in range(4)
     ]
+    if requests is not None:
+        records = [
+            _record(workspace, admin.id, model, now_ms - i * 1000, usage=usage)
+            for i, (model, usage) in enumerate(requests)
+        ]
     routes = RouteIds()
     rows = []
     for rec in records:
@@ -137,6 +155,13 @@ async def _tenant(
     place = records[0].receipt_place
     assert place is not None
     return Tenant(workspace, admin, member, [r.request_id for r in records], place[0])
+
+
+#: one input token of gpt-4o-mini ($0.15 a million), and a model no price table knows
+_ODD_REQUESTS = [
+    ("gpt-4o-mini", Usage(1, 0, 0, None, "stop")),
+    ("no-such-model", Usage(10, 5, 0, None, "stop")),
+]
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -163,11 +188,12 @@ async def world(postgres: Postgres, db_env: dict[str, str]) -> AsyncIterator[Wor
         try:
             mine = await _tenant(postgres.url, conn, keyring, "mine", signer)
             theirs = await _tenant(postgres.url, conn, keyring, "theirs", signer)
+            odd = await _tenant(postgres.url, conn, keyring, "odd", signer, _ODD_REQUESTS)
             await run_rollup(conn, timeout_s=30, max_tags=100)
             operator = await _operator_key(conn)
         finally:
             await conn.close()
-        yield World(runtime, mine, theirs, operator)
+        yield World(runtime, mine, theirs, operator, odd)
 
 
 async def _operator_key(conn: Any) -> ops.CreatedKey:
@@ -184,7 +210,7 @@ async def _operator_key(conn: Any) -> ops.CreatedKey:
 async def ledger(world: World) -> AsyncIterator[Ledger]:
     transport = httpx.ASGITransport(app=_app(world.runtime))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield Ledger(client, world.mine, world.theirs, world.operator)
+        yield Ledger(client, world.mine, world.theirs, world.operator, world.odd)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -195,6 +221,21 @@ async def scratch(world: World) -> dict[str, str]:
         workspace = await ops.create_workspace(conn, f"scratch-{uuid.uuid4().hex[:8]}")
         key = await ops.create_key(conn, workspace, role="admin")
     return {"authorization": f"Bearer {key.secret}"}
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def long_chain(postgres: Postgres, db_env: dict[str, str]) -> Tenant:
+    """A workspace whose chain is one receipt longer than the default page."""
+    keyring = Keyring(LocalMasterKey.load_or_create(Path(db_env["RECOVEA_MASTER_KEY_FILE"])), {})
+    usage = Usage(10, 5, 2, None, "stop")
+    conn = await connect(postgres.url)
+    try:
+        requests = [("gpt-4o", usage)] * 1001
+        return await _tenant(
+            postgres.url, conn, keyring, "long", ReceiptSigner(_signing_key()), requests
+        )
+    finally:
+        await conn.close()
 
 
 def _signing_key() -> SigningKey:
@@ -366,6 +407,17 @@ async def test_a_chain_is_paged_in_seq_order(ledger: Ledger) -> None:
     assert (far.status_code, far.json()["receipts"]) == (200, [])
 
 
+async def test_a_chain_page_is_1000_receipts_unless_asked(
+    ledger: Ledger, long_chain: Tenant
+) -> None:
+    """Without `limit`, a page of a chain holds 1000 receipts, and says where the next
+    one starts."""
+    page = (await get(ledger, f"/v1/recovea/ledger?chain={long_chain.chain}", long_chain)).json()
+    assert (page["first_seq"], page["last_seq"]) == (1, 1001)
+    assert [r["seq"] for r in page["receipts"]] == list(range(1, 1001))
+    assert (page["has_more"], page["next_after_seq"]) == (True, 1000)
+
+
 async def test_another_workspaces_chain_reads_as_empty(ledger: Ledger) -> None:
     """Asking for another workspace's chain id gives an empty page with no bounds, as
     for a chain that does not exist."""
@@ -484,6 +536,27 @@ async def test_usage_of_a_window_without_traffic_is_empty(ledger: Ledger) -> Non
     assert body["totals"]["requests"] == 0
     assert body["totals"]["baseline_cost_usd"] is None
     assert body["from"].startswith("2020-01-01")
+
+
+async def test_usage_of_a_model_without_a_price_has_no_costs(ledger: Ledger) -> None:
+    """A model no price covers is counted (as unpriced) with null costs, not zero and
+    not an error, and the totals' costs are the priced models' alone; a cost below a
+    millionth of a dollar is still written out in plain decimals."""
+    answer = await get(ledger, "/v1/recovea/usage", ledger.odd)
+    assert answer.status_code == 200
+    body = answer.json()
+    by_model = {row["key"]: row for row in body["data"]}
+    assert set(by_model) == {"gpt-4o-mini", "no-such-model"}
+    unknown = by_model["no-such-model"]
+    assert (unknown["requests"], unknown["unpriced"]) == (1, 1)
+    assert (unknown["baseline_cost_usd"], unknown["realized_cost_usd"]) == (None, None)
+    assert unknown["savings_usd"] is None
+    tiny = by_model["gpt-4o-mini"]
+    assert (tiny["baseline_cost_usd"], tiny["realized_cost_usd"]) == ("0.00000015", "0.00000015")
+    assert tiny["savings_usd"] == "0"
+    totals = body["totals"]
+    assert (totals["requests"], totals["unpriced"]) == (2, 1)
+    assert (totals["baseline_cost_usd"], totals["savings_usd"]) == ("0.00000015", "0")
 
 
 # --- the admin API's reads ------------------------------------------------------------
