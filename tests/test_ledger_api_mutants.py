@@ -16,12 +16,13 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -42,7 +43,7 @@ from recovea_proxy.headers import split_request_headers
 from recovea_proxy.meter import api as ledger_api
 from recovea_proxy.meter.api import LEDGER_ROUTES
 from recovea_proxy.meter.event import COLUMNS, RouteIds, event_row
-from recovea_proxy.meter.receipt_keys import SigningKey, key_id
+from recovea_proxy.meter.receipt_keys import PublishedKeys, SigningKey, key_id
 from recovea_proxy.meter.receipts import ReceiptSigner
 from recovea_proxy.meter.rollup import run_rollup
 from recovea_proxy.meter.writer import EventWriter
@@ -53,7 +54,7 @@ from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime, open_runtime
 from recovea_proxy.store.database import connect
 from recovea_proxy.store.migrate import apply_migrations
-from tests.support import Postgres, short_tmpdir
+from tests.support import Postgres, free_port, short_tmpdir
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -224,6 +225,24 @@ async def scratch(world: World) -> dict[str, str]:
         workspace = await ops.create_workspace(conn, f"scratch-{uuid.uuid4().hex[:8]}")
         key = await ops.create_key(conn, workspace, role="admin")
     return {"authorization": f"Bearer {key.secret}"}
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def secured(
+    world: World, postgres: Postgres, db_env: dict[str, str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The same routes on a runtime whose pool uses the gateway's own role, as deployed:
+    row-level security applies to every read."""
+    settings = Settings(
+        database_url=postgres.url,
+        data_dir=short_tmpdir(),
+        master_key_file=Path(db_env["RECOVEA_MASTER_KEY_FILE"]),
+        maintenance_interval_s=3600.0,
+    )
+    async with open_runtime(settings, GatewayMetrics()) as runtime:
+        transport = httpx.ASGITransport(app=_app(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -629,6 +648,77 @@ async def test_revoking_another_workspaces_key_is_not_found(ledger: Ledger) -> N
     assert theirs.status_code == 404
     still = await get(ledger, "/v1/recovea/ledger", ledger.theirs, role="member")
     assert still.status_code == 200
+
+
+async def test_with_row_level_security_on_each_read_is_the_callers_own(
+    world: World, secured: httpx.AsyncClient
+) -> None:
+    """On the gateway's own role, bound by row-level security, every read still answers
+    the caller's rows: each one scopes its transaction to the caller's workspace (a read
+    left unscoped would find nothing at all)."""
+    mine, headers = world.mine, world.mine.auth()
+    described = (await secured.get("/admin/v1/workspace", headers=headers)).json()
+    assert described["id"] == mine.id
+    keys = (await secured.get("/admin/v1/keys", headers=headers)).json()["data"]
+    assert {key["id"] for key in keys} == {mine.admin.id, mine.member.id}
+    provider_keys = (await secured.get("/admin/v1/provider-keys", headers=headers)).json()
+    assert [key["last_four"] for key in provider_keys["data"]] == ["6789"]
+    row = await secured.get(f"/v1/recovea/requests/{mine.requests[0]}", headers=headers)
+    assert row.json()["customer_id"] == mine.id
+    receipt = await secured.get(f"/v1/recovea/receipts/{mine.requests[0]}", headers=headers)
+    assert receipt.json()["chain"] == mine.chain
+    chains = (await secured.get("/v1/recovea/ledger", headers=headers)).json()["data"]
+    assert [chain["chain"] for chain in chains] == [mine.chain]
+    page = (await secured.get(f"/v1/recovea/ledger?chain={mine.chain}", headers=headers)).json()
+    assert [receipt["seq"] for receipt in page["receipts"]] == [1, 2, 3, 4]
+    usage = (await secured.get("/v1/recovea/usage", headers=headers)).json()
+    assert usage["totals"]["requests"] == 4
+    theirs = await secured.get(f"/v1/recovea/requests/{world.theirs.requests[0]}", headers=headers)
+    assert theirs.status_code == 404
+
+
+async def test_an_unreachable_database_is_a_503_store_unavailable(world: World) -> None:
+    """With the database out of reach, every ledger and admin route answers 503
+    `store_unavailable` in the OpenAI error shape (never a 500 or a hang), and the
+    receipt keys route, whose document was never loaded, 503 `store_unavailable` too."""
+    dead = await asyncpg.create_pool(
+        f"postgresql://recovea@127.0.0.1:{free_port()}/recovea", min_size=0, max_size=1
+    )
+    try:
+        runtime = replace(world.runtime, pool=dead, published_keys=PublishedKeys(dead))
+        transport = httpx.ASGITransport(app=_app(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            headers = world.mine.auth()
+            request_id = world.mine.requests[0]
+            for path in (
+                f"/v1/recovea/requests/{request_id}",
+                f"/v1/recovea/receipts/{request_id}",
+                "/v1/recovea/ledger",
+                f"/v1/recovea/ledger?chain={world.mine.chain}",
+                "/v1/recovea/usage",
+                "/admin/v1/workspace",
+                "/admin/v1/keys",
+                "/admin/v1/provider-keys",
+            ):
+                answer = await client.get(path, headers=headers)
+                assert answer.status_code == 503, path
+                assert answer.headers["content-type"] == "application/json"
+                assert answer.json() == {
+                    "error": {
+                        "message": "The database is unreachable.",
+                        "type": "api_error",
+                        "param": None,
+                        "code": "store_unavailable",
+                    }
+                }
+            keys = await client.get("/.well-known/recovea-receipt-keys")
+            assert keys.status_code == 503
+            assert keys.headers["content-type"] == "application/json"
+            assert keys.json() == {
+                "error": {"message": "The key store is unreachable.", "code": "store_unavailable"}
+            }
+    finally:
+        await dead.close()
 
 
 # --- the admin API's writes, through the same wrappers --------------------------------
