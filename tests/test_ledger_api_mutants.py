@@ -4,7 +4,10 @@ row-level security out of the way: the gateway's real routes and runtime
 (RECOVEA_APP_DATABASE_URL), which RLS does not bind. So every answer here is scoped
 by the code alone — the first line of defence, proven on its own (tests/test_tenancy.py
 proves the backstop): a workspace sees exactly its own rows, receipts, chains, usage,
-keys and provider keys, and another workspace's ids are 404 or absent.
+keys and provider keys, and another workspace's ids are 404 or absent. One test
+(`secured`) runs the same routes on the gateway's own role, as deployed, to prove each
+read also sets the scope that row-level security reads; another, on a pool whose
+database is out of reach, what a caller gets then.
 
 Written while reviewing the surviving mutants of `make mutate`
 (mutation-survivors.md); each test states the behaviour a user would notice.
