@@ -476,6 +476,18 @@ async def test_a_bad_ledger_query_is_a_400_that_says_why(
     assert answer.json()["error"]["message"].startswith(message)
 
 
+@pytest.mark.parametrize("value", ["%C2%B2", "%C2%B9%C2%B2", "%E2%91%A0"])
+async def test_a_page_size_or_offset_in_other_digits_than_0_to_9_is_a_400(
+    ledger: Ledger, value: str
+) -> None:
+    """`limit` and `after_seq` are numbers: a superscript or circled digit (a digit to
+    `str.isdigit`, but no number to `int`) is refused 400, not a 500."""
+    for name in ("limit", "after_seq"):
+        answer = await get(ledger, f"/v1/recovea/ledger?chain=abc&{name}={value}")
+        assert answer.status_code == 400, name
+        assert answer.json()["error"]["message"].startswith(f"{name} must be an integer")
+
+
 async def test_the_largest_page_is_allowed(ledger: Ledger) -> None:
     """`limit` up to 10000 is accepted."""
     answer = await get(ledger, f"/v1/recovea/ledger?chain={ledger.mine.chain}&limit=10000")
