@@ -4,7 +4,10 @@ row-level security out of the way: the gateway's real routes and runtime
 (RECOVEA_APP_DATABASE_URL), which RLS does not bind. So every answer here is scoped
 by the code alone — the first line of defence, proven on its own (tests/test_tenancy.py
 proves the backstop): a workspace sees exactly its own rows, receipts, chains, usage,
-keys and provider keys, and another workspace's ids are 404 or absent.
+keys and provider keys, and another workspace's ids are 404 or absent. One test
+(`secured`) runs the same routes on the gateway's own role, as deployed, to prove each
+read also sets the scope that row-level security reads; another, on a pool whose
+database is out of reach, what a caller gets then.
 
 Written while reviewing the surviving mutants of `make mutate`
 (mutation-survivors.md); each test states the behaviour a user would notice.
@@ -16,13 +19,15 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -33,24 +38,26 @@ from starlette.routing import BaseRoute, Route
 from recovea_proxy.admin import api as admin_api
 from recovea_proxy.admin import operations as ops
 from recovea_proxy.admin.api import ADMIN_ROUTES, admin, keyed
-from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.asgi import Message, Receive, Scope, Send
 from recovea_proxy.auth.envelope import LocalMasterKey
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.config import Settings
+from recovea_proxy.headers import split_request_headers
 from recovea_proxy.meter import api as ledger_api
 from recovea_proxy.meter.api import LEDGER_ROUTES
 from recovea_proxy.meter.event import COLUMNS, RouteIds, event_row
-from recovea_proxy.meter.receipt_keys import SigningKey, key_id
+from recovea_proxy.meter.receipt_keys import PublishedKeys, SigningKey, key_id
 from recovea_proxy.meter.receipts import ReceiptSigner
 from recovea_proxy.meter.rollup import run_rollup
 from recovea_proxy.meter.writer import EventWriter
 from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.providers import PROVIDERS
 from recovea_proxy.providers.usage import Usage
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime, open_runtime
 from recovea_proxy.store.database import connect
 from recovea_proxy.store.migrate import apply_migrations
-from tests.support import Postgres, short_tmpdir
+from tests.support import Postgres, free_port, short_tmpdir
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -78,6 +85,8 @@ class World:
     mine: Tenant
     theirs: Tenant
     operator: ops.CreatedKey
+    #: a workspace with a request too cheap for plain notation and one of no known price
+    odd: Tenant
 
 
 @dataclass
@@ -86,17 +95,23 @@ class Ledger:
     mine: Tenant
     theirs: Tenant
     operator: ops.CreatedKey
+    odd: Tenant
 
 
 def _record(
-    workspace: str, rcv_key_id: str, model: str, ts_ms: int, cache_hit: bool = False
+    workspace: str,
+    rcv_key_id: str,
+    model: str,
+    ts_ms: int,
+    cache_hit: bool = False,
+    usage: Usage | None = None,
 ) -> RequestRecord:
     rec = RequestRecord(uuid.uuid4().hex, uuid.uuid4().hex, 0, ts_ms)
     rec.cache_hit, rec.cache_type = cache_hit, "exact" if cache_hit else None
     rec.workspace_id, rec.rcv_key_id, rec.env = workspace, rcv_key_id, "live"
     rec.provider, rec.route, rec.model = "openai", "/v1/chat/completions", model
     rec.feature = "search"
-    rec.usage = Usage(10, 5, 2, None, "stop")
+    rec.usage = usage or Usage(10, 5, 2, None, "stop")
     rec.success = True
     rec.levers_fired = {"cache": "miss"}
     rec.request_sha256 = hashlib.sha256(b"request").hexdigest()
@@ -105,10 +120,15 @@ def _record(
 
 
 async def _tenant(
-    owner: str, conn: Any, keyring: Keyring, name: str, signer: ReceiptSigner
+    owner: str,
+    conn: Any,
+    keyring: Keyring,
+    name: str,
+    signer: ReceiptSigner,
+    requests: list[tuple[str, Usage]] | None = None,
 ) -> Tenant:
-    """A workspace with two keys, an OpenAI key and four signed requests, written by the
-    real writer."""
+    """A workspace with two keys, an OpenAI key and four signed requests (or these
+    `requests`, model and usage), written by the real writer."""
     workspace = await ops.create_workspace(conn, f"{name}-{uuid.uuid4().hex[:8]}")
     admin = await ops.create_key(conn, workspace, role="admin")
     member = await ops.create_key(conn, workspace, project="web")
@@ -124,6 +144,11 @@ async def _tenant(
         )
         for i in range(4)
     ]
+    if requests is not None:
+        records = [
+            _record(workspace, admin.id, model, now_ms - i * 1000, usage=usage)
+            for i, (model, usage) in enumerate(requests)
+        ]
     routes = RouteIds()
     rows = []
     for rec in records:
@@ -137,6 +162,13 @@ async def _tenant(
     place = records[0].receipt_place
     assert place is not None
     return Tenant(workspace, admin, member, [r.request_id for r in records], place[0])
+
+
+#: one input token of gpt-4o-mini ($0.15 a million), and a model no price table knows
+_ODD_REQUESTS = [
+    ("gpt-4o-mini", Usage(1, 0, 0, None, "stop")),
+    ("no-such-model", Usage(10, 5, 0, None, "stop")),
+]
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -163,11 +195,12 @@ async def world(postgres: Postgres, db_env: dict[str, str]) -> AsyncIterator[Wor
         try:
             mine = await _tenant(postgres.url, conn, keyring, "mine", signer)
             theirs = await _tenant(postgres.url, conn, keyring, "theirs", signer)
+            odd = await _tenant(postgres.url, conn, keyring, "odd", signer, _ODD_REQUESTS)
             await run_rollup(conn, timeout_s=30, max_tags=100)
             operator = await _operator_key(conn)
         finally:
             await conn.close()
-        yield World(runtime, mine, theirs, operator)
+        yield World(runtime, mine, theirs, operator, odd)
 
 
 async def _operator_key(conn: Any) -> ops.CreatedKey:
@@ -184,7 +217,50 @@ async def _operator_key(conn: Any) -> ops.CreatedKey:
 async def ledger(world: World) -> AsyncIterator[Ledger]:
     transport = httpx.ASGITransport(app=_app(world.runtime))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield Ledger(client, world.mine, world.theirs, world.operator)
+        yield Ledger(client, world.mine, world.theirs, world.operator, world.odd)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def scratch(world: World) -> dict[str, str]:
+    """An admin key of a workspace of its own, for a test that adds keys: the reads above
+    list `mine`'s keys exactly, whatever order the tests run in (mutmut runs a set)."""
+    async with world.runtime.pool.acquire() as conn:
+        workspace = await ops.create_workspace(conn, f"scratch-{uuid.uuid4().hex[:8]}")
+        key = await ops.create_key(conn, workspace, role="admin")
+    return {"authorization": f"Bearer {key.secret}"}
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def secured(
+    world: World, postgres: Postgres, db_env: dict[str, str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The same routes on a runtime whose pool uses the gateway's own role, as deployed:
+    row-level security applies to every read."""
+    settings = Settings(
+        database_url=postgres.url,
+        data_dir=short_tmpdir(),
+        master_key_file=Path(db_env["RECOVEA_MASTER_KEY_FILE"]),
+        maintenance_interval_s=3600.0,
+    )
+    async with open_runtime(settings, GatewayMetrics()) as runtime:
+        transport = httpx.ASGITransport(app=_app(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def long_chain(postgres: Postgres, db_env: dict[str, str]) -> Tenant:
+    """A workspace whose chain is one receipt longer than the default page."""
+    keyring = Keyring(LocalMasterKey.load_or_create(Path(db_env["RECOVEA_MASTER_KEY_FILE"])), {})
+    usage = Usage(10, 5, 2, None, "stop")
+    conn = await connect(postgres.url)
+    try:
+        requests = [("gpt-4o", usage)] * 1001
+        return await _tenant(
+            postgres.url, conn, keyring, "long", ReceiptSigner(_signing_key()), requests
+        )
+    finally:
+        await conn.close()
 
 
 def _signing_key() -> SigningKey:
@@ -356,6 +432,17 @@ async def test_a_chain_is_paged_in_seq_order(ledger: Ledger) -> None:
     assert (far.status_code, far.json()["receipts"]) == (200, [])
 
 
+async def test_a_chain_page_is_1000_receipts_unless_asked(
+    ledger: Ledger, long_chain: Tenant
+) -> None:
+    """Without `limit`, a page of a chain holds 1000 receipts, and says where the next
+    one starts."""
+    page = (await get(ledger, f"/v1/recovea/ledger?chain={long_chain.chain}", long_chain)).json()
+    assert (page["first_seq"], page["last_seq"]) == (1, 1001)
+    assert [r["seq"] for r in page["receipts"]] == list(range(1, 1001))
+    assert (page["has_more"], page["next_after_seq"]) == (True, 1000)
+
+
 async def test_another_workspaces_chain_reads_as_empty(ledger: Ledger) -> None:
     """Asking for another workspace's chain id gives an empty page with no bounds, as
     for a chain that does not exist."""
@@ -387,6 +474,18 @@ async def test_a_bad_ledger_query_is_a_400_that_says_why(
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "invalid_request"
     assert answer.json()["error"]["message"].startswith(message)
+
+
+@pytest.mark.parametrize("value", ["%C2%B2", "%C2%B9%C2%B2", "%E2%91%A0"])
+async def test_a_page_size_or_offset_in_other_digits_than_0_to_9_is_a_400(
+    ledger: Ledger, value: str
+) -> None:
+    """`limit` and `after_seq` are numbers: a superscript or circled digit (a digit to
+    `str.isdigit`, but no number to `int`) is refused 400, not a 500."""
+    for name in ("limit", "after_seq"):
+        answer = await get(ledger, f"/v1/recovea/ledger?chain=abc&{name}={value}")
+        assert answer.status_code == 400, name
+        assert answer.json()["error"]["message"].startswith(f"{name} must be an integer")
 
 
 async def test_the_largest_page_is_allowed(ledger: Ledger) -> None:
@@ -476,6 +575,27 @@ async def test_usage_of_a_window_without_traffic_is_empty(ledger: Ledger) -> Non
     assert body["from"].startswith("2020-01-01")
 
 
+async def test_usage_of_a_model_without_a_price_has_no_costs(ledger: Ledger) -> None:
+    """A model no price covers is counted (as unpriced) with null costs, not zero and
+    not an error, and the totals' costs are the priced models' alone; a cost below a
+    millionth of a dollar is still written out in plain decimals."""
+    answer = await get(ledger, "/v1/recovea/usage", ledger.odd)
+    assert answer.status_code == 200
+    body = answer.json()
+    by_model = {row["key"]: row for row in body["data"]}
+    assert set(by_model) == {"gpt-4o-mini", "no-such-model"}
+    unknown = by_model["no-such-model"]
+    assert (unknown["requests"], unknown["unpriced"]) == (1, 1)
+    assert (unknown["baseline_cost_usd"], unknown["realized_cost_usd"]) == (None, None)
+    assert unknown["savings_usd"] is None
+    tiny = by_model["gpt-4o-mini"]
+    assert (tiny["baseline_cost_usd"], tiny["realized_cost_usd"]) == ("0.00000015", "0.00000015")
+    assert tiny["savings_usd"] == "0"
+    totals = body["totals"]
+    assert (totals["requests"], totals["unpriced"]) == (2, 1)
+    assert (totals["baseline_cost_usd"], totals["savings_usd"]) == ("0.00000015", "0")
+
+
 # --- the admin API's reads ------------------------------------------------------------
 
 
@@ -545,16 +665,89 @@ async def test_revoking_another_workspaces_key_is_not_found(ledger: Ledger) -> N
     assert still.status_code == 200
 
 
+async def test_with_row_level_security_on_each_read_is_the_callers_own(
+    world: World, secured: httpx.AsyncClient
+) -> None:
+    """On the gateway's own role, bound by row-level security, every read still answers
+    the caller's rows: each one scopes its transaction to the caller's workspace (a read
+    left unscoped would find nothing at all)."""
+    mine, headers = world.mine, world.mine.auth()
+    described = (await secured.get("/admin/v1/workspace", headers=headers)).json()
+    assert described["id"] == mine.id
+    keys = (await secured.get("/admin/v1/keys", headers=headers)).json()["data"]
+    assert {key["id"] for key in keys} == {mine.admin.id, mine.member.id}
+    provider_keys = (await secured.get("/admin/v1/provider-keys", headers=headers)).json()
+    assert [key["last_four"] for key in provider_keys["data"]] == ["6789"]
+    row = await secured.get(f"/v1/recovea/requests/{mine.requests[0]}", headers=headers)
+    assert row.json()["customer_id"] == mine.id
+    receipt = await secured.get(f"/v1/recovea/receipts/{mine.requests[0]}", headers=headers)
+    assert receipt.json()["chain"] == mine.chain
+    chains = (await secured.get("/v1/recovea/ledger", headers=headers)).json()["data"]
+    assert [chain["chain"] for chain in chains] == [mine.chain]
+    page = (await secured.get(f"/v1/recovea/ledger?chain={mine.chain}", headers=headers)).json()
+    assert [receipt["seq"] for receipt in page["receipts"]] == [1, 2, 3, 4]
+    usage = (await secured.get("/v1/recovea/usage", headers=headers)).json()
+    assert usage["totals"]["requests"] == 4
+    theirs = await secured.get(f"/v1/recovea/requests/{world.theirs.requests[0]}", headers=headers)
+    assert theirs.status_code == 404
+
+
+async def test_an_unreachable_database_is_a_503_store_unavailable(world: World) -> None:
+    """With the database out of reach, every ledger and admin route answers 503
+    `store_unavailable` in the OpenAI error shape (never a 500 or a hang), and the
+    receipt keys route, whose document was never loaded, 503 `store_unavailable` too."""
+    dead = await asyncpg.create_pool(
+        f"postgresql://recovea@127.0.0.1:{free_port()}/recovea", min_size=0, max_size=1
+    )
+    try:
+        runtime = replace(world.runtime, pool=dead, published_keys=PublishedKeys(dead))
+        transport = httpx.ASGITransport(app=_app(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            headers = world.mine.auth()
+            request_id = world.mine.requests[0]
+            for path in (
+                f"/v1/recovea/requests/{request_id}",
+                f"/v1/recovea/receipts/{request_id}",
+                "/v1/recovea/ledger",
+                f"/v1/recovea/ledger?chain={world.mine.chain}",
+                "/v1/recovea/usage",
+                "/admin/v1/workspace",
+                "/admin/v1/keys",
+                "/admin/v1/provider-keys",
+            ):
+                answer = await client.get(path, headers=headers)
+                assert answer.status_code == 503, path
+                assert answer.headers["content-type"] == "application/json"
+                assert answer.json() == {
+                    "error": {
+                        "message": "The database is unreachable.",
+                        "type": "api_error",
+                        "param": None,
+                        "code": "store_unavailable",
+                    }
+                }
+            keys = await client.get("/.well-known/recovea-receipt-keys")
+            assert keys.status_code == 503
+            assert keys.headers["content-type"] == "application/json"
+            assert keys.json() == {
+                "error": {"message": "The key store is unreachable.", "code": "store_unavailable"}
+            }
+    finally:
+        await dead.close()
+
+
 # --- the admin API's writes, through the same wrappers --------------------------------
 
 
-async def test_an_admin_creates_and_revokes_a_key_of_its_workspace(ledger: Ledger) -> None:
+async def test_an_admin_creates_and_revokes_a_key_of_its_workspace(
+    ledger: Ledger, scratch: dict[str, str]
+) -> None:
     """POST /admin/v1/keys shows the new key once (201) with its role, env and last
     four; the key works; DELETE revokes it (and only once)."""
     created = await ledger.client.post(
         "/admin/v1/keys",
         json={"role": "member", "env": "test", "project": "api"},
-        headers=ledger.mine.auth(),
+        headers=scratch,
     )
     assert created.status_code == 201
     key = created.json()
@@ -564,40 +757,111 @@ async def test_an_admin_creates_and_revokes_a_key_of_its_workspace(ledger: Ledge
         "/v1/recovea/ledger", headers={"authorization": f"Bearer {key['key']}"}
     )
     assert uses.status_code == 200
-    revoked = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=ledger.mine.auth())
+    revoked = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=scratch)
     assert (revoked.status_code, revoked.json()) == (200, {"id": key["id"], "revoked": True})
-    again = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=ledger.mine.auth())
+    again = await ledger.client.delete(f"/admin/v1/keys/{key['id']}", headers=scratch)
     assert again.status_code == 404
     assert again.json()["error"]["message"] == "No active key with that id in this workspace."
-    malformed = await ledger.client.delete("/admin/v1/keys/k1", headers=ledger.mine.auth())
+    malformed = await ledger.client.delete("/admin/v1/keys/k1", headers=scratch)
     assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, "invalid_request")
 
 
-async def test_an_admin_stores_a_provider_key_for_its_workspace(ledger: Ledger) -> None:
+async def test_an_admin_stores_a_provider_key_for_its_workspace(
+    ledger: Ledger, scratch: dict[str, str]
+) -> None:
     """PUT /admin/v1/provider-keys/{provider} stores the key (last four back, never the
     key), listed for the workspace; an unknown provider is 404."""
     stored = await ledger.client.put(
         "/admin/v1/provider-keys/anthropic",
         json={"key": " sk-ant-admin-api-4321 "},
-        headers=ledger.mine.auth(),
+        headers=scratch,
     )
     assert (stored.status_code, stored.json()) == (
         200,
         {"provider": "anthropic", "last_four": "4321"},
     )
-    listed = (await get(ledger, "/admin/v1/provider-keys")).json()["data"]
+    listed = (await ledger.client.get("/admin/v1/provider-keys", headers=scratch)).json()["data"]
     assert ("anthropic", "4321") in [(k["provider"], k["last_four"]) for k in listed]
     unknown = await ledger.client.put(
-        "/admin/v1/provider-keys/azure", json={"key": "k" * 20}, headers=ledger.mine.auth()
+        "/admin/v1/provider-keys/azure", json={"key": "k" * 20}, headers=scratch
     )
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "not_found")
     short = await ledger.client.put(
-        "/admin/v1/provider-keys/openai", json={"key": "short"}, headers=ledger.mine.auth()
+        "/admin/v1/provider-keys/openai", json={"key": "short"}, headers=scratch
     )
     assert short.status_code == 400
     assert short.json()["error"]["message"] == (
         "the provider key must be 8 to 512 printable characters, no spaces"
     )
+
+
+async def test_a_key_asked_for_with_no_body_is_a_live_member_key(
+    ledger: Ledger, scratch: dict[str, str]
+) -> None:
+    """POST /admin/v1/keys with no body at all makes a live member key of no project or
+    team; each of role, env, project and team, when given, is the key's."""
+    plain = await ledger.client.post("/admin/v1/keys", headers=scratch)
+    assert plain.status_code == 201
+    key = plain.json()
+    assert (key["role"], key["env"]) == ("member", "live")
+    assert key["key"].startswith("rcv_live_")
+    given = await ledger.client.post(
+        "/admin/v1/keys",
+        json={"role": "admin", "env": "test", "project": "app", "team": "ops"},
+        headers=scratch,
+    )
+    assert given.status_code == 201
+    assert (given.json()["role"], given.json()["env"]) == ("admin", "test")
+    listed = (await ledger.client.get("/admin/v1/keys", headers=scratch)).json()["data"]
+    shown = {k["id"]: (k["role"], k["env"], k["project"], k["team"]) for k in listed}
+    assert shown[key["id"]] == ("member", "live", None, None)
+    assert shown[given.json()["id"]] == ("admin", "test", "app", "ops")
+
+
+async def test_revoking_a_key_that_is_not_there_says_so(
+    ledger: Ledger, scratch: dict[str, str]
+) -> None:
+    """DELETE of an unknown key id is 404 `not_found`; of a malformed one, 400 naming
+    the key id."""
+    unknown = await ledger.client.delete(f"/admin/v1/keys/{uuid.uuid4()}", headers=scratch)
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "not_found")
+    malformed = await ledger.client.delete("/admin/v1/keys/k1", headers=scratch)
+    assert malformed.json()["error"]["message"] == "key id must be a UUID, not 'k1'"
+
+
+async def test_a_replaced_provider_key_is_used_from_the_next_request(
+    world: World, ledger: Ledger, scratch: dict[str, str]
+) -> None:
+    """After PUT /admin/v1/provider-keys/openai replaces the workspace's key, this
+    gateway sends the new key upstream at once, not the one it had in memory."""
+    headers = split_request_headers([(b"authorization", scratch["authorization"].encode())])
+    openai = PROVIDERS["openai"]
+
+    async def upstream_key() -> tuple[tuple[str, str], ...]:
+        auth = world.runtime.auth
+        principal = auth.known_principal(headers, openai)
+        principal = principal or await auth.load_principal(headers, openai)
+        return principal.upstream_credentials
+
+    for secret in ("sk-first-0123456789", "sk-second-0123456789"):
+        stored = await ledger.client.put(
+            "/admin/v1/provider-keys/openai", json={"key": secret}, headers=scratch
+        )
+        assert stored.status_code == 200
+        assert await upstream_key() == (("authorization", f"Bearer {secret}"),)
+
+
+async def test_an_unknown_provider_is_a_404_that_names_the_known_ones(
+    ledger: Ledger, scratch: dict[str, str]
+) -> None:
+    """PUT for a provider the gateway does not serve is 404 naming the ones it does."""
+    answer = await ledger.client.put(
+        "/admin/v1/provider-keys/azure", json={"key": "k" * 20}, headers=scratch
+    )
+    assert answer.status_code == 404
+    message = answer.json()["error"]["message"]
+    assert message.startswith("Unknown provider; use one of")
+    assert all(name in message for name in ("openai", "anthropic", "openrouter"))
 
 
 @pytest.mark.parametrize(
@@ -651,6 +915,86 @@ async def test_an_admin_body_over_64_kb_is_refused_413(ledger: Ledger) -> None:
     assert answer.status_code == 400  # read, then refused for the project name's length
 
 
+async def test_a_body_announced_over_64_kb_is_refused_unread(world: World) -> None:
+    """A request whose Content-Length is over 64 KB is refused 413 before any of its
+    body is read."""
+    reads = 0
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/admin/v1/keys",
+        "raw_path": b"/admin/v1/keys",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"gateway"),
+            (b"authorization", world.mine.auth()["authorization"].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(64 * 1024 + 1).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("gateway", 80),
+    }
+    await _app(world.runtime)(scope, receive, send)
+    assert sent[0]["status"] == 413
+    assert orjson.loads(sent[1]["body"])["error"] == {
+        "message": "Request body is larger than 64 KB.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_too_large",
+    }
+    assert reads == 0
+
+
+async def test_unknown_fields_are_named_up_to_200_characters(ledger: Ledger) -> None:
+    """However many unknown fields a body has, the 400 names them (sorted) in at most
+    200 characters."""
+    fields = {f"field_{i:03}": "x" for i in range(40)}
+    answer = await ledger.client.post("/admin/v1/keys", json=fields, headers=ledger.mine.auth())
+    assert answer.status_code == 400
+    named = ", ".join(sorted(fields))
+    assert answer.json()["error"]["message"] == f"Unknown field(s): {named[:200]}."
+
+
+async def test_a_workspace_needs_a_name_and_is_on_the_free_plan_by_default(
+    ledger: Ledger,
+) -> None:
+    """POST /admin/v1/workspaces without a name is 400 and creates nothing; without a
+    plan, the new workspace is on `free`. An admin of any other workspace is 403
+    `forbidden`."""
+    operator = {"authorization": f"Bearer {ledger.operator.secret}"}
+    nameless = await ledger.client.post("/admin/v1/workspaces", json={}, headers=operator)
+    assert nameless.status_code == 400
+    assert nameless.json()["error"]["message"] == (
+        "workspace name must be 1 to 100 printable characters"
+    )
+    name = f"planless-{uuid.uuid4().hex[:8]}"
+    created = await ledger.client.post(
+        "/admin/v1/workspaces", json={"name": name}, headers=operator
+    )
+    assert created.status_code == 201
+    first = {"authorization": f"Bearer {created.json()['admin_key']}"}
+    described = (await ledger.client.get("/admin/v1/workspace", headers=first)).json()
+    assert (described["name"], described["plan"]) == (name, "free")
+    refused = await ledger.client.post(
+        "/admin/v1/workspaces", json={"name": f"x-{name}"}, headers=ledger.mine.auth()
+    )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "forbidden")
+
+
 async def test_only_the_operator_creates_workspaces(ledger: Ledger) -> None:
     """POST /admin/v1/workspaces: 403 for an admin of any other workspace; the
     operator's (`default`) gets the new workspace and its first admin key, which works."""
@@ -673,7 +1017,5 @@ async def test_only_the_operator_creates_workspaces(ledger: Ledger) -> None:
     assert [(k["id"], k["role"], k["env"]) for k in keys] == [
         (body["admin_key_id"], "admin", "live")
     ]
-    taken = await ledger.client.post(
-        "/admin/v1/workspaces", json={"name": name}, headers=operator
-    )
+    taken = await ledger.client.post("/admin/v1/workspaces", json={"name": name}, headers=operator)
     assert taken.status_code == 400

@@ -158,6 +158,7 @@ def test_the_admin_api_sets_shows_and_clears_the_workspace_key_for_admins_only(
 
     unusable = call(admin_key, "PUT", {"key_id": str(uuid.uuid4())})
     assert unusable.status_code == 400, unusable.text
+    assert unusable.json()["error"]["code"] == "invalid_request"
     assert "not_found" in unusable.json()["error"]["message"]
     assert call(admin_key, "GET").json()["key_arn"] is None
 

@@ -125,7 +125,8 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 0 <= int(raw) <= maximum:
+    # isdecimal, not isdigit: "²" is a digit that int() cannot read
+    if not raw.isdecimal() or not 0 <= int(raw) <= maximum:
         raise bad_request(f"{name} must be an integer from 0 to {maximum}.")
     return int(raw)
 
