@@ -5,6 +5,8 @@ leads a new one (`miss`: its own upstream call becomes the shared one). See
 
 from __future__ import annotations
 
+from functools import partial
+
 from recovea_proxy.levers.cache import CacheRecorder
 from recovea_proxy.levers.chain import LeverRequest
 from recovea_proxy.levers.flights import FlightFeeder, FlightRegistry
@@ -38,7 +40,7 @@ class DedupLever:
                 observers.append(feeder)
             else:
                 observers[-1] = feeder
-            request.release.append(lambda: flights.abandon(flight))
+            request.release.append(partial(flights.abandon, flight))
             return "miss"
         request.answer = subscription
         request.record.dedup_singleflight = True

@@ -94,21 +94,23 @@ class Flight:
         self.content_length = upstream.content_length
         self.identity_encoded = upstream.identity_encoded
         self.state = "streaming"
-        self.notify()
+        if self._changed is not None:
+            self.notify()
 
     def keep(self, chunk: bytes, buffer_max: int) -> None:
-        """One more chunk of the shared response (followers are woken, if any)."""
+        """One more chunk of the shared response (followers are woken, if any wait)."""
         self.chunks.append(chunk)
         self.size += len(chunk)
         if self.size > buffer_max:
             self.joinable = False
-        if self.subscribers > 1:
+        if self._changed is not None:
             self.notify()
 
     def done(self) -> None:
         self.state = "done"
         self.joinable = False
-        self.notify()
+        if self._changed is not None:
+            self.notify()
 
     def broken(self, kind: str) -> None:
         self.failure = kind
