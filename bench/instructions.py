@@ -150,8 +150,7 @@ def main() -> None:
     parser.add_argument("--targets", default="floor,gateway,gateway-auth")
     parser.add_argument(
         "--modes",
-        help=f"comma-separated request modes, or one of {', '.join(NAMED)} "
-        "(default: as bench.run)",
+        help=f"comma-separated request modes, or one of {', '.join(NAMED)} (default: as bench.run)",
     )
     parser.add_argument("--against", metavar="REF", help="also gateway-auth as of this commit")
     parser.add_argument(

@@ -29,7 +29,7 @@ from recovea_proxy.levers.cache_key import key_of
 from recovea_proxy.levers.cache_store import MemoryStore
 from recovea_proxy.levers.chain import LeverChain, LeverRequest, _Saved
 from recovea_proxy.levers.dedup import DedupLever
-from recovea_proxy.levers.flights import FlightFeeder, FlightRegistry
+from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.policy import DEFAULT_POLICY
 from recovea_proxy.record import RequestRecord
@@ -139,14 +139,13 @@ def pieces() -> dict[str, Work]:
                         pass
                     upstream.finish(clean=True)
                     continue
-                # as the pipe does for a leader: the feeder observes each chunk
-                shared = flights.open(i.to_bytes(8, "big"))
-                feeder = FlightFeeder(flights, shared, record)
-                feeder.begin(upstream)
+                # as the pipe does for a leader: the flight observes each chunk
+                shared = flights.open(i.to_bytes(8, "big"), record)
+                shared.begin(upstream)
                 upstream.start_body()
                 while chunk := await upstream.read():
-                    feeder.feed(chunk)
-                feeder.close()
+                    shared.feed(chunk)
+                shared.close()
                 flights.leader_left(shared, upstream, clean=True)
             return time.process_time() - started
 

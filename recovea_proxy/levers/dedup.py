@@ -9,7 +9,7 @@ from functools import partial
 
 from recovea_proxy.levers.cache import CacheRecorder
 from recovea_proxy.levers.chain import LeverRequest
-from recovea_proxy.levers.flights import FlightFeeder, FlightRegistry
+from recovea_proxy.levers.flights import FlightRegistry
 
 
 class DedupLever:
@@ -30,16 +30,15 @@ class DedupLever:
         subscription = self._flights.join(key)
         if subscription is None:
             flights = self._flights
-            flight = request.flight = flights.open(key)
             observers = request.observers
             # The cache's recorder (attached just before) reads the flight's buffer
-            # instead of being fed every chunk itself.
+            # instead of being fed every chunk itself: the flight observes the response.
             recorder = observers[-1] if observers and type(observers[-1]) is CacheRecorder else None
-            feeder = FlightFeeder(flights, flight, request.record, recorder)
+            flight = request.flight = flights.open(key, request.record, recorder)
             if recorder is None:
-                observers.append(feeder)
+                observers.append(flight)
             else:
-                observers[-1] = feeder
+                observers[-1] = flight
             request.release.append(partial(flights.abandon, flight))
             return "miss"
         request.answer = subscription

@@ -1,7 +1,7 @@
 """Singleflight: identical shareable requests in flight at once share one upstream call.
 
 The first of them leads: it makes the upstream call and reads the response itself,
-a `FlightFeeder` on its response keeping each chunk in the flight's buffer as it passes; the others
+the `Flight` observing its response and keeping each chunk in its buffer as it passes; the others
 read it through a `Subscription`: what has passed, then the rest live. A request
 that joins mid-stream gets the same bytes as the first. (The leader reading in its
 own task costs a request nothing when no one joins: no chunk waits for another task.)
@@ -45,10 +45,15 @@ class FlightBroken(Exception):
 
 
 class Flight:
-    """One shared upstream call and what it has answered so far."""
+    """One shared upstream call and what it has answered so far; also the observer on
+    the leader's own response (the leader reads its upstream itself, in its own task:
+    a chunk costs the buffer append, and a wake-up only when followers wait). When the
+    exact cache records the same response, its recorder rides along: it is told the
+    start and the end, and takes the flight's buffer as the answer."""
 
     __slots__ = (
         "_changed",
+        "buffer_max",
         "chunks",
         "content_length",
         "content_type",
@@ -57,7 +62,9 @@ class Flight:
         "identity_encoded",
         "joinable",
         "key",
+        "leader",
         "raw_headers",
+        "recorder",
         "size",
         "state",
         "status",
@@ -65,8 +72,19 @@ class Flight:
         "task",
     )
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        buffer_max: int,
+        leader: RequestRecord,
+        recorder: CacheRecorder | None = None,
+    ) -> None:
         self.key = key
+        #: past this many bytes kept, no one new may join
+        self.buffer_max = buffer_max
+        #: the leading request's record, and the cache's recorder of its answer
+        self.leader = leader
+        self.recorder = recorder
         #: waiting (for the response) | streaming | done | failed (before the first
         #: byte) | broken (after it)
         self.state = "waiting"
@@ -88,6 +106,8 @@ class Flight:
 
     def begin(self, upstream: ResponseSource) -> None:
         """The shared response has begun: its status and headers are known."""
+        if self.recorder is not None:
+            self.recorder.begin(upstream)
         self.status = upstream.status
         self.raw_headers = upstream.raw_headers
         self.content_type = upstream.content_type
@@ -97,14 +117,27 @@ class Flight:
         if self._changed is not None:
             self.notify()
 
-    def keep(self, chunk: bytes, buffer_max: int) -> None:
+    def feed(self, chunk: bytes) -> None:
         """One more chunk of the shared response (followers are woken, if any wait)."""
         self.chunks.append(chunk)
         self.size += len(chunk)
-        if self.size > buffer_max:
+        if self.size > self.buffer_max:
             self.joinable = False
         if self._changed is not None:
             self.notify()
+
+    def close(self) -> None:
+        """The leader's response has ended (its record is settled by now)."""
+        record, recorder = self.leader, self.recorder
+        if self.state == "streaming" and not record.client_gone:
+            if record.error_code:
+                self.broken(record.error_code.removeprefix("upstream_"))
+            else:
+                self.done()
+        # else the leader left early: `FlightRegistry.leader_left` decides
+        if recorder is not None:
+            recorder.take(self.chunks, self.size)
+            recorder.close()
 
     def done(self) -> None:
         self.state = "done"
@@ -212,48 +245,6 @@ class Subscription:
             self._registry.leave(self._flight)
 
 
-class FlightFeeder:
-    """An observer on the leader's own response: each chunk the leader receives is kept
-    in the flight's buffer for the followers (the leader reads its upstream itself, in
-    its own task; a chunk costs the buffer append, and a wake-up only when followers
-    wait). When the exact cache records the same response, its recorder rides along:
-    it is told the start and the end, and takes the flight's buffer as the answer."""
-
-    __slots__ = ("_flight", "_record", "_recorder", "_registry")
-
-    def __init__(
-        self,
-        registry: FlightRegistry,
-        flight: Flight,
-        record: RequestRecord,
-        recorder: CacheRecorder | None = None,
-    ) -> None:
-        self._registry = registry
-        self._flight = flight
-        self._record = record
-        self._recorder = recorder
-
-    def begin(self, source: ResponseSource) -> None:
-        self._flight.begin(source)
-        if self._recorder is not None:
-            self._recorder.begin(source)
-
-    def feed(self, chunk: bytes) -> None:
-        self._flight.keep(chunk, self._registry.buffer_max)
-
-    def close(self) -> None:
-        record, flight, recorder = self._record, self._flight, self._recorder
-        if flight.state == "streaming" and not record.client_gone:
-            if record.error_code:
-                flight.broken(record.error_code.removeprefix("upstream_"))
-            else:
-                flight.done()
-        # else the leader left early: `FlightRegistry.leader_left` decides
-        if recorder is not None:
-            recorder.take(flight.chunks, flight.size)
-            recorder.close()
-
-
 class FlightRegistry:
     """The flights in progress, by key, and the tasks that make their calls."""
 
@@ -274,10 +265,12 @@ class FlightRegistry:
         flight.followers += 1
         return Subscription(self, flight)
 
-    def open(self, key: bytes) -> Flight:
+    def open(
+        self, key: bytes, leader: RequestRecord, recorder: CacheRecorder | None = None
+    ) -> Flight:
         """A new flight under `key` (its leader counted), which followers may join at
         once: they wait for the leader's response to begin."""
-        flight = Flight(key)
+        flight = Flight(key, self.buffer_max, leader, recorder)
         flight.subscribers = 1
         self._flights[key] = flight
         return flight
@@ -337,7 +330,7 @@ class FlightRegistry:
         try:
             read = upstream.read
             while chunk := await read():
-                flight.keep(chunk, self.buffer_max)
+                flight.feed(chunk)
             flight.done()
             clean = True
         except upstream.errors as exc:
