@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from recovea_proxy.admin import operations as ops
 from recovea_proxy.auth.envelope import LocalMasterKey, Sealed, context_for, open_sealed
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.keys import key_hash
+from recovea_proxy.auth.kms import KmsMasterKey
 from recovea_proxy.store.database import APP_ROLE, connect
 from recovea_proxy.store.migrate import apply_migrations
 from tests.support import Postgres, free_port
@@ -474,3 +475,45 @@ async def test_rotation_rewraps_every_provider_key_under_the_current_master_but_
         assert open_sealed(new.unwrap(row["wrapped_data_key"], context), sealed, context) == (
             bytearray(secret.encode())
         )
+
+
+@pytest.fixture
+def kms_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[KmsMasterKey]:
+    """A key in moto's KMS server (over HTTP, through boto3), which the process's KMS
+    clients reach by the usual AWS environment."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("kms", region_name="us-east-1")
+    yield KmsMasterKey(client.create_key(Description="ops")["KeyMetadata"]["Arn"], client)
+    server.stop()
+
+
+async def test_rotation_moves_keys_off_a_kms_key_the_deployment_no_longer_names(
+    empty: asyncpg.Connection, kms_key: KmsMasterKey
+) -> None:
+    """A provider key stored while RECOVEA_KMS_KEY_ID was set is still read through that
+    KMS key after it is unset (the row names its backend and key), and `rotate` moves it
+    under the local master."""
+    workspace = await ops.create_workspace(empty, name("unkms"))
+    await ops.set_provider_key(empty, Keyring(kms_key, {}), workspace, "openai", "sk-kms-era-0001")
+    local = LocalMasterKey(os.urandom(32), f"local:{uuid.uuid4().hex[:16]}")
+    assert await ops.rewrap_provider_keys(empty, Keyring(local, {})) == 1
+    row = await empty.fetchrow(
+        "SELECT id, ciphertext, nonce, wrapped_data_key, master_key_id, backend"
+        " FROM recovea.provider_keys WHERE customer_id = $1",
+        uuid.UUID(workspace),
+    )
+    assert (row["master_key_id"], row["backend"]) == (local.key_id, "local")
+    context = context_for(workspace, "openai", str(row["id"]))
+    sealed = Sealed(row["ciphertext"], row["nonce"], row["wrapped_data_key"], local.key_id, "local")
+    assert open_sealed(local.unwrap(row["wrapped_data_key"], context), sealed, context) == (
+        bytearray(b"sk-kms-era-0001")
+    )
