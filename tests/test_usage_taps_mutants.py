@@ -398,6 +398,20 @@ def test_a_stream_that_sent_nothing_reports_nothing(provider: str) -> None:
     assert fed(tap) == Usage()
 
 
+def test_a_stream_that_reports_its_usage_twice_counts_the_last_report() -> None:
+    """A provider that puts a running usage in its finish chunk and the final one in the
+    usage chunk after it: the row gets the final counts, not the running ones."""
+    final, done = OPENAI_STREAM.rsplit(b"data: [DONE]", 1)
+    head, usage_chunk = final.rstrip(b"\n").rsplit(b"\n\n", 1)
+    running = head.replace(
+        b'"finish_reason":"length"}],"usage":null}',
+        b'"finish_reason":"length"}],"usage":{"prompt_tokens":30,"completion_tokens":6}}',
+    )
+    assert running != head
+    stream = running + b"\n\n" + usage_chunk + b"\n\ndata: [DONE]" + done
+    assert fed(ChatStreamTap(), stream) == EXPECTED_CHAT
+
+
 def test_an_escaped_finish_reason_is_left_to_the_json_parser() -> None:
     """A finish reason with an escaped character is not read by position but parsed,
     so the row gets the decoded text."""
@@ -590,6 +604,25 @@ def test_the_client_gets_the_plain_stream_byte_by_byte(crlf: bool) -> None:
     stream_filter = HiddenUsageFilter()
     out = b"".join(stream_filter.feed(stream[i : i + 1]) for i in range(len(stream)))
     assert out + stream_filter.flush() == plain_stream(crlf)
+
+
+def test_a_stream_that_sent_nothing_reaches_the_client_as_nothing() -> None:
+    """An upstream that ended before its first byte: the filter holds nothing back and
+    gives nothing (not a null the sender would choke on) when the stream ends."""
+    stream_filter = HiddenUsageFilter()
+    assert stream_filter.flush() == b""
+    assert stream_filter.feed(b"") + stream_filter.flush() == b""
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_a_stream_that_opens_with_a_blank_line_keeps_it(crlf: bool) -> None:
+    """A keep-alive blank line before the first event is the provider's, not part of the
+    usage event the filter removes: the client receives it."""
+    blank = b"\r\n" if crlf else b"\n"
+    stream = blank + azure_stream(crlf)
+    stream_filter = HiddenUsageFilter()
+    out = stream_filter.feed(blank) + stream_filter.feed(stream[len(blank) :])
+    assert out + stream_filter.flush() == blank + plain_stream(crlf)
 
 
 # --- where a path's metrics go, and how the key is sent ---------------------------
