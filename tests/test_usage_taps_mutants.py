@@ -94,7 +94,13 @@ def test_a_whole_anthropic_message_sums_its_input_counters() -> None:
     }
     message = {"type": "message", "stop_reason": "end_turn", "usage": usage}
     assert ANTHROPIC.usage_from_json(MESSAGES, message) == Usage(
-        115, 42, 100, None, "end_turn", terminal=True, cache_write_5m_tokens=10,
+        115,
+        42,
+        100,
+        None,
+        "end_turn",
+        terminal=True,
+        cache_write_5m_tokens=10,
         cache_write_1h_tokens=0,
     )
     odd = {"type": "message", "stop_reason": 7, "usage": {"input_tokens": 5}}
@@ -438,9 +444,9 @@ def test_an_end_that_is_not_the_compact_shape_is_parsed(end: bytes) -> None:
 def test_a_chat_stream_whose_usage_is_not_last_is_parsed() -> None:
     """The position read needs the usage object to close its chunk; another layout of
     the same chunk is parsed, with the same result."""
-    stream = OPENAI_STREAM.replace(
-        b'"choices":[],"usage":', b'"usage":'
-    ).replace(b'"reasoning_tokens":4}}}', b'"reasoning_tokens":4}},"choices":[]}')
+    stream = OPENAI_STREAM.replace(b'"choices":[],"usage":', b'"usage":').replace(
+        b'"reasoning_tokens":4}}}', b'"reasoning_tokens":4}},"choices":[]}'
+    )
     tap = CountingChatTap()
     assert fed(tap, stream) == EXPECTED_CHAT
     assert tap.parsed > 0
@@ -448,9 +454,11 @@ def test_a_chat_stream_whose_usage_is_not_last_is_parsed() -> None:
 
 def test_a_chat_stream_without_a_finish_reason_before_its_usage_is_parsed() -> None:
     """No finish reason before the usage chunk: parsed, and no reason made up."""
-    stream = b"".join(
-        events(chat_chunk(choices=[{"index": 0, "delta": {"content": "a"}}], usage=None))
-    ) + OPENAI_STREAM.split(b"\n\n")[3] + b"\n\ndata: [DONE]\n\n"
+    stream = (
+        b"".join(events(chat_chunk(choices=[{"index": 0, "delta": {"content": "a"}}], usage=None)))
+        + OPENAI_STREAM.split(b"\n\n")[3]
+        + b"\n\ndata: [DONE]\n\n"
+    )
     tap = CountingChatTap()
     usage = fed(tap, stream)
     assert (usage.input_tokens, usage.finish_reason) == (30, None)
@@ -474,7 +482,7 @@ def test_a_short_stream_is_parsed_only_at_its_edges() -> None:
 def test_a_stream_of_many_lines_is_read_from_its_edge_lines() -> None:
     """More lines than the edges hold (pings, comments), still inside the window: the
     start and end events are found among the edge lines."""
-    pings = [b"event: ping\ndata: {\"type\": \"ping\"}\n\n"] * 20
+    pings = [b'event: ping\ndata: {"type": "ping"}\n\n'] * 20
     stream = [
         *events(message_start({"input_tokens": 9})),
         *pings,
