@@ -758,3 +758,59 @@ async def test_a_write_to_a_database_that_hangs_fails_within_the_writers_timeout
             assert await writer.write([good_event(workspace)]) == 0
         finally:
             await writer.close()
+
+
+async def test_a_refused_event_does_not_cost_the_writer_its_connection(
+    postgres: Postgres, workspace: str
+) -> None:
+    """A batch Postgres refuses for its content is rolled back on the same connection,
+    which the next batch uses (no reconnect per refused event); after an outage the
+    writer connects afresh."""
+    async with gate_for(postgres) as gate:
+        writer = EventWriter(gate.url(app_url_of(postgres.url)), timeout_s=0.3)
+        try:
+            assert await writer.write([good_event(workspace)]) == 0
+            conn = writer._conn
+            with pytest.raises(asyncpg.PostgresError) as refused:
+                await writer.write([good_event(workspace, baseline_model="gpt\x00-4o")])
+            assert is_data_error(refused.value)
+            assert writer._conn is conn
+            assert await writer.write([good_event(workspace)]) == 0
+            assert writer._conn is conn
+            gate.cut()
+            with pytest.raises(Exception) as cut:
+                await writer.write([good_event(workspace)])
+            assert not is_data_error(cut.value)
+            assert await writer.write([good_event(workspace)]) == 0
+            assert writer._conn is not conn
+        finally:
+            await writer.close()
+
+
+async def test_closing_the_writer_is_bounded_when_the_database_hangs(
+    postgres: Postgres, workspace: str
+) -> None:
+    """The database stops answering after the last write: closing the writer gives up on
+    a clean goodbye after 2 s and cuts the connection (shutdown is not held up)."""
+    async with gate_for(postgres) as gate:
+        writer = EventWriter(gate.url(app_url_of(postgres.url)))
+        assert await writer.write([good_event(workspace)]) == 0
+        gate.stall()
+        started = time.monotonic()
+        await asyncio.wait_for(writer.close(), 10)
+        assert time.monotonic() - started < 2.7
+        gate.resume()
+
+
+async def test_the_probe_of_a_hung_database_gives_up_within_about_a_second(
+    postgres: Postgres,
+) -> None:
+    """A database that accepts connections but never answers: `answers` is False after
+    about a second (its connect timeout), so a slow write is told from an outage fast."""
+    async with gate_for(postgres) as gate:
+        writer = EventWriter(gate.url(app_url_of(postgres.url)))
+        gate.stall()
+        started = time.monotonic()
+        assert await writer.answers() is False
+        assert time.monotonic() - started < 1.7
+        gate.resume()
