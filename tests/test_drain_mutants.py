@@ -108,6 +108,42 @@ def workspace(postgres: Postgres) -> str:
     return asyncio.run(prepare(postgres.url, ["drain-mutants"]))[0]
 
 
+@pytest.fixture(scope="module")
+def other_workspace(postgres: Postgres) -> str:
+    return asyncio.run(prepare(postgres.url, ["drain-mutants-other"]))[0]
+
+
+class WorkspaceLock:
+    """A workspace's row held FOR UPDATE by another session (as a deletion in progress
+    holds it): a write of that workspace's events waits until `release`."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def hold(cls, postgres: Postgres, workspace: str) -> WorkspaceLock:
+        conn = await asyncpg.connect(postgres.url)
+        await conn.execute("BEGIN")
+        await conn.execute(
+            "SELECT 1 FROM recovea.workspaces WHERE customer_id = $1::uuid FOR UPDATE", workspace
+        )
+        return cls(conn)
+
+    async def waited_on(self) -> bool:
+        """Whether a write is waiting for this lock."""
+        await self._conn.execute("SELECT pg_stat_clear_snapshot()")  # fresh, in a transaction
+        waiting = await self._conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE '%FOR KEY SHARE%'"
+        )
+        return bool(waiting)
+
+    async def release(self) -> None:
+        if not self._conn.is_closed():
+            await self._conn.execute("ROLLBACK")
+            await self._conn.close()
+
+
 @dataclass
 class Drain:
     drainer: Drainer
@@ -180,6 +216,14 @@ async def until(predicate: Callable[[], bool], what: str, deadline_s: float = 10
     while not predicate():
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def until_waited_on(lock: WorkspaceLock) -> None:
+    end = time.monotonic() + 10
+    while not await lock.waited_on():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting for a write to wait on the lock")
         await asyncio.sleep(0.01)
 
 
@@ -472,6 +516,181 @@ async def test_a_drainer_closed_before_it_started_closes_cleanly(tmp_path: Path)
     await drain.drainer.close(1)
 
 
+async def test_the_drainer_runs_as_one_named_task_that_close_ends(
+    tmp_path: Path, workspace: str
+) -> None:
+    """The drainer is one task named `meter-drainer` (what an operator sees in a task
+    dump), and `close` ends it."""
+    drain = new_drain("postgresql://nobody@/none?host=/nonexistent", tmp_path)
+    await drain.drainer.start()
+    named = [t for t in asyncio.all_tasks() if t.get_name() == "meter-drainer"]
+    assert len(named) == 1
+    await drain.drainer.close(5)
+    assert named[0].done()
+
+
+async def test_events_that_trickle_in_are_written_together_at_the_flush_interval(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """Events that arrive one by one, fewer than a batch, wait for the flush interval and
+    go in one transaction, before the first write and after it alike: never one
+    transaction each."""
+    drain = new_drain(app_url_of(postgres.url), tmp_path, batch_max=100, interval_s=1.0)
+    await drain.drainer.start()
+    try:
+        for _ in range(3):
+            drain.queue.put(good_event(workspace))
+            await asyncio.sleep(0.02)
+        await until(lambda: drain.count("written") == 3, "the first three written")
+        for _ in range(3):
+            drain.queue.put(good_event(workspace))
+            await asyncio.sleep(0.02)
+        await until(lambda: drain.count("written") == 6, "the next three written")
+        assert drain.batches() == (2.0, 6.0)
+    finally:
+        await drain.drainer.close(10)
+
+
+async def test_an_outage_is_retried_after_50_ms_then_on_a_doubling_backoff(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """With a flush interval of 5 s, the first retry still comes after the first backoff
+    step (50 ms), so a database that is back at once loses no time; the next ones double
+    (100 ms, 200 ms, ...): six attempts take about 1.55 s, not the 6 s a tripling
+    backoff would."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(gate.url(app_url_of(postgres.url)), tmp_path, batch_max=1, interval_s=5.0)
+        await gate.shut()
+        await drain.drainer.start()
+        try:
+            drain.queue.put(good_event(workspace))  # a full batch: the drainer wakes
+            await until(lambda: drain.count("retried") >= 1, "the first attempt")
+            first = time.monotonic()
+            await until(lambda: drain.count("retried") >= 2, "the first retry")
+            assert time.monotonic() - first < 0.7
+            await until(lambda: drain.count("retried") >= 6, "the sixth attempt")
+            assert 1.4 <= time.monotonic() - first < 4.5
+        finally:
+            await drain.drainer.close(5)
+
+
+async def test_events_that_arrive_during_the_backoff_are_spooled_without_a_retry(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """While the drainer waits out its backoff, new events go to the spool at the next
+    flush interval (the queue stays free for requests) without another attempt at the
+    database; once it answers, each is written once."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(
+            gate.url(app_url_of(postgres.url)), tmp_path, batch_max=2, interval_s=0.01
+        )
+        await gate.shut()
+        await drain.drainer.start()
+        try:
+            events = [good_event(workspace)]
+            drain.queue.put(events[0])
+            # after the fifth attempt the drainer waits 0.8 s before the next
+            await until(lambda: drain.count("retried") >= 5, "five attempts")
+            tried = drain.count("retried")
+            events += [good_event(workspace) for _ in range(5)]
+            for event in events[1:]:
+                drain.queue.put(event)
+            await until(lambda: len(drain.queue) == 0, "the new events spooled")
+            assert drain.count("spooled") == 6
+            assert drain.count("retried") == tried
+            await gate.open()
+            await until(
+                lambda: drain.count("written") == 6 and drain.gauge("meter_spool_bytes") == 0,
+                "everything written and the spool emptied",
+            )
+            assert drain.drainer.written == 6
+        finally:
+            await drain.drainer.close(10)
+    ids = [request_id(e) for e in events]
+    assert await stored_ids(postgres.url, ids) == set(ids)
+
+
+async def test_a_replay_cut_off_part_way_resumes_where_it_stopped(
+    postgres: Postgres, workspace: str, other_workspace: str, tmp_path: Path
+) -> None:
+    """Five batches spooled during an outage; a replay that fails at its first batch
+    leaves the spool as it was. The next writes the first two, sets the
+    refused event of the third aside, and is cut off writing the rest of it (its
+    workspace's row is held by another transaction when the connection drops). The
+    next replays write that rest and the fourth and fifth batches: every event is
+    written or set aside exactly once, none lost. A later outage's spool is replayed
+    whole too."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(
+            gate.url(app_url_of(postgres.url)),
+            tmp_path,
+            batch_max=2,
+            interval_s=0.01,
+            write_timeout_s=30.0,
+        )
+        await gate.shut()
+        await drain.drainer.start()
+        lock = await WorkspaceLock.hold(postgres, other_workspace)
+        try:
+            first = [good_event(workspace) for _ in range(4)]
+            refused = good_event(workspace, baseline_model="gpt\x00-4o")
+            held = good_event(other_workspace)
+            last = [good_event(workspace) for _ in range(4)]
+            for event in [*first, refused, held, *last]:
+                drain.queue.put(event)
+            await until(lambda: drain.count("spooled") == 10, "five batches spooled")
+            tried = drain.count("retried")
+            await until(lambda: drain.count("retried") > tried, "a replay failing at once")
+            await gate.open()
+            await until_waited_on(lock)
+            assert (drain.count("written"), drain.count("rejected")) == (4, 1)
+            gate.cut()
+            await until(lambda: drain.count("written") == 8, "the fourth and fifth written")
+            await lock.release()
+            await until(
+                lambda: drain.count("written") == 9 and drain.gauge("meter_spool_bytes") == 0,
+                "the rest of the third written and the spool emptied",
+            )
+            assert (drain.drainer.written, drain.count("rejected")) == (9, 1)
+
+            await gate.shut()
+            later = [good_event(workspace) for _ in range(4)]
+            for event in later:
+                drain.queue.put(event)
+            await until(lambda: drain.count("spooled") == 14, "the later outage spooled")
+            await gate.open()
+            await until(
+                lambda: drain.count("written") == 13 and drain.gauge("meter_spool_bytes") == 0,
+                "the later spool written whole",
+            )
+            assert drain.drainer.written == 13
+        finally:
+            await lock.release()
+            await drain.drainer.close(10)
+    ids = [request_id(e) for e in [*first, held, *last, *later]]
+    assert await stored_ids(postgres.url, ids) == set(ids)
+
+
+async def test_an_event_that_cannot_be_written_in_time_is_set_aside_not_retried(
+    postgres: Postgres, other_workspace: str, tmp_path: Path
+) -> None:
+    """A write that runs out of time while the database answers a probe (here: its
+    workspace's row held by a long transaction) is taken for an event too slow to
+    write: it is set aside in the dead-letter file and counted as rejected, not retried
+    as an outage for ever."""
+    drain = new_drain(app_url_of(postgres.url), tmp_path, interval_s=0.01, write_timeout_s=0.3)
+    lock = await WorkspaceLock.hold(postgres, other_workspace)
+    await drain.drainer.start()
+    try:
+        drain.queue.put(good_event(other_workspace))
+        await until(lambda: drain.count("rejected") == 1, "the slow event set aside")
+        assert drain.count("retried") == 0
+        assert list(drain.dead_dir.glob("*.jsonl"))
+    finally:
+        await lock.release()
+        await drain.drainer.close(10)
+
+
 # --- the writer on its own ---------------------------------------------------------
 
 
@@ -539,3 +758,59 @@ async def test_a_write_to_a_database_that_hangs_fails_within_the_writers_timeout
             assert await writer.write([good_event(workspace)]) == 0
         finally:
             await writer.close()
+
+
+async def test_a_refused_event_does_not_cost_the_writer_its_connection(
+    postgres: Postgres, workspace: str
+) -> None:
+    """A batch Postgres refuses for its content is rolled back on the same connection,
+    which the next batch uses (no reconnect per refused event); after an outage the
+    writer connects afresh."""
+    async with gate_for(postgres) as gate:
+        writer = EventWriter(gate.url(app_url_of(postgres.url)), timeout_s=0.3)
+        try:
+            assert await writer.write([good_event(workspace)]) == 0
+            conn = writer._conn
+            with pytest.raises(asyncpg.PostgresError) as refused:
+                await writer.write([good_event(workspace, baseline_model="gpt\x00-4o")])
+            assert is_data_error(refused.value)
+            assert writer._conn is conn
+            assert await writer.write([good_event(workspace)]) == 0
+            assert writer._conn is conn
+            gate.cut()
+            with pytest.raises(Exception) as cut:
+                await writer.write([good_event(workspace)])
+            assert not is_data_error(cut.value)
+            assert await writer.write([good_event(workspace)]) == 0
+            assert writer._conn is not conn
+        finally:
+            await writer.close()
+
+
+async def test_closing_the_writer_is_bounded_when_the_database_hangs(
+    postgres: Postgres, workspace: str
+) -> None:
+    """The database stops answering after the last write: closing the writer gives up on
+    a clean goodbye after 2 s and cuts the connection (shutdown is not held up)."""
+    async with gate_for(postgres) as gate:
+        writer = EventWriter(gate.url(app_url_of(postgres.url)))
+        assert await writer.write([good_event(workspace)]) == 0
+        gate.stall()
+        started = time.monotonic()
+        await asyncio.wait_for(writer.close(), 10)
+        assert time.monotonic() - started < 2.7
+        gate.resume()
+
+
+async def test_the_probe_of_a_hung_database_gives_up_within_about_a_second(
+    postgres: Postgres,
+) -> None:
+    """A database that accepts connections but never answers: `answers` is False after
+    about a second (its connect timeout), so a slow write is told from an outage fast."""
+    async with gate_for(postgres) as gate:
+        writer = EventWriter(gate.url(app_url_of(postgres.url)))
+        gate.stall()
+        started = time.monotonic()
+        assert await writer.answers() is False
+        assert time.monotonic() - started < 1.7
+        gate.resume()

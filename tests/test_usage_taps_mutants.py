@@ -94,7 +94,13 @@ def test_a_whole_anthropic_message_sums_its_input_counters() -> None:
     }
     message = {"type": "message", "stop_reason": "end_turn", "usage": usage}
     assert ANTHROPIC.usage_from_json(MESSAGES, message) == Usage(
-        115, 42, 100, None, "end_turn", terminal=True, cache_write_5m_tokens=10,
+        115,
+        42,
+        100,
+        None,
+        "end_turn",
+        terminal=True,
+        cache_write_5m_tokens=10,
         cache_write_1h_tokens=0,
     )
     odd = {"type": "message", "stop_reason": 7, "usage": {"input_tokens": 5}}
@@ -398,6 +404,20 @@ def test_a_stream_that_sent_nothing_reports_nothing(provider: str) -> None:
     assert fed(tap) == Usage()
 
 
+def test_a_stream_that_reports_its_usage_twice_counts_the_last_report() -> None:
+    """A provider that puts a running usage in its finish chunk and the final one in the
+    usage chunk after it: the row gets the final counts, not the running ones."""
+    final, done = OPENAI_STREAM.rsplit(b"data: [DONE]", 1)
+    head, usage_chunk = final.rstrip(b"\n").rsplit(b"\n\n", 1)
+    running = head.replace(
+        b'"finish_reason":"length"}],"usage":null}',
+        b'"finish_reason":"length"}],"usage":{"prompt_tokens":30,"completion_tokens":6}}',
+    )
+    assert running != head
+    stream = running + b"\n\n" + usage_chunk + b"\n\ndata: [DONE]" + done
+    assert fed(ChatStreamTap(), stream) == EXPECTED_CHAT
+
+
 def test_an_escaped_finish_reason_is_left_to_the_json_parser() -> None:
     """A finish reason with an escaped character is not read by position but parsed,
     so the row gets the decoded text."""
@@ -424,9 +444,9 @@ def test_an_end_that_is_not_the_compact_shape_is_parsed(end: bytes) -> None:
 def test_a_chat_stream_whose_usage_is_not_last_is_parsed() -> None:
     """The position read needs the usage object to close its chunk; another layout of
     the same chunk is parsed, with the same result."""
-    stream = OPENAI_STREAM.replace(
-        b'"choices":[],"usage":', b'"usage":'
-    ).replace(b'"reasoning_tokens":4}}}', b'"reasoning_tokens":4}},"choices":[]}')
+    stream = OPENAI_STREAM.replace(b'"choices":[],"usage":', b'"usage":').replace(
+        b'"reasoning_tokens":4}}}', b'"reasoning_tokens":4}},"choices":[]}'
+    )
     tap = CountingChatTap()
     assert fed(tap, stream) == EXPECTED_CHAT
     assert tap.parsed > 0
@@ -434,9 +454,11 @@ def test_a_chat_stream_whose_usage_is_not_last_is_parsed() -> None:
 
 def test_a_chat_stream_without_a_finish_reason_before_its_usage_is_parsed() -> None:
     """No finish reason before the usage chunk: parsed, and no reason made up."""
-    stream = b"".join(
-        events(chat_chunk(choices=[{"index": 0, "delta": {"content": "a"}}], usage=None))
-    ) + OPENAI_STREAM.split(b"\n\n")[3] + b"\n\ndata: [DONE]\n\n"
+    stream = (
+        b"".join(events(chat_chunk(choices=[{"index": 0, "delta": {"content": "a"}}], usage=None)))
+        + OPENAI_STREAM.split(b"\n\n")[3]
+        + b"\n\ndata: [DONE]\n\n"
+    )
     tap = CountingChatTap()
     usage = fed(tap, stream)
     assert (usage.input_tokens, usage.finish_reason) == (30, None)
@@ -460,7 +482,7 @@ def test_a_short_stream_is_parsed_only_at_its_edges() -> None:
 def test_a_stream_of_many_lines_is_read_from_its_edge_lines() -> None:
     """More lines than the edges hold (pings, comments), still inside the window: the
     start and end events are found among the edge lines."""
-    pings = [b"event: ping\ndata: {\"type\": \"ping\"}\n\n"] * 20
+    pings = [b'event: ping\ndata: {"type": "ping"}\n\n'] * 20
     stream = [
         *events(message_start({"input_tokens": 9})),
         *pings,
@@ -590,6 +612,25 @@ def test_the_client_gets_the_plain_stream_byte_by_byte(crlf: bool) -> None:
     stream_filter = HiddenUsageFilter()
     out = b"".join(stream_filter.feed(stream[i : i + 1]) for i in range(len(stream)))
     assert out + stream_filter.flush() == plain_stream(crlf)
+
+
+def test_a_stream_that_sent_nothing_reaches_the_client_as_nothing() -> None:
+    """An upstream that ended before its first byte: the filter holds nothing back and
+    gives nothing (not a null the sender would choke on) when the stream ends."""
+    stream_filter = HiddenUsageFilter()
+    assert stream_filter.flush() == b""
+    assert stream_filter.feed(b"") + stream_filter.flush() == b""
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_a_stream_that_opens_with_a_blank_line_keeps_it(crlf: bool) -> None:
+    """A keep-alive blank line before the first event is the provider's, not part of the
+    usage event the filter removes: the client receives it."""
+    blank = b"\r\n" if crlf else b"\n"
+    stream = blank + azure_stream(crlf)
+    stream_filter = HiddenUsageFilter()
+    out = stream_filter.feed(blank) + stream_filter.feed(stream[len(blank) :])
+    assert out + stream_filter.flush() == blank + plain_stream(crlf)
 
 
 # --- where a path's metrics go, and how the key is sent ---------------------------
