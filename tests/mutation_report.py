@@ -40,6 +40,8 @@ _STATUS = {
     -24: "timeout",
     152: "timeout",
     255: "timeout",
+    # SIGKILL: a mutant that never ends (an endless loop) is killed with its run
+    -9: "timeout",
     37: "type check",
 }
 _NAME = re.compile(r"recovea_proxy\.[\w.\u01c1]+__mutmut_(?:\d+|\*)")
