@@ -20,16 +20,20 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import boto3
 import pytest
 
+from recovea_proxy.admin import kms_operations as kms_ops
 from recovea_proxy.admin import operations as ops
 from recovea_proxy.auth.envelope import LocalMasterKey
 from recovea_proxy.auth.keyring import Keyring, load_keyring, retire_local_key
+from recovea_proxy.auth.kms import KmsMasterKey
 from recovea_proxy.auth.resolver import KeyRecord, KeyResolver
 from recovea_proxy.auth.workspace_keys import WorkspaceKeys
 from recovea_proxy.config import Settings
@@ -38,6 +42,7 @@ from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
 from recovea_proxy.store.database import connect, open_pool
 from recovea_proxy.store.migrate import apply_migrations
 from tests.drain_support import app_url_of
+from tests.kms_front import Call, KmsFront, Refusal
 from tests.support import Postgres, short_tmpdir
 
 OPENAI_SECRET = "sk-resolver-test-0123456789abcdefABCD"
@@ -74,9 +79,7 @@ async def _prepare(owner: str, master_file: Path) -> Store:
         await ops.set_provider_key(conn, keyring, other, "anthropic", ANTHROPIC_SECRET)
     finally:
         await conn.close()
-    return Store(
-        owner, app_url_of(owner), master_file, workspace, other, admin, member, revoked
-    )
+    return Store(owner, app_url_of(owner), master_file, workspace, other, admin, member, revoked)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +107,7 @@ async def open_auth(
     data_key_ttl_s: float = 60.0,
     data_key_max_uses: int = 1000,
     max_keys: int = 100_000,
+    workspace_data_key_ttl_s: float = 60.0,
 ) -> Gateway:
     pool = await open_pool(store.app, size=4)
     keyring = keyring or Keyring(LocalMasterKey.load(store.master_file), {})
@@ -116,7 +120,7 @@ async def open_auth(
         data_key_ttl_s=data_key_ttl_s,
         data_key_max_uses=data_key_max_uses,
         workspace_keys=workspace_keys,
-        workspace_data_key_ttl_s=60.0,
+        workspace_data_key_ttl_s=workspace_data_key_ttl_s,
         timeout_s=2.0,
         max_keys=max_keys,
     )
@@ -344,9 +348,7 @@ async def test_a_provider_key_opens_for_its_own_workspace_only(
     assert await keys.load(store.other_workspace, "openai") is None
 
 
-async def test_a_loaded_provider_key_is_served_from_memory(
-    store: Store, auth: KeyResolver
-) -> None:
+async def test_a_loaded_provider_key_is_served_from_memory(store: Store, auth: KeyResolver) -> None:
     """Not cached before its first load; afterwards `cached` decrypts it from memory,
     and a workspace without a key for that provider has nothing cached."""
     keys = auth.provider_keys
@@ -421,9 +423,7 @@ async def test_a_workspace_key_change_notice_drops_its_provider_keys(
     await keys.load(store.other_workspace, "anthropic")
     conn = await connect(store.owner)
     try:
-        await conn.execute(
-            "SELECT pg_notify('recovea_workspace_kms_changed', $1)", store.workspace
-        )
+        await conn.execute("SELECT pg_notify('recovea_workspace_kms_changed', $1)", store.workspace)
     finally:
         await conn.close()
     await until(lambda: keys.cached(store.workspace, "openai") is None)
@@ -528,3 +528,271 @@ def test_with_kms_configured_the_local_key_still_reads_old_rows(tmp_path: Path) 
     keyring = load_keyring(Settings(data_dir=tmp_path, kms_key_id=arn))
     assert (keyring.current.backend, keyring.current.key_id) == ("kms", arn)
     assert keyring.reader("local", local.key_id).key_id == local.key_id
+
+
+# --- workspaces on their own KMS key --------------------------------------------------
+
+
+@dataclass
+class Kms:
+    """moto's KMS server behind the refusing front (tests/kms_front.py), which every
+    boto3 client of this process reaches (AWS_ENDPOINT_URL_KMS), and a client straight
+    to moto that makes keys."""
+
+    front: KmsFront
+    moto: Any
+
+    def new_key(self) -> str:
+        """A fresh customer key's id."""
+        key_id: str = self.moto.create_key(Description="resolver-mutants")["KeyMetadata"]["KeyId"]
+        return key_id
+
+    def decrypts_since(self, mark: int) -> list[Call]:
+        return [call for call in self.front.calls_since(mark) if call.operation == "Decrypt"]
+
+    def take_away(self, key_id: str) -> None:
+        """The customer disables the key: KMS refuses its Decrypt."""
+        self.front.refuse(Refusal(key_id, "DisabledException", operation="Decrypt"))
+
+
+@pytest.fixture(scope="module")
+def kms() -> Iterator[Kms]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    moto = f"http://{host}:{port}"
+    front = KmsFront(moto)
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("AWS_ENDPOINT_URL_KMS", front.url)
+            patch.setenv("AWS_ACCESS_KEY_ID", creds["aws_access_key_id"])
+            patch.setenv("AWS_SECRET_ACCESS_KEY", creds["aws_secret_access_key"])
+            patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            client = boto3.client("kms", endpoint_url=moto, region_name="us-east-1", **creds)
+            yield Kms(front, client)
+    finally:
+        front.stop()
+        server.stop()
+
+
+def admin_keyring(store: Store) -> Keyring:
+    """The keyring the admin commands use: the deployment's local master key."""
+    return Keyring(LocalMasterKey.load(store.master_file), {})
+
+
+async def new_workspace(store: Store, secrets: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """A workspace with these provider keys (under the deployment's master key), and
+    the stored key id of each."""
+    conn = await connect(store.owner)
+    try:
+        workspace = await ops.create_workspace(conn, f"own-key-{uuid.uuid4().hex[:8]}")
+        ids = {
+            provider: await ops.set_provider_key(
+                conn, admin_keyring(store), workspace, provider, secret
+            )
+            for provider, secret in secrets.items()
+        }
+    finally:
+        await conn.close()
+    return workspace, ids
+
+
+async def put_on_own_key(store: Store, workspace: str, key_id: str) -> str:
+    """`recovea workspace kms set`: the workspace's keys re-wrapped under `key_id`; its ARN."""
+    conn = await connect(store.owner)
+    try:
+        result = await kms_ops.set_workspace_kms(conn, admin_keyring(store), workspace, key_id)
+    finally:
+        await conn.close()
+    arn: str = result["kms_key_arn"]
+    return arn
+
+
+async def put_back(store: Store, workspace: str) -> None:
+    """`recovea workspace kms clear`: back on the deployment's master key."""
+    conn = await connect(store.owner)
+    try:
+        await kms_ops.clear_workspace_kms(conn, admin_keyring(store), workspace)
+    finally:
+        await conn.close()
+
+
+async def test_a_workspace_on_its_own_key_is_served_through_that_key_for_its_short_ttl(
+    store: Store, kms: Kms
+) -> None:
+    """A key stored after the workspace moved to its own KMS key is wrapped by that key;
+    the gateway unwraps it with one Decrypt naming the key, under the key's context,
+    serves it from memory for RECOVEA_WORKSPACE_DATA_KEY_TTL_S (not the deployment's
+    longer data-key TTL), then asks KMS again; and records that the key works (what
+    `recovea workspace show` prints)."""
+    workspace, _ = await new_workspace(store, {})
+    arn = await put_on_own_key(store, workspace, kms.new_key())
+    conn = await connect(store.owner)
+    try:
+        key_id = await ops.set_provider_key(
+            conn, admin_keyring(store), workspace, "openai", OPENAI_SECRET
+        )
+        stored = await conn.fetchrow(
+            "SELECT backend, master_key_id FROM recovea.provider_keys WHERE id = $1",
+            uuid.UUID(key_id),
+        )
+        assert (stored["backend"], stored["master_key_id"]) == ("kms", arn)
+    finally:
+        await conn.close()
+    gateway = await open_auth(
+        store, listen=False, data_key_ttl_s=60.0, workspace_data_key_ttl_s=0.3
+    )
+    keys = gateway.resolver.provider_keys
+    try:
+        mark = kms.front.mark()
+        assert await keys.load(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        context = {"workspace": workspace, "provider": "openai", "key_id": key_id}
+        assert [(c.key_id, c.context) for c in kms.decrypts_since(mark)] == [(arn, context)]
+        assert keys.cached(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        assert len(kms.decrypts_since(mark)) == 1
+        await until(lambda: keys.cached(workspace, "openai") is None)
+        assert await keys.load(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        assert len(kms.decrypts_since(mark)) == 2
+    finally:
+        await close_auth(gateway)
+    conn = await connect(store.owner)
+    try:
+        seen = await conn.fetchrow(
+            "SELECT key_arn, reason FROM recovea.workspace_kms_status WHERE customer_id = $1",
+            uuid.UUID(workspace),
+        )
+    finally:
+        await conn.close()
+    assert seen is not None and (seen["key_arn"], seen["reason"]) == (arn, None)
+
+
+async def test_two_provider_keys_of_a_workspace_unwrapped_at_once_each_get_their_own(
+    store: Store, kms: Kms
+) -> None:
+    """Two requests of one workspace, for two providers, whose data keys expired at the
+    same moment: each is served its own provider key."""
+    workspace, _ = await new_workspace(
+        store, {"openai": OPENAI_SECRET, "anthropic": ANTHROPIC_SECRET}
+    )
+    await put_on_own_key(store, workspace, kms.new_key())
+    gateway = await open_auth(store, listen=False, data_key_max_uses=1)
+    keys = gateway.resolver.provider_keys
+    try:
+        await keys.load(workspace, "openai")
+        await keys.load(workspace, "anthropic")
+        both = await asyncio.gather(
+            keys.load(workspace, "openai"), keys.load(workspace, "anthropic")
+        )
+        assert both == [bytearray(OPENAI_SECRET.encode()), bytearray(ANTHROPIC_SECRET.encode())]
+    finally:
+        await close_auth(gateway)
+
+
+async def test_a_workspace_key_taken_away_stops_all_its_provider_keys_at_once(
+    store: Store, kms: Kms
+) -> None:
+    """The customer disables the workspace's key: the request that finds out is refused
+    503 `provider_key_unavailable`, the workspace's other provider key (still cached,
+    uses left) stops being served at once, and the next request is refused the same."""
+    workspace, _ = await new_workspace(
+        store, {"openai": OPENAI_SECRET, "anthropic": ANTHROPIC_SECRET}
+    )
+    key = kms.new_key()
+    await put_on_own_key(store, workspace, key)
+    gateway = await open_auth(store, listen=False, data_key_max_uses=2)
+    keys = gateway.resolver.provider_keys
+    try:
+        await keys.load(workspace, "openai")
+        await keys.load(workspace, "anthropic")
+        assert keys.cached(workspace, "openai") is not None  # its last use
+        kms.take_away(key)
+        for _ in range(2):
+            with pytest.raises(GatewayError) as exc:
+                await keys.load(workspace, "openai")
+            assert refused(exc) == (503, "provider_key_unavailable")
+            assert keys.cached(workspace, "anthropic") is None
+    finally:
+        kms.front.allow_all()
+        await close_auth(gateway)
+
+
+async def test_a_workspace_moved_to_a_new_key_is_served_at_once(store: Store, kms: Kms) -> None:
+    """The customer disabled the workspace's key (a request was refused), then moves the
+    workspace onto a new key: once the change notice arrives, the next request is served
+    through the new key, not refused from the memory of the old key's refusal."""
+    workspace, _ = await new_workspace(store, {"openai": OPENAI_SECRET})
+    old = kms.new_key()
+    await put_on_own_key(store, workspace, old)
+    gateway = await open_auth(store, listen=False)
+    keys = gateway.resolver.provider_keys
+    try:
+        kms.take_away(old)
+        with pytest.raises(GatewayError) as exc:
+            await keys.load(workspace, "openai")
+        assert refused(exc) == (503, "provider_key_unavailable")
+        kms.front.allow_all()  # the old key is readable once more, for the re-wrap
+        new_arn = await put_on_own_key(store, workspace, kms.new_key())
+        keys.forget_workspace(workspace)  # the change notice
+        mark = kms.front.mark()
+        assert await keys.load(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        assert [c.key_id for c in kms.decrypts_since(mark)] == [new_arn]
+    finally:
+        kms.front.allow_all()
+        await close_auth(gateway)
+
+
+async def test_a_rewrapped_row_is_unwrapped_afresh_once_it_is_read_again(
+    store: Store, kms: Kms
+) -> None:
+    """A gateway that missed the change notices: a workspace moved onto its own key is
+    unwrapped through that key once its row is read again (row TTL), never served from
+    the data key of its old wrapping — so a key the customer disabled is refused; moved
+    back onto the deployment's key, it is served again the same way."""
+    workspace, _ = await new_workspace(store, {"openai": OPENAI_SECRET})
+    row_ttl_s = 0.2
+    gateway = await open_auth(store, listen=False, ttl_s=row_ttl_s, data_key_ttl_s=60.0)
+    keys = gateway.resolver.provider_keys
+    try:
+        assert await keys.load(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        key = kms.new_key()
+        await put_on_own_key(store, workspace, key)
+        kms.take_away(key)
+        await asyncio.sleep(row_ttl_s * 1.5)
+        with pytest.raises(GatewayError) as exc:
+            await keys.load(workspace, "openai")
+        assert refused(exc) == (503, "provider_key_unavailable")
+        kms.front.allow_all()  # readable once more, for `kms clear` to re-wrap
+        await put_back(store, workspace)
+        await asyncio.sleep(row_ttl_s * 1.5)
+        assert await keys.load(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+    finally:
+        kms.front.allow_all()
+        await close_auth(gateway)
+
+
+async def test_a_row_wrapped_by_a_deployment_kms_key_is_read_through_that_key(
+    store: Store, kms: Kms
+) -> None:
+    """Rows stored while the deployment ran on AWS KMS (RECOVEA_KMS_KEY_ID) keep being
+    served by a gateway now on its local key: the row names the KMS key, which unwraps
+    it."""
+    deployment = kms.new_key()
+    workspace, _ = await new_workspace(store, {})
+    conn = await connect(store.owner)
+    try:
+        on_kms = Keyring(KmsMasterKey(deployment), {})
+        await ops.set_provider_key(conn, on_kms, workspace, "openai", OPENAI_SECRET)
+    finally:
+        await conn.close()
+    gateway = await open_auth(store, listen=False)
+    try:
+        mark = kms.front.mark()
+        assert await gateway.resolver.provider_keys.load(workspace, "openai") == bytearray(
+            OPENAI_SECRET.encode()
+        )
+        assert [c.key_id for c in kms.decrypts_since(mark)] == [None]
+    finally:
+        await close_auth(gateway)
