@@ -20,7 +20,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from recovea_proxy.store.migrate import apply_migrations
 from tests.drain_support import app_url_of
 from tests.kms_front import Call, KmsFront, Refusal
 from tests.support import Postgres, short_tmpdir
+from tests.test_drain_mutants import Gate
 
 OPENAI_SECRET = "sk-resolver-test-0123456789abcdefABCD"
 ANTHROPIC_SECRET = "sk-ant-resolver-test-0123456789abcdWXYZ"
@@ -686,7 +687,10 @@ async def test_two_provider_keys_of_a_workspace_unwrapped_at_once_each_get_their
         both = await asyncio.gather(
             keys.load(workspace, "openai"), keys.load(workspace, "anthropic")
         )
-        assert both == [bytearray(OPENAI_SECRET.encode()), bytearray(ANTHROPIC_SECRET.encode())]
+        assert list(both) == [
+            bytearray(OPENAI_SECRET.encode()),
+            bytearray(ANTHROPIC_SECRET.encode()),
+        ]
     finally:
         await close_auth(gateway)
 
@@ -796,3 +800,120 @@ async def test_a_row_wrapped_by_a_deployment_kms_key_is_read_through_that_key(
         assert [c.key_id for c in kms.decrypts_since(mark)] == [None]
     finally:
         await close_auth(gateway)
+
+
+# --- the revocation listener ------------------------------------------------------------
+
+
+def gate_to(postgres: Postgres) -> Gate:
+    """A gate (tests/test_drain_mutants.py) in front of the session's Postgres, shut."""
+    return Gate(Path(postgres.data_dir) / "pg")
+
+
+async def listeners(store: Store, name: str) -> int:
+    """The connections the server holds under the application name `name`."""
+    conn = await connect(store.owner)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def test_a_listener_that_cannot_connect_at_start_keeps_trying(
+    store: Store, postgres: Postgres
+) -> None:
+    """Started while the store's notices cannot be reached, the gateway serves keys all
+    the same and keeps trying in the background. Once it hears again it forgets every
+    key and provider key it cached (a revocation sent meanwhile was lost), and from then
+    on a revocation evicts at once."""
+    gate = gate_to(postgres)
+    gateway = await open_auth(store, listen=False)
+    resolver = gateway.resolver
+    conn = await connect(store.owner)
+    try:
+        await resolver.start(gate.url(store.app))
+        missed = await ops.create_key(conn, store.workspace)
+        await resolver.resolve(missed.secret)
+        await resolver.provider_keys.load(store.workspace, "openai")
+        await ops.revoke_key(conn, missed.id)  # a notice nobody hears
+        assert resolver.cached(missed.secret) is not None
+        await gate.open()
+        await until(lambda: resolver.cached(missed.secret) is None)
+        assert resolver.provider_keys.cached(store.workspace, "openai") is None
+        heard = await ops.create_key(conn, store.workspace)
+        await resolver.resolve(heard.secret)
+        await ops.revoke_key(conn, heard.id)
+        await until(lambda: resolver.cached(heard.secret) is None)
+    finally:
+        await conn.close()
+        await close_auth(gateway)
+        await gate.shut()
+
+
+async def test_a_lost_listener_reconnects_and_forgets_what_it_may_have_missed(
+    store: Store, postgres: Postgres
+) -> None:
+    """The listener's connection is cut: the gateway connects again, forgets every key
+    and provider key it cached meanwhile, and hears revocations again."""
+    gate = gate_to(postgres)
+    await gate.open()
+    gateway = await open_auth(store, listen=False)
+    resolver = gateway.resolver
+    conn = await connect(store.owner)
+    try:
+        await resolver.start(gate.url(store.app))
+        await resolver.resolve(store.admin.secret)
+        await resolver.provider_keys.load(store.workspace, "openai")
+        gate.cut()
+        await until(lambda: resolver.cached(store.admin.secret) is None)
+        assert resolver.provider_keys.cached(store.workspace, "openai") is None
+        key = await ops.create_key(conn, store.workspace)
+        await resolver.resolve(key.secret)
+        await ops.revoke_key(conn, key.id)
+        await until(lambda: resolver.cached(key.secret) is None)
+    finally:
+        await conn.close()
+        await close_auth(gateway)
+        await gate.shut()
+
+
+@pytest.mark.parametrize("listener", ["connected", "lost", "never connected"])
+async def test_a_closed_resolver_leaves_no_listener_behind(
+    store: Store, postgres: Postgres, listener: str
+) -> None:
+    """Closing the gateway's auth, whatever its listener's state, returns cleanly; no
+    listening connection stays or comes back afterwards, even once the store is
+    reachable again."""
+    name = f"listener-{uuid.uuid4().hex[:8]}"
+    gate = gate_to(postgres)
+    if listener != "never connected":
+        await gate.open()
+    gateway = await open_auth(store, listen=False)
+    try:
+        await gateway.resolver.start(gate.url(store.app) + f"&application_name={name}")
+        if listener == "connected":
+            await until_async(lambda: listeners(store, name), 1)
+        if listener == "lost":
+            await gate.shut()
+            await asyncio.sleep(0.1)
+    finally:
+        await close_auth(gateway)
+    if listener != "connected":
+        await gate.open()  # the store reachable again
+    try:
+        await asyncio.sleep(1.0)  # four times the first reconnect delay
+        assert await listeners(store, name) == 0
+    finally:
+        await gate.shut()
+
+
+async def until_async(count: Callable[[], Awaitable[int]], expected: int) -> None:
+    """Poll the awaitable `count` until it is `expected`."""
+    end = time.monotonic() + 10.0
+    while await count() != expected:
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
