@@ -33,6 +33,7 @@ from recovea_proxy.admin import kms_operations as kms_ops
 from recovea_proxy.admin import operations as ops
 from recovea_proxy.auth.envelope import LocalMasterKey
 from recovea_proxy.auth.keyring import Keyring, load_keyring, retire_local_key
+from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL
 from recovea_proxy.auth.kms import KmsMasterKey
 from recovea_proxy.auth.resolver import KeyRecord, KeyResolver
 from recovea_proxy.auth.workspace_keys import WorkspaceKeys
@@ -109,8 +110,11 @@ async def open_auth(
     data_key_max_uses: int = 1000,
     max_keys: int = 100_000,
     workspace_data_key_ttl_s: float = 60.0,
+    url: str | None = None,
+    pool_size: int = 4,
+    timeout_s: float = 2.0,
 ) -> Gateway:
-    pool = await open_pool(store.app, size=4)
+    pool = await open_pool(url or store.app, size=pool_size)
     keyring = keyring or Keyring(LocalMasterKey.load(store.master_file), {})
     workspace_keys = WorkspaceKeys(keyring, pool, timeout_s=2.0)
     resolver = KeyResolver(
@@ -122,7 +126,7 @@ async def open_auth(
         data_key_max_uses=data_key_max_uses,
         workspace_keys=workspace_keys,
         workspace_data_key_ttl_s=workspace_data_key_ttl_s,
-        timeout_s=2.0,
+        timeout_s=timeout_s,
         max_keys=max_keys,
     )
     if listen:
@@ -917,3 +921,142 @@ async def until_async(count: Callable[[], Awaitable[int]], expected: int) -> Non
         if time.monotonic() > end:
             raise AssertionError("timed out")
         await asyncio.sleep(0.01)
+
+
+# --- lookups under load and overtaken by notices -----------------------------------------
+
+#: the key lookups waiting on a lock in the key store
+WAITING_LOOKUPS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    " AND query LIKE '%resolve_rcv_key%' AND pid <> pg_backend_pid()"
+)
+#: the test's own lockers waiting for the keys table
+WAITING_LOCKERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    " AND query LIKE 'LOCK TABLE recovea.rcv_keys%'"
+)
+LOCK_KEYS = "LOCK TABLE recovea.rcv_keys IN ACCESS EXCLUSIVE MODE"
+
+
+async def waiting(conn: asyncpg.Connection, query: str, expected: int) -> None:
+    """Poll `query` (a count) on `conn` until it is `expected`."""
+    end = time.monotonic() + 10.0
+    while await conn.fetchval(query) != expected:
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {expected}: {query}")
+        await asyncio.sleep(0.01)
+
+
+def made_up_key(n: int) -> str:
+    return f"rcv_live_{n:043d}"
+
+
+@pytest.mark.parametrize(("pool_size", "at_once"), [(2, 1), (6, 3)])
+async def test_key_lookups_take_at_most_half_the_pool(
+    store: Store, pool_size: int, at_once: int
+) -> None:
+    """Callers making up many keys while the key store is slow: at most half the pool's
+    connections look keys up at once (the rest stay for provider keys, the ledger and
+    the admin API); every made-up key is refused 401 once the store answers."""
+    gateway = await open_auth(store, listen=False, pool_size=pool_size, timeout_s=10.0)
+    observer = await connect(store.owner)
+    try:
+        async with observer.transaction():
+            await observer.execute(LOCK_KEYS)
+            lookups = [
+                asyncio.create_task(gateway.resolver.resolve(made_up_key(n)))
+                for n in range(2 * pool_size)
+            ]
+            locked = await connect(store.owner)
+            try:
+                await waiting(locked, WAITING_LOOKUPS, at_once)
+                await asyncio.sleep(0.2)
+                assert await locked.fetchval(WAITING_LOOKUPS) == at_once
+            finally:
+                await locked.close()
+        outcomes = await asyncio.gather(*lookups, return_exceptions=True)
+        assert {(o.status, o.code) for o in outcomes if isinstance(o, GatewayError)} == {
+            (401, "invalid_api_key")
+        }
+        assert len(outcomes) == 2 * pool_size
+    finally:
+        await observer.close()
+        await close_auth(gateway)
+
+
+async def test_a_key_store_that_stops_answering_is_refused_within_the_auth_timeout(
+    store: Store, postgres: Postgres
+) -> None:
+    """The key store's connections stay open but nothing answers: a key not yet cached
+    and a provider key not yet loaded are each refused 503 `auth_unavailable` within the
+    auth timeout (and the connection's release within it again), not left waiting on
+    the store."""
+    gate = gate_to(postgres)
+    await gate.open()
+    gateway = await open_auth(store, listen=False, url=gate.url(store.app), timeout_s=0.3)
+    resolver = gateway.resolver
+    try:
+        gate.stall()
+        with pytest.raises(GatewayError) as exc:
+            await asyncio.wait_for(resolver.resolve(store.member.secret), 3.0)
+        assert refused(exc) == (503, "auth_unavailable")
+        with pytest.raises(GatewayError) as load:
+            await asyncio.wait_for(resolver.provider_keys.load(store.workspace, "openai"), 3.0)
+        assert refused(load) == (503, "auth_unavailable")
+    finally:
+        gate.resume()
+        gateway.pool.terminate()
+        await resolver.close()
+        await gateway.workspace_keys.close()
+        await gate.shut()
+
+
+async def test_a_lookup_overtaken_by_revocation_notices_three_times_is_refused_503(
+    store: Store,
+) -> None:
+    """A key looked up while revocation notices keep arriving: an answer a notice
+    overtook may predate that revocation, so it is not trusted and the key is looked up
+    again; after three such crossings in a row the key is refused 503
+    `auth_unavailable`, and nothing is cached for it."""
+    gateway = await open_auth(store, timeout_s=10.0)
+    resolver = gateway.resolver
+    owner = await connect(store.owner)
+    lockers = [await connect(store.owner) for _ in range(3)]
+    transactions = [locker.transaction() for locker in lockers]
+    try:
+        # three cached keys, whose revocation notices the test can see arrive
+        witnesses = [await ops.create_key(owner, store.workspace) for _ in lockers]
+        for witness in witnesses:
+            await resolver.resolve(witness.secret)
+        await transactions[0].start()
+        await lockers[0].execute(LOCK_KEYS)
+        lookup = asyncio.create_task(resolver.resolve(store.member.secret))
+        queued: asyncio.Task[None] | None = None
+        for crossing, witness in enumerate(witnesses):
+            await waiting(owner, WAITING_LOOKUPS, 1)
+            await owner.execute("SELECT pg_notify($1, $2)", REVOCATIONS_CHANNEL, witness.id)
+            await until(lambda w=witness: resolver.cached(w.secret) is None)  # type: ignore[misc]
+            if crossing + 1 < len(lockers):
+                # the next lookup will wait behind the next locker, queued behind this one
+                queued = asyncio.create_task(
+                    lock(transactions[crossing + 1], lockers[crossing + 1])
+                )
+                await waiting(owner, WAITING_LOCKERS, 1)
+            await transactions[crossing].commit()
+            if queued is not None:
+                await queued
+                queued = None
+        with pytest.raises(GatewayError) as exc:
+            await lookup
+        assert refused(exc) == (503, "auth_unavailable")
+        assert resolver.cached(store.member.secret) is None
+    finally:
+        for locker in lockers:
+            await locker.close()
+        await owner.close()
+        await close_auth(gateway)
+
+
+async def lock(transaction: Any, conn: asyncpg.Connection) -> None:
+    await transaction.start()
+    await conn.execute(LOCK_KEYS)
