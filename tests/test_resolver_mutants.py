@@ -648,7 +648,7 @@ async def test_a_workspace_on_its_own_key_is_served_through_that_key_for_its_sho
     finally:
         await conn.close()
     gateway = await open_auth(
-        store, listen=False, data_key_ttl_s=60.0, workspace_data_key_ttl_s=0.3
+        store, listen=False, data_key_ttl_s=60.0, workspace_data_key_ttl_s=2.0
     )
     keys = gateway.resolver.provider_keys
     try:
