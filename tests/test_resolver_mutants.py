@@ -216,6 +216,17 @@ async def test_the_key_cache_is_bounded(store: Store) -> None:
         await close_auth(gateway)
 
 
+async def test_keys_on_the_default_policy_share_one_policy_object(
+    store: Store, auth: KeyResolver
+) -> None:
+    """Cached keys of workspaces on the default lever policy hold one policy object
+    between them (up to 100,000 cached keys), not a copy each."""
+    admin = await auth.resolve(store.admin.secret)
+    member = await auth.resolve(store.member.secret)
+    assert admin.policy is DEFAULT_POLICY
+    assert member.policy is DEFAULT_POLICY
+
+
 async def test_a_workspaces_lever_policy_comes_with_its_key(store: Store) -> None:
     """A workspace that changed its cache policy gets it with every key it resolves."""
     conn = await connect(store.owner)
@@ -1060,3 +1071,32 @@ async def test_a_lookup_overtaken_by_revocation_notices_three_times_is_refused_5
 async def lock(transaction: Any, conn: asyncpg.Connection) -> None:
     await transaction.start()
     await conn.execute(LOCK_KEYS)
+
+
+async def test_a_store_that_never_answers_the_listener_does_not_hold_up_start(
+    store: Store, postgres: Postgres
+) -> None:
+    """At start the key store accepts the listener's connection but never answers: start
+    returns after the listener's connect timeout (5 s), the gateway keeps trying in the
+    background, and hears revocations once the store answers."""
+    gate = gate_to(postgres)
+    await gate.open()
+    gateway = await open_auth(store, listen=False)
+    resolver = gateway.resolver
+    conn = await connect(store.owner)
+    try:
+        gate.stall()
+        await asyncio.wait_for(resolver.start(gate.url(store.app)), 8.0)
+        await resolver.resolve(store.admin.secret)
+        gate.resume()
+        # back: the cache it kept while deaf is forgotten
+        await until(lambda: resolver.cached(store.admin.secret) is None)
+        key = await ops.create_key(conn, store.workspace)
+        await resolver.resolve(key.secret)
+        await ops.revoke_key(conn, key.id)
+        await until(lambda: resolver.cached(key.secret) is None)
+    finally:
+        gate.resume()
+        await conn.close()
+        await close_auth(gateway)
+        await gate.shut()
