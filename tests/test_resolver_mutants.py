@@ -148,8 +148,11 @@ async def auth(store: Store) -> AsyncIterator[KeyResolver]:
 
 
 def refused(exc: pytest.ExceptionInfo[GatewayError]) -> tuple[int, str]:
+    """The refusal's status and code; the messages a client shows are checked too."""
     if exc.value.status == 401:
         assert exc.value.message == "Invalid API key."
+    if exc.value.code == "auth_unavailable":
+        assert exc.value.message == "The key store is unreachable; try again."
     return exc.value.status, exc.value.code
 
 
@@ -825,6 +828,12 @@ def gate_to(postgres: Postgres) -> Gate:
     return Gate(Path(postgres.data_dir) / "pg")
 
 
+async def shut(gate: Gate) -> None:
+    """Shut the gate, and let the connections it cut finish closing in this loop."""
+    await gate.shut()
+    await asyncio.sleep(0.1)
+
+
 async def listeners(store: Store, name: str) -> int:
     """The connections the server holds under the application name `name`."""
     conn = await connect(store.owner)
@@ -865,7 +874,7 @@ async def test_a_listener_that_cannot_connect_at_start_keeps_trying(
     finally:
         await conn.close()
         await close_auth(gateway)
-        await gate.shut()
+        await shut(gate)
 
 
 async def test_a_lost_listener_reconnects_and_forgets_what_it_may_have_missed(
@@ -892,7 +901,7 @@ async def test_a_lost_listener_reconnects_and_forgets_what_it_may_have_missed(
     finally:
         await conn.close()
         await close_auth(gateway)
-        await gate.shut()
+        await shut(gate)
 
 
 @pytest.mark.parametrize("listener", ["connected", "lost", "never connected"])
@@ -912,7 +921,7 @@ async def test_a_closed_resolver_leaves_no_listener_behind(
         if listener == "connected":
             await until_async(lambda: listeners(store, name), 1)
         if listener == "lost":
-            await gate.shut()
+            await shut(gate)
             await asyncio.sleep(0.1)
     finally:
         await close_auth(gateway)
@@ -922,7 +931,7 @@ async def test_a_closed_resolver_leaves_no_listener_behind(
         await asyncio.sleep(1.0)  # four times the first reconnect delay
         assert await listeners(store, name) == 0
     finally:
-        await gate.shut()
+        await shut(gate)
 
 
 async def until_async(count: Callable[[], Awaitable[int]], expected: int) -> None:
@@ -1019,7 +1028,7 @@ async def test_a_key_store_that_stops_answering_is_refused_within_the_auth_timeo
         gateway.pool.terminate()
         await resolver.close()
         await gateway.workspace_keys.close()
-        await gate.shut()
+        await shut(gate)
 
 
 async def test_a_lookup_overtaken_by_revocation_notices_three_times_is_refused_503(
@@ -1099,4 +1108,152 @@ async def test_a_store_that_never_answers_the_listener_does_not_hold_up_start(
         gate.resume()
         await conn.close()
         await close_auth(gateway)
-        await gate.shut()
+        await shut(gate)
+
+
+# --- what a cached provider key spares the store and the master key ----------------------
+
+
+async def kms_row(store: Store, kms: Kms) -> str:
+    """A workspace whose OpenAI key was stored while the deployment ran on an AWS KMS
+    key: every unwrap of its data key is a Decrypt the front sees."""
+    workspace, _ = await new_workspace(store, {})
+    conn = await connect(store.owner)
+    try:
+        on_kms = Keyring(KmsMasterKey(kms.new_key()), {})
+        await ops.set_provider_key(conn, on_kms, workspace, "openai", OPENAI_SECRET)
+    finally:
+        await conn.close()
+    return workspace
+
+
+async def test_a_data_key_is_unwrapped_once_for_all_its_uses(store: Store, kms: Kms) -> None:
+    """With 3 uses per data key, three requests cost one unwrap (one KMS Decrypt), the
+    fourth a second one."""
+    workspace = await kms_row(store, kms)
+    gateway = await open_auth(store, listen=False, data_key_max_uses=3)
+    keys = gateway.resolver.provider_keys
+    try:
+        mark = kms.front.mark()
+        for _ in range(3):
+            assert await keys.load(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        assert len(kms.decrypts_since(mark)) == 1
+        assert await keys.load(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        assert len(kms.decrypts_since(mark)) == 2
+    finally:
+        await close_auth(gateway)
+
+
+async def test_a_ciphertext_that_does_not_open_is_refused_and_its_data_key_unwrapped_afresh(
+    store: Store, kms: Kms
+) -> None:
+    """A stored ciphertext that no longer opens under its data key is refused 503 on
+    every request, and each refusal uses the data key up: the next request unwraps it
+    afresh (a Decrypt each) instead of trusting it for its remaining uses."""
+    workspace = await kms_row(store, kms)
+    conn = await connect(store.owner)
+    try:
+        await conn.execute(
+            "UPDATE recovea.provider_keys SET ciphertext = ciphertext || '\\x00'::bytea"
+            " WHERE customer_id = $1",
+            uuid.UUID(workspace),
+        )
+    finally:
+        await conn.close()
+    gateway = await open_auth(store, listen=False)
+    keys = gateway.resolver.provider_keys
+    try:
+        mark = kms.front.mark()
+        for attempt in (1, 2):
+            with pytest.raises(GatewayError) as exc:
+                await keys.load(workspace, "openai")
+            assert refused(exc) == (503, "auth_unavailable")
+            assert len(kms.decrypts_since(mark)) == attempt
+    finally:
+        await close_auth(gateway)
+
+
+async def test_a_loaded_provider_key_is_served_while_the_store_stops_answering(
+    store: Store, postgres: Postgres
+) -> None:
+    """Once loaded, a provider key is served from memory for the row TTL: a key store
+    that stops answering does not stop it (one not loaded yet is refused 503)."""
+    gate = gate_to(postgres)
+    await gate.open()
+    gateway = await open_auth(store, listen=False, url=gate.url(store.app), timeout_s=0.3)
+    keys = gateway.resolver.provider_keys
+    try:
+        assert await keys.load(store.workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        gate.stall()
+        assert await asyncio.wait_for(keys.load(store.workspace, "openai"), 3.0) == bytearray(
+            OPENAI_SECRET.encode()
+        )
+        with pytest.raises(GatewayError) as exc:
+            await asyncio.wait_for(keys.load(store.other_workspace, "anthropic"), 3.0)
+        assert refused(exc) == (503, "auth_unavailable")
+    finally:
+        gate.resume()
+        gateway.pool.terminate()
+        await gateway.resolver.close()
+        await gateway.workspace_keys.close()
+        await shut(gate)
+
+
+async def test_a_workspace_put_on_its_own_key_stops_using_the_old_data_key_once_notified(
+    store: Store, kms: Kms
+) -> None:
+    """A workspace served under the deployment's key is put on its own key, which the
+    customer then disables: as soon as the change notice arrives the gateway stops
+    serving the data key it unwrapped before, and refuses 503."""
+    workspace, _ = await new_workspace(store, {"openai": OPENAI_SECRET})
+    gateway = await open_auth(store)
+    keys = gateway.resolver.provider_keys
+    try:
+        await keys.load(workspace, "openai")
+        key = kms.new_key()
+        await put_on_own_key(store, workspace, key)
+        kms.take_away(key)
+        await until(lambda: keys.cached(workspace, "openai") is None)
+        with pytest.raises(GatewayError) as exc:
+            await keys.load(workspace, "openai")
+        assert refused(exc) == (503, "provider_key_unavailable")
+    finally:
+        kms.front.allow_all()
+        await close_auth(gateway)
+
+
+async def test_a_row_read_while_a_change_notice_arrived_is_used_but_not_cached(
+    store: Store,
+) -> None:
+    """A provider key's row read while a notice that the workspace's key changed
+    arrives may predate the change: it serves that request, but the next one reads the
+    row again. Every notice counts, not only the first."""
+    workspace, _ = await new_workspace(store, {"openai": OPENAI_SECRET})
+    gateway = await open_auth(store, listen=False)
+    keys = gateway.resolver.provider_keys
+    owner = await connect(store.owner)
+    try:
+        keys.forget_workspace(store.other_workspace)  # an earlier notice, of another workspace
+        async with owner.transaction():
+            await owner.execute("LOCK TABLE recovea.provider_keys IN ACCESS EXCLUSIVE MODE")
+            load = asyncio.create_task(keys.load(workspace, "openai"))
+            observer = await connect(store.owner)
+            try:
+                await waiting(observer, WAITING_ROW_LOADS, 1)
+            finally:
+                await observer.close()
+            keys.forget_workspace(workspace)  # the notice
+        assert await load == bytearray(OPENAI_SECRET.encode())
+        assert keys.cached(workspace, "openai") is None
+        assert await keys.load(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+        assert keys.cached(workspace, "openai") == bytearray(OPENAI_SECRET.encode())
+    finally:
+        await owner.close()
+        await close_auth(gateway)
+
+
+#: provider-key row loads waiting on a lock in the key store
+WAITING_ROW_LOADS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    " AND query LIKE '%FROM recovea.provider_keys p%' AND pid <> pg_backend_pid()"
+)
