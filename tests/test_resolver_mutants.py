@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from recovea_proxy.admin import kms_operations as kms_ops
 from recovea_proxy.admin import operations as ops
@@ -45,7 +49,7 @@ from recovea_proxy.store.migrate import apply_migrations
 from tests.drain_support import app_url_of
 from tests.kms_front import Call, KmsFront, Refusal
 from tests.support import Postgres, short_tmpdir
-from tests.test_drain_mutants import Gate
+from tests.test_drain_mutants import SOCKET, Gate
 
 OPENAI_SECRET = "sk-resolver-test-0123456789abcdefABCD"
 ANTHROPIC_SECRET = "sk-ant-resolver-test-0123456789abcdWXYZ"
@@ -864,6 +868,7 @@ async def test_a_listener_that_cannot_connect_at_start_keeps_trying(
         await resolver.provider_keys.load(store.workspace, "openai")
         await ops.revoke_key(conn, missed.id)  # a notice nobody hears
         assert resolver.cached(missed.secret) is not None
+        await asyncio.sleep(0.6)  # a retry fails in the background first
         await gate.open()
         await until(lambda: resolver.cached(missed.secret) is None)
         assert resolver.provider_keys.cached(store.workspace, "openai") is None
@@ -1257,3 +1262,99 @@ WAITING_ROW_LOADS = (
     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
     " AND query LIKE '%FROM recovea.provider_keys p%' AND pid <> pg_backend_pid()"
 )
+
+
+class Refuser:
+    """A unix socket where Postgres would be, that hangs up on every connection and
+    notes when each came."""
+
+    def __init__(self) -> None:
+        self.dir = short_tmpdir()
+        self.attempts: list[float] = []
+        self._server: asyncio.AbstractServer | None = None
+
+    def url(self, app_url: str) -> str:
+        return f"{app_url.split('?', 1)[0]}?host={quote(str(self.dir), safe='/')}"
+
+    async def __aenter__(self) -> Refuser:
+        self._server = await asyncio.start_unix_server(self._hang_up, path=self.dir / SOCKET)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _hang_up(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.attempts.append(time.monotonic())
+        writer.transport.abort()
+
+
+async def test_a_listener_the_store_refuses_retries_with_a_growing_delay(store: Store) -> None:
+    """While the store hangs up on the listener, the gateway tries again after 0.25 s,
+    then 0.5 s, doubling: three attempts in its first 1.5 s, not a storm, and it does
+    not give up."""
+    gateway = await open_auth(store, listen=False)
+    try:
+        async with Refuser() as refuser:
+            await gateway.resolver.start(refuser.url(store.app))
+            await asyncio.sleep(1.5)
+            assert len(refuser.attempts) == 3
+    finally:
+        await close_auth(gateway)
+
+
+class FailingKms:
+    """An AWS KMS endpoint that answers every call 500 (KMSInternalException) and notes
+    the operations it was asked."""
+
+    def __init__(self) -> None:
+        calls = self.calls = []  # type: list[str]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                calls.append(self.headers.get("X-Amz-Target", "").split(".")[-1])
+                body = b'{"__type": "KMSInternalException", "message": "down"}'
+                self.send_response(500)
+                self.send_header("content-type", "application/x-amz-json-1.1")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_workspace_keys_ask_a_failing_kms_twice_at_most(
+    kms: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workspace keys (and the keys `kms set` tries) share one client with few
+    attempts: a KMS that fails is asked twice per operation, so a request is refused
+    in about a second rather than after boto3's default retries. Each workspace key
+    is made once."""
+    failing = FailingKms()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", failing.url)
+    try:
+        keyring = Keyring(LocalMasterKey.load_or_create(tmp_path / "master.key"), {})
+        arn = "arn:aws:kms:us-east-1:111122223333:key/0000-failing"
+        key = keyring.workspace_key(arn)
+        assert keyring.workspace_key(arn) is key
+        context = {"workspace": "w", "provider": "openai", "key_id": "k"}
+        with pytest.raises(ClientError):
+            key.unwrap(b"wrapped", context)
+        assert failing.calls == ["Decrypt", "Decrypt"]
+        with pytest.raises(ClientError):
+            keyring.trial_key("alias/failing").check(context)
+        assert failing.calls[2:] == ["GenerateDataKey", "GenerateDataKey"]
+    finally:
+        failing.stop()
