@@ -1358,3 +1358,28 @@ def test_workspace_keys_ask_a_failing_kms_twice_at_most(
         assert failing.calls[2:] == ["GenerateDataKey", "GenerateDataKey"]
     finally:
         failing.stop()
+
+
+async def test_a_lookup_held_up_in_the_store_is_refused_within_the_auth_timeout(
+    store: Store,
+) -> None:
+    """The key store answers, but a key lookup (and a provider key's row) waits there
+    on a lock: the caller is refused 503 `auth_unavailable` within the auth timeout,
+    not after the store's own statement timeout."""
+    gateway = await open_auth(store, listen=False, timeout_s=0.3)
+    owner = await connect(store.owner)
+    try:
+        async with owner.transaction():
+            await owner.execute(LOCK_KEYS)
+            await owner.execute("LOCK TABLE recovea.provider_keys IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(GatewayError) as exc:
+                await asyncio.wait_for(gateway.resolver.resolve(store.member.secret), 3.0)
+            assert refused(exc) == (503, "auth_unavailable")
+            with pytest.raises(GatewayError) as load:
+                await asyncio.wait_for(
+                    gateway.resolver.provider_keys.load(store.workspace, "openai"), 3.0
+                )
+            assert refused(load) == (503, "auth_unavailable")
+    finally:
+        await owner.close()
+        await close_auth(gateway)
