@@ -202,7 +202,11 @@ class ProviderKeys:
 
     async def _load_row(self, customer_id: str, provider: str) -> _StoredProviderKey | None:
         try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
+            # acquire's timeout bounds the release too (see resolver.KeyResolver._lookup)
+            async with (
+                asyncio.timeout(self._timeout),
+                self._pool.acquire(timeout=self._timeout) as conn,
+            ):
                 async with conn.transaction():
                     await conn.execute(
                         "SELECT set_config('recovea.customer_id', $1, true)", customer_id

@@ -228,7 +228,9 @@ class KeyResolver:
         pooled connection and the query. 503 beyond it or when the store is down."""
         try:
             async with asyncio.timeout(self._timeout), self._lookups:
-                async with self._pool.acquire() as conn:
+                # The release is bounded too: a query cut off by the timeout is cancelled
+                # on a new connection, which a store that stopped answering never accepts.
+                async with self._pool.acquire(timeout=self._timeout) as conn:
                     row: asyncpg.Record | None = await conn.fetchrow(_LOOKUP, digest)
                     return row
         except _STORE_ERRORS:
