@@ -574,6 +574,38 @@ async def test_an_outage_is_retried_after_50_ms_then_on_a_doubling_backoff(
             await drain.drainer.close(5)
 
 
+async def test_a_second_outage_after_a_recovery_is_retried_from_the_first_step(
+    postgres: Postgres, workspace: str, tmp_path: Path
+) -> None:
+    """The backoff starts over once a write succeeds: a second outage after a recovery
+    is retried 50 ms after its first failure (not after the first outage's last step),
+    and everything from both outages is written once the database is back."""
+    async with gate_for(postgres) as gate:
+        drain = new_drain(gate.url(app_url_of(postgres.url)), tmp_path, batch_max=1, interval_s=5.0)
+        await gate.shut()
+        await drain.drainer.start()
+        try:
+            first = good_event(workspace)
+            drain.queue.put(first)
+            await until(lambda: drain.count("retried") >= 4, "retries of the first outage")
+            await gate.open()
+            await until(lambda: drain.count("written") >= 1, "written after the first outage")
+            await gate.shut()
+            tried = drain.count("retried")
+            second = good_event(workspace)
+            drain.queue.put(second)  # a full batch: the drainer wakes
+            await until(lambda: drain.count("retried") >= tried + 1, "the second outage's try")
+            began = time.monotonic()
+            await until(lambda: drain.count("retried") >= tried + 2, "its first retry")
+            assert time.monotonic() - began < 0.7  # 50 ms, not the 400 ms step reached before
+            await gate.open()
+            await until(lambda: drain.count("written") >= 2, "written after the second outage")
+        finally:
+            await drain.drainer.close(5)
+    ids = [request_id(first), request_id(second)]
+    assert await stored_ids(postgres.url, ids) == set(ids)
+
+
 async def test_events_that_arrive_during_the_backoff_are_spooled_without_a_retry(
     postgres: Postgres, workspace: str, tmp_path: Path
 ) -> None:
