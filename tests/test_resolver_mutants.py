@@ -909,6 +909,28 @@ async def test_a_lost_listener_reconnects_and_forgets_what_it_may_have_missed(
         await shut(gate)
 
 
+async def test_closing_while_the_store_stops_answering_is_bounded_and_quiet(
+    store: Store, postgres: Postgres
+) -> None:
+    """At shutdown with a store that holds every byte (connected, silent), closing the
+    listener takes at most the auth timeout and raises nothing: the rest of the
+    shutdown (the meter's flush) still runs."""
+    gate = gate_to(postgres)
+    await gate.open()
+    gateway = await open_auth(store, listen=False, timeout_s=0.5)
+    try:
+        await gateway.resolver.start(gate.url(store.app))
+        gate.stall()
+        began = time.monotonic()
+        await gateway.resolver.close()
+        assert time.monotonic() - began < 3.0
+    finally:
+        gate.resume()
+        await gateway.workspace_keys.close()
+        await gateway.pool.close()
+        await shut(gate)
+
+
 @pytest.mark.parametrize("listener", ["connected", "lost", "never connected"])
 async def test_a_closed_resolver_leaves_no_listener_behind(
     store: Store, postgres: Postgres, listener: str

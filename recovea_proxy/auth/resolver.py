@@ -135,8 +135,14 @@ class KeyResolver:
             self._reconnect.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconnect
-        if self._listener is not None:
-            await self._listener.close(timeout=5)
+        listener = self._listener
+        if listener is not None:
+            try:
+                # bounded like every other wait on the store; asyncpg aborts the
+                # connection before it raises, so nothing is left open
+                await listener.close(timeout=self._timeout)
+            except _STORE_ERRORS as exc:
+                _log.warning("revocation_listener_close_failed", error=type(exc).__name__)
 
     async def _connect_listener(self) -> bool:
         try:
