@@ -15,12 +15,10 @@ Written while reviewing the surviving mutants of `make mutate`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -29,78 +27,11 @@ from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.queue import Item, MeterQueue
 from recovea_proxy.meter.spool import Spool
-from recovea_proxy.meter.writer import EventWriter, is_data_error, is_timeout
+from recovea_proxy.meter.writer import EventWriter
 from recovea_proxy.observability.metrics import GatewayMetrics
+from tests.db_gate import gate_for
 from tests.drain_support import COLUMN, app_url_of, good_event, prepare, stored_ids
-from tests.support import Postgres, short_tmpdir
-
-SOCKET = ".s.PGSQL.5432"
-
-
-class Gate:
-    """A unix-socket proxy in front of the embedded Postgres. Open, connections pass
-    through to the server; shut, new connections are refused and open ones cut; `cut`
-    drops the open connections and keeps accepting new ones; `stall` holds every byte
-    (the database stops answering without closing anything) until `resume`."""
-
-    def __init__(self, server_dir: Path) -> None:
-        self._target = str(server_dir / SOCKET)
-        self.dir = short_tmpdir()
-        self._server: asyncio.AbstractServer | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        #: chunks that reached the gate while it stalled (a write is in progress)
-        self.held = 0
-
-    def stall(self) -> None:
-        self._flowing.clear()
-
-    def resume(self) -> None:
-        self._flowing.set()
-
-    def url(self, app_url: str) -> str:
-        """`app_url` pointed at the gate instead of the server."""
-        base = app_url.split("?", 1)[0]
-        return f"{base}?host={quote(str(self.dir), safe='/')}"
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_unix_server(self._pass, path=self.dir / SOCKET)
-
-    async def shut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        (self.dir / SOCKET).unlink(missing_ok=True)
-        self.cut()
-
-    def cut(self) -> None:
-        for writer in list(self._open):
-            writer.transport.abort()
-        self._open.clear()
-
-    async def _pass(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_unix_connection(self._target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._open.update((writer, up_writer))
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                if not self._flowing.is_set():
-                    self.held += 1
-                    await self._flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.transport.abort()
+from tests.support import Postgres
 
 
 @pytest.fixture(scope="module")
@@ -198,16 +129,6 @@ def new_drain(
         interval_s=interval_s,
     )
     return Drain(drainer, queue, spool, metrics, dead_dir)
-
-
-@contextlib.asynccontextmanager
-async def gate_for(postgres: Postgres) -> AsyncIterator[Gate]:
-    gate = Gate(Path(postgres.data_dir) / "pg")
-    await gate.open()
-    try:
-        yield gate
-    finally:
-        await gate.shut()
 
 
 async def until(predicate: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
@@ -721,128 +642,3 @@ async def test_an_event_that_cannot_be_written_in_time_is_set_aside_not_retried(
     finally:
         await lock.release()
         await drain.drainer.close(10)
-
-
-# --- the writer on its own ---------------------------------------------------------
-
-
-async def test_the_probe_tells_a_database_that_answers_from_one_that_does_not(
-    postgres: Postgres, workspace: str
-) -> None:
-    """`answers` is True while the database answers, False when it is unreachable and
-    False (within about a second) when it hangs."""
-    async with gate_for(postgres) as gate:
-        writer = EventWriter(gate.url(app_url_of(postgres.url)))
-        assert await writer.answers() is True
-        gate.stall()
-        started = time.monotonic()
-        assert await writer.answers() is False
-        assert time.monotonic() - started < 5
-        gate.resume()
-        await gate.shut()
-        assert await writer.answers() is False
-
-
-async def test_the_writer_tells_a_timeout_and_a_data_error_from_an_outage(
-    postgres: Postgres, workspace: str
-) -> None:
-    """A statement cancelled by its timeout and the client's own wait running out are
-    timeouts; a value Postgres refuses is a data error; a refused grant is neither."""
-    conn = await asyncpg.connect(app_url_of(postgres.url))
-    try:
-        errors: list[BaseException] = []
-        for query in (
-            "SET statement_timeout = 10; SELECT pg_sleep(1)",
-            "SELECT 'not a number'::int",
-            "INSERT INTO public.recovea_migrations (name) VALUES ('x')",
-        ):
-            try:
-                await conn.execute(query)
-            except asyncpg.PostgresError as exc:
-                errors.append(exc)
-        cancelled, data, denied = errors
-    finally:
-        await conn.close()
-    assert isinstance(denied, asyncpg.InsufficientPrivilegeError)
-    assert (is_timeout(cancelled), is_data_error(cancelled)) == (True, False)
-    assert (is_timeout(data), is_data_error(data)) == (False, True)
-    assert (is_timeout(denied), is_data_error(denied)) == (False, False)
-    assert is_timeout(TimeoutError()) is True
-
-
-async def test_a_write_to_a_database_that_hangs_fails_within_the_writers_timeout(
-    postgres: Postgres, workspace: str
-) -> None:
-    """A write to a database that stops answering fails after the writer's timeout
-    (connecting or writing), and once the database answers again the next write goes
-    through on a fresh connection."""
-    async with gate_for(postgres) as gate:
-        writer = EventWriter(gate.url(app_url_of(postgres.url)), timeout_s=0.3)
-        try:
-            assert await writer.write([good_event(workspace)]) == 0
-            gate.stall()
-            for _ in range(2):  # a held connection, then a new one that hangs
-                started = time.monotonic()
-                with pytest.raises(TimeoutError):
-                    await writer.write([good_event(workspace)])
-                assert time.monotonic() - started < 5
-            gate.resume()
-            assert await writer.write([good_event(workspace)]) == 0
-        finally:
-            await writer.close()
-
-
-async def test_a_refused_event_does_not_cost_the_writer_its_connection(
-    postgres: Postgres, workspace: str
-) -> None:
-    """A batch Postgres refuses for its content is rolled back on the same connection,
-    which the next batch uses (no reconnect per refused event); after an outage the
-    writer connects afresh."""
-    async with gate_for(postgres) as gate:
-        writer = EventWriter(gate.url(app_url_of(postgres.url)), timeout_s=0.3)
-        try:
-            assert await writer.write([good_event(workspace)]) == 0
-            conn = writer._conn
-            with pytest.raises(asyncpg.PostgresError) as refused:
-                await writer.write([good_event(workspace, baseline_model="gpt\x00-4o")])
-            assert is_data_error(refused.value)
-            assert writer._conn is conn
-            assert await writer.write([good_event(workspace)]) == 0
-            assert writer._conn is conn
-            gate.cut()
-            with pytest.raises(Exception) as cut:
-                await writer.write([good_event(workspace)])
-            assert not is_data_error(cut.value)
-            assert await writer.write([good_event(workspace)]) == 0
-            assert writer._conn is not conn
-        finally:
-            await writer.close()
-
-
-async def test_closing_the_writer_is_bounded_when_the_database_hangs(
-    postgres: Postgres, workspace: str
-) -> None:
-    """The database stops answering after the last write: closing the writer gives up on
-    a clean goodbye after 2 s and cuts the connection (shutdown is not held up)."""
-    async with gate_for(postgres) as gate:
-        writer = EventWriter(gate.url(app_url_of(postgres.url)))
-        assert await writer.write([good_event(workspace)]) == 0
-        gate.stall()
-        started = time.monotonic()
-        await asyncio.wait_for(writer.close(), 10)
-        assert time.monotonic() - started < 2.7
-        gate.resume()
-
-
-async def test_the_probe_of_a_hung_database_gives_up_within_about_a_second(
-    postgres: Postgres,
-) -> None:
-    """A database that accepts connections but never answers: `answers` is False after
-    about a second (its connect timeout), so a slow write is told from an outage fast."""
-    async with gate_for(postgres) as gate:
-        writer = EventWriter(gate.url(app_url_of(postgres.url)))
-        gate.stall()
-        started = time.monotonic()
-        assert await writer.answers() is False
-        assert time.monotonic() - started < 1.7
-        gate.resume()

@@ -46,10 +46,10 @@ from recovea_proxy.errors import GatewayError
 from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
 from recovea_proxy.store.database import connect, open_pool
 from recovea_proxy.store.migrate import apply_migrations
+from tests.db_gate import SOCKET, Gate
 from tests.drain_support import app_url_of
 from tests.kms_front import Call, KmsFront, Refusal
 from tests.support import Postgres, short_tmpdir
-from tests.test_drain_mutants import SOCKET, Gate
 
 OPENAI_SECRET = "sk-resolver-test-0123456789abcdefABCD"
 ANTHROPIC_SECRET = "sk-ant-resolver-test-0123456789abcdWXYZ"
@@ -828,7 +828,7 @@ async def test_a_row_wrapped_by_a_deployment_kms_key_is_read_through_that_key(
 
 
 def gate_to(postgres: Postgres) -> Gate:
-    """A gate (tests/test_drain_mutants.py) in front of the session's Postgres, shut."""
+    """A gate (tests/db_gate.py) in front of the session's Postgres, shut."""
     return Gate(Path(postgres.data_dir) / "pg")
 
 
