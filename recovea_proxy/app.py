@@ -24,7 +24,7 @@ from recovea_proxy.observability.logging import configure_logging
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.proxy import handle
 from recovea_proxy.runtime import open_runtime
-from recovea_proxy.surfaces import SurfaceMap
+from recovea_proxy.surfaces import SurfaceMap, for_headers
 
 
 class GatewayApp(Starlette):
@@ -41,6 +41,8 @@ class GatewayApp(Starlette):
         if scope["type"] == "http":
             surface = self.surfaces.resolve(scope.get("raw_path") or scope["path"].encode())
             if surface is not None:
+                if surface.anthropic_twin is not None:
+                    surface = for_headers(surface, scope["headers"])
                 await handle(scope["state"]["runtime"], surface, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)

@@ -85,6 +85,7 @@ class Settings:
     upstream_openrouter: str = "https://openrouter.ai/api"
     passthrough: bool = False
     max_body_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 600.0
     idle_read_timeout_s: float = 300.0
@@ -154,6 +155,9 @@ class Settings:
             passthrough=_flag(env, "RECOVEA_PASSTHROUGH", "off"),
             max_body_bytes=int(
                 _number(env, "RECOVEA_MAX_BODY_MB", 32, minimum=0.001) * 1024 * 1024
+            ),
+            max_upload_bytes=int(
+                _number(env, "RECOVEA_MAX_UPLOAD_MB", 512, minimum=0.001) * 1024 * 1024
             ),
             connect_timeout_s=_number(env, "RECOVEA_CONNECT_TIMEOUT_S", 10, minimum=0.001),
             first_byte_timeout_s=_number(env, "RECOVEA_FIRST_BYTE_TIMEOUT_S", 600, minimum=0.001),

@@ -50,6 +50,7 @@ class RequestHeaders:
     cache: str | None = None
     trace_id: str | None = None
     content_length: int | None = None
+    content_type: bytes | None = None
 
 
 def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
@@ -74,7 +75,9 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
         elif value[3:4] == b"_" and value[:4].lower() == b"rcv_":
             continue  # an rcv_ key in any other header never goes upstream
         else:
-            if name == b"traceparent" and out.trace_id is None:
+            if name == b"content-type":
+                out.content_type = value
+            elif name == b"traceparent" and out.trace_id is None:
                 out.trace_id = _trace_id_of(value)
             try:
                 # aiohttp sends header values as UTF-8: only UTF-8 crosses unchanged

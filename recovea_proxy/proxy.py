@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from yarl import URL
@@ -33,6 +33,7 @@ from recovea_proxy.levers.flights import Subscription
 from recovea_proxy.pipe import deliver, send_error
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.request_body import ClientGone, parse_json_object, read_body
+from recovea_proxy.request_upload import StreamedBody, is_upload, refuse_declared
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.sources import ResponseSource, UpstreamSource
 from recovea_proxy.surfaces import Surface, query_is_clean
@@ -111,6 +112,13 @@ async def _serve(x: Exchange) -> None:
     record.rcv_key_id = principal.key_id
     record.env = principal.env
 
+    if is_upload(headers.content_type):
+        # Not JSON: streamed to the provider as it arrives, past the levers.
+        refuse_declared(headers.content_length, rt.settings.max_upload_bytes)
+        upload = StreamedBody(x.receive, record, rt.settings.max_upload_bytes)
+        request = LeverRequest(record, surface, headers, b"", None, principal.policy)
+        await _call(x, request, principal, upload)
+        return
     body = await read_body(x.receive, headers, rt.settings.max_body_bytes)
     record.request_bytes = len(body)
     record.request_sha256 = hashlib.sha256(body).hexdigest()
@@ -159,8 +167,11 @@ async def _answer(
         answer.finish(clean=not (x.record.client_gone or x.record.error_code))
 
 
-async def _call(x: Exchange, request: LeverRequest, principal: Principal) -> None:
-    """Steps 5 and 6: the upstream call on the shared session, and its response."""
+async def _call(
+    x: Exchange, request: LeverRequest, principal: Principal, upload: StreamedBody | None = None
+) -> None:
+    """Steps 5 and 6: the upstream call on the shared session, and its response.
+    `upload`: a body streamed as it arrives instead of `request.body`."""
     rt, surface, record = x.rt, x.surface, x.record
     provider = surface.provider
     body, parsed = request.body, request.parsed
@@ -170,6 +181,12 @@ async def _call(x: Exchange, request: LeverRequest, principal: Principal) -> Non
 
     forward = request.headers.forward
     forward.extend(principal.upstream_credentials)
+    data: bytes | AsyncIterator[bytes] | None = body or None
+    if upload is not None:
+        data = upload.chunks()
+        if request.headers.content_length is not None:
+            # sent as declared, not re-framed as chunked (providers may not take chunked)
+            forward.append(("content-length", str(request.headers.content_length)))
     # Built only from the checked raw path and query, sent as they are (no requoting).
     url = rt.upstream_base[provider.name] + surface.upstream_path
     query = x.scope["query_string"]
@@ -182,7 +199,7 @@ async def _call(x: Exchange, request: LeverRequest, principal: Principal) -> Non
             x.scope["method"],
             upstream_url,
             headers=forward,
-            data=body or None,
+            data=data,
             allow_redirects=False,
         )
 
@@ -191,12 +208,16 @@ async def _call(x: Exchange, request: LeverRequest, principal: Principal) -> Non
     try:
         source = UpstreamSource(await open_upstream(), rt.settings.idle_read_timeout_s)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if upload is not None and (cause := upload.cause()) is not None:
+            raise cause from None
         kind = classify(exc)
         if flight is not None:
             rt.flights.fail(flight, kind)
         raise _unreachable(rt, provider.name, kind) from UpstreamUnreachable(kind)
     finally:
         record.upstream_wait_ns += time.perf_counter_ns() - waited
+    if upload is not None:
+        upload.settle()
     try:
         await deliver(x, source, hide_usage=hide_usage, observers=request.observers)
     finally:

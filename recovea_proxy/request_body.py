@@ -24,14 +24,14 @@ async def read_body(receive: Receive, headers: RequestHeaders, limit: int) -> by
     """The whole request body, at most `limit` bytes (413). A body that stalls is cut
     off by the HTTP protocol (`http_protocol`: 408, then `http.disconnect` here)."""
     if headers.content_length is not None and headers.content_length > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientGone
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         return body
     parts = [body]
     size = len(body)
@@ -42,15 +42,17 @@ async def read_body(receive: Receive, headers: RequestHeaders, limit: int) -> by
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
 
 
-def _too_large(limit: int) -> GatewayError:
+def too_large(limit: int, what: str = "body") -> GatewayError:
+    """413 `request_too_large` for a request `body` (or an `upload`) over `limit`."""
+    noun = "Request body" if what == "body" else "Upload"
     return GatewayError(
-        413, "request_too_large", f"Request body is larger than {limit / (1024 * 1024):g} MB."
+        413, "request_too_large", f"{noun} is larger than {limit / (1024 * 1024):g} MB."
     )
 
 

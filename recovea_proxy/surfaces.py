@@ -2,12 +2,18 @@
 
 | path                          | provider   | upstream path |
 | `/v1/messages`, `/v1/messages/*` | anthropic | same       |
-| other `/v1/*`                 | openai     | same          |
+| other `/v1/*`                 | openai, or anthropic (below) | same |
 | `/openai/v1/*`                | openai     | `/v1/*`       |
 | `/anthropic/v1/*`             | anthropic  | `/v1/*`       |
 | `/openrouter/api/v1/*`        | openrouter | `/v1/*` (the base URL ends in `/api`) |
 
 `/v1/recovea/*` belongs to the gateway itself and is not a provider surface.
+
+Paths alone cannot tell Anthropic's `/v1/models` or `/v1/files` from OpenAI's: a
+bare `/v1/*` request that carries `anthropic-version` (every Anthropic SDK sends it
+on every call) or an Anthropic-shaped key (`x-api-key: sk-ant-…`, `Authorization:
+Bearer sk-ant-…`) is Anthropic's, whatever its path (`for_headers`). The explicit
+prefixes are never re-routed.
 
 Paths are checked on their raw bytes (as the client sent them, before any
 percent-decoding) and a path that fails is never classified or forwarded: it
@@ -28,7 +34,7 @@ provider reads exactly the path the gateway classified.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from recovea_proxy.providers import PROVIDERS, Provider
 
@@ -50,6 +56,7 @@ _NOT_ENCODABLE = (
 )
 _PRINTABLE = frozenset(range(0x21, 0x7F))
 INVALID_ROUTE = "invalid_path"
+_ANTHROPIC_KEY = b"sk-ant-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,8 @@ class Surface:
     route: str
     error_shape: str
     invalid: bool = False
+    #: for a bare `/v1/*` OpenAI path: the same path on Anthropic's surface
+    anthropic_twin: Surface | None = None
 
 
 class SurfaceMap:
@@ -90,6 +99,24 @@ class SurfaceMap:
         return surface
 
 
+def for_headers(surface: Surface, headers: list[tuple[bytes, bytes]]) -> Surface:
+    """The surface a bare `/v1/*` path names for these request headers: its Anthropic
+    twin when they carry `anthropic-version` or an Anthropic-shaped key."""
+    twin = surface.anthropic_twin
+    if twin is None:
+        return surface
+    for name, value in headers:
+        if name == b"anthropic-version":
+            return twin
+        if name == b"x-api-key":
+            if value.startswith(_ANTHROPIC_KEY):
+                return twin
+        elif name == b"authorization" and value[:7].lower() == b"bearer ":
+            if value[7:].lstrip().startswith(_ANTHROPIC_KEY):
+                return twin
+    return surface
+
+
 def query_is_clean(query: bytes) -> bool:
     """Whether a query string holds only printable ASCII."""
     return not query or (query.isascii() and _PRINTABLE.issuperset(query))
@@ -102,7 +129,12 @@ def _resolve(raw: bytes) -> Surface | None:
             return None if ok else _invalid("openai")
         if raw == b"/v1/messages" or raw.startswith(b"/v1/messages/"):
             return _surface("anthropic", raw, 0) if ok else _invalid("anthropic")
-        return _surface("openai", raw, 0) if ok else _invalid("openai")
+        if not ok:
+            return _invalid("openai")
+        openai = _surface("openai", raw, 0)
+        if openai.invalid:
+            return openai
+        return replace(openai, anthropic_twin=_surface("anthropic", raw, 0))
     for prefix, provider, cut in _PREFIXES:
         if raw.startswith(prefix):
             return _surface(provider, raw, cut) if ok else _invalid(provider)

@@ -22,7 +22,13 @@ from typing import Any
 
 from aiohttp import web
 
-from recovea_proxy.mock_provider import anthropic_wire, journal, openai_wire, responses_wire
+from recovea_proxy.mock_provider import (
+    anthropic_wire,
+    files,
+    journal,
+    openai_wire,
+    responses_wire,
+)
 from recovea_proxy.mock_provider.controls import MockDefaults, Plan, identity, plan_for
 from recovea_proxy.mock_provider.delivery import abort, idle, json_response, stream_response
 from recovea_proxy.mock_provider.errors import (
@@ -32,6 +38,7 @@ from recovea_proxy.mock_provider.errors import (
     Failure,
     Surface,
     error_body,
+    has_key,
     responses_stream_error,
 )
 
@@ -80,13 +87,6 @@ def _error(
     return json_response(request, plan, body, headers, failure.status)
 
 
-def _has_key(request: web.Request) -> bool:
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return True
-    return bool(request.headers.get("x-api-key", "").strip())
-
-
 _FAULT_FAILURES = {"500": Failure.SERVER, "429": Failure.RATE_LIMIT, "529": Failure.OVERLOADED}
 
 
@@ -100,7 +100,7 @@ async def _admit(
     journal.record(request, raw, body if needs_body else None)
     ident = identity(raw, body) if needs_body else request.path.encode()
     plan = plan_for(request.app[DEFAULTS_KEY], request.headers, ident)
-    if not _has_key(request):
+    if not has_key(request):
         return _error(request, surface, plan, Failure.AUTH)
     if not needs_body:
         body = {}
@@ -221,5 +221,6 @@ def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
     count = Endpoint("anthropic", lambda _body, plan: anthropic_wire.count_tokens_json(plan))
     routes.add_post("/v1/messages", _api_handler(messages))
     routes.add_post("/v1/messages/count_tokens", _api_handler(count))
+    files.add_routes(app)
     routes.add_route("*", "/{tail:.*}", _not_found)
     return app

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Literal
 
 import orjson
+from aiohttp import web
 
 Surface = Literal["openai", "anthropic", "openrouter"]
 
@@ -156,3 +157,11 @@ def responses_stream_error(sequence_number: int) -> bytes:
         }
     )
     return b"event: error\ndata: " + data + b"\n\n"
+
+
+def has_key(request: web.Request) -> bool:
+    """Whether the request carries some API key (the mock accepts any)."""
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return True
+    return bool(request.headers.get("x-api-key", "").strip())

@@ -52,6 +52,11 @@ def record(request: web.Request, raw: bytes, body: Any) -> None:
     request[_ENTRY_KEY] = entry
 
 
+def entry_of(request: web.Request) -> dict[str, Any]:
+    """The journal entry `record` made for this request (to add what was learnt since)."""
+    return request[_ENTRY_KEY]
+
+
 def stream_state(request: web.Request) -> dict[str, Any]:
     """The journal's record of this request's stream (`events`, `end`), for the sender
     to update as it writes."""

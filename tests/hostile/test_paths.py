@@ -183,3 +183,16 @@ def test_unmetered_forwarded_requests_are_visible(
         target.metrics(), "recovea_unmetered_requests_total", route="/v1/chat/completions"
     )
     assert after == before + 1
+
+
+def test_a_query_reaches_the_provider_byte_for_byte(
+    target: Gateway, victim: Tenant, mock: MockServer
+) -> None:
+    """Escapes in a query string (`%2F`, `%3D`, `%26`, `+`) are not decoded or
+    re-encoded on the way: the provider reads the query the client wrote."""
+    mock.clear()
+    path = "/v1/files?purpose=fine%2Dtune&after=file%2Fabc%3D%26x&q=a+b%20c&empty=&flag"
+    response = exchange(target.port, request_bytes("GET", path, victim.bearer))
+    assert response.status in (200, 404)
+    [seen] = mock.requests()
+    assert seen["raw_path"] == path
