@@ -36,7 +36,8 @@ def node_sdks() -> Path:
 
 
 def test_node_openai_and_anthropic_sdks(node_sdks: Path, gateway: Gateway) -> None:
-    """Chat (JSON and stream), Anthropic messages and a 401 behave as against the provider."""
+    """Chat (JSON and stream), Anthropic messages and models, a multipart upload and a
+    401 behave as against the provider."""
     out = subprocess.run(
         ["node", "drive.mjs", gateway.url], cwd=node_sdks, capture_output=True, timeout=120
     )
@@ -48,5 +49,7 @@ def test_node_openai_and_anthropic_sdks(node_sdks: Path, gateway: Gateway) -> No
     assert result["message"] == "mock reply: node-msg"
     assert result["messageOutputTokens"] == 8
     assert result["errorStatus"] == 401
+    assert result["anthropicModelTypes"] == ["model"], "Anthropic's model list, not OpenAI's"
+    assert result["uploadedBytes"] == 3 * 1024 * 1024
     record = gateway.record(result["chatRequestId"])
     assert (record["input_tokens"], record["output_tokens"]) == (21, 8)

@@ -1,6 +1,6 @@
 // Drives the gateway with the official Node SDKs; prints one JSON object of results.
 // Usage: node drive.mjs <gateway base url>
-import OpenAI from "openai";
+import OpenAI, { toFile } from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 
 const base = process.argv[2];
@@ -29,6 +29,17 @@ const messageStream = anthropic.messages.stream(
 );
 const message = await messageStream.finalMessage();
 
+// /v1/models exists on both providers: anthropic-version makes this one Anthropic's.
+const anthropicModels = await anthropic.models.list();
+const anthropicModelTypes = [...new Set(anthropicModels.data.map((m) => m.type))];
+
+// A multipart upload through fetch's own body streaming.
+const uploadBytes = new Uint8Array(3 * 1024 * 1024).map((_, i) => i % 251);
+const uploaded = await openai.files.create({
+  file: await toFile(uploadBytes, "node.jsonl"),
+  purpose: "batch",
+});
+
 let errorStatus = null;
 try {
   await new OpenAI({ baseURL: `${base}/v1`, apiKey: "rcv_live_unknownkey000000", maxRetries: 0 })
@@ -45,4 +56,6 @@ console.log(JSON.stringify({
   message: message.content[0].text,
   messageOutputTokens: message.usage.output_tokens,
   errorStatus,
+  anthropicModelTypes,
+  uploadedBytes: uploaded.bytes,
 }));
