@@ -33,7 +33,12 @@ from recovea_proxy.levers.flights import Subscription
 from recovea_proxy.pipe import deliver, send_error
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.request_body import ClientGone, parse_json_object, read_body
-from recovea_proxy.request_upload import StreamedBody, is_upload, refuse_declared
+from recovea_proxy.request_upload import (
+    StreamedBody,
+    is_multipart,
+    is_upload,
+    refuse_declared,
+)
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.sources import ResponseSource, UpstreamSource
 from recovea_proxy.surfaces import Surface, query_is_clean
@@ -115,7 +120,12 @@ async def _serve(x: Exchange) -> None:
     if is_upload(headers.content_type):
         # Not JSON: streamed to the provider as it arrives, past the levers.
         refuse_declared(headers.content_length, rt.settings.max_upload_bytes)
-        upload = StreamedBody(x.receive, record, rt.settings.max_upload_bytes)
+        upload = StreamedBody(
+            x.receive,
+            record,
+            rt.settings.max_upload_bytes,
+            multipart=is_multipart(headers.content_type),
+        )
         request = LeverRequest(record, surface, headers, b"", None, principal.policy)
         await _call(x, request, principal, upload)
         return

@@ -20,15 +20,26 @@ client gone. A body that stalls is cut off by the HTTP protocol
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 
 from recovea_proxy.asgi import Receive
+from recovea_proxy.clean import clean_model
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.request_body import ClientGone, too_large
 
+# A multipart form's `model` field (audio transcriptions, image edits name their model
+# there): looked for in the form's first bytes only, where SDKs put their fields.
+_MODEL_FIELD = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1,256})\r\n')
+_SNIFF_MAX = 64 * 1024
 # Media types read whole and parsed (or forwarded whole) rather than streamed: JSON,
 # and the two types clients send JSON under by default (curl -d, fetch of a string).
 _READ_WHOLE = frozenset({b"application/json", b"application/x-www-form-urlencoded", b"text/plain"})
+
+
+def is_multipart(content_type: bytes | None) -> bool:
+    """Whether an upload is a multipart form (whose `model` field is worth reading)."""
+    return content_type is not None and content_type[:10].lower() == b"multipart/"
 
 
 def is_upload(content_type: bytes | None) -> bool:
@@ -51,10 +62,23 @@ class StreamedBody:
     client left, the bound was passed): the upstream client then reports only a
     broken connection, and the pipeline answers for this cause instead."""
 
-    __slots__ = ("_hash", "_limit", "_receive", "_record", "_settled", "failure", "size")
+    __slots__ = (
+        "_hash",
+        "_head",
+        "_limit",
+        "_receive",
+        "_record",
+        "_settled",
+        "failure",
+        "size",
+    )
 
-    def __init__(self, receive: Receive, record: RequestRecord, limit: int) -> None:
+    def __init__(
+        self, receive: Receive, record: RequestRecord, limit: int, *, multipart: bool
+    ) -> None:
         self._receive = receive
+        #: the form's first bytes, kept until its `model` field is found (multipart only)
+        self._head: bytearray | None = bytearray() if multipart else None
         self._record = record
         self._limit = limit
         self._hash = hashlib.sha256()
@@ -76,6 +100,8 @@ class StreamedBody:
                     if self.size > self._limit:
                         raise UploadTooLarge
                     self._hash.update(chunk)
+                    if self._head is not None:
+                        self._sniff_model(chunk)
                 if not more:
                     self.settle()
                 if chunk:
@@ -85,6 +111,19 @@ class StreamedBody:
         except (ClientGone, UploadTooLarge) as exc:
             self.failure = exc
             raise
+
+    def _sniff_model(self, chunk: bytes) -> None:
+        """Read the form's `model` field into the record if it is in the first bytes."""
+        head = self._head
+        assert head is not None
+        head += chunk[: _SNIFF_MAX - len(head)]
+        # only the fields before the first file part: a file's bytes are not the form's
+        file_at = head.find(b'filename="')
+        found = _MODEL_FIELD.search(head, 0, len(head) if file_at < 0 else file_at)
+        if found is not None:
+            self._record.model = clean_model(found.group(1).decode("utf-8", "replace"))
+        if found is not None or file_at >= 0 or len(head) >= _SNIFF_MAX:
+            self._head = None
 
     def settle(self) -> None:
         """Put what was forwarded so far in the record (the whole body once it has

@@ -144,7 +144,7 @@ def test_the_openai_sdk_uploads_a_file_over_the_json_body_limit(
     assert (created.bytes, created.purpose) == (len(content), "fine-tune")
     upload = _last_upload(mock)
     assert upload["sha256"] == hashlib.sha256(content).hexdigest()
-    [entry] = [e for e in mock.requests() if e.get("upload") is upload or e.get("upload") == upload]
+    [entry] = [e for e in mock.requests() if e.get("upload") == upload]
     assert entry["headers"]["authorization"] == f"Bearer {FAKE_OPENAI_KEY}"
     assert tenant.key not in str(entry["headers"])
 
@@ -274,3 +274,30 @@ def test_curl_uploads_a_file_with_expect_100_continue(
     assert b"100 Continue" in done.stderr
     assert orjson.loads(done.stdout)["bytes"] == len(content)
     assert _last_upload(mock)["sha256"] == hashlib.sha256(content).hexdigest()
+
+
+def test_a_forms_model_field_is_recorded_and_a_files_bytes_are_not_read_as_one(
+    gateway: Gateway, tenant: Tenant
+) -> None:
+    """The `model` field of a multipart form (transcriptions, image edits name their
+    model there) is the row's model; a `model` field inside a file's bytes is not."""
+    response = httpx.post(
+        f"{gateway.url}/v1/files",
+        data={"model": "gpt-4o-transcribe", "purpose": "batch"},
+        files={"file": ("a.wav", b"RIFF" + b"\x00" * 4096, "audio/wav")},
+        headers=tenant.bearer,
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert gateway.record(response.headers["x-request-id"])["baseline_model"] == (
+        "gpt-4o-transcribe"
+    )
+    inside_file = b'--x\r\nContent-Disposition: form-data; name="model"\r\n\r\nnot-a-model\r\n'
+    response = httpx.post(
+        f"{gateway.url}/v1/files",
+        files={"file": ("b.txt", inside_file, "text/plain")},
+        headers=tenant.bearer,
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert gateway.record(response.headers["x-request-id"])["baseline_model"] is None
