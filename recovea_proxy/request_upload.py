@@ -46,7 +46,7 @@ def is_upload(content_type: bytes | None) -> bool:
     """Whether a body of this `Content-Type` is streamed (anything that declares a
     type other than JSON: multipart, binary, audio, ...). A body without a type is
     read whole, as before: SDKs always declare one for files."""
-    if content_type is None:
+    if content_type is None or content_type == b"application/json":
         return False
     media = content_type.partition(b";")[0].strip().lower()
     return media not in _READ_WHOLE and not media.endswith(b"+json")
