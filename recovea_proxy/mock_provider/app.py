@@ -4,7 +4,7 @@ goes through — journal, credentials, body, model, first-byte delay, faults, re
 One server answers for three providers whose paths do not clash:
 
     OpenAI      /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
-                /v1/models[/{model}]
+                /v1/models[/{model}]; WebSockets: GET /v1/realtime, GET /v1/responses
     Anthropic   /v1/messages, /v1/messages/count_tokens
                 (/v1/models answers in Anthropic's shape to requests with anthropic-version)
     OpenRouter  /api/v1/... as OpenAI, plus usage always, cost, X-Generation-Id and
@@ -22,7 +22,13 @@ from typing import Any
 
 from aiohttp import web
 
-from recovea_proxy.mock_provider import anthropic_wire, journal, openai_wire, responses_wire
+from recovea_proxy.mock_provider import (
+    anthropic_wire,
+    journal,
+    openai_wire,
+    realtime,
+    responses_wire,
+)
 from recovea_proxy.mock_provider.controls import MockDefaults, Plan, identity, plan_for
 from recovea_proxy.mock_provider.delivery import abort, idle, json_response, stream_response
 from recovea_proxy.mock_provider.errors import (
@@ -201,6 +207,7 @@ def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
     """The mock provider (OpenAI under /v1, Anthropic /v1/messages, OpenRouter /api/v1)."""
     app = web.Application(client_max_size=_MAX_BODY)
     app[DEFAULTS_KEY] = defaults or MockDefaults()
+    app[realtime.DEFAULTS_KEY] = app[DEFAULTS_KEY]
     app[journal.JOURNAL_KEY] = journal.new_journal()
     routes = app.router
     routes.add_get("/_mock/requests", journal.list_requests)
@@ -221,5 +228,7 @@ def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
     count = Endpoint("anthropic", lambda _body, plan: anthropic_wire.count_tokens_json(plan))
     routes.add_post("/v1/messages", _api_handler(messages))
     routes.add_post("/v1/messages/count_tokens", _api_handler(count))
+    routes.add_get("/v1/realtime", realtime.realtime)
+    routes.add_get("/v1/responses", realtime.responses)
     routes.add_route("*", "/{tail:.*}", _not_found)
     return app
