@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import FAKE_OPENAI_KEY
 from tests.ledger_support import Tenant, make_tenant, owner_query
-from tests.support import Gateway, MockServer, Postgres, metric_value, wait_until
+from tests.support import Gateway, MockServer, Postgres, free_port, metric_value, wait_until
 
 MODEL = "gpt-realtime-mini"
 USAGE_HEADERS = {
@@ -66,7 +66,7 @@ async def realtime_turn(connection: Any, text: str) -> list[bytes]:
         item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
     )
     await connection.response.create()
-    received = []
+    received: list[bytes] = []
     while True:
         raw = await connection.recv_bytes()
         received.append(raw)
@@ -131,7 +131,7 @@ def test_realtime_sync_sdk_with_an_rcv_key(
     with client, client.realtime.connect(model=MODEL, extra_headers=headers) as connection:
         assert connection.recv().type == "session.created"
         connection.response.create()
-        types = []
+        types: list[str] = []
         while not types or types[-1] != "response.done":
             types.append(connection.recv().type)
     assert types[0] == "response.created"
@@ -152,7 +152,7 @@ def test_realtime_sync_sdk_with_an_rcv_key(
 
 async def responses_session(base_url: str) -> list[bytes]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key=FAKE_OPENAI_KEY, max_retries=0)
-    received = []
+    received: list[bytes] = []
     try:
         headers = {**USAGE_HEADERS, "x-recovea-trace-id": "ws-trace-responses-01"}
         async with client.responses.connect(extra_headers=headers) as connection:
@@ -309,3 +309,36 @@ def test_sessions_are_counted_on_metrics(gateway: Gateway) -> None:
     assert delta("gateway_websocket_bytes_total", direction="client_to_upstream") == 5
     assert delta("recovea_requests_total", status="401") == 1
     assert metric_value(gateway.metrics(), "gateway_websocket_sessions_open", **route) == 0
+
+
+def test_a_response_cut_short_keeps_its_row(gateway: Gateway, postgres: Postgres) -> None:
+    """The client leaving mid-response leaves that response's row, outcome unknown
+    (success NULL), as for an HTTP stream the client left."""
+
+    async def leave_mid_response() -> None:
+        slow = {"x-mock-chunk-delay-ms": "30000", "x-recovea-trace-id": "ws-trace-cut-00001"}
+        async with await open_raw(ws_url(gateway.url), **slow) as ws:
+            await ws.recv()
+            await ws.send(orjson.dumps({"type": "response.create"}).decode())
+            assert orjson.loads(await ws.recv())["type"] == "response.created"
+
+    asyncio.run(leave_mid_response())
+    (row,) = rows_of(postgres, "ws-trace-cut-00001", 1)
+    assert row["success"] is None
+    assert row["input_tokens"] is None
+
+
+def test_unreachable_provider_is_a_502(start_gateway: Callable[..., Gateway]) -> None:
+    """No provider to connect to: 502 upstream_unreachable at the handshake, counted as
+    a fail-open upstream fault, and logged like an HTTP refusal."""
+    gateway = start_gateway(RECOVEA_UPSTREAM_OPENAI=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(open_raw(ws_url(gateway.url)))
+    response = refused.value.response
+    assert response.status_code == 502
+    assert orjson.loads(response.body)["error"]["code"] == "upstream_unreachable"
+    metrics = gateway.metrics()
+    assert metric_value(metrics, "gateway_fail_open_total", layer="upstream", reason="connect") == 1
+    line = gateway.record(response.headers["x-request-id"])
+    assert (line["http_status"], line["error_code"]) == (502, "upstream_unreachable")
+    assert line["route"] == "/v1/realtime"

@@ -6,7 +6,8 @@ answered with `session.updated`, `conversation.item.create` with
 `conversation.item.created`, and `response.create` with `response.created`, a few
 `response.output_text.delta` events (the text names the last item created),
 `response.output_text.done` and `response.done` carrying usage (the handshake's
-`x-mock-*-tokens` headers, as for HTTP). Responses mode: each `response.create`
+`x-mock-*-tokens` headers, as for HTTP; `x-mock-chunk-delay-ms` before each delta).
+Responses mode: each `response.create`
 (the request body's fields, flattened) gets the events of the SSE stream, as JSON
 messages, ending with `response.completed` carrying usage.
 
@@ -26,6 +27,7 @@ ended with (`close_code`: the client's when it closed first).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -169,6 +171,8 @@ async def _realtime_response(s: _Session, items: list[dict[str, Any]]) -> None:
     where: dict[str, Any] = {"response_id": response_id, "item_id": item_id, "output_index": 0}
     where["content_index"] = 0
     for piece in pieces(text, min(s.plan.shape.chunks, 4)):
+        if s.plan.shape.chunk_delay_ms:
+            await asyncio.sleep(s.plan.shape.chunk_delay_ms / 1000)
         await s.emit("response.output_text.delta", **where, delta=piece)
     await s.emit("response.output_text.done", **where, text=text)
     item: dict[str, Any] = {"id": item_id, "object": "realtime.item", "type": "message"}
