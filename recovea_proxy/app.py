@@ -25,13 +25,15 @@ from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.proxy import handle
 from recovea_proxy.runtime import open_runtime
 from recovea_proxy.surfaces import SurfaceMap, for_headers
+from recovea_proxy.websocket_proxy import serve_websocket
 
 
 class GatewayApp(Starlette):
     """Starlette for the gateway's own routes; provider paths skip its middleware stack
     and go straight to the raw ASGI pipeline (one dict lookup per request). Every
     path is checked on its raw bytes first; one that fails is refused by the pipeline
-    with 400 `invalid_path`."""
+    with 400 `invalid_path`. WebSocket handshakes on provider paths go to
+    `websocket_proxy` (Realtime); the gateway's own paths take none."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -44,6 +46,11 @@ class GatewayApp(Starlette):
                 if surface.anthropic_twin is not None:
                     surface = for_headers(surface, scope["headers"])
                 await handle(scope["state"]["runtime"], surface, scope, receive, send)
+                return
+        elif scope["type"] == "websocket":
+            surface = self.surfaces.resolve(scope.get("raw_path") or scope["path"].encode())
+            if surface is not None:
+                await serve_websocket(scope["state"]["runtime"], surface, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

@@ -118,6 +118,8 @@ class Settings:
     flight_buffer_max_kb: float = 8192.0
     flight_followers_max: int = 100
     flight_first_byte_wait_s: float = 30.0
+    ws_max_frame_bytes: int = 16 * 1024 * 1024
+    ws_heartbeat_s: float = 20.0
     security_contact: str = "mailto:security@example.invalid"
 
     @classmethod
@@ -205,6 +207,10 @@ class Settings:
             flight_first_byte_wait_s=_number(
                 env, "RECOVEA_FLIGHT_FIRST_BYTE_WAIT_S", 30, minimum=0.001
             ),
+            ws_max_frame_bytes=int(
+                _number(env, "RECOVEA_WS_MAX_FRAME_KB", 16384, minimum=1) * 1024
+            ),
+            ws_heartbeat_s=_number(env, "RECOVEA_WS_HEARTBEAT_S", 20, minimum=0),
             security_contact=env.get("RECOVEA_SECURITY_CONTACT", "mailto:security@example.invalid"),
         )
 

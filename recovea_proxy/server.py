@@ -33,6 +33,9 @@ def serve(settings: Settings, workers: int = 1) -> None:
         workers=workers if workers > 1 else None,
         loop="uvloop",
         http=http_protocol(settings),
+        # WebSockets (Realtime): a message over the bound closes the session with 1009
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_frame_bytes,
         lifespan="on",
         access_log=False,
         proxy_headers=False,

@@ -4,7 +4,7 @@ goes through — journal, credentials, body, model, first-byte delay, faults, re
 One server answers for three providers whose paths do not clash:
 
     OpenAI      /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
-                /v1/models[/{model}]
+                /v1/models[/{model}]; WebSockets: GET /v1/realtime, GET /v1/responses
     Anthropic   /v1/messages, /v1/messages/count_tokens
                 (/v1/models answers in Anthropic's shape to requests with anthropic-version)
     OpenRouter  /api/v1/... as OpenAI, plus usage always, cost, X-Generation-Id and
@@ -27,6 +27,7 @@ from recovea_proxy.mock_provider import (
     files,
     journal,
     openai_wire,
+    realtime,
     responses_wire,
 )
 from recovea_proxy.mock_provider.controls import MockDefaults, Plan, identity, plan_for
@@ -201,6 +202,7 @@ def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
     """The mock provider (OpenAI under /v1, Anthropic /v1/messages, OpenRouter /api/v1)."""
     app = web.Application(client_max_size=_MAX_BODY)
     app[DEFAULTS_KEY] = defaults or MockDefaults()
+    app[realtime.DEFAULTS_KEY] = app[DEFAULTS_KEY]
     app[journal.JOURNAL_KEY] = journal.new_journal()
     routes = app.router
     routes.add_get("/_mock/requests", journal.list_requests)
@@ -221,6 +223,8 @@ def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
     count = Endpoint("anthropic", lambda _body, plan: anthropic_wire.count_tokens_json(plan))
     routes.add_post("/v1/messages", _api_handler(messages))
     routes.add_post("/v1/messages/count_tokens", _api_handler(count))
+    routes.add_get("/v1/realtime", realtime.realtime)
+    routes.add_get("/v1/responses", realtime.responses)
     files.add_routes(app)
     routes.add_route("*", "/{tail:.*}", _not_found)
     return app

@@ -12,6 +12,8 @@ body's length. A request answered with a stream also gets
 | `completed`     | every event was written and the stream closed normally |
 | `client_closed` | the client closed the connection (or stopped waiting) before the end |
 | `reset`         | the mock cut the connection itself (`x-mock-fault: reset-mid-stream`) |
+
+A WebSocket session gets `ws` instead (see `realtime`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ def stream_state(request: web.Request) -> dict[str, Any]:
     entry = request.get(_ENTRY_KEY)
     if entry is not None:
         entry["stream"] = state
+    return state
+
+
+def ws_state(request: web.Request) -> dict[str, Any]:
+    """The journal's record of this request's WebSocket session (`ws`), for the
+    session to update as it runs."""
+    state: dict[str, Any] = {"received": [], "binary": 0, "binary_bytes": 0, "close_code": None}
+    entry = request.get(_ENTRY_KEY)
+    if entry is not None:
+        entry["ws"] = state
     return state
 
 

@@ -112,6 +112,40 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        # WebSocket sessions (Realtime, the Responses WebSocket mode); their responses
+        # are also counted as requests, one per response, like HTTP ones.
+        self.ws_sessions = Counter(
+            "gateway_websocket_sessions",
+            "WebSocket handshakes by provider, route template and outcome (accepted, refused).",
+            ("provider", "route", "outcome"),
+            registry=self.registry,
+        )
+        self.ws_closed = Counter(
+            "gateway_websocket_sessions_closed",
+            "Accepted WebSocket sessions that ended, by reason (client_closed, "
+            "upstream_closed, client_gone, upstream_gone, too_large, shutdown, error).",
+            ("provider", "route", "reason"),
+            registry=self.registry,
+        )
+        self.ws_open = Gauge(
+            "gateway_websocket_sessions_open",
+            "WebSocket sessions being relayed now.",
+            ("provider", "route"),
+            registry=self.registry,
+        )
+        self.ws_frames = Counter(
+            "gateway_websocket_frames",
+            "WebSocket messages relayed, by direction (client_to_upstream, upstream_to_client).",
+            ("provider", "route", "direction"),
+            registry=self.registry,
+        )
+        self.ws_bytes = Counter(
+            "gateway_websocket_bytes",
+            "Payload bytes of the WebSocket messages relayed, by direction.",
+            ("provider", "route", "direction"),
+            registry=self.registry,
+        )
+
     def count_provider_key_unavailable(self, reason: str) -> None:
         """One request refused because its workspace's own KMS key failed (`reason`);
         off the hot path: refusals only."""
