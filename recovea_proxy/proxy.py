@@ -42,7 +42,7 @@ from recovea_proxy.request_upload import (
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.sources import ResponseSource, UpstreamSource
 from recovea_proxy.surfaces import Surface, query_is_clean
-from recovea_proxy.upstream import UpstreamUnreachable, classify
+from recovea_proxy.upstream import classify, unreachable
 
 
 async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, send: Send) -> None:
@@ -220,10 +220,10 @@ async def _call(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if upload is not None and (cause := upload.cause()) is not None:
             raise cause from None
-        kind = classify(exc)
+        error = unreachable(rt.metrics, provider.name, exc)
         if flight is not None:
-            rt.flights.fail(flight, kind)
-        raise _unreachable(rt, provider.name, kind) from UpstreamUnreachable(kind)
+            rt.flights.fail(flight, classify(exc))
+        raise error from exc
     finally:
         record.upstream_wait_ns += time.perf_counter_ns() - waited
     if upload is not None:
@@ -236,14 +236,6 @@ async def _call(
             source.finish(clean=clean)
         else:
             rt.flights.leader_left(flight, source, clean=clean)
-
-
-def _unreachable(rt: Runtime, provider: str, kind: str) -> GatewayError:
-    """502 `upstream_unreachable`, counted (on the failure path only: a success pays
-    nothing for the lookup)."""
-    rt.metrics.upstream_errors.labels(provider, kind).inc()
-    rt.metrics.fail_open.labels("upstream", kind).inc()
-    return GatewayError(502, "upstream_unreachable", f"The provider could not be reached ({kind}).")
 
 
 def _refused_path_shape(scope: Scope) -> str:

@@ -2,7 +2,7 @@
 
 Failure tree (what the caller sees):
 
-    UpstreamUnreachable (502 upstream_unreachable, before any byte was sent)
+    502 upstream_unreachable (`unreachable`), before any byte was sent:
       kind="connect"   could not open a connection (refused, DNS, connect timeout),
                        or no pooled connection came free within the pool wait
       kind="timeout"   no response headers within the first-byte timeout
@@ -20,14 +20,8 @@ import asyncio
 import aiohttp
 
 from recovea_proxy.config import Settings
-
-
-class UpstreamUnreachable(Exception):
-    """The provider could not be reached or gave no response headers in time."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
+from recovea_proxy.errors import GatewayError
+from recovea_proxy.observability.metrics import GatewayMetrics
 
 
 def open_session(settings: Settings) -> aiohttp.ClientSession:
@@ -75,3 +69,13 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientOSError | ConnectionError):
         return "reset"
     return "error"
+
+
+def unreachable(metrics: GatewayMetrics, provider: str, exc: BaseException) -> GatewayError:
+    """502 `upstream_unreachable` for a failure before the response headers, counted in
+    `recovea_upstream_errors_total` and `gateway_fail_open_total{layer="upstream"}`
+    (on the failure path only: a success pays nothing for the lookups)."""
+    kind = classify(exc)
+    metrics.upstream_errors.labels(provider, kind).inc()
+    metrics.fail_open.labels("upstream", kind).inc()
+    return GatewayError(502, "upstream_unreachable", f"The provider could not be reached ({kind}).")

@@ -45,7 +45,7 @@ from recovea_proxy.ids import new_id
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.surfaces import Surface, query_is_clean
-from recovea_proxy.upstream import UpstreamUnreachable, classify
+from recovea_proxy.upstream import unreachable
 from recovea_proxy.websocket_meter import WebSocketMeter
 from recovea_proxy.websocket_relay import FAULT, Counters, Ending, Relay, client_ending
 
@@ -164,12 +164,7 @@ async def _open(
             _upstream_id(exc),
         ) from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        kind = classify(exc)
-        rt.metrics.upstream_errors.labels(provider.name, kind).inc()
-        rt.metrics.fail_open.labels("upstream", kind).inc()
-        raise GatewayError(
-            502, "upstream_unreachable", f"The provider could not be reached ({kind})."
-        ) from UpstreamUnreachable(kind)
+        raise unreachable(rt.metrics, provider.name, exc) from exc
     finally:
         session.upstream_wait_ns += time.perf_counter_ns() - waited
 
