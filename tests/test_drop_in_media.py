@@ -78,6 +78,33 @@ def test_image_generation_is_metered_from_its_usage(
     assert raw.headers["recovea-receipt"]
 
 
+def test_streamed_image_generation_is_metered_from_its_completed_event(
+    sdk: SdkClients, gateway: Gateway, mock: MockServer, tenant: Tenant
+) -> None:
+    """A streamed generation's usage follows a 200 KB image in its last event; the
+    stream reaches the client as it left the provider, the receipt line after it."""
+    via, direct = clients(sdk, gateway, mock, tenant)
+    kwargs: dict[str, Any] = {
+        "model": "gpt-image-1",
+        "prompt": "a harbour",
+        "stream": True,
+        "partial_images": 2,
+        "extra_headers": {**TOKENS, "x-mock-chunks": "200"},
+    }
+    with via.images.with_streaming_response.generate(**kwargs) as response:
+        request_id = response.headers["x-request-id"]
+        received = response.read()
+    with direct.images.with_streaming_response.generate(**kwargs) as response:
+        sent = response.read()
+    assert len(sent) > 3 * 200_000
+    assert without_receipt(received) == sent
+    found = row(gateway, tenant, request_id)
+    assert tokens(found) == (41, 73, None, None)
+    assert found["success"] is True
+    events = list(via.images.generate(**kwargs))
+    assert [event.type for event in events][-1] == "image_generation.completed"
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [("gpt-4o-transcribe", (41, 73)), ("gpt-4o-mini-transcribe", (41, 73)), ("whisper-1", None)],

@@ -119,6 +119,54 @@ def test_streamed_transcription_error_event_marks_error() -> None:
     assert (tap.usage.error, tap.usage.input_tokens) == (True, None)
 
 
+def image_stream(image_bytes: int, *, usage: bool = True, done: bool = False) -> bytes:
+    """An image stream: a partial image, then the completed event with usage last."""
+    image = "A" * image_bytes
+    partial = {"type": "image_generation.partial_image", "b64_json": image}
+    completed: dict[str, object] = {"type": "image_generation.completed", "b64_json": image}
+    if usage:
+        completed["usage"] = orjson.loads(IMAGE_BODY)["usage"]
+    return (
+        b"event: image_generation.partial_image\ndata: " + orjson.dumps(partial) + b"\n\n"
+        b"event: image_generation.completed\ndata: " + orjson.dumps(completed) + b"\n\n"
+    ) + (b"data: [DONE]\n\n" if done else b"")
+
+
+@pytest.mark.parametrize("image_bytes", [10, 70_000, 3_000_000])
+@pytest.mark.parametrize("done", [False, True])
+def test_streamed_image_usage_is_read_after_an_image_of_any_size(
+    image_bytes: int, done: bool
+) -> None:
+    """The completed event's usage follows a base64 image of up to megabytes: it is read
+    from the stream's tail, with or without a closing [DONE]."""
+    tap = OPENAI.stream_tap(IMAGES)
+    assert tap is not None
+    stream = image_stream(image_bytes, done=done)
+    for at in range(0, len(stream), 65_521):
+        tap.feed(stream[at : at + 65_521])
+    tap.close()
+    assert tap.usage == Usage(50, 272, terminal=True)
+
+
+def test_streamed_image_without_usage_or_cut_off_has_none() -> None:
+    """dall-e streams no usage; a stream cut inside its last event has none either."""
+    for stream in (image_stream(100, usage=False), image_stream(100)[:-20]):
+        tap = OPENAI.stream_tap(IMAGES)
+        assert tap is not None
+        tap.feed(stream)
+        tap.close()
+        assert tap.usage == Usage()
+
+
+def test_streamed_image_error_event_marks_error() -> None:
+    """An error event ends the stream: the outcome is an error."""
+    tap = OPENAI.stream_tap(IMAGES)
+    assert tap is not None
+    tap.feed(image_stream(100)[:40] + b'\n\ndata: {"type":"error","error":{"message":"x"}}\n\n')
+    tap.close()
+    assert tap.usage.error is True
+
+
 # --- the tail of a JSON body too large to buffer ------------------------------------
 
 

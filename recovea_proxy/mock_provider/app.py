@@ -203,7 +203,9 @@ def _endpoints(surface: Surface) -> dict[str, Endpoint]:
     return {
         **chat,
         "embeddings": Endpoint(surface, openai_wire.embeddings_json),
-        "images/generations": Endpoint(surface, media_wire.images_json),
+        "images/generations": Endpoint(
+            surface, media_wire.images_json, media_wire.images_events, _always(stream_error)
+        ),
         "responses": Endpoint(
             surface,
             responses_wire.responses_json,

@@ -4,6 +4,8 @@ them.
 - `POST /v1/images/generations` (JSON): `{created, data: [{b64_json}], usage}`, with
   `usage` (`input_tokens`, `input_tokens_details{text_tokens, image_tokens}`,
   `output_tokens`, `total_tokens`) for the gpt-image-* models only, none for dall-e-*;
+  with `stream: true`, `image_generation.partial_image` events then
+  `image_generation.completed` carrying the image and the usage;
 - `POST /v1/audio/transcriptions` (multipart form): `{text, usage}`, token usage
   (`type: "tokens"`, `input_token_details{text_tokens, audio_tokens}`) for the
   gpt-4o-*-transcribe models, `{type: "duration", seconds}` for whisper-1; with
@@ -39,6 +41,19 @@ PIXEL_PNG = base64.b64encode(
 AUDIO_BYTES_PER_SECOND = 16_000
 
 
+def image_usage(body: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+    """The usage of a gpt-image-* generation; None for other models (dall-e-*)."""
+    if not str(body.get("model", "")).startswith("gpt-image") or not plan.usage:
+        return None
+    s = plan.shape
+    return {
+        "input_tokens": s.input_tokens,
+        "input_tokens_details": {"text_tokens": s.input_tokens, "image_tokens": 0},
+        "output_tokens": s.output_tokens,
+        "total_tokens": s.input_tokens + s.output_tokens,
+    }
+
+
 def images_json(body: dict[str, Any], plan: Plan) -> bytes:
     """A whole image generation answer: one b64 image per `n`, usage for gpt-image-*."""
     count = body.get("n")
@@ -47,15 +62,37 @@ def images_json(body: dict[str, Any], plan: Plan) -> bytes:
         "created": plan.created,
         "data": [{"b64_json": PIXEL_PNG} for _ in range(count)],
     }
-    if str(body.get("model", "")).startswith("gpt-image") and plan.usage:
-        s = plan.shape
-        doc["usage"] = {
-            "input_tokens": s.input_tokens,
-            "input_tokens_details": {"text_tokens": s.input_tokens, "image_tokens": 0},
-            "output_tokens": s.output_tokens,
-            "total_tokens": s.input_tokens + s.output_tokens,
-        }
+    usage = image_usage(body, plan)
+    if usage is not None:
+        doc["usage"] = usage
     return orjson.dumps(doc)
+
+
+def images_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
+    """A streamed generation: `partial_images` partial images (the image repeated to
+    `x-mock-chunks` KiB-ish of base64 each, as large as real ones get), then
+    `image_generation.completed` with the image and the usage last."""
+    partials = body.get("partial_images")
+    partials = partials if type(partials) is int and 0 <= partials <= 3 else 0
+    image = PIXEL_PNG * max(1, plan.shape.chunks * 1024 // len(PIXEL_PNG))
+    for index in range(partials):
+        event = {
+            "type": "image_generation.partial_image",
+            "b64_json": image,
+            "created_at": plan.created,
+            "partial_image_index": index,
+        }
+        yield b"event: image_generation.partial_image\ndata: " + orjson.dumps(event) + b"\n\n"
+    done: dict[str, Any] = {
+        "type": "image_generation.completed",
+        "b64_json": image,
+        "created_at": plan.created,
+        "output_format": "png",
+    }
+    usage = image_usage(body, plan)
+    if usage is not None:
+        done["usage"] = usage
+    yield b"event: image_generation.completed\ndata: " + orjson.dumps(done) + b"\n\n"
 
 
 async def read_form(request: web.Request) -> tuple[dict[str, Any], bytes]:

@@ -13,7 +13,8 @@ writes (the lifetime is not reported).
 Images (generations, edits) and audio (transcriptions, translations) report
 `input_tokens` and `output_tokens` in `usage` for the token-billed models (gpt-image-*,
 gpt-4o-*-transcribe); a streamed transcription carries the same usage in its final
-`transcript.text.done` event. Whisper's duration usage and dall-e's absent one leave
+`transcript.text.done` event, a streamed image its final `image_generation.completed`
+(`image_edit.completed`) event. Whisper's duration usage and dall-e's absent one leave
 the counts None.
 """
 
@@ -38,6 +39,7 @@ from recovea_proxy.providers.base import (
     StreamTap,
     WindowTap,
 )
+from recovea_proxy.providers.json_tail import JsonTail, usage_object
 from recovea_proxy.providers.usage import Usage, as_count, nested_count, served_tier
 
 _EXACT = {
@@ -254,6 +256,39 @@ class TranscriptionStreamTap(MarkerTap):
             self.usage.terminal = True
 
 
+class ImageStreamTap(StreamTap):
+    """Image generation and edit streams: the final `image_generation.completed` (or
+    `image_edit.completed`) event carries the usage after a base64 image of up to
+    megabytes, too long a line to hold. So only the stream's last bytes are kept
+    (`JsonTail`), and its last top-level `usage` object is read from them at the end."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tail = JsonTail()
+
+    def feed(self, chunk: bytes) -> None:
+        self._tail.feed(chunk)
+
+    def close(self) -> None:
+        tail = self._tail
+        end = tail.value().rstrip()
+        if end.endswith(b"data: [DONE]"):
+            end = end[:-12].rstrip()
+        last = end.rsplit(b"\n", 1)[-1]
+        if b'"type":"error"' in last or b'"type": "error"' in last:
+            self.usage.error = True
+            return
+        found = usage_object(end, whole=not tail.trimmed)
+        if found is not None:
+            token_usage(found, self.usage, "input_tokens_details")
+            self.usage.terminal = True
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        return None  # read from the tail at the end, not event by event
+
+
 class HiddenUsageFilter(StreamFilter):
     """Removes the usage the gateway asked for on the client's behalf from a chat stream:
     the `"usage":null` key of every chunk and the final usage-only event."""
@@ -341,6 +376,8 @@ class OpenAI(Provider):
             return ResponsesStreamTap()
         if kind == TRANSCRIPTIONS:
             return TranscriptionStreamTap()
+        if kind == IMAGES:
+            return ImageStreamTap()
         return None
 
     def prepare_request(self, kind: str, parsed: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
