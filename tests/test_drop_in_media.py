@@ -119,8 +119,7 @@ def test_transcription_is_metered_from_its_usage(
 ) -> None:
     """A multipart transcription: the token models' input and output tokens are the
     row's; whisper-1 reports seconds of audio, not tokens, so its counts are NULL
-    (never a count made from the seconds). The model of a multipart request is not
-    read (the row's model is NULL)."""
+    (never a count made from the seconds). The row's model is the form's `model`."""
     via, direct = clients(sdk, gateway, mock, tenant)
     raw = via.audio.transcriptions.with_raw_response.create(
         model=model, file=AUDIO, extra_headers=TOKENS
@@ -133,7 +132,7 @@ def test_transcription_is_metered_from_its_usage(
     found = row(gateway, tenant, raw.headers["x-request-id"])
     assert tokens(found) == (*(expected or (None, None)), None, None)
     assert found["success"] is True
-    assert found["baseline_model"] is None
+    assert found["baseline_model"] == model
     assert mock.requests()[-1]["body"]["model"] == model
 
 
