@@ -7,7 +7,10 @@ in progress) the same way:
 - a JSON body up to `_BUFFER_JSON_MAX` is read whole (usage is read from it, the
   receipt goes in a header);
 - anything else streams through, chunk by chunk, unchanged and unbuffered, past the
-  observers; an SSE stream ends with the receipt as a comment line.
+  observers; an SSE stream ends with the receipt as a comment line. A JSON body too
+  large to buffer has its usage read from its last bytes (`JsonTailTap`); its
+  headers left before the receipt existed, so its receipt is only in the ledger
+  (`/v1/recovea/receipts/{request_id}`), as for any streamed body that is not SSE.
 
 Observers (`Observer`: `feed` each chunk, `close` at the end) read the bytes as they
 pass: the usage tap, and whatever a lever attached (the cache recorder, say). They
@@ -92,9 +95,9 @@ class _Response:
         provider = x.surface.provider
         is_sse = source.content_type.startswith(_SSE_TYPE)
         if is_sse:
-            self.tap = provider.stream_tap(x.surface.kind)
-            if self.tap is not None:
-                self.observers.insert(0, self.tap)
+            self._attach(provider.stream_tap(x.surface.kind))
+        elif source.content_type.startswith(_JSON_TYPE) and source.identity_encoded:
+            self._attach(provider.json_tail_tap(x.surface.kind))
         stream_filter = provider.stream_filter() if is_sse and hide_usage else None
         out_headers, upstream_id = response_headers(
             source.raw_headers, provider.request_id_header, keep_length=stream_filter is None
@@ -119,6 +122,12 @@ class _Response:
         if is_sse:
             last += x.rt.receipts.sse_line(x.rt.receipts.sign(record, hasher.hexdigest()))
         await x.send({"type": "http.response.body", "body": last, "more_body": False})
+
+    def _attach(self, tap: StreamTap | None) -> None:
+        """The usage tap reads first (and is settled before the other observers)."""
+        if tap is not None:
+            self.tap = tap
+            self.observers.insert(0, tap)
 
     async def _start(
         self, out_headers: list[tuple[bytes, bytes]], upstream_id: bytes | None
@@ -222,8 +231,10 @@ class _Response:
         await x.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _pass_oversized(self, head: list[bytes]) -> None:
-        """A JSON body of unannounced length outgrew the buffer: stream it on, unread."""
+        """A JSON body of unannounced length outgrew the buffer: stream it on, its usage
+        read from its tail."""
         x, record = self.x, self.x.record
+        self._attach(x.surface.provider.json_tail_tap(x.surface.kind))
         out_headers, upstream_id = response_headers(
             self.source.raw_headers, x.surface.provider.request_id_header, keep_length=False
         )

@@ -4,9 +4,12 @@ goes through — journal, credentials, body, model, first-byte delay, faults, re
 One server answers for three providers whose paths do not clash:
 
     OpenAI      /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
-                /v1/models[/{model}]; WebSockets: GET /v1/realtime, GET /v1/responses
-    Anthropic   /v1/messages, /v1/messages/count_tokens
-                (/v1/models answers in Anthropic's shape to requests with anthropic-version)
+                /v1/models[/{model}], /v1/images/generations,
+                /v1/audio/transcriptions (multipart; `media_wire`), /v1/files (`files`);
+                WebSockets: GET /v1/realtime, GET /v1/responses
+    Anthropic   /v1/messages, /v1/messages/count_tokens, /v1/messages/batches, /v1/files
+                (/v1/models and /v1/files answer in Anthropic's shape to requests with
+                anthropic-version)
     OpenRouter  /api/v1/... as OpenAI, plus usage always, cost, X-Generation-Id and
                 a keep-alive comment at the start of each stream
 
@@ -26,6 +29,7 @@ from recovea_proxy.mock_provider import (
     anthropic_wire,
     files,
     journal,
+    media_wire,
     openai_wire,
     realtime,
     responses_wire,
@@ -145,6 +149,19 @@ def _api_handler(endpoint: Endpoint) -> Handler:
     return handler
 
 
+async def _transcriptions(request: web.Request) -> web.StreamResponse:
+    """A multipart transcription: JSON, or SSE with `stream=true` (no faults)."""
+    form, ident = await media_wire.read_form(request)
+    plan = plan_for(request.app[DEFAULTS_KEY], request.headers, ident)
+    if not has_key(request):
+        return _error(request, "openai", plan, Failure.AUTH)
+    headers = provider_headers("openai", plan)
+    if form.get("stream") == "true":
+        events = media_wire.transcription_events(form, plan)
+        return await stream_response(request, plan, headers, events, _always(OPENAI_STREAM_ERROR))
+    return json_response(request, plan, media_wire.transcription_json(form, plan), headers)
+
+
 def _request_surface(request: web.Request) -> Surface:
     if request.path.startswith("/api/"):
         return "openrouter"
@@ -189,6 +206,9 @@ def _endpoints(surface: Surface) -> dict[str, Endpoint]:
     return {
         **chat,
         "embeddings": Endpoint(surface, openai_wire.embeddings_json),
+        "images/generations": Endpoint(
+            surface, media_wire.images_json, media_wire.images_events, _always(stream_error)
+        ),
         "responses": Endpoint(
             surface,
             responses_wire.responses_json,
@@ -210,6 +230,7 @@ def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
     for prefix, surface in _OPENAI_SURFACES:
         for path, endpoint in _endpoints(surface).items():
             routes.add_post(f"{prefix}/{path}", _api_handler(endpoint))
+        routes.add_post(f"{prefix}/audio/transcriptions", _transcriptions)
         routes.add_get(f"{prefix}/models", _models)
         routes.add_get(f"{prefix}/models/{{model:.+}}", _models)
         routes.add_route("*", f"{prefix}/_mock/echo", journal.echo)

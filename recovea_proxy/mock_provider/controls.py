@@ -75,6 +75,10 @@ class Plan:
     finish_reason: str | None = None
     #: the service tier to report as the one that served (`x-mock-service-tier`)
     service_tier: str | None = None
+    #: write JSON bodies indented, as OpenAI writes embeddings (`x-mock-pretty: 1`)
+    pretty: bool = False
+    #: send JSON bodies chunked, without a content-length (`x-mock-chunked: 1`)
+    chunked: bool = False
 
     def reason(self, natural: str) -> str:
         """The finish reason to report: the override, else `natural`."""
@@ -162,6 +166,8 @@ def plan_for(defaults: MockDefaults, headers: Mapping[str, str], ident: bytes) -
         digest=hashlib.sha256(ident).hexdigest(),
         finish_reason=_json_string(headers.get("x-mock-finish-reason")),
         service_tier=headers.get("x-mock-service-tier") or None,
+        pretty=headers.get("x-mock-pretty") == "1",
+        chunked=headers.get("x-mock-chunked") == "1",
     )
 
 

@@ -73,11 +73,15 @@ def accepts_gzip(accept_encoding: str) -> bool:
 def json_response(
     request: web.Request, plan: Plan, body: bytes, headers: dict[str, str], status: int = 200
 ) -> web.Response:
-    """A JSON response, gzipped when `x-mock-fault: gzip` and the client accepts gzip."""
+    """A JSON response, gzipped when `x-mock-fault: gzip` and the client accepts gzip,
+    chunked (no content-length) when `x-mock-chunked: 1`."""
     if plan.fault == "gzip" and accepts_gzip(request.headers.get("accept-encoding", "")):
         headers = {**headers, "content-encoding": "gzip"}
         body = gzip.compress(body, compresslevel=5, mtime=0)
-    return web.Response(body=body, status=status, content_type=JSON_TYPE, headers=headers)
+    response = web.Response(body=body, status=status, content_type=JSON_TYPE, headers=headers)
+    if plan.chunked:
+        response.enable_chunked_encoding()
+    return response
 
 
 async def stream_response(

@@ -24,6 +24,7 @@ from recovea_proxy.mock_provider.controls import Plan
 from recovea_proxy.mock_provider.text import pieces, reply_text
 
 EMBEDDING_DIMENSIONS = 8
+MAX_DIMENSIONS = 3072
 DONE = b"data: [DONE]\n\n"
 
 
@@ -147,26 +148,33 @@ def _input_count(inputs: Any) -> int:
     return 1
 
 
-def _vector(index: int) -> list[float]:
-    return [0.125 * ((j + index) % EMBEDDING_DIMENSIONS) - 0.5 for j in range(EMBEDDING_DIMENSIONS)]
+def _vector(index: int, size: int) -> list[float]:
+    return [0.125 * ((j + index) % EMBEDDING_DIMENSIONS) - 0.5 for j in range(size)]
 
 
-_PACK = struct.Struct(f"<{EMBEDDING_DIMENSIONS}f")
+def _dimensions(value: Any) -> int:
+    """The request's `dimensions` (1 to MAX_DIMENSIONS), else EMBEDDING_DIMENSIONS."""
+    if type(value) is int and 1 <= value <= MAX_DIMENSIONS:
+        return value
+    return EMBEDDING_DIMENSIONS
 
 
 def embeddings_json(body: dict[str, Any], plan: Plan) -> bytes:
-    """A `list` of one embedding per input (base64 float32 when the request asks)."""
+    """A `list` of one embedding per input (base64 float32 when the request asks), of
+    the requested `dimensions`; indented, usage last, with `x-mock-pretty: 1`."""
     as_base64 = body.get("encoding_format") == "base64"
+    size = _dimensions(body.get("dimensions"))
+    pack = struct.Struct(f"<{size}f")
     data: list[dict[str, Any]] = []
     for i in range(_input_count(body.get("input"))):
-        vector = _vector(i)
-        embedding: Any = base64.b64encode(_PACK.pack(*vector)).decode() if as_base64 else vector
+        vector = _vector(i, size)
+        embedding: Any = base64.b64encode(pack.pack(*vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     doc: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model")}
     if plan.usage:
         tokens = plan.shape.input_tokens
         doc["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return orjson.dumps(doc)
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2 if plan.pretty else None)
 
 
 MODELS = (

@@ -115,6 +115,7 @@ class Anthropic(Provider):
     name = "anthropic"
     request_id_header = b"request-id"
     error_shape = "anthropic"
+    json_usage_kinds = frozenset({MESSAGES})
 
     def credential_headers(self, key: str) -> tuple[tuple[str, str], ...]:
         return (("x-api-key", key),)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
+from recovea_proxy.providers.json_tail import JsonTail
 from recovea_proxy.providers.sse import MarkedLines, data_of
 from recovea_proxy.providers.usage import Usage
 
@@ -20,6 +21,8 @@ from recovea_proxy.providers.usage import Usage
 CHAT = "chat"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
+IMAGES = "images"  # image generations and edits
+TRANSCRIPTIONS = "transcriptions"  # audio transcriptions and translations
 RESPONSES = "responses"
 MESSAGES = "messages"
 COUNT_TOKENS = "count_tokens"
@@ -158,6 +161,33 @@ class WindowTap(StreamTap):
         self.dispatch(first + _last_data(b"".join(tail), self.TAIL_EVENTS))
 
 
+class JsonTailTap(StreamTap):
+    """A JSON body too large to buffer: keeps its last bytes (`JsonTail`) as they pass
+    and, when it ends, reads the usage in them with the provider's JSON reader (given
+    `{"usage": <the object>}`). A body that ends like a whole JSON object is a normal
+    end even when it holds no usage."""
+
+    __slots__ = ("_read", "_tail")
+
+    def __init__(self, read: Callable[[Any], Usage]) -> None:
+        super().__init__()
+        self._read = read
+        self._tail = JsonTail()
+
+    def feed(self, chunk: bytes) -> None:
+        self._tail.feed(chunk)
+
+    def close(self) -> None:
+        tail = self._tail
+        found = tail.usage_object()
+        if found is not None:
+            self.usage = self._read({"usage": found})
+        self.usage.terminal = tail.complete()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        return None  # not an event stream
+
+
 # Lines looked at from each edge: enough for 4 events of up to 3 lines (event:, data:,
 # blank) plus comments and pings in between.
 _EDGE_LINES = 16
@@ -221,6 +251,16 @@ class Provider(ABC):
     @abstractmethod
     def stream_tap(self, kind: str) -> StreamTap | None:
         """A fresh tap for a streamed response of this kind, or None if it has no usage."""
+
+    #: endpoint kinds whose JSON bodies report usage (`usage_from_json` reads it)
+    json_usage_kinds: frozenset[str] = frozenset()
+
+    def json_tail_tap(self, kind: str) -> StreamTap | None:
+        """A fresh tap for a JSON body of this kind too large to buffer, or None if its
+        JSON has no usage."""
+        if kind not in self.json_usage_kinds:
+            return None
+        return JsonTailTap(lambda body: self.usage_from_json(kind, body))
 
     def prepare_request(self, kind: str, parsed: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
         """The body to send upstream, and whether the stream needs its added usage removed.

@@ -9,6 +9,13 @@ The tier that served is the response's (or chunk's) top-level `service_tier`, ke
 unless it is `default`; cache writes, where reported
 (`prompt_tokens_details.cache_write_tokens`, as OpenRouter does), count as 5-minute
 writes (the lifetime is not reported).
+
+Images (generations, edits) and audio (transcriptions, translations) report
+`input_tokens` and `output_tokens` in `usage` for the token-billed models (gpt-image-*,
+gpt-4o-*-transcribe); a streamed transcription carries the same usage in its final
+`transcript.text.done` event, a streamed image its final `image_generation.completed`
+(`image_edit.completed`) event. Whisper's duration usage and dall-e's absent one leave
+the counts None.
 """
 
 from __future__ import annotations
@@ -21,15 +28,18 @@ from recovea_proxy.providers.base import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    IMAGES,
     MODELS,
     OTHER,
     RESPONSES,
+    TRANSCRIPTIONS,
     MarkerTap,
     Provider,
     StreamFilter,
     StreamTap,
     WindowTap,
 )
+from recovea_proxy.providers.json_tail import JsonTail, usage_object
 from recovea_proxy.providers.usage import Usage, as_count, nested_count, served_tier
 
 _EXACT = {
@@ -38,6 +48,10 @@ _EXACT = {
     "/v1/embeddings": (EMBEDDINGS, "/v1/embeddings"),
     "/v1/responses": (RESPONSES, "/v1/responses"),
     "/v1/models": (MODELS, "/v1/models"),
+    "/v1/images/generations": (IMAGES, "/v1/images/generations"),
+    "/v1/images/edits": (IMAGES, "/v1/images/edits"),
+    "/v1/audio/transcriptions": (TRANSCRIPTIONS, "/v1/audio/transcriptions"),
+    "/v1/audio/translations": (TRANSCRIPTIONS, "/v1/audio/translations"),
 }
 
 # First path segments that get their own metric label; anything else is "/v1/other"
@@ -101,6 +115,17 @@ def responses_usage(obj: Any, usage: Usage) -> None:
     usage.cached_tokens = nested_count(obj, "input_tokens_details", "cached_tokens")
     usage.reasoning_tokens = nested_count(obj, "output_tokens_details", "reasoning_tokens")
     usage.cache_write_5m_tokens = nested_count(obj, "input_tokens_details", "cache_write_tokens")
+
+
+def token_usage(obj: Any, usage: Usage, details: str) -> None:
+    """Copy an images or audio `usage` object (`input_tokens`, `output_tokens`, cached
+    tokens in `details` where reported) into `usage`. Whisper's `{"type": "duration",
+    "seconds": N}` has no tokens: the counts stay None."""
+    if not isinstance(obj, dict) or obj.get("type") == "duration":
+        return
+    usage.input_tokens = as_count(obj.get("input_tokens"))
+    usage.output_tokens = as_count(obj.get("output_tokens"))
+    usage.cached_tokens = nested_count(obj, details, "cached_tokens")
 
 
 def service_tier(obj: dict[str, Any], usage: Usage) -> None:
@@ -215,6 +240,55 @@ class ResponsesStreamTap(MarkerTap):
             response_outcome(event.get("response"), self.usage)
 
 
+class TranscriptionStreamTap(MarkerTap):
+    """Streamed transcriptions: the final `transcript.text.done` event carries the usage."""
+
+    __slots__ = ()
+
+    markers = (b'"transcript.text.done"', b'"type":"error"', b'"type": "error"')
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "error":
+            self.usage.error = True
+        elif kind == "transcript.text.done":
+            token_usage(event.get("usage"), self.usage, "input_token_details")
+            self.usage.terminal = True
+
+
+class ImageStreamTap(StreamTap):
+    """Image generation and edit streams: the final `image_generation.completed` (or
+    `image_edit.completed`) event carries the usage after a base64 image of up to
+    megabytes, too long a line to hold. So only the stream's last bytes are kept
+    (`JsonTail`), and its last top-level `usage` object is read from them at the end."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tail = JsonTail()
+
+    def feed(self, chunk: bytes) -> None:
+        self._tail.feed(chunk)
+
+    def close(self) -> None:
+        tail = self._tail
+        end = tail.value().rstrip()
+        if end.endswith(b"data: [DONE]"):
+            end = end[:-12].rstrip()
+        last = end.rsplit(b"\n", 1)[-1]
+        if b'"type":"error"' in last or b'"type": "error"' in last:
+            self.usage.error = True
+            return
+        found = usage_object(end, whole=not tail.trimmed)
+        if found is not None:
+            token_usage(found, self.usage, "input_tokens_details")
+            self.usage.terminal = True
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        return None  # read from the tail at the end, not event by event
+
+
 class HiddenUsageFilter(StreamFilter):
     """Removes the usage the gateway asked for on the client's behalf from a chat stream:
     the `"usage":null` key of every chunk and the final usage-only event."""
@@ -270,6 +344,7 @@ class OpenAI(Provider):
     name = "openai"
     request_id_header = b"x-request-id"
     error_shape = "openai"
+    json_usage_kinds = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, IMAGES, TRANSCRIPTIONS})
 
     def endpoint_of(self, path: str) -> tuple[str, str]:
         return openai_endpoint_of(path)
@@ -288,6 +363,10 @@ class OpenAI(Provider):
             chat_usage(body.get("usage"), usage)
             service_tier(body, usage)
             usage.finish_reason = _first_finish_reason(body.get("choices"))
+        elif kind == IMAGES:
+            token_usage(body.get("usage"), usage, "input_tokens_details")
+        elif kind == TRANSCRIPTIONS:
+            token_usage(body.get("usage"), usage, "input_token_details")
         return usage
 
     def stream_tap(self, kind: str) -> StreamTap | None:
@@ -295,6 +374,10 @@ class OpenAI(Provider):
             return ChatStreamTap()
         if kind == RESPONSES:
             return ResponsesStreamTap()
+        if kind == TRANSCRIPTIONS:
+            return TranscriptionStreamTap()
+        if kind == IMAGES:
+            return ImageStreamTap()
         return None
 
     def prepare_request(self, kind: str, parsed: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
