@@ -28,9 +28,12 @@ from recovea_proxy.clean import clean_model
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.request_body import ClientGone, too_large
 
-# A multipart form's `model` field (audio transcriptions, image edits name their model
-# there): looked for in the form's first bytes only, where SDKs put their fields.
-_MODEL_FIELD = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1,256})\r\n')
+# A multipart form's `model` and `stream` fields (audio transcriptions, image edits
+# name their model there): looked for in the form's first bytes only, before its first
+# file part, where SDKs put their fields.
+_FORM_FIELD = re.compile(
+    rb'name="(model|stream)"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1,256})\r\n'
+)
 _SNIFF_MAX = 64 * 1024
 # Media types read whole and parsed (or forwarded whole) rather than streamed: JSON,
 # and the two types clients send JSON under by default (curl -d, fetch of a string).
@@ -38,7 +41,7 @@ _READ_WHOLE = frozenset({b"application/json", b"application/x-www-form-urlencode
 
 
 def is_multipart(content_type: bytes | None) -> bool:
-    """Whether an upload is a multipart form (whose `model` field is worth reading)."""
+    """Whether an upload is a multipart form (whose fields are worth reading)."""
     return content_type is not None and content_type[:10].lower() == b"multipart/"
 
 
@@ -77,7 +80,7 @@ class StreamedBody:
         self, receive: Receive, record: RequestRecord, limit: int, *, multipart: bool
     ) -> None:
         self._receive = receive
-        #: the form's first bytes, kept until its `model` field is found (multipart only)
+        #: the form's first bytes, kept until its fields are read (multipart only)
         self._head: bytearray | None = bytearray() if multipart else None
         self._record = record
         self._limit = limit
@@ -100,8 +103,8 @@ class StreamedBody:
                     if self.size > self._limit:
                         raise UploadTooLarge
                     self._hash.update(chunk)
-                    if self._head is not None:
-                        self._sniff_model(chunk)
+                if self._head is not None:
+                    self._read_form_fields(chunk, ended=not more)
                 if not more:
                     self.settle()
                 if chunk:
@@ -112,18 +115,24 @@ class StreamedBody:
             self.failure = exc
             raise
 
-    def _sniff_model(self, chunk: bytes) -> None:
-        """Read the form's `model` field into the record if it is in the first bytes."""
+    def _read_form_fields(self, chunk: bytes, *, ended: bool) -> None:
+        """Read the form's `model` and `stream` fields into the record, from the fields
+        before its first file part (a file's bytes are not the form's) in its first
+        `_SNIFF_MAX` bytes."""
         head = self._head
         assert head is not None
         head += chunk[: _SNIFF_MAX - len(head)]
-        # only the fields before the first file part: a file's bytes are not the form's
         file_at = head.find(b'filename="')
-        found = _MODEL_FIELD.search(head, 0, len(head) if file_at < 0 else file_at)
-        if found is not None:
-            self._record.model = clean_model(found.group(1).decode("utf-8", "replace"))
-        if found is not None or file_at >= 0 or len(head) >= _SNIFF_MAX:
-            self._head = None
+        if file_at < 0 and len(head) < _SNIFF_MAX and not ended:
+            return  # the fields may not all be here yet
+        record = self._record
+        for found in _FORM_FIELD.finditer(head, 0, len(head) if file_at < 0 else file_at):
+            value = found.group(2).decode("utf-8", "replace")
+            if found.group(1) == b"model":
+                record.model = clean_model(value)
+            else:
+                record.stream = value.strip().lower() == "true"
+        self._head = None
 
     def settle(self) -> None:
         """Put what was forwarded so far in the record (the whole body once it has

@@ -159,6 +159,8 @@ def test_streamed_transcription_is_metered_from_its_done_event(
     found = row(gateway, tenant, request_id)
     assert tokens(found) == (41, 73, None, None)
     assert found["success"] is True
+    logged = gateway.record(request_id)
+    assert (logged["baseline_model"], logged["stream"]) == ("gpt-4o-transcribe", True)
 
 
 def large_embeddings(client: openai.OpenAI, **headers: str) -> Any:

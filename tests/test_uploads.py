@@ -301,3 +301,17 @@ def test_a_forms_model_field_is_recorded_and_a_files_bytes_are_not_read_as_one(
     )
     assert response.status_code == 200
     assert gateway.record(response.headers["x-request-id"])["baseline_model"] is None
+
+
+def test_a_forms_stream_field_marks_the_row_streamed(gateway: Gateway, tenant: Tenant) -> None:
+    """`stream=true` in a form (a streamed transcription) is the row's `stream`; a form
+    without a file part is read to its end."""
+    response = httpx.post(
+        f"{gateway.url}/v1/files",
+        files={"model": (None, "gpt-4o-mini-transcribe"), "stream": (None, "true")},
+        headers=tenant.bearer,
+        timeout=30,
+    )
+    assert response.status_code == 200
+    logged = gateway.record(response.headers["x-request-id"])
+    assert (logged["baseline_model"], logged["stream"]) == ("gpt-4o-mini-transcribe", True)
