@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -342,3 +343,29 @@ def test_unreachable_provider_is_a_502(start_gateway: Callable[..., Gateway]) ->
     line = gateway.record(response.headers["x-request-id"])
     assert (line["http_status"], line["error_code"]) == (502, "upstream_unreachable")
     assert line["route"] == "/v1/realtime"
+
+
+def test_shutdown_closes_sessions_and_keeps_their_rows(
+    start_gateway: Callable[..., Gateway], mock: MockServer, postgres: Postgres
+) -> None:
+    """A gateway stopping (SIGTERM) closes each open session: the client with 1012
+    (service restart, uvicorn's), the provider with 1001 (going away); the session's
+    row is written before the process exits."""
+    gateway = start_gateway()
+    mock.clear()
+
+    async def session_during_shutdown() -> ConnectionClosed:
+        ws = await open_raw(ws_url(gateway.url), **{"x-recovea-trace-id": "ws-trace-stop-0001"})
+        await ws.recv()  # session.created: the relay is running
+        stopping = asyncio.create_task(asyncio.to_thread(gateway.stop))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await ws.recv()
+        assert await stopping in (0, -signal.SIGTERM)  # not killed
+        return closed.value
+
+    closed = asyncio.run(session_during_shutdown())
+    assert closed.rcvd is not None and closed.rcvd.code == 1012
+    wait_until(lambda: handshakes(mock)[0]["ws"]["close_code"] == 1001, what="1001 at the mock")
+    (row,) = rows_of(postgres, "ws-trace-stop-0001", 1)
+    assert row["baseline_model"] == MODEL
