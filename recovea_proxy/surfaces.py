@@ -12,8 +12,8 @@
 Paths alone cannot tell Anthropic's `/v1/models` or `/v1/files` from OpenAI's: a
 bare `/v1/*` request that carries `anthropic-version` (every Anthropic SDK sends it
 on every call) or an Anthropic-shaped key (`x-api-key: sk-ant-…`, `Authorization:
-Bearer sk-ant-…`) is Anthropic's, whatever its path (`for_headers`). The explicit
-prefixes are never re-routed.
+Bearer sk-ant-…`, when no rcv_ key is beside it) is Anthropic's, whatever its path
+(`for_headers`). The explicit prefixes are never re-routed.
 
 Paths are checked on their raw bytes (as the client sent them, before any
 percent-decoding) and a path that fails is never classified or forwarded: it
@@ -101,20 +101,26 @@ class SurfaceMap:
 
 def for_headers(surface: Surface, headers: list[tuple[bytes, bytes]]) -> Surface:
     """The surface a bare `/v1/*` path names for these request headers: its Anthropic
-    twin when they carry `anthropic-version` or an Anthropic-shaped key."""
+    twin when they carry `anthropic-version`, or an Anthropic-shaped key and no rcv_
+    key (an rcv_ key wins auth, so a provider key beside it says nothing)."""
     twin = surface.anthropic_twin
     if twin is None:
         return surface
+    anthropic_key = rcv_key = False
     for name, value in headers:
         if name == b"anthropic-version":
             return twin
         if name == b"x-api-key":
-            if value.startswith(_ANTHROPIC_KEY):
-                return twin
+            credential = value.strip()
         elif name == b"authorization" and value[:7].lower() == b"bearer ":
-            if value[7:].lstrip().startswith(_ANTHROPIC_KEY):
-                return twin
-    return surface
+            credential = value[7:].strip()
+        else:
+            continue
+        if credential.startswith(_ANTHROPIC_KEY):
+            anthropic_key = True
+        elif credential[:4].lower() == b"rcv_":
+            rcv_key = True
+    return twin if anthropic_key and not rcv_key else surface
 
 
 def query_is_clean(query: bytes) -> bool:

@@ -53,7 +53,9 @@ def post(
         headers={
             **tenant.bearer,
             "content-type": "application/json",
-            "anthropic-version": "2023-06-01",
+            # as the Anthropic SDK: on Anthropic's calls only (on any bare /v1/* path
+            # it makes the call Anthropic's)
+            **({"anthropic-version": "2023-06-01"} if path.startswith("/v1/messages") else {}),
             **headers,
         },
         timeout=30,

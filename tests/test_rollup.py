@@ -23,6 +23,12 @@ GPT = {"x-mock-input-tokens": "1000", "x-mock-cached-tokens": "200", "x-mock-out
 CLAUDE = {"x-mock-input-tokens": "100", "x-mock-cached-tokens": "0", "x-mock-output-tokens": "50"}
 
 
+def anthropic_version(path: str) -> dict[str, str]:
+    """`anthropic-version` where the Anthropic SDK sends it: on Anthropic's calls only
+    (on any bare `/v1/*` path it makes the call Anthropic's)."""
+    return {"anthropic-version": "2023-06-01"} if path.startswith("/v1/messages") else {}
+
+
 def call(
     gateway: Gateway, tenant: Tenant, path: str, model: str, headers: dict[str, str], **extra: str
 ) -> str:
@@ -32,7 +38,7 @@ def call(
     response = httpx.post(
         f"{gateway.url}{path}",
         json=body,
-        headers={**tenant.bearer, "anthropic-version": "2023-06-01", **headers, **extra},
+        headers={**tenant.bearer, **anthropic_version(path), **headers, **extra},
         timeout=30,
     )
     assert response.status_code == 200, response.text

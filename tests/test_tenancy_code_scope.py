@@ -120,7 +120,7 @@ def call(gateway: Gateway, key: Tenant, path: str, model: str, marker: str, tag:
         headers={
             **key.bearer,
             **TOKENS,
-            "anthropic-version": "2023-06-01",
+            **({"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {}),
             "x-recovea-feature": f"{tag}-feature",
             "x-recovea-customer": f"{tag}-user",
         },
