@@ -111,6 +111,12 @@ class GatewayMetrics:
             ("job", "outcome"),
             registry=self.registry,
         )
+        self.slim_bytes_saved = Counter(
+            "gateway_slim_bytes_saved",
+            "Request body bytes the slim lever trimmed before the provider, by provider.",
+            ("provider",),
+            registry=self.registry,
+        )
 
         # WebSocket sessions (Realtime, the Responses WebSocket mode); their responses
         # are also counted as requests, one per response, like HTTP ones.
