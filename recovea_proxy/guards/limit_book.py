@@ -57,6 +57,7 @@ class LimitBook:
         self._listener: asyncpg.Connection | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._closing = False
 
     async def start(self, listen_url: str) -> None:
         """Listen, read every limit, then keep them current in the background."""
@@ -66,6 +67,7 @@ class LimitBook:
         self._loop_task = asyncio.create_task(self._refresh_forever(), name="recovea-limits")
 
     async def close(self) -> None:
+        self._closing = True
         tasks: list[asyncio.Task[Any]] = [*self._tasks]
         if self._loop_task is not None:
             tasks.append(self._loop_task)
@@ -103,7 +105,8 @@ class LimitBook:
 
     def _on_lost(self, _conn: Any) -> None:
         self._listener = None
-        _log.warning("limits_listener_lost")
+        if not self._closing:
+            _log.warning("limits_listener_lost")
 
     def _on_changed(self, _conn: Any, _pid: int, _channel: str, workspace_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self.reload(workspace_id))

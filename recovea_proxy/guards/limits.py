@@ -43,6 +43,7 @@ from recovea_proxy.guards.limit_book import LimitBook
 from recovea_proxy.guards.limit_buckets import (
     ASK,
     REFUSED,
+    TAKEN,
     Bucket,
     LeasedBucket,
     LeaseUnavailable,
@@ -249,15 +250,25 @@ class Limiter:
             if ticket is None:
                 ticket = Ticket()
             tally = state.tally
-            if state.requests is not None:
-                await self._take(ticket, state, state.requests, 1, "requests", shape, now)
+            # The common case (room in a bucket, or in the lease held) is answered here
+            # without awaiting; `_take` leases, or refuses.
+            bucket = state.requests
+            if bucket is not None:
+                if bucket.try_take(1, now) == TAKEN:
+                    ticket._buckets.append((bucket, 1))
+                else:
+                    await self._take(ticket, state, bucket, 1, "requests", shape)
                 tally[_REQUESTS + ADMITTED] += 1
-            if state.tokens is not None:
+            bucket = state.tokens
+            if bucket is not None:
                 if estimate < 0:
                     estimate = estimate_tokens(body, parsed, self._default_max_tokens)
-                charge = min(estimate, state.tokens.limit)
-                if await self._take(ticket, state, state.tokens, charge, "tokens", shape, now):
-                    ticket._tokens.append((state.tokens, charge))
+                charge = min(estimate, bucket.limit)
+                if bucket.try_take(charge, now) == TAKEN:
+                    ticket._buckets.append((bucket, charge))
+                    ticket._tokens.append((bucket, charge))
+                elif await self._take(ticket, state, bucket, charge, "tokens", shape):
+                    ticket._tokens.append((bucket, charge))
                 tally[_TOKENS + ADMITTED] += 1
             if rule.concurrency is not None:
                 if state.in_flight >= rule.concurrency:
@@ -277,10 +288,11 @@ class Limiter:
         amount: float,
         kind: str,
         shape: str,
-        now: float,
     ) -> bool:
-        """Take `amount` from `bucket` into the ticket: True taken, False admitted
-        unchecked (fail-open); raises the 429 (after a rollback)."""
+        """Take `amount` from a bucket that could not give it at once: lease (True
+        taken, False admitted unchecked: fail-open), or raise the 429 (after a
+        rollback)."""
+        now = time.monotonic()
         outcome = bucket.try_take(amount, now)
         if outcome == ASK:
             assert isinstance(bucket, LeasedBucket)
