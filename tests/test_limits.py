@@ -20,7 +20,10 @@ from typing import Any
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant
@@ -300,6 +303,41 @@ async def test_concurrency_refuses_the_extra_stream_and_frees_a_slot_when_one_en
         finally:
             await long_one.aclose()
             await short_one.aclose()
+
+
+async def test_a_websocket_session_holds_a_slot_for_its_lifetime(
+    slow: Gateway, db_env: dict[str, str]
+) -> None:
+    """concurrency 1: while a Realtime session is open, a second handshake is refused
+    429 (OpenAI's shape, `x-recovea-limit`); once the first closes, a new one opens."""
+    limited = Limited(db_env, "limits-websocket")
+    limited.set(slow, concurrency=1)
+    url = slow.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime-mini"
+    auth = {"authorization": f"Bearer {limited.tenant.key}"}
+    first = await connect(url, additional_headers=auth)
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, additional_headers=auth)
+        response = refused.value.response
+        assert response.status_code == 429
+        assert orjson.loads(response.body)["error"]["code"] == "rate_limited"
+        assert response.headers["x-recovea-limit"] == "concurrency; scope=workspace"
+    finally:
+        await first.close()
+
+    async def reopened() -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                again = await connect(url, additional_headers=auth)
+            except InvalidStatus:
+                await asyncio.sleep(0.02)
+                continue
+            await again.close()
+            return True
+        return False
+
+    assert await reopened()
 
 
 def test_the_admin_api_validates_lists_and_removes_limits(
