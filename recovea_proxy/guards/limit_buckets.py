@@ -72,14 +72,21 @@ class LocalBucket:
         return level
 
     def try_take(self, n: float, now: float) -> int:
-        if self._refill(now) >= n:
-            self._level -= n
+        # _refill, inlined: this runs on every request under the limit
+        level = self._level + (now - self._stamp) * self._rate
+        if level > self.limit:
+            level = self.limit
+        self._stamp = now
+        if level >= n:
+            self._level = level - n
             return TAKEN
+        self._level = level
         return REFUSED
 
     def give(self, n: float) -> None:
         """Give back `n` (negative: take more, which may leave a debt)."""
-        self._level = min(self.limit, self._level + n)
+        level = self._level + n
+        self._level = level if level < self.limit else self.limit
 
     def wait_s(self, n: float, now: float) -> float:
         return max(0.0, (n - self._refill(now)) / self._rate)

@@ -64,10 +64,12 @@ class RuleState:
     """One limit and its counters; kept across reloads while the limit exists, so a
     change of its bounds keeps the requests in flight counted."""
 
-    __slots__ = ("in_flight", "requests", "rule", "tally", "tokens")
+    __slots__ = ("everyone", "in_flight", "requests", "rule", "tally", "tokens")
 
     def __init__(self, rule: LimitRule, tally: list[int]) -> None:
         self.rule = rule
+        #: it applies to every request of the workspace (no scope to match)
+        self.everyone = rule.scope == "workspace" and rule.model is None
         self.requests: Bucket | None = None
         self.tokens: Bucket | None = None
         self.in_flight = 0
@@ -77,37 +79,43 @@ class RuleState:
 class Ticket:
     """What one admitted request took, to settle when it ends."""
 
-    __slots__ = ("_buckets", "_slots", "_tokens")
+    __slots__ = ("_slots", "_taken")
 
     def __init__(self) -> None:
-        #: (bucket, amount) taken: the requests and tokens buckets, for a rollback
-        self._buckets: list[tuple[Bucket, float]] = []
-        #: (tokens bucket, estimate charged)
-        self._tokens: list[tuple[Bucket, float]] = []
-        self._slots: list[RuleState] = []
+        #: (bucket, amount, a tokens bucket?) for each bucket taken from
+        self._taken: list[tuple[Bucket, float, bool]] = []
+        #: the limits whose concurrency slot it holds
+        self._slots: list[RuleState] | None = None
 
     def _rollback(self) -> None:
-        for bucket, amount in self._buckets:
+        for bucket, amount, _ in self._taken:
             bucket.give(amount)
-        self._buckets = []
-        self._tokens = []
+        self._taken = []
         self._release()
 
     def _release(self) -> None:
-        for state in self._slots:
-            state.in_flight -= 1
-        self._slots = []
+        if self._slots is not None:
+            for state in self._slots:
+                state.in_flight -= 1
+            self._slots = None
 
     def end(self, record: RequestRecord) -> None:
         """The request ended: true up its tokens, free its slots (once)."""
-        if self._tokens:
-            used = tokens_used(record)
-            if used is not None:
-                for bucket, charged in self._tokens:
-                    bucket.give(charged - used)
-            self._tokens = []
-        self._buckets = []
-        self._release()
+        taken = self._taken
+        if taken:
+            used: float | None = -1
+            for bucket, charged, tokens in taken:
+                if tokens:
+                    if used == -1:
+                        used = tokens_used(record)
+                    if used is not None:
+                        bucket.give(charged - used)
+            self._taken = []
+        slots = self._slots
+        if slots is not None:
+            for state in slots:
+                state.in_flight -= 1
+            self._slots = None
 
 
 def tokens_used(record: RequestRecord) -> float | None:
@@ -129,9 +137,10 @@ def estimate_tokens(body: bytes | None, parsed: dict[str, Any] | None, default: 
         return 0
     if parsed is not None:
         for name in _MAX_TOKEN_FIELDS:
-            value = parsed.get(name)
-            if type(value) is int and value > 0:
-                return len(body) // 4 + value
+            if name in parsed:
+                value = parsed[name]
+                if type(value) is int and value > 0:
+                    return len(body) // 4 + value
     return len(body) // 4 + default
 
 
@@ -203,6 +212,7 @@ class Limiter:
                 if state.rule.tpm != rule.tpm:
                     state.tokens = self._bucket(rule, "tokens", rule.tpm)
                 state.rule = rule
+                state.everyone = rule.scope == "workspace" and rule.model is None
             states.append(state)
         return tuple(states)
 
@@ -245,7 +255,9 @@ class Limiter:
         now = time.monotonic()
         for state in states:
             rule = state.rule
-            if not rule.applies(principal.project_id, principal.team_id, principal.key_id, model):
+            if not state.everyone and not rule.applies(
+                principal.project_id, principal.team_id, principal.key_id, model
+            ):
                 continue
             if ticket is None:
                 ticket = Ticket()
@@ -255,7 +267,7 @@ class Limiter:
             bucket = state.requests
             if bucket is not None:
                 if bucket.try_take(1, now) == TAKEN:
-                    ticket._buckets.append((bucket, 1))
+                    ticket._taken.append((bucket, 1, False))
                 else:
                     await self._take(ticket, state, bucket, 1, "requests", shape)
                 tally[_REQUESTS + ADMITTED] += 1
@@ -263,12 +275,11 @@ class Limiter:
             if bucket is not None:
                 if estimate < 0:
                     estimate = estimate_tokens(body, parsed, self._default_max_tokens)
-                charge = min(estimate, bucket.limit)
+                charge = estimate if estimate < bucket.limit else bucket.limit
                 if bucket.try_take(charge, now) == TAKEN:
-                    ticket._buckets.append((bucket, charge))
-                    ticket._tokens.append((bucket, charge))
-                elif await self._take(ticket, state, bucket, charge, "tokens", shape):
-                    ticket._tokens.append((bucket, charge))
+                    ticket._taken.append((bucket, charge, True))
+                else:
+                    await self._take(ticket, state, bucket, charge, "tokens", shape)
                 tally[_TOKENS + ADMITTED] += 1
             if rule.concurrency is not None:
                 if state.in_flight >= rule.concurrency:
@@ -276,7 +287,10 @@ class Limiter:
                     ticket._rollback()
                     raise limit_headers.too_many_in_flight(rule.scope, rule.concurrency)
                 state.in_flight += 1
-                ticket._slots.append(state)
+                if ticket._slots is None:
+                    ticket._slots = [state]
+                else:
+                    ticket._slots.append(state)
                 tally[_CONCURRENCY + ADMITTED] += 1
         return ticket
 
@@ -318,7 +332,7 @@ class Limiter:
                 wait_s=bucket.wait_s(amount, now),
                 window_s=self._window,
             )
-        ticket._buckets.append((bucket, amount))
+        ticket._taken.append((bucket, amount, kind == "tokens"))
         return True
 
     @staticmethod
