@@ -44,6 +44,7 @@ def targets(mock_url: str) -> list[Target]:
         Target("floor", [sys.executable, "-m", "bench.floor", "--upstream", mock_url]),
         gateway("gateway", mock_url),
         gateway("gateway-auth", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=workspace_key),
+        gateway("gateway-limited", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=limited_key),
     ]
 
 
@@ -80,7 +81,9 @@ def at_ref(name: str, mock_url: str, checkout: Path) -> Target:
     )
 
 
-def workspace_key(env: dict[str, str], command: list[str] | None = None) -> str:
+def workspace_key(
+    env: dict[str, str], command: list[str] | None = None, *, limit: tuple[str, ...] = ()
+) -> str:
     """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI
     (`command`: how to run it, by default this checkout's)."""
     cli = command or [sys.executable, "-m", "recovea_proxy"]
@@ -108,7 +111,16 @@ def workspace_key(env: dict[str, str], command: list[str] | None = None) -> str:
         "openai",
         stdin="sk-bench-provider-0000000000\n",
     )
+    if limit:
+        recovea("limit", "set", "--workspace", workspace, *limit)
     return recovea("key", "create", "--workspace", workspace)["key"]
+
+
+def limited_key(env: dict[str, str]) -> str:
+    """`workspace_key`, with rpm, tpm and concurrency limits on the workspace that the
+    bench never comes near: what the limits cost when they admit everything."""
+    far = ("--rpm", "1000000000", "--tpm", "1000000000000", "--concurrency", "1000000")
+    return workspace_key(env, limit=far)
 
 
 def postmaster_pid(data_dir: Path) -> int | None:

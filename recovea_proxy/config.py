@@ -120,6 +120,12 @@ class Settings:
     flight_first_byte_wait_s: float = 30.0
     ws_max_frame_bytes: int = 16 * 1024 * 1024
     ws_heartbeat_s: float = 20.0
+    limit_window_s: float = 60.0
+    limit_lease_s: float = 1.0
+    limit_lease_share: float = 0.05
+    limit_redis_timeout_ms: float = 100.0
+    limit_default_max_tokens: int = 1024
+    limits_refresh_s: float = 60.0
     security_contact: str = "mailto:security@example.invalid"
 
     @classmethod
@@ -211,6 +217,16 @@ class Settings:
                 _number(env, "RECOVEA_WS_MAX_FRAME_KB", 16384, minimum=1) * 1024
             ),
             ws_heartbeat_s=_number(env, "RECOVEA_WS_HEARTBEAT_S", 20, minimum=0),
+            limit_window_s=_number(env, "RECOVEA_LIMIT_WINDOW_S", 60, minimum=0.1),
+            limit_lease_s=_number(env, "RECOVEA_LIMIT_LEASE_S", 1, minimum=0.01),
+            limit_lease_share=min(
+                1.0, _number(env, "RECOVEA_LIMIT_LEASE_SHARE", 0.05, minimum=0.0001)
+            ),
+            limit_redis_timeout_ms=_number(env, "RECOVEA_LIMIT_REDIS_TIMEOUT_MS", 100, minimum=1),
+            limit_default_max_tokens=int(
+                _number(env, "RECOVEA_LIMIT_DEFAULT_MAX_TOKENS", 1024, minimum=0)
+            ),
+            limits_refresh_s=_number(env, "RECOVEA_LIMITS_REFRESH_S", 60, minimum=0.1),
             security_contact=env.get("RECOVEA_SECURITY_CONTACT", "mailto:security@example.invalid"),
         )
 

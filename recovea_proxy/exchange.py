@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.guards.limits import Ticket
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.surfaces import Surface
@@ -22,3 +23,5 @@ class Exchange:
     receive: Receive
     send: Send
     record: RequestRecord
+    #: what the rate and concurrency limits took, settled when the request ends
+    ticket: Ticket | None = None

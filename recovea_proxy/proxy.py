@@ -4,6 +4,7 @@
 2. auth (fail-closed) → principal, from the headers alone; then the body (bounded),
    parsed once
 3. spend cap (fail-closed-hybrid)                          [caps issue]
+   rate and concurrency limits (`guards.limits`): 429, or a ticket settled at step 8
 4. levers, each through the one fault-catching wrapper     [levers issue]
 5. upstream call on the shared session
 6. response pipe: tap the bytes on their way to the client, unchanged
@@ -96,6 +97,8 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
     finally:
         record.end(time.perf_counter_ns())
         rt.in_flight -= 1
+        if x.ticket is not None:
+            x.ticket.end(record)
         rt.finish(record)
 
 
@@ -120,6 +123,7 @@ async def _serve(x: Exchange) -> None:
     if is_upload(headers.content_type):
         # Not JSON: streamed to the provider as it arrives, past the levers.
         refuse_declared(headers.content_length, rt.settings.max_upload_bytes)
+        x.ticket = await rt.limits.admit(principal, None, None, None, surface.error_shape)
         upload = StreamedBody(
             x.receive,
             record,
@@ -136,6 +140,7 @@ async def _serve(x: Exchange) -> None:
     if parsed is not None:
         record.model = clean_model(parsed.get("model"))
         record.stream = parsed.get("stream") is True
+    x.ticket = await rt.limits.admit(principal, record.model, body, parsed, surface.error_shape)
 
     request = LeverRequest(record, surface, headers, body, parsed, principal.policy)
     chain = rt.chains.chain_for(principal.policy)

@@ -19,6 +19,8 @@ from recovea_proxy.auth.kms_refusals import REASONS
 from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.auth.workspace_keys import WorkspaceKeys
 from recovea_proxy.config import Settings
+from recovea_proxy.guards.limits import Limiter
+from recovea_proxy.guards.limits_setup import open_limits
 from recovea_proxy.levers import ChainBook
 from recovea_proxy.levers.build import lever_builder
 from recovea_proxy.levers.cache_tiers import open_cache_store
@@ -62,6 +64,8 @@ class Runtime:
     meter: MeterQueue
     routes: RouteIds
     published_keys: PublishedKeys
+    #: rate and concurrency limits
+    limits: Limiter
     ready: bool = False
     #: provider requests being served (read by the in-flight gauge at scrape time)
     in_flight: int = 0
@@ -187,6 +191,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             followers_max=settings.flight_followers_max,
         )
         stack.push_async_callback(flights.close)
+        limits = await stack.enter_async_context(open_limits(settings, metrics, pool, app))
         published = PublishedKeys(pool)
         await published.reload()
         maintenance = Maintenance(
@@ -224,6 +229,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             meter=queue,
             routes=RouteIds(),
             published_keys=published,
+            limits=limits,
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()

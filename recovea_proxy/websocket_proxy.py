@@ -5,7 +5,9 @@ metering (`websocket_meter`), and the session's report.
 1. the path and query are checked as for HTTP; only OpenAI-style surfaces
    (`/v1/*`, `/openai/v1/*`, `/openrouter/api/v1/*`) take WebSockets
 2. auth as for HTTP, from the handshake's headers: the rcv_ key stays here, the
-   workspace's provider key (or, in passthrough mode, the caller's own) goes upstream
+   workspace's provider key (or, in passthrough mode, the caller's own) goes upstream;
+   then the rate and concurrency limits: a session is one request at the handshake
+   and holds one concurrency slot until it ends (no tokens are charged for it)
 3. the upstream handshake on the shared session: the checked raw path and query, the
    forwarded headers (`OpenAI-Beta`, ...; not the WebSocket handshake's own, which
    aiohttp makes), the offered subprotocols (not a key-carrying one)
@@ -20,6 +22,7 @@ line, the request metrics, and a ledger row once the workspace is known.
 | bad path or query                  | 400                           | `invalid_path` |
 | an Anthropic surface               | 400                           | `websocket_unsupported` |
 | auth                               | as HTTP (401, 400, 503)       | as HTTP |
+| a rate or concurrency limit        | 429                           | `rate_limited` |
 | the provider refused the handshake | the provider's (4xx/5xx; else 502) | `upstream_refused` |
 | the provider could not be reached  | 502                           | `upstream_unreachable` |
 
@@ -40,6 +43,7 @@ from yarl import URL
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.clean import clean_model
 from recovea_proxy.errors import GatewayError, error_body
+from recovea_proxy.guards.limits import Ticket
 from recovea_proxy.headers import split_request_headers
 from recovea_proxy.ids import new_id
 from recovea_proxy.record import RequestRecord
@@ -86,8 +90,26 @@ async def serve_websocket(
     session.kind = "responses_websocket" if path == RESPONSES_PATH else "realtime"
     if (await receive())["type"] != "websocket.connect":
         return
+    # the session's rate and concurrency limits: one request, one slot for its lifetime
+    tickets: list[Ticket] = []
     try:
-        upstream = await _open(rt, surface, scope, session)
+        await _serve(rt, surface, scope, receive, send, session, tickets)
+    finally:
+        for ticket in tickets:
+            ticket.end(session)
+
+
+async def _serve(
+    rt: Runtime,
+    surface: Surface,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    session: RequestRecord,
+    tickets: list[Ticket],
+) -> None:
+    try:
+        upstream = await _open(rt, surface, scope, session, tickets)
     except GatewayError as exc:
         await _refuse(rt, scope, send, session, surface.error_shape, exc)
         return
@@ -105,9 +127,10 @@ async def serve_websocket(
 
 
 async def _open(
-    rt: Runtime, surface: Surface, scope: Scope, session: RequestRecord
+    rt: Runtime, surface: Surface, scope: Scope, session: RequestRecord, tickets: list[Ticket]
 ) -> aiohttp.ClientWebSocketResponse[bool]:
-    """Steps 1 to 3: the checks, auth, and the upstream handshake."""
+    """Steps 1 to 3: the checks, auth (and the limits: their ticket goes in `tickets`),
+    and the upstream handshake."""
     query: bytes = scope["query_string"]
     if surface.invalid or (query and not query_is_clean(query)):
         raise GatewayError(
@@ -136,6 +159,9 @@ async def _open(
     session.rcv_key_id = principal.key_id
     session.env = principal.env
     session.model = _query_model(query)
+    ticket = await rt.limits.admit(principal, session.model, None, None, surface.error_shape)
+    if ticket is not None:
+        tickets.append(ticket)
 
     forward = [(n, v) for n, v in headers.forward if n not in _HANDSHAKE]
     forward.extend(principal.upstream_credentials)

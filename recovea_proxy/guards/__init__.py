@@ -1,0 +1,1 @@
+"""The guards: spend caps, rate and concurrency limits."""
