@@ -158,8 +158,7 @@ def _api_handler(endpoint: Endpoint) -> Handler:
 async def _transcriptions(request: web.Request) -> web.StreamResponse:
     """A multipart transcription: JSON, or SSE with `stream=true` (no faults)."""
     form, ident = await media_wire.read_form(request)
-    model = body.get("model") if isinstance(body, dict) else None
-    plan = plan_for(request.app[DEFAULTS_KEY], request.headers, ident, model)
+    plan = plan_for(request.app[DEFAULTS_KEY], request.headers, ident)
     if not has_key(request):
         return _error(request, "openai", plan, Failure.AUTH)
     headers = provider_headers("openai", plan)
