@@ -285,12 +285,12 @@ def test_sdks_see_a_normal_answer_where_a_fallback_served(
     client = sdk.openai(f"{gateway.url}/v1", api_key=tenant.key)
     faults = {"x-mock-fault-model": "gpt-4o-mini=500"}
     done = client.chat.completions.create(
-        model="gpt-4o", messages=MESSAGES, extra_headers=faults  # type: ignore[arg-type]
+        model="gpt-4o", messages=MESSAGES, extra_headers=faults
     )
     assert done.model == "gpt-4.1-nano" and done.choices[0].message.content
     chunks = list(
         client.chat.completions.create(
-            model="gpt-4o", messages=MESSAGES, stream=True, extra_headers=faults  # type: ignore[arg-type]
+            model="gpt-4o", messages=MESSAGES, stream=True, extra_headers=faults
         )
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -298,12 +298,12 @@ def test_sdks_see_a_normal_answer_where_a_fallback_served(
     claude = sdk.anthropic(gateway.url, api_key=tenant.key)
     overloaded = {"x-mock-fault-model": "claude-haiku-4-5=529"}
     message = claude.messages.create(
-        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, extra_headers=overloaded  # type: ignore[arg-type]
+        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, extra_headers=overloaded
     )
     assert message.model == "claude-sonnet-4-5" and message.content
     first = {"x-mock-fault-model": "claude-haiku-4-5=error-event-first"}
     with claude.messages.stream(
-        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, extra_headers=first  # type: ignore[arg-type]
+        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, extra_headers=first
     ) as stream:
         final = stream.get_final_message()
     assert final.model == "claude-sonnet-4-5" and final.stop_reason == "end_turn"
