@@ -93,12 +93,13 @@ async def walk(
     for index, target in enumerate(targets):
         final = index == last
         provider = PROVIDERS[target.provider]
+        # `parsed` names the target too: a provider may rebuild the body from it
+        parsed["model"] = target.model
         if index == 0:
             body = request.body
         elif final:
-            body = request.baseline_body
+            body = request.baseline_body  # the caller's model: the body as it came
         else:
-            parsed["model"] = target.model
             body = orjson.dumps(parsed)
         body, hide_usage = provider.prepare_request(surface.kind, parsed, body)
         if provider is not surface.provider:

@@ -88,12 +88,15 @@ def chat(
     faults: str = "",
     *,
     stream: bool = False,
+    options: dict[str, Any] | None = None,
     **headers: str,
 ) -> httpx.Response:
     extra = {"x-mock-fault-model": faults} if faults else {}
     body: dict[str, Any] = {"model": model, "messages": MESSAGES}
     if stream:
         body["stream"] = True
+    if options is not None:
+        body["stream_options"] = options
     return httpx.post(
         f"{gateway.url}/v1/chat/completions",
         json=body,
@@ -199,6 +202,30 @@ def test_the_baseline_failing_too_is_the_callers_answer(
     assert response.status_code == 429
     assert response.json()["error"]["type"]
     assert asked(mock) == ["gpt-4o-mini", "gpt-4.1-nano", "gpt-4o"]
+
+
+def test_each_target_gets_its_own_model_when_the_body_is_rebuilt(
+    gateway: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """A stream whose `stream_options` the gateway must rewrite (usage off) still names
+    each target's model, the caller's last; the usage the client did not ask for stays
+    hidden."""
+    mock.clear()
+    response = chat(
+        gateway,
+        tenant,
+        "gpt-4o",
+        "gpt-4o-mini=500,gpt-4.1-nano=529",
+        stream=True,
+        options={"include_usage": False},
+    )
+    assert response.status_code == 200
+    assert asked(mock) == ["gpt-4o-mini", "gpt-4.1-nano", "gpt-4o"]
+    sent = [r["body"]["stream_options"] for r in mock.requests()]
+    assert sent == [{"include_usage": True}] * 3
+    assert b'"usage":{' not in response.content
+    row = row_of(gateway, tenant, response)
+    assert (row["realized_model"], row["input_tokens"]) == ("gpt-4o", 12)
 
 
 def test_a_first_byte_timeout_moves_on(gateway: Gateway, tenant: Tenant, mock: MockServer) -> None:
