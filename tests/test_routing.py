@@ -17,7 +17,7 @@ per model (`x-mock-fault-model`), so the same rules serve every case:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +43,7 @@ from tests.support import (
 )
 
 MESSAGES = [{"role": "user", "content": "route me"}]
+OPENROUTER_KEY = "sk-or-v1-routing-test-key-0000"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def add_rule(env: dict[str, str], tenant: Tenant, *args: str) -> str:
 @pytest.fixture(scope="module")
 def tenant(db_env: dict[str, str]) -> Tenant:
     tenant = make_tenant(db_env, "routing")
-    set_provider_key(db_env, tenant.workspace, "openrouter", "sk-or-v1-routing-test-key-0000")
+    set_provider_key(db_env, tenant.workspace, "openrouter", OPENROUTER_KEY)
     add_rule(db_env, tenant, "--match-model", "gpt-4o", "--to", "gpt-4o-mini",
              "--fallback", "gpt-4.1-nano")  # fmt: skip
     add_rule(db_env, tenant, "--match-model", "gpt-4o", "--feature", "bulk", "--to", "gpt-4.1-nano")
@@ -263,6 +264,35 @@ def test_a_refused_connection_on_another_provider_falls_back_to_the_baseline(
         model="other",
         outcome="connect",
     ) >= 1
+
+
+def test_a_rule_to_another_provider_is_served_there_on_its_key(
+    start_gateway: Callable[..., Gateway], tenant: Tenant, mock: MockServer
+) -> None:
+    """With OpenRouter reachable, gpt-4.1 asked on OpenAI's surface is served by
+    OpenRouter's openai/gpt-4o-mini, on the workspace's OpenRouter key; streamed, the
+    client still gets only the usage it asked for (none) while the row has it."""
+    gateway = start_gateway()
+    mock.clear()
+    response = chat(gateway, tenant, "gpt-4.1")
+    assert response.status_code == 200
+    assert response.json()["model"] == "openai/gpt-4o-mini"
+    (sent,) = mock.requests()
+    assert sent["path"] == "/api/v1/chat/completions"
+    assert sent["body"]["model"] == "openai/gpt-4o-mini"
+    assert sent["headers"]["authorization"] == f"Bearer {OPENROUTER_KEY}"
+    row = row_of(gateway, tenant, response)
+    assert (row["provider"], row["baseline_model"], row["realized_model"]) == (
+        "openrouter",
+        "gpt-4.1",
+        "openai/gpt-4o-mini",
+    )
+    assert row["fell_back_to_baseline"] is False
+
+    streamed = chat(gateway, tenant, "gpt-4.1", stream=True)
+    assert streamed.status_code == 200 and b"data: [DONE]" in streamed.content
+    assert b'"usage":{' not in streamed.content
+    assert row_of(gateway, tenant, streamed)["input_tokens"] == 12
 
 
 def test_a_400_is_returned_as_it_is(gateway: Gateway, tenant: Tenant, mock: MockServer) -> None:
