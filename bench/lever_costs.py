@@ -30,9 +30,11 @@ from recovea_proxy.levers.cache_store import MemoryStore
 from recovea_proxy.levers.chain import LeverChain, LeverRequest, _Saved
 from recovea_proxy.levers.dedup import DedupLever
 from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.levers.routing import RoutingLever
 from recovea_proxy.observability.metrics import GatewayMetrics
-from recovea_proxy.policy import DEFAULT_POLICY
+from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
 from recovea_proxy.record import RequestRecord
+from recovea_proxy.route_table import RouteTable, Rule
 from recovea_proxy.sources import UpstreamSource
 from recovea_proxy.surfaces import SurfaceMap
 
@@ -80,13 +82,29 @@ class _Response:
         return None
 
 
-def _request(parsed: dict[str, Any]) -> LeverRequest:
+#: a workspace with 50 rules, one of them for the benchmark's model
+_ROUTED = LeverPolicy(
+    routing=True,
+    routes=RouteTable(
+        [Rule(f"r{i}", f"model-{i}", "gpt-4.1-nano", feature=f"f{i % 3}") for i in range(48)]
+        + [
+            Rule("hit", "gpt-4o-mini", "gpt-4.1-nano", fallbacks=("gpt-4.1-mini",)),
+            Rule("bulk", "gpt-4o-mini", "gpt-4.1-mini", feature="bulk", env="live"),
+        ]
+    ),
+)
+
+
+def _request(parsed: dict[str, Any], policy: LeverPolicy = DEFAULT_POLICY) -> LeverRequest:
     record = RequestRecord("a" * 32, "b" * 32, 0, 0)
     record.method = "POST"
     record.workspace_id = "ws-bench"
     assert _SURFACE is not None
+    record.provider = _SURFACE.provider.name
+    record.route = _SURFACE.route
+    record.env = "live"
     headers = RequestHeaders([("accept-encoding", "identity")])
-    return LeverRequest(record, _SURFACE, headers, orjson.dumps(parsed), parsed, DEFAULT_POLICY)
+    return LeverRequest(record, _SURFACE, headers, orjson.dumps(parsed), parsed, policy)
 
 
 def pieces() -> dict[str, Work]:
@@ -124,6 +142,22 @@ def pieces() -> dict[str, Work]:
             key_of("ws-bench", "POST", "openai", "/v1/chat/completions", shared)
         return time.process_time() - started
 
+    routing = RoutingLever()
+    routed_chain = LeverChain((routing, cache, DedupLever(flights)), GatewayMetrics())
+
+    def route(model: str, whole_chain: bool) -> Work:
+        async def loop(n: int) -> float:
+            requests = [_request({**_PLAIN, "model": model}, _ROUTED) for _ in range(n)]
+            started = time.process_time()
+            for request in requests:
+                if whole_chain:
+                    await routed_chain.run(request)
+                else:
+                    await routing.before(request)
+            return time.process_time() - started
+
+        return loop
+
     def read(chunks: int, flight: bool) -> Work:
         async def open_upstream() -> Any:
             return _Response(chunks)
@@ -156,6 +190,10 @@ def pieces() -> dict[str, Work]:
         "  of which the snapshot the chain takes, per lever": snapshot,
         "chain, cache miss + flight to lead (no upstream yet)": missed,
         "  of which the cache key": key,
+        "routing lever, a rule matches (plan + body rewritten)": route("gpt-4o-mini", False),
+        "routing lever, no rule for the model": route("gpt-4o", False),
+        "chain with routing, a rule matches (cache, dedup skip)": route("gpt-4o-mini", True),
+        "chain with routing, no rule (cache, dedup skip)": route("gpt-4o", True),
         "upstream read, 1 chunk, direct": read(1, flight=False),
         "upstream read, 1 chunk, through a flight it leads": read(1, flight=True),
         "upstream read, 16 chunks, direct": read(16, flight=False),

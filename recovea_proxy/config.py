@@ -118,6 +118,9 @@ class Settings:
     flight_buffer_max_kb: float = 8192.0
     flight_followers_max: int = 100
     flight_first_byte_wait_s: float = 30.0
+    route_max_attempts: int = 3
+    route_retry_after_max_s: float = 2.0
+    route_peek_max_kb: float = 64.0
     ws_max_frame_bytes: int = 16 * 1024 * 1024
     ws_heartbeat_s: float = 20.0
     limit_window_s: float = 60.0
@@ -213,6 +216,9 @@ class Settings:
             flight_first_byte_wait_s=_number(
                 env, "RECOVEA_FLIGHT_FIRST_BYTE_WAIT_S", 30, minimum=0.001
             ),
+            route_max_attempts=int(_number(env, "RECOVEA_ROUTE_MAX_ATTEMPTS", 3, minimum=1)),
+            route_retry_after_max_s=_number(env, "RECOVEA_ROUTE_RETRY_AFTER_MAX_S", 2, minimum=0),
+            route_peek_max_kb=_number(env, "RECOVEA_ROUTE_PEEK_MAX_KB", 64, minimum=1),
             ws_max_frame_bytes=int(
                 _number(env, "RECOVEA_WS_MAX_FRAME_KB", 16384, minimum=1) * 1024
             ),

@@ -9,6 +9,7 @@ imports the other.
 | `cache` | `off`, `deterministic` (`temperature` 0 or a `seed`), `all` | `deterministic` |
 | `cache_ttl_s` | seconds an answer may be served from the cache | 3600 |
 | `cache_tool_calls` | whether answers that are tool calls may be cached | false |
+| `routes` | the workspace's routing rules, compiled (`route_table`) | none |
 
 The exact cache and singleflight share the one eligibility: `cache` off turns off
 both. Passthrough requests (a caller's own provider key) are served with both off:
@@ -17,7 +18,9 @@ the gateway cannot tell its callers apart, so it must not share answers among th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from recovea_proxy.route_table import RouteTable
 
 CACHE_POLICIES = ("off", "deterministic", "all")
 CACHE_TTL_MAX_S = 30 * 24 * 3600
@@ -30,6 +33,11 @@ class LeverPolicy:
     cache: str = "deterministic"
     cache_ttl_s: int = 3600
     cache_tool_calls: bool = False
+    #: whether the workspace has routing rules (the chain then holds the routing lever)
+    routing: bool = False
+    #: the rules themselves: left out of equality, so that one chain serves every rule
+    #: set (the lever reads the request's own table)
+    routes: RouteTable | None = field(default=None, compare=False)
 
 
 DEFAULT_POLICY = LeverPolicy()

@@ -6,7 +6,7 @@
 3. spend cap (fail-closed-hybrid)                          [caps issue]
    rate and concurrency limits (`guards.limits`): 429, or a ticket settled at step 8
 4. levers, each through the one fault-catching wrapper     [levers issue]
-5. upstream call on the shared session
+5. upstream call on the shared session (a routed request walks its plan: `fallback`)
 6. response pipe: tap the bytes on their way to the client, unchanged
 7. end: finalize the record, sign the receipt, send it as the response's last bytes
 8. after the response: report it (log, metrics, meter queue; later: cap settle)
@@ -17,16 +17,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 import aiohttp
-from yarl import URL
 
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.auth import Principal
 from recovea_proxy.clean import clean_model
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.exchange import Exchange
+from recovea_proxy.fallback import upstream_url, walk
 from recovea_proxy.headers import split_request_headers
 from recovea_proxy.ids import new_id
 from recovea_proxy.levers import LeverRequest
@@ -189,39 +189,15 @@ async def _call(
     `upload`: a body streamed as it arrives instead of `request.body`."""
     rt, surface, record = x.rt, x.surface, x.record
     provider = surface.provider
-    body, parsed = request.body, request.parsed
-    hide_usage = False
-    if parsed is not None:
-        body, hide_usage = provider.prepare_request(surface.kind, parsed, body)
-
-    forward = request.headers.forward
-    forward.extend(principal.upstream_credentials)
-    data: bytes | AsyncIterator[bytes] | None = body or None
-    if upload is not None:
-        data = upload.chunks()
-        if request.headers.content_length is not None:
-            # sent as declared, not re-framed as chunked (providers may not take chunked)
-            forward.append(("content-length", str(request.headers.content_length)))
-    # Built only from the checked raw path and query, sent as they are (no requoting).
-    url = rt.upstream_base[provider.name] + surface.upstream_path
-    query = x.scope["query_string"]
-    if query:
-        url += "?" + query.decode("ascii")
-    upstream_url = URL(url, encoded=True)
-
-    def open_upstream() -> Awaitable[aiohttp.ClientResponse]:
-        return rt.session.request(
-            x.scope["method"],
-            upstream_url,
-            headers=forward,
-            data=data,
-            allow_redirects=False,
-        )
-
     flight = request.flight
     waited = time.perf_counter_ns()
+    source: ResponseSource
     try:
-        source = UpstreamSource(await open_upstream(), rt.settings.idle_read_timeout_s)
+        if request.plan is None:
+            source, hide_usage = await _attempt(x, request, principal, upload)
+        else:
+            # A routing rule matched: its targets in order, up to the commit point.
+            source, hide_usage = await walk(x, request, principal)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if upload is not None and (cause := upload.cause()) is not None:
             raise cause from None
@@ -241,6 +217,36 @@ async def _call(
             source.finish(clean=clean)
         else:
             rt.flights.leader_left(flight, source, clean=clean)
+
+
+async def _attempt(
+    x: Exchange, request: LeverRequest, principal: Principal, upload: StreamedBody | None
+) -> tuple[UpstreamSource, bool]:
+    """The one upstream attempt of a request no routing rule matched, and whether its
+    usage is to be hidden from the client."""
+    rt, surface = x.rt, x.surface
+    provider = surface.provider
+    body, parsed = request.body, request.parsed
+    hide_usage = False
+    if parsed is not None:
+        body, hide_usage = provider.prepare_request(surface.kind, parsed, body)
+
+    forward = request.headers.forward
+    forward.extend(principal.upstream_credentials)
+    data: bytes | AsyncIterator[bytes] | None = body or None
+    if upload is not None:
+        data = upload.chunks()
+        if request.headers.content_length is not None:
+            # sent as declared, not re-framed as chunked (providers may not take chunked)
+            forward.append(("content-length", str(request.headers.content_length)))
+    response = await rt.session.request(
+        x.scope["method"],
+        upstream_url(x, provider.name),
+        headers=forward,
+        data=data,
+        allow_redirects=False,
+    )
+    return UpstreamSource(response, rt.settings.idle_read_timeout_s), hide_usage
 
 
 def _refused_path_shape(scope: Scope) -> str:

@@ -184,6 +184,23 @@ class Authenticator:
             raise invalid()
         return await self._resolver.resolve(token)
 
+    async def credentials_for(
+        self, customer_id: str, provider: Provider
+    ) -> tuple[tuple[str, str], ...] | None:
+        """The headers that carry the workspace's key for another provider (a routing
+        rule's target); None when it has none. GatewayError 503 when it cannot be read."""
+        if self._resolver is None:
+            return None
+        secret = self._cached_provider_key(customer_id, provider.name)
+        if secret is None:
+            secret = await self._resolver.provider_keys.load(customer_id, provider.name)
+        if secret is None:
+            return None
+        try:
+            return provider.credential_headers(secret.decode())
+        finally:
+            secret[:] = bytes(len(secret))
+
     def forget_provider_key(self, customer_id: str, provider: str) -> None:
         """Drop a cached provider key after it changed."""
         if self._resolver is not None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 
 from recovea_proxy.auth.keyring import Keyring
@@ -48,10 +49,15 @@ from recovea_proxy.auth.provider_keys import ProviderKeys, unavailable
 from recovea_proxy.auth.workspace_keys import KMS_CHANGES_CHANNEL, WorkspaceKeys
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
+from recovea_proxy.route_table import RouteTable, compile_rules
 
 _log = structlog.get_logger("recovea.auth")
 _STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-_LOOKUP = "SELECT * FROM recovea.resolve_rcv_key($1)"
+# The workspace's routing rules come with the key, in the same round trip.
+_LOOKUP = (
+    "SELECT k.*, recovea.workspace_routes(k.customer_id) AS routes"
+    " FROM recovea.resolve_rcv_key($1) k"
+)
 #: lookups of one key that may each be overtaken by a revocation notice before the
 #: key is refused with 503 (notices are rare; three in a row means a burst)
 _LOOKUP_ATTEMPTS = 3
@@ -264,9 +270,29 @@ def _record(row: asyncpg.Record) -> KeyRecord:
 
 
 def _policy(row: asyncpg.Record) -> LeverPolicy:
-    """The workspace's lever policy from its key's row (one object per distinct value)."""
-    policy = LeverPolicy(row["cache_policy"], row["cache_ttl_s"], row["cache_tool_calls"])
+    """The workspace's lever policy from its key's row (one object per distinct value),
+    with its routing rules compiled."""
+    routes = _routes(row["routes"])
+    policy = LeverPolicy(
+        row["cache_policy"],
+        row["cache_ttl_s"],
+        row["cache_tool_calls"],
+        routing=routes is not None,
+        routes=routes,
+    )
     return DEFAULT_POLICY if policy == DEFAULT_POLICY else policy
+
+
+def _routes(raw: object) -> RouteTable | None:
+    """The rules the lookup returned (JSON text, or already decoded), compiled; a set
+    that cannot be read is logged and left out (routing fails open: the caller's
+    model serves)."""
+    try:
+        items = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+        return compile_rules(items) if isinstance(items, list) else None
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        _log.warning("route_rules_unreadable", error=type(exc).__name__)
+        return None
 
 
 def _str_or_none(value: object) -> str | None:

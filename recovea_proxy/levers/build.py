@@ -12,6 +12,7 @@ from recovea_proxy.levers.cache_store import CacheStore
 from recovea_proxy.levers.chain import Lever
 from recovea_proxy.levers.dedup import DedupLever
 from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.levers.routing import RoutingLever
 from recovea_proxy.policy import LeverPolicy
 
 
@@ -23,6 +24,8 @@ def lever_builder(
 
     def build(policy: LeverPolicy) -> tuple[Lever, ...]:
         levers: list[Lever] = []
+        if policy.routing:
+            levers.append(RoutingLever())
         if policy.cache != "off":
             levers.append(
                 CacheLever(

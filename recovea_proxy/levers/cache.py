@@ -65,6 +65,7 @@ class CacheLever:
             request.surface.provider.name,
             request.surface.upstream_path,
             parsed,
+            request.plan.key if request.plan is not None else b"",
         )
         request.cache_key = key
         if mode != "refresh":

@@ -6,9 +6,10 @@ not `off`; under `deterministic` (the default) only with `temperature` 0 or a
 `seed`. Never: `n` > 1, `store: true`, `previous_response_id` or `conversation` (the
 answer depends on state the body does not hold).
 
-The key is SHA-256 over the workspace, the method, the provider and path, and the
-canonical JSON of the whole body (sorted keys, `stream` included) less a short
-deny-list of identity fields. A deny-list, not an allow-list: a parameter a provider
+The key is SHA-256 over the workspace, the method, the provider and path, a routed
+request's plan (its targets in order: any of them may answer), and the canonical
+JSON of the whole body (sorted keys, `stream` included) less a short deny-list of
+identity fields. A deny-list, not an allow-list: a parameter a provider
 adds tomorrow changes the key instead of being ignored. The workspace is in the key,
 so one tenant can neither read nor probe another's entries.
 """
@@ -48,13 +49,21 @@ def _is_zero(value: object) -> bool:
 
 
 def key_of(
-    workspace_id: str, method: str, provider: str, path: str, parsed: dict[str, Any]
+    workspace_id: str,
+    method: str,
+    provider: str,
+    path: str,
+    parsed: dict[str, Any],
+    plan: bytes = b"",
 ) -> bytes:
-    """The entry key of a shareable request."""
+    """The entry key of a shareable request; `plan`: its routing plan's key (a routed
+    request may be answered by any of its targets, so only the same plan shares)."""
     body = parsed
     if not IDENTITY_FIELDS.isdisjoint(parsed):
         body = {name: value for name, value in parsed.items() if name not in IDENTITY_FIELDS}
     digest = hashlib.sha256()
     digest.update(f"{workspace_id}\n{method}\n{provider}\n{path}\n".encode())
+    if plan:
+        digest.update(b"plan\n" + plan + b"\n")
     digest.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
     return digest.digest()

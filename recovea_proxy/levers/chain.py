@@ -25,6 +25,7 @@ from recovea_proxy.observers import LeverObserver
 from recovea_proxy.policy import LeverPolicy
 from recovea_proxy.providers.usage import Usage
 from recovea_proxy.record import RequestRecord
+from recovea_proxy.route_table import RoutePlan
 from recovea_proxy.sources import ResponseSource
 from recovea_proxy.surfaces import Surface
 
@@ -51,12 +52,14 @@ class LeverRequest:
 
     __slots__ = (
         "answer",
+        "baseline_body",
         "body",
         "cache_key",
         "flight",
         "headers",
         "observers",
         "parsed",
+        "plan",
         "policy",
         "record",
         "release",
@@ -89,6 +92,10 @@ class LeverRequest:
         self.flight: Flight | None = None
         #: called once when the request is done with whatever a lever holds for it
         self.release: list[Callable[[], None]] = []
+        #: where a routing rule sends the request, in order (None: where it asked)
+        self.plan: RoutePlan | None = None
+        #: the body as it was before routing rewrote its model (sent to the baseline)
+        self.baseline_body = body
 
 
 class Lever(Protocol):
@@ -118,6 +125,7 @@ class _Saved:
         "flight",
         "observers",
         "parsed",
+        "plan",
         "release",
         "usage",
         "usage_fields",
@@ -136,6 +144,7 @@ class _Saved:
         self.release = len(request.release)
         self.cache_key = request.cache_key
         self.flight = request.flight
+        self.plan = request.plan
 
     def restore(self, request: LeverRequest) -> None:
         record = request.record
@@ -156,6 +165,7 @@ class _Saved:
         del request.release[self.release :]
         request.cache_key = self.cache_key
         request.flight = self.flight
+        request.plan = self.plan
 
 
 class LeverChain:

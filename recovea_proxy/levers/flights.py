@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from recovea_proxy.record import RequestRecord
-from recovea_proxy.sources import Headers, ResponseSource, UpstreamSource
+from recovea_proxy.sources import Headers, ResponseSource
 
 if TYPE_CHECKING:
     from recovea_proxy.levers.cache import CacheRecorder
@@ -293,7 +293,7 @@ class FlightRegistry:
         if flight.subscribers <= 0 and flight.task is not None and not flight.task.done():
             flight.task.cancel()
 
-    def leader_left(self, flight: Flight, upstream: UpstreamSource, *, clean: bool) -> None:
+    def leader_left(self, flight: Flight, upstream: ResponseSource, *, clean: bool) -> None:
         """The leader is done with the call: finished, or its client went away."""
         flight.subscribers -= 1
         if flight.state not in ("waiting", "streaming"):
@@ -324,7 +324,7 @@ class FlightRegistry:
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
 
-    async def _relay(self, flight: Flight, upstream: UpstreamSource) -> None:
+    async def _relay(self, flight: Flight, upstream: ResponseSource) -> None:
         """Read the rest of the shared response for the followers."""
         clean = False
         try:

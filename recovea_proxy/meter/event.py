@@ -153,6 +153,8 @@ def event_fields(record: RequestRecord) -> dict[str, Any]:
         "route": record.route,
         "method": record.method,
         "baseline_model": record.model,
+        "realized_model": record.realized_model or record.model,
+        "fell_back_to_baseline": record.fell_back,
         "stream": record.stream,
         "feature": record.feature,
         "end_user_id": record.end_user_id,

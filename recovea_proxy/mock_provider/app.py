@@ -92,7 +92,12 @@ def _error(
     return json_response(request, plan, body, headers, failure.status)
 
 
-_FAULT_FAILURES = {"500": Failure.SERVER, "429": Failure.RATE_LIMIT, "529": Failure.OVERLOADED}
+_FAULT_FAILURES = {
+    "400": Failure.BAD_JSON,
+    "500": Failure.SERVER,
+    "429": Failure.RATE_LIMIT,
+    "529": Failure.OVERLOADED,
+}
 
 
 async def _admit(
@@ -104,7 +109,8 @@ async def _admit(
     body = journal.parse_json(raw)
     journal.record(request, raw, body if needs_body else None)
     ident = identity(raw, body) if needs_body else request.path.encode()
-    plan = plan_for(request.app[DEFAULTS_KEY], request.headers, ident)
+    model = body.get("model") if isinstance(body, dict) else None
+    plan = plan_for(request.app[DEFAULTS_KEY], request.headers, ident, model)
     if not has_key(request):
         return _error(request, surface, plan, Failure.AUTH)
     if not needs_body:

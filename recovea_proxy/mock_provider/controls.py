@@ -18,6 +18,7 @@ import orjson
 
 FAULTS = frozenset(
     {
+        "400",
         "500",
         "429",
         "529",
@@ -28,6 +29,7 @@ FAULTS = frozenset(
         "stall-mid-stream",
         "no-usage",
         "error-event",
+        "error-event-first",
         "gzip",
     }
 )
@@ -145,8 +147,23 @@ def identity(raw: bytes, body: Any) -> bytes:
     return raw
 
 
-def plan_for(defaults: MockDefaults, headers: Mapping[str, str], ident: bytes) -> Plan:
-    """The plan of one request; header overrides that do not parse are ignored."""
+def model_fault(raw: str | None, model: object) -> str | None:
+    """The fault `x-mock-fault-model: <model>=<fault>[,<model>=<fault>…]` names for the
+    request's model (a routed model can fail while the caller's own model answers)."""
+    if not raw or not isinstance(model, str):
+        return None
+    for item in raw.split(","):
+        name, _, fault = item.strip().rpartition("=")
+        if name == model and fault in FAULTS:
+            return fault
+    return None
+
+
+def plan_for(
+    defaults: MockDefaults, headers: Mapping[str, str], ident: bytes, model: object = None
+) -> Plan:
+    """The plan of one request; header overrides that do not parse are ignored. A fault
+    for the request's model (`x-mock-fault-model`) wins over `x-mock-fault`."""
     changes: dict[str, Any] = {}
     for header, field in _INT_HEADERS:
         raw = headers.get(header)
@@ -159,7 +176,7 @@ def plan_for(defaults: MockDefaults, headers: Mapping[str, str], ident: bytes) -
                 changes[field] = max(0.0, float(raw))
             except ValueError:
                 pass
-    fault = headers.get("x-mock-fault")
+    fault = model_fault(headers.get("x-mock-fault-model"), model) or headers.get("x-mock-fault")
     return Plan(
         shape=replace(defaults, **changes) if changes else defaults,
         fault=fault if fault in FAULTS else None,

@@ -4,7 +4,8 @@ and the transport faults — cut connections, hangs and stalls.
 A stream is written with one `write` per event, with the chunk delay between events,
 over chunked transfer encoding. The mid-stream faults count events, not bytes:
 `reset-mid-stream` sends 3 events and cuts the connection, `stall-mid-stream` sends 2
-and goes silent, `error-event` sends 2 and then the provider's error event. The
+and goes silent, `error-event` sends 2 and then the provider's error event
+(`error-event-first`: the error event first, before any content). The
 journal follows each stream: events written and how it ended (see `journal`).
 """
 
@@ -118,7 +119,9 @@ async def stream_response(
                     if await idle(request):
                         state["end"] = "client_closed"
                         return response
-                if fault == "error-event" and index == ERROR_AFTER_EVENTS:
+                if (fault == "error-event" and index == ERROR_AFTER_EVENTS) or (
+                    fault == "error-event-first" and index == 0
+                ):
                     event = error_event(index)
                     await response.write(event)
                     state["events"] += 1

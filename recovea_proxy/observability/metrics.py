@@ -51,6 +51,14 @@ class GatewayMetrics:
             ("layer", "reason"),
             registry=self.registry,
         )
+        self.route_attempts = Counter(
+            "recovea_route_attempts_total",
+            "Upstream attempts of routed requests, by target provider, model (a price-table "
+            "name, else other) and outcome (served, connect, timeout, reset, status_408, "
+            "status_429, status_529, status_5xx, error_event, no_key).",
+            ("provider", "model", "outcome"),
+            registry=self.registry,
+        )
         self.unmetered = Counter(
             "recovea_unmetered_requests_total",
             "Requests the provider answered 2xx whose usage the gateway could not read "

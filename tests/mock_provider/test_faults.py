@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 
+from recovea_proxy.mock_provider.controls import model_fault
 from tests.mock_provider.helpers import (
     AUTH,
     CHAT,
@@ -212,3 +213,15 @@ async def test_gzip_fault_follows_accept_encoding(url: str) -> None:
 
 
 # --- Determinism, journal, echo ---------------------------------------------------
+
+
+def test_a_fault_for_one_model_applies_to_that_model_only() -> None:
+    """`x-mock-fault-model` names a fault per model; other models (and unknown faults)
+    get none from it."""
+    header = "gpt-4o-mini=429, gpt-4.1-nano=hang,gpt-4o=nonsense"
+    assert model_fault(header, "gpt-4o-mini") == "429"
+    assert model_fault(header, "gpt-4.1-nano") == "hang"
+    assert model_fault(header, "gpt-4o") is None
+    assert model_fault(header, "o3") is None
+    assert model_fault("openai/gpt-4o-mini=500", "openai/gpt-4o-mini") == "500"
+    assert model_fault(None, "gpt-4o") is None
