@@ -429,7 +429,8 @@ def test_two_gateways_sharing_redis_hold_one_bound(
     mock: MockServer, workdir: Path, db_env: dict[str, str], own_redis: RedisServer
 ) -> None:
     """rpm 30 shared by two gateways: 90 requests sent at once, spread over both, admit
-    at most 30 (plus what refills during the run); both gateways took leases."""
+    at most 30 (plus what refills during the run); both gateways asked the shared
+    bucket for leases."""
     limited = Limited(db_env, "limits-shared")
     cli_json("limit", "set", "--workspace", limited.tenant.workspace, "--rpm", "30", env=db_env)
     env = {
@@ -462,8 +463,19 @@ def test_two_gateways_sharing_redis_hold_one_bound(
         assert statuses.count(200) + statuses.count(429) == 90
         assert 30 - 6 * 2 <= admitted <= 30  # refill over the run: < 0.01 request
         print(f"shared rpm 30: admitted {admitted} of 90 (overshoot {admitted - 30})")
-        for gw in gateways:
-            assert metric_value(gw.metrics(), "recovea_rate_limit_leases_total", outcome="granted")
+        # Both went to the shared bucket (which one got the slices is a race: a
+        # gateway may find it emptied by the other, and be refused every lease).
+        exchanges = [
+            {
+                outcome: metric_value(
+                    gw.metrics(), "recovea_rate_limit_leases_total", outcome=outcome
+                )
+                for outcome in ("granted", "refused")
+            }
+            for gw in gateways
+        ]
+        assert all(e["granted"] + e["refused"] >= 1 for e in exchanges), exchanges
+        assert sum(e["granted"] for e in exchanges) * 6 >= admitted, exchanges  # slices of 6
     finally:
         for gw in gateways:
             gw.stop()
