@@ -17,6 +17,7 @@ from recovea_proxy.admin.kms_api import KMS_ADMIN_ROUTES
 from recovea_proxy.admin.ledger_api import LEDGER_ADMIN_ROUTES
 from recovea_proxy.admin.limits import LIMITS_ADMIN_ROUTES
 from recovea_proxy.admin.routes import ROUTES_ADMIN_ROUTES
+from recovea_proxy.admin.slim_policy import SLIM_ADMIN_ROUTES
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.config import Settings
 from recovea_proxy.endpoints import ROUTES, not_found
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *CACHE_ADMIN_ROUTES,
             *LIMITS_ADMIN_ROUTES,
             *ROUTES_ADMIN_ROUTES,
+            *SLIM_ADMIN_ROUTES,
             *LEDGER_ADMIN_ROUTES,
             *LEDGER_ROUTES,
         ],

@@ -10,6 +10,7 @@ imports the other.
 | `cache_ttl_s` | seconds an answer may be served from the cache | 3600 |
 | `cache_tool_calls` | whether answers that are tool calls may be cached | false |
 | `routes` | the workspace's routing rules, compiled (`route_table`) | none |
+| `slim` | lossless request trimming (`levers.slim`) | false |
 
 The exact cache and singleflight share the one eligibility: `cache` off turns off
 both. Passthrough requests (a caller's own provider key) are served with both off:
@@ -38,6 +39,8 @@ class LeverPolicy:
     #: the rules themselves: left out of equality, so that one chain serves every rule
     #: set (the lever reads the request's own table)
     routes: RouteTable | None = field(default=None, compare=False)
+    #: lossless request trimming (the slim lever), opt-in
+    slim: bool = False
 
 
 DEFAULT_POLICY = LeverPolicy()

@@ -216,7 +216,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
                 resolver=resolver,
                 passthrough_workspace_id=passthrough_id or "",
             ),
-            chains=ChainBook(lever_builder(settings, cache_store, flights), metrics),
+            chains=ChainBook(lever_builder(settings, cache_store, flights, metrics), metrics),
             flights=flights,
             pool=pool,
             keyring=keyring,

@@ -23,8 +23,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
-from recovea_proxy.admin.operations import OperationError, parse_id, scope
-from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL
+from recovea_proxy.admin.operations import (
+    OperationError,
+    forget_workspace_keys,
+    parse_id,
+    scope,
+)
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.config import Settings
 from recovea_proxy.policy import CACHE_POLICIES, CACHE_TTL_MAX_S
@@ -75,10 +79,7 @@ async def set_cache_policy(
         )
         if row is None:
             raise OperationError(f"no workspace {workspace}")
-        for key in await conn.fetch(
-            "SELECT id FROM recovea.rcv_keys WHERE customer_id = $1", workspace
-        ):
-            await conn.execute("SELECT pg_notify($1, $2)", REVOCATIONS_CHANNEL, str(key["id"]))
+        await forget_workspace_keys(conn, workspace)
     return {"workspace_id": str(workspace), **_json(row)}
 
 

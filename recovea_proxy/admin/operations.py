@@ -214,8 +214,7 @@ async def set_provider_key(
         await _require_workspace(conn, workspace)
         # Locked: a `workspace kms set`/`clear` waits for this row, or ran before it.
         if kms_key_arn != await conn.fetchval(
-            "SELECT kms_key_arn FROM recovea.workspaces WHERE customer_id = $1"
-            " FOR NO KEY UPDATE",
+            "SELECT kms_key_arn FROM recovea.workspaces WHERE customer_id = $1 FOR NO KEY UPDATE",
             workspace,
         ):
             raise OperationError("the workspace's KMS key changed meanwhile; store the key again")
@@ -347,3 +346,12 @@ async def list_provider_keys(conn: asyncpg.Connection, workspace_id: str) -> lis
         }
         for r in rows
     ]
+
+
+async def forget_workspace_keys(conn: asyncpg.Connection, workspace: uuid.UUID) -> None:
+    """Send every key of the workspace the revocation notice (it is not revoked): every
+    gateway forgets them and reads them again, with the workspace's lever policy and
+    rules as they now are, on their next request."""
+    keys = await conn.fetch("SELECT id FROM recovea.rcv_keys WHERE customer_id = $1", workspace)
+    for key in keys:
+        await conn.execute("SELECT pg_notify($1, $2)", REVOCATIONS_CHANNEL, str(key["id"]))

@@ -33,8 +33,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
-from recovea_proxy.admin.operations import PROVIDERS, OperationError, parse_id, scope
-from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL
+from recovea_proxy.admin.operations import (
+    PROVIDERS,
+    OperationError,
+    forget_workspace_keys,
+    parse_id,
+    scope,
+)
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.clean import MODEL_MAX, TAG_MAX
 from recovea_proxy.config import Settings
@@ -159,9 +164,12 @@ async def add_rule(
                     f"model {model[:80]!r} has no price; add one to the workspace's prices"
                     " before routing to it"
                 )
-        if await conn.fetchval(
-            "SELECT count(*) FROM recovea.route_rules WHERE customer_id = $1", workspace
-        ) >= RULES_MAX:
+        if (
+            await conn.fetchval(
+                "SELECT count(*) FROM recovea.route_rules WHERE customer_id = $1", workspace
+            )
+            >= RULES_MAX
+        ):
             raise OperationError(f"a workspace holds at most {RULES_MAX} rules")
         try:
             row = await conn.fetchrow(
@@ -184,7 +192,7 @@ async def add_rule(
             raise OperationError(
                 "another rule matches exactly these requests; remove it first"
             ) from None
-        await _notify(conn, workspace)
+        await forget_workspace_keys(conn, workspace)
     return _json(row)
 
 
@@ -217,15 +225,8 @@ async def remove_rule(
         )
         if workspace is None:
             return False
-        await _notify(conn, workspace)
+        await forget_workspace_keys(conn, workspace)
     return True
-
-
-async def _notify(conn: asyncpg.Connection, workspace: uuid.UUID) -> None:
-    """Every gateway forgets the workspace's keys, and reads them again with its rules."""
-    keys = await conn.fetch("SELECT id FROM recovea.rcv_keys WHERE customer_id = $1", workspace)
-    for key in keys:
-        await conn.execute("SELECT pg_notify($1, $2)", REVOCATIONS_CHANNEL, str(key["id"]))
 
 
 async def get_routes(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
@@ -337,9 +338,7 @@ def add_commands(commands: Any, run: Runner) -> None:
     ra.add_argument("--match-model", required=True, help="the model requests ask for")
     ra.add_argument("--to", required=True, help="the model to serve them on")
     ra.add_argument("--provider", help="serve on this provider (default: the request's)")
-    ra.add_argument(
-        "--fallback", action="append", help="a model to try next (repeat, in order)"
-    )
+    ra.add_argument("--fallback", action="append", help="a model to try next (repeat, in order)")
     ra.add_argument("--feature", help="only requests with this X-Recovea-Feature")
     ra.add_argument("--shadow", type=_rate, help="share of requests to shadow-evaluate (0..1)")
     ra.add_argument("--match-surface", choices=PROVIDERS, help="only this provider surface")

@@ -279,6 +279,7 @@ def _policy(row: asyncpg.Record) -> LeverPolicy:
         row["cache_tool_calls"],
         routing=routes is not None,
         routes=routes,
+        slim=row["slim"],
     )
     return DEFAULT_POLICY if policy == DEFAULT_POLICY else policy
 

@@ -13,17 +13,21 @@ from recovea_proxy.levers.chain import Lever
 from recovea_proxy.levers.dedup import DedupLever
 from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.levers.routing import RoutingLever
+from recovea_proxy.levers.slim import SlimLever
+from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.policy import LeverPolicy
 
 
 def lever_builder(
-    settings: Settings, store: CacheStore, flights: FlightRegistry
+    settings: Settings, store: CacheStore, flights: FlightRegistry, metrics: GatewayMetrics
 ) -> Callable[[LeverPolicy], tuple[Lever, ...]]:
     """The function that builds a policy's levers (called once per distinct policy)."""
     entry_max = int(settings.cache_entry_max_kb * 1024)
 
     def build(policy: LeverPolicy) -> tuple[Lever, ...]:
         levers: list[Lever] = []
+        if policy.slim:
+            levers.append(SlimLever(metrics))
         if policy.routing:
             levers.append(RoutingLever())
         if policy.cache != "off":
