@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +32,7 @@ from recovea_proxy.levers.chain import LeverChain, LeverRequest, _Saved
 from recovea_proxy.levers.dedup import DedupLever
 from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.levers.routing import RoutingLever
+from recovea_proxy.levers.slim import SlimLever
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
 from recovea_proxy.record import RequestRecord
@@ -44,6 +46,8 @@ _PLAIN: dict[str, Any] = {
     "messages": [{"role": "user", "content": "benchmark prompt " * 20}],
 }
 _CHUNK = b"data: " + b"x" * 120 + b"\n\n"
+#: a tool's answer, as tools often return it: a few records, pretty-printed
+_TOOL_RESULT = {"rows": [{"id": i, "name": f"item {i}", "price": i * 1.25} for i in range(20)]}
 #: n calls of a piece; returns the CPU seconds they took (set-up left out)
 Work = Callable[[int], Awaitable[float]]
 _SURFACE = SurfaceMap().resolve(b"/v1/chat/completions")
@@ -158,6 +162,27 @@ def pieces() -> dict[str, Work]:
 
         return loop
 
+    slim = SlimLever(GatewayMetrics())
+    tool_turn = {
+        **_PLAIN,
+        "temperature": None,
+        "messages": [
+            *_PLAIN["messages"],
+            {"role": "tool", "tool_call_id": "call_1", "content": orjson.dumps(_TOOL_RESULT,
+             option=orjson.OPT_INDENT_2).decode()},
+        ],
+    }  # fmt: skip
+
+    def slimmed(parsed: dict[str, Any]) -> Work:
+        async def loop(n: int) -> float:
+            requests = [_request(copy.deepcopy(parsed)) for _ in range(n)]
+            started = time.process_time()
+            for request in requests:
+                await slim.before(request)
+            return time.process_time() - started
+
+        return loop
+
     def read(chunks: int, flight: bool) -> Work:
         async def open_upstream() -> Any:
             return _Response(chunks)
@@ -194,6 +219,8 @@ def pieces() -> dict[str, Work]:
         "routing lever, no rule for the model": route("gpt-4o", False),
         "chain with routing, a rule matches (cache, dedup skip)": route("gpt-4o-mini", True),
         "chain with routing, no rule (cache, dedup skip)": route("gpt-4o", True),
+        "slim, nothing to trim (a plain chat body)": slimmed(_PLAIN),
+        "slim, a pretty-printed tool result and a null trimmed": slimmed(tool_turn),
         "upstream read, 1 chunk, direct": read(1, flight=False),
         "upstream read, 1 chunk, through a flight it leads": read(1, flight=True),
         "upstream read, 16 chunks, direct": read(16, flight=False),

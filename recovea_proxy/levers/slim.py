@@ -29,8 +29,10 @@ import orjson
 from recovea_proxy.levers.chain import LeverRequest
 from recovea_proxy.observability.metrics import GatewayMetrics
 
-#: a JSON string token, or a run of whitespace (outside strings, once strings match)
-_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.DOTALL)
+#: JSON string tokens (the split keeps them at odd positions); the loop unrolled
+_STRINGS = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*")')
+#: JSON's whitespace, removed with str.translate
+_WHITESPACE = str.maketrans("", "", " \t\n\r")
 _JSON_STARTS = frozenset("{[")
 
 
@@ -100,14 +102,18 @@ def minified_json(text: str) -> str | None:
     if stripped[:1] not in _JSON_STARTS:
         return None
     try:
-        orjson.loads(stripped)
+        value = orjson.loads(stripped)
     except orjson.JSONDecodeError:
         return None
-    return _TOKENS.sub(_keep_strings, stripped)
-
-
-def _keep_strings(match: re.Match[str]) -> str:
-    return match.group(1) or ""
+    # Usually the compact serialization is it: orjson writes no whitespace between
+    # tokens and keeps strings' spaces; if nothing but whitespace differs, every number
+    # and escape was written as orjson writes it.
+    compact = orjson.dumps(value).decode()
+    if compact.translate(_WHITESPACE) == stripped.translate(_WHITESPACE):
+        return compact
+    parts = _STRINGS.split(stripped)
+    parts[::2] = [between.translate(_WHITESPACE) for between in parts[::2]]
+    return "".join(parts)
 
 
 class SlimLever:
