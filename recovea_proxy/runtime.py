@@ -25,6 +25,8 @@ from recovea_proxy.levers import ChainBook
 from recovea_proxy.levers.build import lever_builder
 from recovea_proxy.levers.cache_tiers import open_cache_store
 from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.levers.shadow_store import ShadowStore
+from recovea_proxy.levers.shadow_worker import ShadowEvaluator
 from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_fields, event_row
@@ -66,6 +68,8 @@ class Runtime:
     published_keys: PublishedKeys
     #: rate and concurrency limits
     limits: Limiter
+    #: shadow evaluation's queue and workers (routing rules with a shadow rate)
+    shadow: ShadowEvaluator
     ready: bool = False
     #: provider requests being served (read by the in-flight gauge at scrape time)
     in_flight: int = 0
@@ -207,15 +211,20 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         )
         maintenance.start()
         stack.push_async_callback(maintenance.close)
+        auth = Authenticator(
+            passthrough=settings.passthrough,
+            resolver=resolver,
+            passthrough_workspace_id=passthrough_id or "",
+        )
+        # Closed before the session and the pool it uses (the stack runs in reverse).
+        shadow = ShadowEvaluator(settings, metrics, session, ShadowStore(pool), auth.forget_key)
+        shadow.start()
+        stack.push_async_callback(shadow.close, settings.shutdown_grace_s)
         runtime = Runtime(
             settings=settings,
             metrics=metrics,
             session=session,
-            auth=Authenticator(
-                passthrough=settings.passthrough,
-                resolver=resolver,
-                passthrough_workspace_id=passthrough_id or "",
-            ),
+            auth=auth,
             chains=ChainBook(lever_builder(settings, cache_store, flights, metrics), metrics),
             flights=flights,
             pool=pool,
@@ -230,6 +239,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             routes=RouteIds(),
             published_keys=published,
             limits=limits,
+            shadow=shadow,
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()
