@@ -105,6 +105,9 @@ class Runtime:
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: the least time the metering queue is given to flush at shutdown
 _FLUSH_MIN_S = 10.0
+#: the most time shadow calls in progress are given at shutdown (a cut one loses a
+#: sample, nothing else)
+_SHADOW_CLOSE_S = 2.0
 
 
 def _drop_counter(metrics: GatewayMetrics) -> Callable[[], None]:
@@ -219,7 +222,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         # Closed before the session and the pool it uses (the stack runs in reverse).
         shadow = ShadowEvaluator(settings, metrics, session, ShadowStore(pool), auth.forget_key)
         shadow.start()
-        stack.push_async_callback(shadow.close, settings.shutdown_grace_s)
+        stack.push_async_callback(shadow.close, min(settings.shutdown_grace_s, _SHADOW_CLOSE_S))
         runtime = Runtime(
             settings=settings,
             metrics=metrics,
