@@ -35,6 +35,14 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number strictly between 0 and 1."""
+    value = _number(env, name, default)
+    if not 0 < value < 1:
+        raise ConfigError(f"{name} must be between 0 and 1, not {value!r}")
+    return value
+
+
 def _optional_pg_url(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -121,6 +129,15 @@ class Settings:
     route_max_attempts: int = 3
     route_retry_after_max_s: float = 2.0
     route_peek_max_kb: float = 64.0
+    shadow_queue_max: int = 64
+    shadow_workers: int = 2
+    shadow_capture_max_kb: float = 512.0
+    shadow_timeout_s: float = 120.0
+    shadow_daily_usd: float = 5.0
+    shadow_margin: float = 0.05
+    shadow_min_sample: int = 30
+    shadow_chrf_min: float = 0.5
+    shadow_length_ratio_max: float = 2.0
     ws_max_frame_bytes: int = 16 * 1024 * 1024
     ws_heartbeat_s: float = 20.0
     limit_window_s: float = 60.0
@@ -219,6 +236,17 @@ class Settings:
             route_max_attempts=int(_number(env, "RECOVEA_ROUTE_MAX_ATTEMPTS", 3, minimum=1)),
             route_retry_after_max_s=_number(env, "RECOVEA_ROUTE_RETRY_AFTER_MAX_S", 2, minimum=0),
             route_peek_max_kb=_number(env, "RECOVEA_ROUTE_PEEK_MAX_KB", 64, minimum=1),
+            shadow_queue_max=int(_number(env, "RECOVEA_SHADOW_QUEUE_MAX", 64, minimum=1)),
+            shadow_workers=int(_number(env, "RECOVEA_SHADOW_CONCURRENCY", 2, minimum=1)),
+            shadow_capture_max_kb=_number(env, "RECOVEA_SHADOW_CAPTURE_MAX_KB", 512, minimum=1),
+            shadow_timeout_s=_number(env, "RECOVEA_SHADOW_TIMEOUT_S", 120, minimum=0.001),
+            shadow_daily_usd=_number(env, "RECOVEA_SHADOW_DAILY_USD", 5, minimum=0),
+            shadow_margin=_rate(env, "RECOVEA_SHADOW_MARGIN", 0.05),
+            shadow_min_sample=int(_number(env, "RECOVEA_SHADOW_MIN_SAMPLE", 30, minimum=1)),
+            shadow_chrf_min=_rate(env, "RECOVEA_SHADOW_CHRF_MIN", 0.5),
+            shadow_length_ratio_max=_number(
+                env, "RECOVEA_SHADOW_LENGTH_RATIO_MAX", 2, minimum=1
+            ),
             ws_max_frame_bytes=int(
                 _number(env, "RECOVEA_WS_MAX_FRAME_KB", 16384, minimum=1) * 1024
             ),

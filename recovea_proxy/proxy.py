@@ -31,6 +31,7 @@ from recovea_proxy.headers import split_request_headers
 from recovea_proxy.ids import new_id
 from recovea_proxy.levers import LeverRequest
 from recovea_proxy.levers.flights import Subscription
+from recovea_proxy.levers.shadow import shadow_sample
 from recovea_proxy.pipe import deliver, send_error
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.request_body import ClientGone, parse_json_object, read_body
@@ -192,12 +193,16 @@ async def _call(
     flight = request.flight
     waited = time.perf_counter_ns()
     source: ResponseSource
+    shadowed = None
     try:
         if request.plan is None:
             source, hide_usage = await _attempt(x, request, principal, upload)
         else:
             # A routing rule matched: its targets in order, up to the commit point.
             source, hide_usage = await walk(x, request, principal)
+            if request.plan.shadow:
+                # a sampled share of the rule's answers is compared with the caller's model
+                shadowed = shadow_sample(x, request, principal)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if upload is not None and (cause := upload.cause()) is not None:
             raise cause from None
@@ -217,6 +222,8 @@ async def _call(
             source.finish(clean=clean)
         else:
             rt.flights.leader_left(flight, source, clean=clean)
+    if shadowed is not None:
+        rt.shadow.submit(shadowed, record.success)  # after the response: never delays it
 
 
 async def _attempt(

@@ -25,6 +25,8 @@ from recovea_proxy.levers import ChainBook
 from recovea_proxy.levers.build import lever_builder
 from recovea_proxy.levers.cache_tiers import open_cache_store
 from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.levers.shadow_store import ShadowStore
+from recovea_proxy.levers.shadow_worker import ShadowEvaluator
 from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_fields, event_row
@@ -66,6 +68,8 @@ class Runtime:
     published_keys: PublishedKeys
     #: rate and concurrency limits
     limits: Limiter
+    #: shadow evaluation's queue and workers (routing rules with a shadow rate)
+    shadow: ShadowEvaluator
     ready: bool = False
     #: provider requests being served (read by the in-flight gauge at scrape time)
     in_flight: int = 0
@@ -101,6 +105,9 @@ class Runtime:
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: the least time the metering queue is given to flush at shutdown
 _FLUSH_MIN_S = 10.0
+#: the most time shadow calls in progress are given at shutdown (a cut one loses a
+#: sample, nothing else)
+_SHADOW_CLOSE_S = 2.0
 
 
 def _drop_counter(metrics: GatewayMetrics) -> Callable[[], None]:
@@ -207,15 +214,20 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         )
         maintenance.start()
         stack.push_async_callback(maintenance.close)
+        auth = Authenticator(
+            passthrough=settings.passthrough,
+            resolver=resolver,
+            passthrough_workspace_id=passthrough_id or "",
+        )
+        # Closed before the session and the pool it uses (the stack runs in reverse).
+        shadow = ShadowEvaluator(settings, metrics, session, ShadowStore(pool), auth.forget_key)
+        shadow.start()
+        stack.push_async_callback(shadow.close, min(settings.shutdown_grace_s, _SHADOW_CLOSE_S))
         runtime = Runtime(
             settings=settings,
             metrics=metrics,
             session=session,
-            auth=Authenticator(
-                passthrough=settings.passthrough,
-                resolver=resolver,
-                passthrough_workspace_id=passthrough_id or "",
-            ),
+            auth=auth,
             chains=ChainBook(lever_builder(settings, cache_store, flights, metrics), metrics),
             flights=flights,
             pool=pool,
@@ -230,6 +242,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             routes=RouteIds(),
             published_keys=published,
             limits=limits,
+            shadow=shadow,
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()

@@ -64,11 +64,21 @@ _FIELDS = (
 )
 _COLUMNS = (
     "id, match_surface, match_path, match_model, feature, env, provider, to_model,"
-    " fallbacks, shadow_rate"
+    " fallbacks, shadow_rate, disabled_at, disabled_reason"
+)
+_SHADOW_STATS = (
+    "SELECT rule_id, routed_model, baseline_model, n, disagreements, verdict"
+    " FROM recovea.shadow_stats WHERE customer_id = $1::uuid"
+    " ORDER BY rule_id, routed_model, baseline_model"
+)
+_SHADOW_SPEND = (
+    "SELECT day, usd, calls FROM recovea.shadow_spend WHERE customer_id = $1::uuid"
+    " AND day = (now() AT TIME ZONE 'UTC')::date"
 )
 
 
-def _json(row: asyncpg.Record) -> dict[str, Any]:
+def _json(row: asyncpg.Record, stats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    disabled = row["disabled_at"]
     return {
         "id": str(row["id"]),
         "match_surface": row["match_surface"],
@@ -80,6 +90,38 @@ def _json(row: asyncpg.Record) -> dict[str, Any]:
         "to": row["to_model"],
         "fallbacks": list(row["fallbacks"]),
         "shadow": row["shadow_rate"],
+        "disabled_at": disabled.isoformat() if disabled is not None else None,
+        "disabled_reason": row["disabled_reason"],
+        "shadow_results": stats or [],
+    }
+
+
+async def _with_shadow(conn: asyncpg.Connection, workspace: str) -> dict[str, Any]:
+    """The workspace's rules, each with its shadow results (counts and verdict per
+    model pair), and its shadow spend today."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM recovea.route_rules WHERE customer_id = $1::uuid"
+        " ORDER BY created_at, id",
+        workspace,
+    )
+    stats: dict[str, list[dict[str, Any]]] = {}
+    for stat in await conn.fetch(_SHADOW_STATS, workspace):
+        stats.setdefault(str(stat["rule_id"]), []).append(
+            {
+                "routed_model": stat["routed_model"],
+                "baseline_model": stat["baseline_model"],
+                "n": stat["n"],
+                "disagreements": stat["disagreements"],
+                "verdict": stat["verdict"],
+            }
+        )
+    spend = await conn.fetchrow(_SHADOW_SPEND, workspace)
+    return {
+        "data": [_json(row, stats.get(str(row["id"]))) for row in rows],
+        "shadow_spend_today": {
+            "usd": str(spend["usd"]) if spend is not None else "0",
+            "calls": spend["calls"] if spend is not None else 0,
+        },
     }
 
 
@@ -196,17 +238,13 @@ async def add_rule(
     return _json(row)
 
 
-async def list_rules(conn: asyncpg.Connection, workspace_id: str) -> list[dict[str, Any]]:
-    """The workspace's rules, oldest first."""
+async def list_rules(conn: asyncpg.Connection, workspace_id: str) -> dict[str, Any]:
+    """The workspace's rules, oldest first, with their shadow results and spend."""
     workspace = parse_id(workspace_id, "workspace id")
     async with conn.transaction():
         await scope(conn, str(workspace))
-        rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM recovea.route_rules WHERE customer_id = $1"
-            " ORDER BY created_at, id",
-            workspace,
-        )
-    return [_json(row) for row in rows]
+        listed: dict[str, Any] = await _with_shadow(conn, str(workspace))
+    return listed
 
 
 async def remove_rule(
@@ -230,17 +268,8 @@ async def remove_rule(
 
 
 async def get_routes(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    rules = await scoped(runtime, key, lambda conn: _rows(conn, key.customer_id))
-    return json_response({"data": rules})
-
-
-async def _rows(conn: asyncpg.Connection, workspace_id: str) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM recovea.route_rules WHERE customer_id = $1::uuid"
-        " ORDER BY created_at, id",
-        workspace_id,
-    )
-    return [_json(row) for row in rows]
+    listed = await scoped(runtime, key, lambda conn: _with_shadow(conn, key.customer_id))
+    return json_response(listed)
 
 
 async def post_route(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
@@ -300,15 +329,16 @@ async def route_add(
 async def route_list(
     conn: asyncpg.Connection, args: argparse.Namespace, _: Settings
 ) -> dict[str, Any]:
-    rules = await list_rules(conn, args.workspace)
+    listed = await list_rules(conn, args.workspace)
     lines = [
         f"{r['id']}  {r['match_model']} -> {' -> '.join([r['to'], *r['fallbacks']])}"
         f"{' on ' + r['provider'] if r['provider'] else ''}"
         f"{' (feature ' + r['feature'] + ')' if r['feature'] else ''}"
-        for r in rules
+        f"{' [disabled: ' + r['disabled_reason'] + ']' if r['disabled_at'] else ''}"
+        for r in listed["data"]
     ]
-    _emit(args, {"data": rules}, "\n".join(lines) or "no rules")
-    return {"data": rules}
+    _emit(args, listed, "\n".join(lines) or "no rules")
+    return listed
 
 
 async def route_remove(

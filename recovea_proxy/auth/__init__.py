@@ -206,6 +206,11 @@ class Authenticator:
         if self._resolver is not None:
             self._resolver.provider_keys.forget(customer_id, provider)
 
+    def forget_key(self, key_id: str) -> None:
+        """Drop a cached rcv_ key (and the rules it came with) at once."""
+        if self._resolver is not None:
+            self._resolver.forget(key_id)
+
     def forget_workspace_keys(self, customer_id: str) -> None:
         """Drop a workspace's cached provider keys after its own KMS key changed."""
         if self._resolver is not None:

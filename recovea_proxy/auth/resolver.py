@@ -189,8 +189,13 @@ class KeyResolver:
             delay = min(delay * 2, 10.0)
 
     def _on_revoked(self, _conn: Any, _pid: int, _channel: str, key_id: str) -> None:
-        self._generation += 1
         _log.info("key_revocation_received", key_id=key_id)
+        self.forget(key_id)
+
+    def forget(self, key_id: str) -> None:
+        """Forget a cached key now, as a revocation notice does (this process sent the
+        notice itself and must not wait for it to come back)."""
+        self._generation += 1
         digest = self._hash_by_id.pop(key_id, None)
         if digest is not None:
             self._keys.pop(digest)

@@ -51,7 +51,8 @@ def message_json(body: dict[str, Any], plan: Plan) -> bytes:
     """A whole `message` body."""
     output, cut = plan.output_tokens(body.get("max_tokens"))
     stop = plan.reason("max_tokens" if cut else "end_turn")
-    doc = _message(body, plan, [{"type": "text", "text": reply_text(body)}], stop)
+    text = reply_text(body, disagree=plan.disagree)
+    doc = _message(body, plan, [{"type": "text", "text": text}], stop)
     if plan.usage:
         doc["usage"] = _usage(plan, output)
     return orjson.dumps(doc)
@@ -83,7 +84,7 @@ def message_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
     yield _event("message_start", {"message": start})
     yield _BLOCK_START
     yield _PING
-    for piece in pieces(reply_text(body), plan.shape.chunks):
+    for piece in pieces(reply_text(body, disagree=plan.disagree), plan.shape.chunks):
         yield _DELTA_HEAD + orjson.dumps(piece) + b"}}\n\n"
     yield _BLOCK_STOP
     delta: dict[str, Any] = {

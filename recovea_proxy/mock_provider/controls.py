@@ -81,6 +81,8 @@ class Plan:
     pretty: bool = False
     #: send JSON bodies chunked, without a content-length (`x-mock-chunked: 1`)
     chunked: bool = False
+    #: answer with the dissenting text (`x-mock-disagree-model` names the model)
+    disagree: bool = False
 
     def reason(self, natural: str) -> str:
         """The finish reason to report: the override, else `natural`."""
@@ -185,7 +187,14 @@ def plan_for(
         service_tier=headers.get("x-mock-service-tier") or None,
         pretty=headers.get("x-mock-pretty") == "1",
         chunked=headers.get("x-mock-chunked") == "1",
+        disagree=isinstance(model, str)
+        and model in _names(headers.get("x-mock-disagree-model")),
     )
+
+
+def _names(raw: str | None) -> tuple[str, ...]:
+    """The comma-separated names of a header (none when it is absent)."""
+    return tuple(name.strip() for name in raw.split(",")) if raw else ()
 
 
 def _json_string(raw: str | None) -> str | None:

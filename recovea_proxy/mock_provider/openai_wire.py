@@ -65,7 +65,7 @@ def _limit(body: dict[str, Any]) -> Any:
 def chat_json(body: dict[str, Any], plan: Plan, *, legacy: bool, openrouter: bool) -> bytes:
     """A whole `chat.completion` (or legacy `text_completion`) body."""
     output, cut = plan.output_tokens(_limit(body))
-    text = reply_text(body)
+    text = reply_text(body, disagree=plan.disagree)
     reason = plan.reason("length" if cut else "stop")
     choice: dict[str, Any]
     if legacy:
@@ -122,7 +122,7 @@ def chat_events(
         yield from (
             head + b'{"index":0,"text":' + orjson.dumps(piece) + b',"logprobs":null,'
             b'"finish_reason":null}' + tail
-            for piece in pieces(reply_text(body), plan.shape.chunks)
+            for piece in pieces(reply_text(body, disagree=plan.disagree), plan.shape.chunks)
         )
         yield head + b'{"index":0,"text":"","logprobs":null,"finish_reason":' + reason + b"}" + tail
     else:
@@ -130,7 +130,7 @@ def chat_events(
         yield from (
             head + b'{"index":0,"delta":{"content":' + orjson.dumps(piece) + b"},"
             b'"logprobs":null,"finish_reason":null}' + tail
-            for piece in pieces(reply_text(body), plan.shape.chunks)
+            for piece in pieces(reply_text(body, disagree=plan.disagree), plan.shape.chunks)
         )
         yield (
             head + b'{"index":0,"delta":{},"logprobs":null,"finish_reason":' + reason + b"}" + tail

@@ -45,6 +45,7 @@ def _number(value: Any, default: float) -> Any:
 def response_object(body: dict[str, Any], plan: Plan, *, final: bool) -> dict[str, Any]:
     """The `response` object: in progress (no output yet) or final."""
     output, cut = plan.output_tokens(body.get("max_output_tokens"))
+    text = reply_text(body, disagree=plan.disagree)
     status = ("incomplete" if cut else "completed") if final else "in_progress"
     doc: dict[str, Any] = {
         "id": plan.ident("resp_"),
@@ -57,7 +58,7 @@ def response_object(body: dict[str, Any], plan: Plan, *, final: bool) -> dict[st
         "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"),
         "model": body.get("model"),
-        "output": [_message_item(plan, reply_text(body), status)] if final else [],
+        "output": [_message_item(plan, text, status)] if final else [],
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": None, "summary": None},
@@ -90,7 +91,7 @@ def _event(kind: str, seq: int, payload: dict[str, Any]) -> bytes:
 
 def responses_events(body: dict[str, Any], plan: Plan) -> Iterator[bytes]:
     """Every named SSE event of a Responses API stream, in order."""
-    text = reply_text(body)
+    text = reply_text(body, disagree=plan.disagree)
     item_id = plan.ident("msg_")
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     started = response_object(body, plan, final=False)

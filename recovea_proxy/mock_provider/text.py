@@ -2,7 +2,9 @@
 
 The prompt is the text of the last user message (chat, messages, responses input
 items) or the prompt/input string, so a marker a test puts in the request comes back
-in the reply and can be followed through a gateway.
+in the reply and can be followed through a gateway. A model the request names in
+`x-mock-disagree-model` answers `mock dissent: ` + the prompt reversed instead: a
+cheap model that disagrees with the caller's, for shadow evaluation's tests.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 PREFIX = "mock reply: "
+DISSENT = "mock dissent: "
 PROMPT_CHARS = 200
 
 
@@ -48,8 +51,11 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def reply_text(body: dict[str, Any]) -> str:
-    """`mock reply: ` + the first 200 characters of the prompt."""
+def reply_text(body: dict[str, Any], *, disagree: bool = False) -> str:
+    """`mock reply: ` + the first 200 characters of the prompt (`disagree`: `mock
+    dissent: ` + those characters reversed)."""
+    if disagree:
+        return DISSENT + prompt_text(body)[:PROMPT_CHARS][::-1]
     return PREFIX + prompt_text(body)[:PROMPT_CHARS]
 
 

@@ -125,6 +125,38 @@ class GatewayMetrics:
             ("provider",),
             registry=self.registry,
         )
+        self.shadow_samples = Counter(
+            "recovea_shadow_samples",
+            "Shadow evaluation samples by outcome: queued, compared, and why one was "
+            "dropped (too_large, incomplete, queue_full, decided, over_ceiling, unpriced, "
+            "baseline_failed, unreadable, shutdown, error).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.shadow_comparisons = Counter(
+            "recovea_shadow_comparisons",
+            "Shadow comparisons by outcome (agree, disagree) and the comparator that decided "
+            "(refusal, finish, tool_calls, json, short, prose).",
+            ("outcome", "comparator"),
+            registry=self.registry,
+        )
+        self.shadow_verdicts = Counter(
+            "recovea_shadow_verdicts",
+            "Verdicts of the shadow non-inferiority test (inferior: the rule was disabled).",
+            ("verdict",),
+            registry=self.registry,
+        )
+        self.shadow_spend = Counter(
+            "recovea_shadow_spend_usd",
+            "USD spent on shadow calls to the baseline model, by provider (not in any cap).",
+            ("provider",),
+            registry=self.registry,
+        )
+        self.shadow_queue_depth = Gauge(
+            "recovea_shadow_queue_depth",
+            "Shadow samples waiting for a worker.",
+            registry=self.registry,
+        )
 
         # WebSocket sessions (Realtime, the Responses WebSocket mode); their responses
         # are also counted as requests, one per response, like HTTP ones.
