@@ -128,7 +128,7 @@ def results(bucket: Any) -> list[dict[str, Any]]:
     """The results of one time bucket, or Malformed."""
     if not isinstance(bucket, dict) or not isinstance(bucket.get("results"), list):
         raise Malformed("a bucket has no results list")
-    items = bucket["results"]
+    items: list[dict[str, Any]] = bucket["results"]
     if not all(isinstance(item, dict) for item in items):
         raise Malformed("a result is not an object")
     return items
