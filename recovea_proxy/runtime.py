@@ -36,6 +36,7 @@ from recovea_proxy.meter.spool import Spool
 from recovea_proxy.meter.writer import EventWriter
 from recovea_proxy.observability.logging import RequestLog
 from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.reconcile.schedule import ReconcileSchedule
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.store.database import app_url, connect, open_pool, owner_url
 from recovea_proxy.store.migrate import apply_migrations
@@ -207,6 +208,10 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         )
         maintenance.start()
         stack.push_async_callback(maintenance.close)
+        if settings.reconcile_interval_s > 0:
+            reconciling = ReconcileSchedule(owner, settings, keyring, metrics)
+            reconciling.start()
+            stack.push_async_callback(reconciling.close)
         runtime = Runtime(
             settings=settings,
             metrics=metrics,
