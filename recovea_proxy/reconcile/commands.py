@@ -29,6 +29,7 @@ from recovea_proxy.admin.operations import OperationError, parse_id
 from recovea_proxy.auth.keyring import load_keyring
 from recovea_proxy.config import Settings
 from recovea_proxy.meter.rollup import parse_moment, run_rollup
+from recovea_proxy.observability.logging import configure_logging
 from recovea_proxy.reconcile.compare import reconciliation
 from recovea_proxy.reconcile.fetch import open_report_client
 from recovea_proxy.reconcile.poller import Poller
@@ -131,6 +132,8 @@ async def reconcile(
 ) -> dict[str, Any]:
     workspace = parse_id(args.workspace, "workspace id") if args.workspace else None
     since = _since(args.since)
+    # the poller's log lines (redacted) go to stderr: stdout is the answer
+    configure_logging(settings.log_format, settings.log_level, to_stderr=True)
     keyring = await asyncio.to_thread(load_keyring, settings)
     await run_rollup(
         conn, timeout_s=settings.maintenance_timeout_s, max_tags=settings.rollup_max_tags

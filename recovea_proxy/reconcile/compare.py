@@ -141,8 +141,12 @@ async def reconciliation(
     end, _ = day_bounds(until)
     polls = await conn.fetch(_POLLS, workspace, since, until)
     provided: dict[Key, Side] = {}
+    # what each matched model is shown as: the name the ledger has, else the provider's
+    provider_names: dict[Key, str] = {}
+    ledger_names: dict[Key, str] = {}
     for row in await conn.fetch(_PROVIDER, workspace, since, until):
         key = (row["day"], row["provider"], model_key(row["model"]))
+        provider_names.setdefault(key, row["model"])
         _add(provided, key, row, (*_COUNTS, "cost_usd"))
     compared = {(p["day"], p["provider"]) for p in polls if p["outcome"] == "ok"}
     compared |= {(day, provider) for day, provider, _ in provided}
@@ -151,12 +155,15 @@ async def reconciliation(
         key = (row["day"], row["provider"], model_key(row["model"]))
         if key[:2] in compared:
             _add(metered, key, row, _COUNTS)
+            if row["model"]:
+                ledger_names.setdefault(key, row["model"])
     for row in await conn.fetch(_ROLLUP, workspace, start, end):
         key = (row["day"], row["provider"], model_key(row["model"]))
         if key[:2] in compared:
             side = _add(metered, key, row, ("cost_usd",))
             side.unpriced += int(row["unpriced"] or 0)
     settled = {(p["day"], p["provider"]): p["settled"] for p in polls}
+    names = provider_names | ledger_names
     data = []
     for key in sorted(set(provided) | set(metered)):
         day, provider, model = key
@@ -169,7 +176,7 @@ async def reconciliation(
             {
                 "day": day.isoformat(),
                 "provider": provider,
-                "model": model,
+                "model": names.get(key, model),
                 "verdict": verdict(provider_side, ledger_side, tolerance_pct),
                 "settled": settled.get((day, provider), False),
                 "provider_reported": _side_json(provider_side, ledger=False),
