@@ -489,7 +489,11 @@ def test_the_api_and_the_cli_refuse_bad_input(
     assert short.returncode == 1 and "report key must be 8 to 512" in short.stderr
     bad_id = cli("reconcile", "--workspace", "nope", env=env)
     assert bad_id.returncode == 1 and "workspace id must be a UUID" in bad_id.stderr
-    for since in ("yesterday", (datetime.now(UTC) + timedelta(days=3)).date().isoformat()):
+    for since in (
+        "yesterday",
+        (datetime.now(UTC) + timedelta(days=3)).date().isoformat(),
+        (datetime.now(UTC) - timedelta(days=400)).date().isoformat(),
+    ):
         done = cli("reconcile", "--workspace", tenant.workspace, "--since", since, env=env)
         assert done.returncode == 1 and "--since" in done.stderr
 
@@ -512,3 +516,66 @@ def test_the_api_and_the_cli_refuse_bad_input(
     )
     ok = httpx.get(f"{api}?from={TODAY}", headers=tenant.bearer)
     assert ok.status_code == 200 and ok.json()["from"] == TODAY
+
+
+def test_the_quickstart_flow_against_the_mock(
+    env: dict[str, str], gateway: Gateway, mock_reports: MockServer
+) -> None:
+    """docs/quickstart.md's reconciliation step: a report key on stdin, a request with
+    the rcv_ key, `recovea reconcile` prints a match; a bypass the mock is told of turns
+    it into unmetered traffic, over the API too; the key shows nowhere."""
+    tenant = make_tenant(env, f"reconcile-quickstart-{time.monotonic_ns()}")
+    report_key = "sk-admin-mock-report-key-0001"
+    stored = cli(
+        "report-key",
+        "set",
+        "--workspace",
+        tenant.workspace,
+        "--provider",
+        "openai",
+        env=env,
+        stdin=report_key + "\n",
+    )
+    assert stored.returncode == 0 and "****0001" in stored.stdout
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello again"}]},
+        headers=tenant.bearer,
+        timeout=30,
+    )
+    assert response.status_code == 200
+    wait_until(
+        lambda: (
+            owner_query(
+                env["RECOVEA_DATABASE_URL"],
+                "SELECT count(*) AS n FROM recovea.request_events WHERE customer_id = $1::uuid",
+                tenant.workspace,
+            )[0]["n"]
+            == 1
+        ),
+        15,
+        "the row",
+    )
+    done = cli("reconcile", "--workspace", tenant.workspace, env=env)
+    assert done.returncode == 0, done.stderr
+    (line,) = [text for text in done.stdout.splitlines() if "gpt-4o-mini" in text]
+    assert " match " in line and "requests 1/1" in line
+    switch(
+        mock_reports,
+        extra=[
+            {
+                "provider": "openai",
+                "model": "gpt-4o-mini",
+                "requests": 5,
+                "input_tokens": 60,
+                "output_tokens": 80,
+            }
+        ],
+    )
+    done = cli("reconcile", "--workspace", tenant.workspace, env=env)
+    assert done.returncode == 0 and "unmetered traffic" in done.stdout
+    api = httpx.get(f"{gateway.url}/v1/recovea/reconciliation", headers=tenant.bearer)
+    (row,) = api.json()["data"]
+    assert row["verdict"] == "unmetered traffic" and row["difference"]["requests"] == 5
+    for text in (stored.stdout + stored.stderr, done.stdout + done.stderr, api.text):
+        assert report_key not in text

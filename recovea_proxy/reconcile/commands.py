@@ -40,6 +40,8 @@ from recovea_proxy.reconcile.report_keys import (
     set_report_key,
 )
 
+#: how far back `--since` may go (each day is its own calls to each provider)
+MAX_SINCE_DAYS = 366
 Command = Callable[[asyncpg.Connection, argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
 #: the admin commands' one runner (admin.commands.run), handed in to avoid an import cycle
 Runner = Callable[[Command, argparse.Namespace], int]
@@ -93,8 +95,11 @@ def _since(raw: str | None) -> date | None:
         day = parse_moment(raw).astimezone(UTC).date()
     except ValueError:
         raise OperationError(f"--since must be an ISO 8601 date, not {raw[:40]!r}") from None
-    if day > datetime.now(UTC).date():
+    today = datetime.now(UTC).date()
+    if day > today:
         raise OperationError("--since must not be in the future")
+    if (today - day).days >= MAX_SINCE_DAYS:
+        raise OperationError(f"--since may be at most {MAX_SINCE_DAYS} days ago")
     return day
 
 
