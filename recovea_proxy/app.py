@@ -26,6 +26,7 @@ from recovea_proxy.meter.api import LEDGER_ROUTES
 from recovea_proxy.observability.logging import configure_logging
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.proxy import handle
+from recovea_proxy.reconcile.api import RECONCILE_ROUTES
 from recovea_proxy.runtime import open_runtime
 from recovea_proxy.surfaces import SurfaceMap, for_headers
 from recovea_proxy.websocket_proxy import serve_websocket
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *SLIM_ADMIN_ROUTES,
             *LEDGER_ADMIN_ROUTES,
             *LEDGER_ROUTES,
+            *RECONCILE_ROUTES,
         ],
         exception_handlers={404: not_found},
         lifespan=lifespan,

@@ -147,6 +147,14 @@ class Settings:
     limit_default_max_tokens: int = 1024
     limits_refresh_s: float = 60.0
     security_contact: str = "mailto:security@example.invalid"
+    reconcile_interval_s: float = 3600.0
+    reconcile_days: int = 7
+    reconcile_settle_hours: float = 48.0
+    reconcile_timeout_s: float = 30.0
+    reconcile_attempts: int = 3
+    reconcile_retry_base_s: float = 2.0
+    reconcile_retry_after_max_s: float = 60.0
+    reconcile_tolerance_pct: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -220,9 +228,7 @@ class Settings:
             maintenance_interval_s=_number(
                 env, "RECOVEA_MAINTENANCE_INTERVAL_S", 300, minimum=0.01
             ),
-            maintenance_timeout_s=_number(
-                env, "RECOVEA_MAINTENANCE_TIMEOUT_S", 120, minimum=0.001
-            ),
+            maintenance_timeout_s=_number(env, "RECOVEA_MAINTENANCE_TIMEOUT_S", 120, minimum=0.001),
             rollup_max_tags=int(_number(env, "RECOVEA_ROLLUP_MAX_TAGS", 1000, minimum=1)),
             redis_url=_optional_redis_url(env, "RECOVEA_REDIS_URL"),
             cache_max_mb=_number(env, "RECOVEA_CACHE_MAX_MB", 256, minimum=0),
@@ -262,6 +268,18 @@ class Settings:
             ),
             limits_refresh_s=_number(env, "RECOVEA_LIMITS_REFRESH_S", 60, minimum=0.1),
             security_contact=env.get("RECOVEA_SECURITY_CONTACT", "mailto:security@example.invalid"),
+            reconcile_interval_s=_number(env, "RECOVEA_RECONCILE_INTERVAL_S", 3600, minimum=0),
+            reconcile_days=int(_number(env, "RECOVEA_RECONCILE_DAYS", 7, minimum=1)),
+            reconcile_settle_hours=_number(env, "RECOVEA_RECONCILE_SETTLE_HOURS", 48, minimum=0),
+            reconcile_timeout_s=_number(env, "RECOVEA_RECONCILE_TIMEOUT_S", 30, minimum=0.001),
+            reconcile_attempts=int(_number(env, "RECOVEA_RECONCILE_ATTEMPTS", 3, minimum=1)),
+            reconcile_retry_base_s=_number(env, "RECOVEA_RECONCILE_RETRY_BASE_S", 2, minimum=0),
+            reconcile_retry_after_max_s=_number(
+                env, "RECOVEA_RECONCILE_RETRY_AFTER_MAX_S", 60, minimum=0
+            ),
+            reconcile_tolerance_pct=min(
+                100.0, _number(env, "RECOVEA_RECONCILE_TOLERANCE_PCT", 1, minimum=0)
+            ),
         )
 
     def upstream_for(self, provider: str) -> str:

@@ -38,6 +38,7 @@ from recovea_proxy.meter.spool import Spool
 from recovea_proxy.meter.writer import EventWriter
 from recovea_proxy.observability.logging import RequestLog
 from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.reconcile.schedule import ReconcileSchedule
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.store.database import app_url, connect, open_pool, owner_url
 from recovea_proxy.store.migrate import apply_migrations
@@ -223,6 +224,10 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         shadow = ShadowEvaluator(settings, metrics, session, ShadowStore(pool), auth.forget_key)
         shadow.start()
         stack.push_async_callback(shadow.close, min(settings.shutdown_grace_s, _SHADOW_CLOSE_S))
+        if settings.reconcile_interval_s > 0:
+            reconciling = ReconcileSchedule(owner, settings, keyring, metrics)
+            reconciling.start()
+            stack.push_async_callback(reconciling.close)
         runtime = Runtime(
             settings=settings,
             metrics=metrics,

@@ -17,6 +17,7 @@ from recovea_proxy.admin import cache_policy, kms_commands, limits, routes, slim
 from recovea_proxy.admin import operations as ops
 from recovea_proxy.auth.keyring import load_keyring, retire_local_key
 from recovea_proxy.config import Settings
+from recovea_proxy.reconcile import commands as reconcile_commands
 from recovea_proxy.store.database import connect, owner_url
 from recovea_proxy.store.migrate import apply_migrations
 
@@ -176,6 +177,7 @@ def add_commands(commands: Any) -> None:
     limits.add_commands(commands, run)
     routes.add_commands(commands, run)
     slim_policy.add_commands(commands, run)
+    reconcile_commands.add_commands(commands, run)
 
     key = commands.add_parser("key", help="rcv_ keys").add_subparsers(dest="action", required=True)
     kc = key.add_parser("create", help="create an rcv_ key (printed once)")

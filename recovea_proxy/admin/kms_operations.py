@@ -7,9 +7,10 @@ changes, and KMS's answer names the key's ARN, which is stored and used from the
 
 Then one transaction, with the workspace's row locked (FOR NO KEY UPDATE: a
 provider key being stored for the workspace waits; the drainer's KEY SHARE lock
-does not), unwraps each of the workspace's data keys with what wraps it now and
-wraps it under the new key (clearing: under the deployment's master key), row by
-row, and records the key. Any failure rolls all of it back: the old wrapping stays.
+does not), unwraps each of the workspace's data keys (provider keys and report
+keys) with what wraps it now and wraps it under the new key (clearing: under the
+deployment's master key), row by row, and records the key. Any failure rolls all
+of it back: the old wrapping stays.
 The ciphertexts do not change (the data keys are the same), nor does the encryption
 context (workspace, provider, key id). The commit notifies every gateway
 (`KMS_CHANGES_CHANNEL`), which drops what it cached of the workspace.
@@ -27,13 +28,15 @@ from typing import Any, TypeVar
 import asyncpg
 
 from recovea_proxy.admin.operations import (
+    SEALED_TABLES,
     KmsRefusedError,
     OperationError,
+    SealedTable,
     describe_workspace,
     parse_id,
     scope,
 )
-from recovea_proxy.auth.envelope import MasterKey, context_for
+from recovea_proxy.auth.envelope import MasterKey
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.kms_refusals import reason_for
 from recovea_proxy.auth.workspace_keys import KMS_CHANGES_CHANNEL
@@ -78,15 +81,30 @@ async def _rewrap(
     current_arn: str | None,
     target: Callable[[], MasterKey],
 ) -> int:
-    """Re-wrap every data key of the workspace under `target()`, inside the caller's
-    transaction; the number re-wrapped."""
+    """Re-wrap every data key of the workspace (its provider keys and its report keys)
+    under `target()`, inside the caller's transaction; the number re-wrapped."""
+    count = 0
+    for table in SEALED_TABLES.values():
+        count += await _rewrap_table(conn, keyring, table, workspace, current_arn, target)
+    return count
+
+
+async def _rewrap_table(
+    conn: asyncpg.Connection,
+    keyring: Keyring,
+    table: SealedTable,
+    workspace: uuid.UUID,
+    current_arn: str | None,
+    target: Callable[[], MasterKey],
+) -> int:
     rows = await conn.fetch(
         "SELECT id, provider, wrapped_data_key, master_key_id, backend"
-        " FROM recovea.provider_keys WHERE customer_id = $1 ORDER BY provider FOR UPDATE",
+        f" FROM recovea.{table.name} WHERE customer_id = $1 ORDER BY provider FOR UPDATE",
         workspace,
     )
+    what = "key" if table.name == "provider_keys" else "report key"
     for row in rows:
-        context = context_for(str(workspace), row["provider"], str(row["id"]))
+        context = table.context_of(str(workspace), row["provider"], str(row["id"]))
         current = (
             partial(keyring.workspace_key, current_arn)
             if current_arn is not None
@@ -94,18 +112,18 @@ async def _rewrap(
         )
         data_key = await _kms(
             partial(_unwrap, current, row["wrapped_data_key"], context),
-            failure=f"the {row['provider']} key could not be unwrapped with its current key;"
+            failure=f"the {row['provider']} {what} could not be unwrapped with its current key;"
             " nothing was changed",
             status=503,
         )
         wrapped = await _kms(
             partial(_wrap, target, data_key, context),
-            failure=f"the {row['provider']} key could not be wrapped under the new key;"
+            failure=f"the {row['provider']} {what} could not be wrapped under the new key;"
             " nothing was changed",
             status=503,
         )
         await conn.execute(
-            "UPDATE recovea.provider_keys SET wrapped_data_key = $2, master_key_id = $3,"
+            f"UPDATE recovea.{table.name} SET wrapped_data_key = $2, master_key_id = $3,"
             " backend = $4 WHERE id = $1",
             row["id"],
             wrapped,
@@ -174,8 +192,8 @@ async def clear_workspace_kms(
 ) -> dict[str, Any]:
     """Put the workspace back on the deployment's master key, re-wrapping its provider
     keys under it (which needs the workspace's own key one last time). With
-    `drop_provider_keys`, its provider keys are deleted instead — the way out when the
-    key is gone for good and they can never be opened again."""
+    `drop_provider_keys`, its provider keys (and report keys) are deleted instead — the
+    way out when the key is gone for good and they can never be opened again."""
     workspace = parse_id(workspace_id, "workspace id")
     count = dropped = 0
     async with conn.transaction():
@@ -187,6 +205,10 @@ async def clear_workspace_kms(
                     "DELETE FROM recovea.provider_keys WHERE customer_id = $1", workspace
                 )
                 dropped = int(str(status).rsplit(" ", 1)[-1])
+                # report keys can no longer be opened either (they are not counted)
+                await conn.execute(
+                    "DELETE FROM recovea.report_keys WHERE customer_id = $1", workspace
+                )
             else:
                 count = await _rewrap(
                     conn, keyring, workspace, current_arn, lambda: keyring.current

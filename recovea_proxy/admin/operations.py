@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from recovea_proxy.auth.envelope import context_for, seal
+from recovea_proxy.auth.envelope import context_for, report_context_for, seal
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.auth.keys import REVOCATIONS_CHANNEL, key_hash, last_four, new_key
 from recovea_proxy.auth.kms_refusals import reason_for
@@ -185,12 +186,46 @@ async def set_provider_key(
     the workspace's own KMS key when it has one, else the deployment's master key."""
     if provider not in PROVIDERS:
         raise OperationError(f"provider must be one of {', '.join(PROVIDERS)}")
+    return await store_sealed_key(
+        conn, keyring, SEALED_TABLES["provider"], workspace_id, provider, secret, "provider key"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SealedTable:
+    """A table of envelope-encrypted keys (one per workspace and provider), and the
+    encryption context of its rows."""
+
+    name: str
+    context_of: Callable[[str, str, str], dict[str, str]]
+
+
+#: every table of sealed keys: provider keys (the request plane) and report keys (the
+#: reconciliation poller's); both are wrapped alike, and re-wrapped together
+SEALED_TABLES = {
+    "provider": SealedTable("provider_keys", context_for),
+    "report": SealedTable("report_keys", report_context_for),
+}
+
+
+async def store_sealed_key(
+    conn: asyncpg.Connection,
+    keyring: Keyring,
+    table: SealedTable,
+    workspace_id: str,
+    provider: str,
+    secret: str,
+    what: str,
+) -> str:
+    """Seal `secret` under the workspace's own KMS key when it has one, else the
+    deployment's master key, and store (or replace) it as the workspace's `provider`
+    row of `table`; the row's id."""
     secret = secret.strip()
     if not 8 <= len(secret) <= 512 or not secret.isprintable() or " " in secret:
-        raise OperationError("the provider key must be 8 to 512 printable characters, no spaces")
+        raise OperationError(f"the {what} must be 8 to 512 printable characters, no spaces")
     workspace = parse_id(workspace_id, "workspace id")
     key_id = uuid.uuid4()
-    context = context_for(str(workspace), provider, str(key_id))
+    context = table.context_of(str(workspace), provider, str(key_id))
     async with conn.transaction():
         await scope(conn, str(workspace))
         kms_key_arn = await conn.fetchval(
@@ -219,7 +254,7 @@ async def set_provider_key(
         ):
             raise OperationError("the workspace's KMS key changed meanwhile; store the key again")
         await conn.execute(
-            "INSERT INTO recovea.provider_keys (id, customer_id, provider, ciphertext, nonce,"
+            f"INSERT INTO recovea.{table.name} (id, customer_id, provider, ciphertext, nonce,"
             " wrapped_data_key, master_key_id, backend, last_four)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             " ON CONFLICT (customer_id, provider) DO UPDATE SET id = EXCLUDED.id,"
@@ -258,24 +293,32 @@ async def init(conn: asyncpg.Connection) -> tuple[str, CreatedKey]:
 
 
 async def rewrap_provider_keys(conn: asyncpg.Connection, keyring: Keyring) -> int:
-    """Re-wrap every stored data key under the current master key (no downtime: rows
-    stay readable throughout, each row is rewritten in its own transaction). Workspaces
-    on their own KMS key keep it: their rows are left alone, and a row re-wrapped or
-    replaced meanwhile (`workspace kms set`) is not overwritten."""
+    """Re-wrap every stored data key (provider keys and report keys) under the current
+    master key (no downtime: rows stay readable throughout, each row is rewritten in its
+    own transaction). Workspaces on their own KMS key keep it: their rows are left
+    alone, and a row re-wrapped or replaced meanwhile (`workspace kms set`) is not
+    overwritten."""
+    count = 0
+    for table in SEALED_TABLES.values():
+        count += await _rewrap_table(conn, keyring, table)
+    return count
+
+
+async def _rewrap_table(conn: asyncpg.Connection, keyring: Keyring, table: SealedTable) -> int:
     rows = await conn.fetch(
         "SELECT id, customer_id, provider, wrapped_data_key, master_key_id, backend"
-        " FROM recovea.provider_keys WHERE customer_id NOT IN"
+        f" FROM recovea.{table.name} WHERE customer_id NOT IN"
         " (SELECT customer_id FROM recovea.workspaces WHERE kms_key_arn IS NOT NULL)"
     )
     current = keyring.current
     count = 0
     for row in rows:
-        context = context_for(str(row["customer_id"]), row["provider"], str(row["id"]))
+        context = table.context_of(str(row["customer_id"]), row["provider"], str(row["id"]))
         reader = keyring.reader(row["backend"], row["master_key_id"])
         data_key = await asyncio.to_thread(reader.unwrap, row["wrapped_data_key"], context)
         wrapped = await asyncio.to_thread(current.wrap, data_key, context)
         status = await conn.execute(
-            "UPDATE recovea.provider_keys SET wrapped_data_key = $2, master_key_id = $3,"
+            f"UPDATE recovea.{table.name} SET wrapped_data_key = $2, master_key_id = $3,"
             " backend = $4 WHERE id = $1 AND wrapped_data_key = $5",
             row["id"],
             wrapped,

@@ -1,4 +1,4 @@
-"""Envelope encryption of provider keys: AES-256-GCM under a fresh data key each,
+"""Envelope encryption of provider keys (and report keys): AES-256-GCM under a fresh data key each,
 the data key wrapped by the master key (local file or AWS KMS).
 
 The workspace id, the provider and the key id are bound as associated data (and,
@@ -52,6 +52,12 @@ class Sealed:
 def context_for(workspace_id: str, provider: str, key_id: str) -> dict[str, str]:
     """The encryption context / associated data of one provider key."""
     return {"workspace": workspace_id, "provider": provider, "key_id": key_id}
+
+
+def report_context_for(workspace_id: str, provider: str, key_id: str) -> dict[str, str]:
+    """The encryption context / associated data of one report key (a provider's usage
+    report key): a provider key's, plus its purpose, so neither opens as the other."""
+    return {**context_for(workspace_id, provider, key_id), "purpose": "report"}
 
 
 def associated_data(context: dict[str, str]) -> bytes:

@@ -12,6 +12,8 @@ One server answers for three providers whose paths do not clash:
                 anthropic-version)
     OpenRouter  /api/v1/... as OpenAI, plus usage always, cost, X-Generation-Id and
                 a keep-alive comment at the start of each stream
+    Reports     the admin usage and cost reports of OpenAI and Anthropic, made of what
+                was served (`usage_reports`, `usage_book`)
 
 Anything else is a 404 in the shape of the provider the path or headers point at.
 """
@@ -33,6 +35,7 @@ from recovea_proxy.mock_provider import (
     openai_wire,
     realtime,
     responses_wire,
+    usage_reports,
 )
 from recovea_proxy.mock_provider.controls import MockDefaults, Plan, identity, plan_for
 from recovea_proxy.mock_provider.delivery import abort, idle, json_response, stream_response
@@ -46,6 +49,7 @@ from recovea_proxy.mock_provider.errors import (
     has_key,
     responses_stream_error,
 )
+from recovea_proxy.mock_provider.usage_book import record_served
 
 DEFAULTS_KEY = web.AppKey("mock_defaults", MockDefaults)
 OPENROUTER_KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
@@ -66,6 +70,8 @@ class Endpoint:
     render: Render
     render_stream: RenderStream | None = None
     stream_error: Callable[[int], bytes] = lambda _index: OPENAI_STREAM_ERROR
+    #: a completion counted in the usage reports: its max-tokens value (None: not counted)
+    usage_limit: Callable[[dict[str, Any]], Any] | None = None
 
 
 def _always(event: bytes) -> Callable[[int], bytes]:
@@ -144,6 +150,8 @@ def _api_handler(endpoint: Endpoint) -> Handler:
         if isinstance(admitted, web.StreamResponse):
             return admitted
         body, plan = admitted
+        if endpoint.usage_limit is not None:
+            record_served(request, endpoint.surface, body, plan, endpoint.usage_limit(body))
         headers = provider_headers(endpoint.surface, plan)
         if endpoint.render_stream is not None and body.get("stream") is True:
             events = endpoint.render_stream(body, plan)
@@ -208,6 +216,7 @@ def _endpoints(surface: Surface) -> dict[str, Endpoint]:
             partial(openai_wire.chat_json, legacy=legacy, openrouter=openrouter),
             partial(openai_wire.chat_events, legacy=legacy, openrouter=openrouter),
             _always(stream_error),
+            openai_wire.max_tokens_of,
         )
     return {
         **chat,
@@ -220,6 +229,7 @@ def _endpoints(surface: Surface) -> dict[str, Endpoint]:
             responses_wire.responses_json,
             responses_wire.responses_events,
             responses_stream_error,
+            lambda body: body.get("max_output_tokens"),
         ),
     }
 
@@ -246,6 +256,7 @@ def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
         anthropic_wire.message_json,
         anthropic_wire.message_events,
         _always(ANTHROPIC_STREAM_ERROR),
+        lambda body: body.get("max_tokens"),
     )
     count = Endpoint("anthropic", lambda _body, plan: anthropic_wire.count_tokens_json(plan))
     routes.add_post("/v1/messages", _api_handler(messages))
@@ -253,5 +264,6 @@ def create_mock_app(defaults: MockDefaults | None = None) -> web.Application:
     routes.add_get("/v1/realtime", realtime.realtime)
     routes.add_get("/v1/responses", realtime.responses)
     files.add_routes(app)
+    usage_reports.add_routes(app)
     routes.add_route("*", "/{tail:.*}", _not_found)
     return app

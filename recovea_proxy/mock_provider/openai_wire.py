@@ -57,6 +57,11 @@ def chat_usage(plan: Plan, output: int, *, openrouter: bool) -> dict[str, Any]:
     return usage
 
 
+def max_tokens_of(body: dict[str, Any]) -> Any:
+    """The request's output limit (`max_completion_tokens`, else `max_tokens`)."""
+    return _limit(body)
+
+
 def _limit(body: dict[str, Any]) -> Any:
     limit = body.get("max_completion_tokens")
     return body.get("max_tokens") if limit is None else limit

@@ -40,8 +40,10 @@ def utc_timestamp(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[
     return event_dict
 
 
-def configure_logging(log_format: str, level: str = "info") -> None:
-    """Configure structlog and the standard library's root logger once per process."""
+def configure_logging(log_format: str, level: str = "info", *, to_stderr: bool = False) -> None:
+    """Configure structlog and the standard library's root logger once per process
+    (on stdout; on stderr for a command whose stdout is its answer)."""
+    stream = sys.stderr if to_stderr else sys.stdout
     level_no = _LEVELS.get(level, 20)
     # Tracebacks become text before the redaction step, so an exception's message is
     # redacted like any other string (rendered after it, it would be printed whole).
@@ -53,13 +55,13 @@ def configure_logging(log_format: str, level: str = "info") -> None:
     ]
     if log_format == "json":
         renderer: Any = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        factory: Any = structlog.BytesLoggerFactory(stream.buffer)
     else:
         # Plain tracebacks: rich's would print every frame's local variables, unredacted.
         renderer = structlog.dev.ConsoleRenderer(
             colors=False, exception_formatter=structlog.dev.plain_traceback
         )
-        factory = structlog.PrintLoggerFactory(sys.stdout)
+        factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
@@ -67,7 +69,7 @@ def configure_logging(log_format: str, level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     std_renderer: Any = structlog.processors.JSONRenderer() if log_format == "json" else renderer
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -119,6 +119,14 @@ class GatewayMetrics:
             ("job", "outcome"),
             registry=self.registry,
         )
+        self.reconcile_runs = Counter(
+            "reconcile_runs",
+            "Polls of a provider's usage report for one workspace, provider and day, by "
+            "outcome: ok (stored), retried (an attempt failed and is tried again), failed "
+            "(set aside with its reason after the last attempt).",
+            ("outcome",),
+            registry=self.registry,
+        )
         self.slim_bytes_saved = Counter(
             "gateway_slim_bytes_saved",
             "Request body bytes the slim lever trimmed before the provider, by provider.",
