@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.guards.caps import Reservation
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.surfaces import Surface
@@ -22,3 +23,5 @@ class Exchange:
     receive: Receive
     send: Send
     record: RequestRecord
+    #: the budget a spend cap reserved for the request (step 3), settled at step 8
+    reservation: Reservation | None = None

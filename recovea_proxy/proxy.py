@@ -3,12 +3,13 @@
 1. surface (resolved by the dispatcher, on the checked raw path)
 2. auth (fail-closed) → principal, from the headers alone; then the body (bounded),
    parsed once
-3. spend cap (fail-closed-hybrid)                          [caps issue]
+3. spend cap (fail-closed-hybrid): a reservation from this process's budget lease
 4. levers, each through the one fault-catching wrapper     [levers issue]
 5. upstream call on the shared session
 6. response pipe: tap the bytes on their way to the client, unchanged
 7. end: finalize the record, sign the receipt, send it as the response's last bytes
-8. after the response: report it (log, metrics, meter queue; later: cap settle)
+8. after the response: settle the cap reservation with the real usage, then report it
+   (log, metrics, meter queue)
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
     finally:
         record.end(time.perf_counter_ns())
         rt.in_flight -= 1
+        if x.reservation is not None:
+            rt.caps.settle(x.reservation, record)  # step 8: also when aborted
         rt.finish(record)
 
 
@@ -116,10 +119,15 @@ async def _serve(x: Exchange) -> None:
     record.team_id = principal.team_id
     record.rcv_key_id = principal.key_id
     record.env = principal.env
+    caps = rt.caps.applies(principal)  # None: not capped, no database work at all
 
     if is_upload(headers.content_type):
         # Not JSON: streamed to the provider as it arrives, past the levers.
         refuse_declared(headers.content_length, rt.settings.max_upload_bytes)
+        if caps is not None:  # step 3, before the first byte is forwarded
+            x.reservation = await rt.caps.reserve(
+                caps, principal, record, surface.upstream_path, None, headers.content_length
+            )
         upload = StreamedBody(
             x.receive,
             record,
@@ -138,6 +146,12 @@ async def _serve(x: Exchange) -> None:
         record.stream = parsed.get("stream") is True
 
     request = LeverRequest(record, surface, headers, body, parsed, principal.policy)
+    if caps is not None:  # step 3: the spend cap's reservation
+        reservation = x.reservation = await rt.caps.reserve(
+            caps, principal, record, surface.upstream_path, parsed
+        )
+        if reservation is not None and reservation.watch is not None:
+            request.observers.append(reservation.watch)
     chain = rt.chains.chain_for(principal.policy)
     if chain is None:
         await _call(x, request, principal)
