@@ -29,18 +29,20 @@ FAST = {
     "RECOVEA_CAP_LEASE_TTL_S": "3",
     "RECOVEA_CAP_STALENESS_S": "1",
     "RECOVEA_CAP_CONFIG_REFRESH_S": "30",
+    # a request that sets no max_tokens reserves 2 output tokens (the overrun test)
+    "RECOVEA_CAP_DEFAULT_OUTPUT_TOKENS": "2",
 }
 
 
-def body(prompt: str, *, max_tokens: int = 100, stream: bool = False) -> bytes:
-    return orjson.dumps(
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-            "stream": stream,
-        }
-    )
+def body(prompt: str, *, max_tokens: int | None = 100, stream: bool = False) -> bytes:
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": stream,
+    }
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    return orjson.dumps(request)
 
 
 def estimated_usd(raw: bytes, max_tokens: int = 100, model: str = MODEL) -> Decimal:
@@ -55,9 +57,7 @@ def usd6(value: Decimal, rounding: str = ROUND_FLOOR) -> str:
 
 
 def caps_loaded(gateway: Gateway, after: int) -> bool:
-    return (
-        sum(1 for line in gateway.log_lines() if line.get("event") == "caps_loaded") > after
-    )
+    return sum(1 for line in gateway.log_lines() if line.get("event") == "caps_loaded") > after
 
 
 def loads(gateway: Gateway) -> int:
@@ -182,8 +182,12 @@ def test_member_and_admin_keys_are_capped_but_test_keys_never(
     )
     admin_tenant = Tenant(tenant.workspace, admin["key"], admin["key_id"])
     assert post(gateway, admin_tenant, body("zero admin")).status_code == 402
-    test_key = cli_json("key", "create", "--workspace", tenant.workspace, "--env", "test", env=db_env)
-    assert post(gateway, Tenant(tenant.workspace, test_key["key"], ""), body("t")).status_code == 200
+    test_key = cli_json(
+        "key", "create", "--workspace", tenant.workspace, "--env", "test", env=db_env
+    )
+    assert (
+        post(gateway, Tenant(tenant.workspace, test_key["key"], ""), body("t")).status_code == 200
+    )
     models = httpx.get(f"{gateway.url}/v1/models", headers=tenant.bearer, timeout=10)
     assert models.status_code != 402
 
@@ -197,17 +201,37 @@ def test_scopes_project_team_and_key(gateway: Gateway, db_env: dict[str, str]) -
     )
     other_tenant = Tenant(tenant.workspace, other["key"], other["key_id"])
     set_cap(
-        db_env, [gateway], "set", "--workspace", tenant.workspace, "--project", "alpha", "--usd", "0"
+        db_env,
+        [gateway],
+        "set",
+        "--workspace",
+        tenant.workspace,
+        "--project",
+        "alpha",
+        "--usd",
+        "0",
     )
     assert post(gateway, tenant, body("p1")).status_code == 402
     assert post(gateway, other_tenant, body("p2")).status_code == 200
-    set_cap(db_env, [gateway], "set", "--workspace", tenant.workspace, "--key", other["key_id"], "--usd", "0")
+    set_cap(
+        db_env,
+        [gateway],
+        "set",
+        "--workspace",
+        tenant.workspace,
+        "--key",
+        other["key_id"],
+        "--usd",
+        "0",
+    )
     assert post(gateway, other_tenant, body("p3")).status_code == 402
     set_cap(db_env, [gateway], "disable", "--workspace", tenant.workspace, "--key", other["key_id"])
     assert post(gateway, other_tenant, body("p4")).status_code == 200
 
 
-def test_an_unpriced_model_and_an_unmeterable_path(gateway: Gateway, db_env: dict[str, str]) -> None:
+def test_an_unpriced_model_and_an_unmeterable_path(
+    gateway: Gateway, db_env: dict[str, str]
+) -> None:
     """Under a cap, a model with no price is refused with 402 budget_unverifiable naming
     it, until the workspace has a fallback price; a POST to a path the gateway cannot
     meter is refused naming the path, until unmetered paths are allowed."""
@@ -273,12 +297,13 @@ def test_a_client_that_leaves_mid_stream_releases_the_unused_reservation(
 def test_overrun_cut_ends_the_stream_and_finish_lets_it_complete(
     gateway: Gateway, db_env: dict[str, str]
 ) -> None:
-    """A stream reserved for 2 output tokens, under a cap with room for exactly that:
-    `cut` ends it with the provider-shaped error event `budget_exceeded`; `finish`
-    lets it complete and counts the overrun."""
+    """A stream that sets no max_tokens is reserved for the default output (2 tokens
+    here) and produces 16, under a cap with room for its reservation only: `cut`
+    ends it with the provider-shaped error event `budget_exceeded`; `finish` lets it
+    complete and counts the overrun."""
     for action in ("cut", "finish"):
         tenant = make_tenant(db_env, f"caps-overrun-{action}")
-        raw = body(f"overrun {action}", max_tokens=2, stream=True)
+        raw = body(f"overrun {action}", max_tokens=None, stream=True)
         cap = usd6(estimated_usd(raw, 2), ROUND_CEILING)
         set_cap(
             db_env, [gateway], "set", "--workspace", tenant.workspace, "--usd", cap,
@@ -293,11 +318,10 @@ def test_overrun_cut_ends_the_stream_and_finish_lets_it_complete(
         else:
             assert "data: [DONE]" in text
     metrics = gateway.metrics()
-    assert 'recovea_cap_overruns_total{action="cut"}' in metrics
-    finish = [
-        line for line in metrics.splitlines() if line.startswith('recovea_cap_overruns_total{action="finish"}')
-    ]
-    assert finish and float(finish[0].split()[-1]) >= 1
+    for action in ("cut", "finish"):
+        prefix = f'recovea_cap_overruns_total{{action="{action}"}} '
+        counted = [line for line in metrics.splitlines() if line.startswith(prefix)]
+        assert counted and float(counted[0].split()[-1]) >= 1, action
     assert any(line.get("event") == "cap_overrun" for line in gateway.log_lines())
 
 
@@ -344,7 +368,10 @@ def test_database_stopped_capped_refused_uncapped_served(
 ) -> None:
     """With the database stopped: a workspace with a cap whose lease can no longer be
     confirmed gets 402 budget_unverifiable; a workspace without a cap is served."""
-    env = {"RECOVEA_DATABASE_URL": own_postgres.url, "RECOVEA_MASTER_KEY_FILE": str(workdir / "mk2")}
+    env = {
+        "RECOVEA_DATABASE_URL": own_postgres.url,
+        "RECOVEA_MASTER_KEY_FILE": str(workdir / "mk2"),
+    }
     gw = Gateway({**upstream_env(mock), **env, **FAST}, workdir)
     try:
         capped = make_tenant(env, "caps-db-capped")

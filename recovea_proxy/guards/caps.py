@@ -11,8 +11,9 @@
   without a price or a path the gateway cannot meter → 402 `budget_unverifiable`
   naming it (unless the workspace's options cover it).
 - A streamed response is watched (`StreamWatch`): output is counted as one token per
-  SSE event as the deltas pass (the real count arrives only at the end for some
-  providers). Past its reservation it takes more from the leases; when they have no
+  SSE event as the deltas pass, less a few framing events (the real count arrives
+  only at the end for some providers; a delta that carries several tokens counts
+  as one). Past its reservation it takes more from the leases; when they have no
   room, a cap with `on_overrun: cut` ends the stream with the provider-shaped error
   event, `finish` lets it complete.
 - `settle`: the real cost (`pricing.cost` on the reported usage, at the model that
@@ -53,6 +54,9 @@ from recovea_proxy.sources import ResponseSource
 
 _log = structlog.get_logger("recovea.caps")
 _PERIOD_WORD = {"day": "today (UTC)", "month": "this month (UTC)"}
+#: SSE events of a stream that carry no output (a role or start event, the finish
+#: event, the usage event, `[DONE]`): never counted against the reservation
+_FRAMING_EVENTS = 4
 
 
 class Reservation:
@@ -108,7 +112,11 @@ class StreamWatch:
         self.events = 0
         self.off = False
         #: the output events the reservation covers now
-        self.limit = max((reservation.amount - self.base) // self.per_token, 0)
+        self.limit = self._covered()
+
+    def _covered(self) -> int:
+        amount = self.reservation.amount
+        return max((amount - self.base) // self.per_token, 0) + _FRAMING_EVENTS
 
     def begin(self, source: ResponseSource) -> None:
         # An answer from the cache or another request's flight costs nothing.
@@ -121,7 +129,7 @@ class StreamWatch:
         reservation = self.reservation
         extra = max((self.events - self.limit) * self.per_token, reservation.amount // 4)
         if reservation.extend(extra):
-            self.limit = max((reservation.amount - self.base) // self.per_token, 0)
+            self.limit = self._covered()
             return
         if self.cut:
             self.off = True
@@ -265,7 +273,8 @@ class SpendCaps:
             return 0  # the provider refused (it bills no error), or was never reached
         watch = reservation.watch
         if watch is not None and (watch.events or record.client_gone):
-            return watch.base + watch.events * watch.per_token
+            events = max(watch.events - _FRAMING_EVENTS, 0)
+            return watch.base + events * watch.per_token
         return reservation.amount
 
     def book_price(self, reservation: Reservation, model: str) -> Price | None:
