@@ -44,6 +44,7 @@ def targets(mock_url: str) -> list[Target]:
         Target("floor", [sys.executable, "-m", "bench.floor", "--upstream", mock_url]),
         gateway("gateway", mock_url),
         gateway("gateway-auth", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=workspace_key),
+        gateway("gateway-capped", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=capped_key),
     ]
 
 
@@ -80,7 +81,15 @@ def at_ref(name: str, mock_url: str, checkout: Path) -> Target:
     )
 
 
-def workspace_key(env: dict[str, str], command: list[str] | None = None) -> str:
+def capped_key(env: dict[str, str]) -> str:
+    """As `workspace_key`, under a workspace spend cap and a key cap far away (USD
+    1,000,000 a month each): what a cap costs when it never binds."""
+    return workspace_key(env, capped=True)
+
+
+def workspace_key(
+    env: dict[str, str], command: list[str] | None = None, *, capped: bool = False
+) -> str:
     """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI
     (`command`: how to run it, by default this checkout's)."""
     cli = command or [sys.executable, "-m", "recovea_proxy"]
@@ -108,7 +117,12 @@ def workspace_key(env: dict[str, str], command: list[str] | None = None) -> str:
         "openai",
         stdin="sk-bench-provider-0000000000\n",
     )
-    return recovea("key", "create", "--workspace", workspace)["key"]
+    created = recovea("key", "create", "--workspace", workspace)
+    if capped:
+        far = ("--usd", "1000000", "--period", "month")
+        recovea("cap", "set", "--workspace", workspace, *far)
+        recovea("cap", "set", "--workspace", workspace, "--key", created["key_id"], *far)
+    return created["key"]
 
 
 def postmaster_pid(data_dir: Path) -> int | None:
