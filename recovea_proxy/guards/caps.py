@@ -16,8 +16,10 @@
   as one). Past its reservation it takes more from the leases; when they have no
   room, a cap with `on_overrun: cut` ends the stream with the provider-shaped error
   event, `finish` lets it complete.
-- `settle`: the real cost (`pricing.cost` on the reported usage, at the model that
-  served) replaces the estimate; nothing for a cache hit or a singleflight follower
+- `settle`: the real cost (`pricing.cost` on the reported usage, at the model and tier
+  that served; as integer arithmetic on a rate card read from `cost` once per model
+  and tier, which gives `cost`'s exact result rounded up to the nano-dollar)
+  replaces the estimate; nothing for a cache hit or a singleflight follower
   (no provider call), nor for a provider error or a call that never reached the
   provider; a 2xx without reported usage (the client left mid-stream) costs the input
   estimate plus the output counted so far, or the whole reservation when nothing was
@@ -37,11 +39,13 @@ from recovea_proxy.errors import GatewayError
 from recovea_proxy.guards.caps_config import Cap, CapBook, WorkspaceCaps, to_nano
 from recovea_proxy.guards.caps_estimate import (
     METERED_KINDS,
+    RateCard,
     Unverifiable,
     estimate,
     is_free,
     output_limit,
     price_of,
+    rate_card,
     unmeterable,
 )
 from recovea_proxy.guards.caps_metrics import CapMetrics
@@ -57,12 +61,13 @@ _PERIOD_WORD = {"day": "today (UTC)", "month": "this month (UTC)"}
 #: SSE events of a stream that carry no output (a role or start event, the finish
 #: event, the usage event, `[DONE]`): never counted against the reservation
 _FRAMING_EVENTS = 4
+_CARDS_MAX = 4096
 
 
 class Reservation:
     """The budget one request holds: `amount` nano-USD on each of `leases`."""
 
-    __slots__ = ("amount", "caps", "fixed", "input_tokens", "leases", "price", "watch")
+    __slots__ = ("amount", "caps", "card", "fixed", "input_tokens", "leases", "price", "watch")
 
     def __init__(
         self,
@@ -71,8 +76,10 @@ class Reservation:
         leases: list[Lease],
         price: Price | None,
         input_tokens: int,
+        card: RateCard | None = None,
     ) -> None:
         self.amount = amount
+        self.card = card
         self.caps = caps
         self.leases = leases
         #: None: an unmetered path, charged its fixed reserve
@@ -107,8 +114,9 @@ class StreamWatch:
         self.reservation = reservation
         self.record = record
         self.cut = cut
-        self.base = estimate(price, reservation.input_tokens, 0)
-        self.per_token = max(estimate(price, 0, 1000) // 1000, 1)
+        card = reservation.card
+        self.base = estimate(price, reservation.input_tokens, 0, card=card)
+        self.per_token = max(estimate(price, 0, 1000, card=card) // 1000, 1)
         self.events = 0
         self.off = False
         #: the output events the reservation covers now
@@ -158,6 +166,18 @@ class SpendCaps:
         self.leases = leases
         self.metrics = metrics
         self._default_output = default_output_tokens
+        #: rate cards by (id(price), tier), with the price they were read from
+        self._cards: dict[tuple[int, str | None], tuple[Price, RateCard | None]] = {}
+
+    def card(self, price: Price, tier: str | None) -> RateCard | None:
+        """The rate card of `price` at `tier`, read once per price object."""
+        key = (id(price), tier)
+        entry = self._cards.get(key)
+        if entry is None or entry[0] is not price:
+            if len(self._cards) >= _CARDS_MAX:
+                self._cards.clear()
+            entry = self._cards[key] = (price, rate_card(price, tier))
+        return entry[1]
 
     def applies(self, principal: Principal) -> WorkspaceCaps | None:
         """The caps of the caller's workspace; None for test keys and uncapped workspaces."""
@@ -181,6 +201,7 @@ class SpendCaps:
         if not applying or is_free(record.method, record.kind):
             return None
         price: Price | None = None
+        card: RateCard | None = None
         input_tokens = 0
         try:
             if record.kind in METERED_KINDS:
@@ -189,7 +210,10 @@ class SpendCaps:
                 input_tokens = size // 4 + 1
                 output = output_limit(parsed, record.kind, self._default_output)
                 tier = parsed.get("service_tier") if parsed is not None else None
-                amount = estimate(price, input_tokens, output, tier)
+                if not (isinstance(tier, str) and tier in price.service_tiers):
+                    tier = None
+                card = self.card(price, tier)
+                amount = estimate(price, input_tokens, output, tier, card)
             elif caps.unmetered_reserve is not None:
                 amount = caps.unmetered_reserve
             else:
@@ -200,7 +224,7 @@ class SpendCaps:
                 self.metrics.refused("model")
             raise GatewayError(402, "budget_unverifiable", str(exc)) from None
         leases = await self._take(applying, amount)
-        reservation = Reservation(amount, applying, leases, price, input_tokens)
+        reservation = Reservation(amount, applying, leases, price, input_tokens, card)
         if record.stream and price is not None:
             cut = any(cap.on_overrun == "cut" for cap in applying)
             reservation.watch = StreamWatch(reservation, record, cut)
@@ -260,6 +284,16 @@ class SpendCaps:
             served = record.realized_model
             if served and served != record.model:
                 price = self.book_price(reservation, served) or price
+            card = self.card(price, usage.service_tier)
+            size = usage.input_tokens or 0
+            if card is not None and (card.above is None or size <= card.above):
+                return card.nano(
+                    size,
+                    usage.cached_tokens or 0,
+                    usage.cache_write_5m_tokens or 0,
+                    usage.cache_write_1h_tokens or 0,
+                    usage.output_tokens or 0,
+                )
             tokens = Tokens(
                 usage.input_tokens,
                 usage.cached_tokens,

@@ -97,9 +97,73 @@ def price_of(caps: WorkspaceCaps, model: str | None) -> Price:
     return price
 
 
-def estimate(price: Price, input_tokens: int, output_tokens: int, tier: object = None) -> int:
+class RateCard:
+    """A model's rates at one tier as integer pico-USD per token, each read once from
+    `pricing.cost` (the cost of a million tokens of that kind), so that pricing one
+    request is integer arithmetic equal to `cost`'s exact result. Valid for inputs
+    up to `above` tokens (the model's long-context threshold; None: any size)."""
+
+    __slots__ = ("above", "cache_write_1h", "cache_write_5m", "cached", "input", "output")
+
+    def __init__(self, rates: tuple[int, int, int, int, int], above: int | None) -> None:
+        self.input, self.cached, self.cache_write_5m, self.cache_write_1h, self.output = rates
+        self.above = above
+
+    def nano(
+        self, input_tokens: int, cached: int, write_5m: int, write_1h: int, output: int
+    ) -> int:
+        """The cost of these counts in nano-USD, rounded up."""
+        uncached = max(input_tokens - cached - write_5m - write_1h, 0)
+        pico = (
+            uncached * self.input
+            + cached * self.cached
+            + write_5m * self.cache_write_5m
+            + write_1h * self.cache_write_1h
+            + output * self.output
+        )
+        return -(-pico // 1000)
+
+
+_MILLION = 1_000_000
+_PER_KIND = (
+    Tokens(input=_MILLION),
+    Tokens(input=_MILLION, cached=_MILLION),
+    Tokens(input=_MILLION, cache_write_5m=_MILLION),
+    Tokens(input=_MILLION, cache_write_1h=_MILLION),
+    Tokens(output=_MILLION),
+)
+
+
+def rate_card(price: Price, tier: str | None) -> RateCard | None:
+    """The card of `price` at `tier` (None: standard); None when the tier has no price
+    or a rate is finer than a pico-USD per token (then `cost` prices each request)."""
+    rates = []
+    for tokens in _PER_KIND:
+        usd = cost(price, tokens, tier, context_tokens=0)
+        if usd is None:
+            return None
+        pico = usd * _MILLION  # USD per 1M tokens = pico-USD per token
+        if pico != pico.to_integral_value():
+            return None
+        rates.append(int(pico))
+    band = price.long_context
+    return RateCard(
+        (rates[0], rates[1], rates[2], rates[3], rates[4]), None if band is None else band.above
+    )
+
+
+def estimate(
+    price: Price,
+    input_tokens: int,
+    output_tokens: int,
+    tier: object = None,
+    card: RateCard | None = None,
+) -> int:
     """The reservation in nano-USD: every input token at the highest input-side rate,
-    and the output, at `tier` when the price lists it."""
+    and the output, at `tier` when the price lists it (`card`: its rate card, when
+    the caller has it)."""
+    if card is not None and (card.above is None or input_tokens <= card.above):
+        return card.nano(input_tokens, 0, 0, input_tokens, output_tokens)
     tokens = Tokens(input=input_tokens, cache_write_1h=input_tokens, output=output_tokens)
     amount = None
     if isinstance(tier, str) and tier in price.service_tiers:
