@@ -20,6 +20,8 @@ line, the request metrics, and a ledger row once the workspace is known.
 | bad path or query                  | 400                           | `invalid_path` |
 | an Anthropic surface               | 400                           | `websocket_unsupported` |
 | auth                               | as HTTP (401, 400, 503)       | as HTTP |
+| an enabled spend cap (unmetered    | 402                           | `budget_unverifiable` |
+| paths not allowed; no room)        |                               | / `budget_exceeded` |
 | the provider refused the handshake | the provider's (4xx/5xx; else 502) | `upstream_refused` |
 | the provider could not be reached  | 502                           | `upstream_unreachable` |
 
@@ -136,6 +138,9 @@ async def _open(
     session.rcv_key_id = principal.key_id
     session.env = principal.env
     session.model = _query_model(query)
+    caps = rt.caps.applies(principal)
+    if caps is not None:  # refused or charged at the handshake (guards.caps)
+        await rt.caps.charge_session(caps, principal, surface.upstream_path)
 
     forward = [(n, v) for n, v in headers.forward if n not in _HANDSHAKE]
     forward.extend(principal.upstream_credentials)

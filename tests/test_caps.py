@@ -428,3 +428,35 @@ def own_gateway(
     yield start
     for gw in started:
         gw.stop()
+
+
+async def test_a_websocket_session_is_refused_or_charged_at_the_handshake(
+    gateway: Gateway, db_env: dict[str, str]
+) -> None:
+    """Under a cap, a Realtime handshake is refused with 402 budget_unverifiable (its
+    cost cannot be bounded up front); with unmetered paths allowed it is accepted and
+    charged the reserve."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    tenant = make_tenant(db_env, "caps-ws")
+    await asyncio.to_thread(
+        set_cap, db_env, [gateway], "set", "--workspace", tenant.workspace, "--usd", "1"
+    )
+    url = gateway.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-4o-realtime-preview"
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, additional_headers=tenant.bearer)
+    assert refused.value.response.status_code == 402
+    error = orjson.loads(refused.value.response.body)["error"]
+    assert error["code"] == "budget_unverifiable" and "/v1/realtime" in error["message"]
+
+    await asyncio.to_thread(
+        set_cap, db_env, [gateway], "options", "--workspace", tenant.workspace,
+        "--unmetered-reserve", "0.25",
+    )  # fmt: skip
+    async with connect(url, additional_headers=tenant.bearer):
+        pass
+    shown = await asyncio.to_thread(show, db_env, tenant)
+    assert Decimal(shown["caps"][0]["spent"]) + Decimal(shown["caps"][0]["reserved"]) >= Decimal(
+        "0.25"
+    )

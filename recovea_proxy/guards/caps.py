@@ -231,6 +231,25 @@ class SpendCaps:
         self.metrics.reserved()
         return reservation
 
+    async def charge_session(
+        self, caps: WorkspaceCaps, principal: Principal, upstream_path: str
+    ) -> None:
+        """A WebSocket handshake under the caller's caps: its cost is known only as its
+        responses arrive, so it is a path the gateway cannot bound up front — refused
+        (402 `budget_unverifiable`) unless the workspace allows unmetered paths; then
+        the session is charged the unmetered reserve at once (402 `budget_exceeded`
+        when a cap has no room for it)."""
+        applying = caps.applying(principal.project_id, principal.team_id, principal.key_id)
+        if not applying:
+            return
+        amount = caps.unmetered_reserve
+        if amount is None:
+            self.metrics.refused("path")
+            raise GatewayError(402, "budget_unverifiable", str(unmeterable(upstream_path)))
+        for lease in await self._take(applying, amount):
+            lease.settle(amount, amount)
+        self.metrics.reserved()
+
     async def _take(self, applying: list[Cap], amount: int) -> list[Lease]:
         now = time.monotonic()
         epoch = time.time()
