@@ -14,18 +14,20 @@ reason, not in `gateway_fail_open_total`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class CapMetrics:
     """The caps' counters, their children looked up once."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        reservations = Counter(
-            "recovea_cap_reservations_total",
-            "Requests that reserved budget under an enabled spend cap.",
-            registry=registry,
-        )
+        #: requests that reserved budget: a plain number on the hot path, read at scrape
+        self.reservations = 0
+        registry.register(_Reservations(self))
         refusals = Counter(
             "recovea_cap_refusals_total",
             "Requests refused by a spend cap, by error code and reason.",
@@ -44,7 +46,6 @@ class CapMetrics:
             ("action",),
             registry=registry,
         )
-        self.reserved = reservations.inc
         self._refusals = {
             reason: refusals.labels(
                 "budget_exceeded" if reason == "exceeded" else "budget_unverifiable", reason
@@ -56,6 +57,9 @@ class CapMetrics:
         }
         self._overruns = {action: overruns.labels(action) for action in ("finish", "cut")}
 
+    def reserved(self) -> None:
+        self.reservations += 1
+
     def refused(self, reason: str) -> None:
         self._refusals[reason].inc()
 
@@ -64,3 +68,17 @@ class CapMetrics:
 
     def overrun(self, action: str) -> None:
         self._overruns[action].inc()
+
+
+class _Reservations(Collector):
+    """`recovea_cap_reservations_total`, read from the plain count at scrape time."""
+
+    def __init__(self, metrics: CapMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "recovea_cap_reservations",
+            "Requests that reserved budget under an enabled spend cap.",
+            value=self._metrics.reservations,
+        )

@@ -14,11 +14,13 @@ Where the spend state lives, and why it holds across replicas:
   trip) and never reserves more than the lease holds. Hence what all replicas have
   in flight or settled is within the cap at the estimated price, whatever their
   number: the only overshoot is a request whose real cost exceeds its estimate.
-- Every `sync_interval_s` (off the hot path) each lease is synced in one round trip:
-  the spend settled since the last sync moves from the lease to `spent`, what is
-  in flight is recorded (`held`), the lease is topped up to one slice (a `fraction`
-  of the cap) while it is in use or given back entirely when idle, and its expiry
-  moves `ttl_s` ahead. At shutdown every lease is given back.
+- Every `sync_interval_s` (off the hot path) each lease that needs it is synced in
+  one round trip: the spend settled since the last sync moves from the lease to
+  `spent`, what is in flight is recorded (`held`), the lease is topped up to one
+  slice (a `fraction` of the cap) while it is in use or given back entirely when
+  idle, and its expiry moves `ttl_s` ahead. A busy lease needs it when its trust
+  runs out within two rounds, a quarter of it is settled spend, or less than half
+  a slice is left; an idle one always does. At shutdown every lease is given back.
 - A request that finds no room in the lease, or a lease not confirmed for
   `staleness_s` (the "state too old to trust"), waits for one bounded sync (carving
   at least what it needs) — `check_timeout_s` at most, then 402
@@ -193,6 +195,16 @@ class LeaseBook:
         slice_ = max(int(lease.cap.limit * self._fraction), 1)
         return max(held + need, lease.reserved + slice_, held)
 
+    def _due(self, lease: Lease) -> bool:
+        """Whether a busy lease needs its sync this round: its trust runs out within two
+        rounds, a quarter of it is settled spend not yet folded, or less than half a
+        slice is left. Otherwise the round skips it (no round trip)."""
+        if lease.trusted_until - time.monotonic() < 2 * self._interval:
+            return True
+        if lease.consumed * 4 >= lease.amount:
+            return True
+        return lease.room() * 2 < max(int(lease.cap.limit * self._fraction), 1)
+
     def _start_sync(self, lease: Lease, need: int, want: int) -> asyncio.Task[bool]:
         task = asyncio.get_running_loop().create_task(self._sync(lease, need, want))
         lease.syncing = task
@@ -259,6 +271,8 @@ class LeaseBook:
             if lease.syncing is not None and not lease.syncing.done():
                 continue
             busy = lease.used and not closing
+            if busy and not self._due(lease):
+                continue
             want = self._active_want(lease, 0) if busy else lease.reserved
             lease.used = False
             task = self._start_sync(lease, 0, want)
