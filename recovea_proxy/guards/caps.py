@@ -38,11 +38,12 @@ from recovea_proxy.auth import Principal
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.guards.caps_config import Cap, CapBook, WorkspaceCaps, to_nano
 from recovea_proxy.guards.caps_estimate import (
+    FREE_KINDS,
+    FREE_METHODS,
     METERED_KINDS,
     RateCard,
     Unverifiable,
     estimate,
-    is_free,
     output_limit,
     price_of,
     rate_card,
@@ -198,37 +199,43 @@ class SpendCaps:
         """Reserve the request's estimate under every cap that applies; None when none
         applies or the request costs nothing. GatewayError 402 when refused."""
         applying = caps.applying(principal.project_id, principal.team_id, principal.key_id)
-        if not applying or is_free(record.method, record.kind):
+        kind = record.kind
+        if not applying or record.method in FREE_METHODS or kind in FREE_KINDS:
             return None
         price: Price | None = None
         card: RateCard | None = None
         input_tokens = 0
         try:
-            if record.kind in METERED_KINDS:
+            if kind in METERED_KINDS:
                 price = price_of(caps, record.model)
                 size = record.request_bytes if upload_length is None else upload_length
                 input_tokens = size // 4 + 1
-                output = output_limit(parsed, record.kind, self._default_output)
+                output = output_limit(parsed, kind, self._default_output)
                 tier = parsed.get("service_tier") if parsed is not None else None
-                if not (isinstance(tier, str) and tier in price.service_tiers):
+                if tier is not None and not (isinstance(tier, str) and tier in price.service_tiers):
                     tier = None
                 card = self.card(price, tier)
-                amount = estimate(price, input_tokens, output, tier, card)
+                if card is not None and (card.above is None or input_tokens <= card.above):
+                    amount = card.nano(input_tokens, 0, 0, input_tokens, output)
+                else:
+                    amount = estimate(price, input_tokens, output, tier)
             elif caps.unmetered_reserve is not None:
                 amount = caps.unmetered_reserve
             else:
                 self.metrics.refused("path")
                 raise unmeterable(upstream_path)
         except Unverifiable as exc:
-            if record.kind in METERED_KINDS:
+            if kind in METERED_KINDS:
                 self.metrics.refused("model")
             raise GatewayError(402, "budget_unverifiable", str(exc)) from None
-        leases = await self._take(applying, amount)
+        leases = self._take_now(applying, amount)
+        if leases is None:
+            leases = await self._take(applying, amount)
         reservation = Reservation(amount, applying, leases, price, input_tokens, card)
         if record.stream and price is not None:
             cut = any(cap.on_overrun == "cut" for cap in applying)
             reservation.watch = StreamWatch(reservation, record, cut)
-        self.metrics.reserved()
+        self.metrics.reservations += 1
         return reservation
 
     async def charge_session(
@@ -249,6 +256,21 @@ class SpendCaps:
         for lease in await self._take(applying, amount):
             lease.settle(amount, amount)
         self.metrics.reserved()
+
+    def _take_now(self, applying: list[Cap], amount: int) -> list[Lease] | None:
+        """The fast path: `amount` from the current lease of every cap, in memory; None
+        (nothing taken) when one of them needs the slow path."""
+        now = time.monotonic()
+        current = self.leases.current
+        taken: list[Lease] = []
+        for cap in applying:
+            lease = current(cap, now)
+            if lease is None or not lease.take(amount, now):
+                for back in taken:
+                    back.reserved -= amount
+                return None
+            taken.append(lease)
+        return taken
 
     async def _take(self, applying: list[Cap], amount: int) -> list[Lease]:
         now = time.monotonic()
@@ -303,7 +325,10 @@ class SpendCaps:
             served = record.realized_model
             if served and served != record.model:
                 price = self.book_price(reservation, served) or price
-            card = self.card(price, usage.service_tier)
+            tier = usage.service_tier
+            card = reservation.card
+            if tier is not None or card is None or price is not reservation.price:
+                card = self.card(price, tier)
             size = usage.input_tokens or 0
             if card is not None and (card.above is None or size <= card.above):
                 return card.nano(

@@ -71,6 +71,7 @@ class Lease:
         "amount",
         "cap",
         "consumed",
+        "ends",
         "key",
         "period_start",
         "reserved",
@@ -83,6 +84,8 @@ class Lease:
         self.cap = cap
         self.period_start = period_start
         self.key = (cap.id, period_start)
+        #: monotonic time at which the period ends (the lease is then no longer current)
+        self.ends = 0.0
         self.amount = 0
         self.reserved = 0
         self.consumed = 0
@@ -113,6 +116,10 @@ class Periods:
     def __init__(self) -> None:
         self._day: tuple[float, datetime] = (0.0, datetime.min.replace(tzinfo=UTC))
         self._month: tuple[float, datetime] = (0.0, datetime.min.replace(tzinfo=UTC))
+
+    def end(self, period: str) -> float:
+        """The epoch time the current `period` ends (after `start` was asked)."""
+        return self._day[0] if period == "day" else self._month[0]
 
     def start(self, period: str, now: float) -> datetime:
         ends, start = self._day if period == "day" else self._month
@@ -151,9 +158,19 @@ class LeaseBook:
         self._fraction = fraction
         self.holder = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._leases: dict[tuple[uuid.UUID, datetime], Lease] = {}
+        #: the current period's lease of each cap (by cap id), for the hot path
+        self._current: dict[int, Lease] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
         self._schedule: asyncio.Task[None] | None = None
         self.periods = Periods()
+
+    def current(self, cap: Cap, now: float) -> Lease | None:
+        """The hot path's lookup: the lease of `cap` in the current period when it is
+        known for this very cap object (None: ask `lease`)."""
+        lease = self._current.get(cap.id.int)
+        if lease is None or lease.cap is not cap or now >= lease.ends:
+            return None
+        return lease
 
     def lease(self, cap: Cap, now_epoch: float) -> Lease:
         """This process's lease of `cap` in the current period (empty when new)."""
@@ -163,6 +180,9 @@ class LeaseBook:
             lease = self._leases[(cap.id, start)] = Lease(cap, start)
         elif lease.cap is not cap:
             lease.cap = cap  # the cap was reloaded (its amount may have changed)
+        ends_epoch = self.periods.end(cap.period)
+        lease.ends = time.monotonic() + (ends_epoch - now_epoch)
+        self._current[cap.id.int] = lease
         return lease
 
     async def fill_and_take(self, lease: Lease, amount: int) -> bool:
@@ -280,6 +300,8 @@ class LeaseBook:
                 await task
             if not busy and lease.amount == 0 and lease.reserved == 0 and lease.consumed == 0:
                 self._leases.pop(key, None)
+                if self._current.get(lease.cap.id.int) is lease:
+                    del self._current[lease.cap.id.int]
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop the schedule and give every lease back (bounded)."""
