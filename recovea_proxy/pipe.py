@@ -149,6 +149,7 @@ class _Response:
         x, source, record, observers = self.x, self.source, self.x.record, self.observers
         read, send = source.read, x.send
         perf = time.perf_counter_ns
+        sent = 0
         try:
             while True:
                 waited = perf()
@@ -172,6 +173,7 @@ class _Response:
                     if not chunk:
                         continue
                 hasher.update(chunk)
+                sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             return stream_filter.flush() if stream_filter is not None else b""
         except StopStream as stop:
@@ -187,6 +189,8 @@ class _Response:
             return stream_error_event(
                 surface.error_shape, record.error_code, f"The provider stream broke ({kind})."
             )
+        finally:
+            record.response_bytes += sent
 
     async def send_buffered(self) -> None:
         """A JSON body read whole: usage from it, the receipt in a header."""

@@ -10,20 +10,22 @@
   no room, 402 `budget_unverifiable` when its state cannot be confirmed. A model
   without a price or a path the gateway cannot meter → 402 `budget_unverifiable`
   naming it (unless the workspace's options cover it).
-- A streamed response is watched (`StreamWatch`): output is counted as one token per
-  SSE event as the deltas pass, less a few framing events (the real count arrives
-  only at the end for some providers; a delta that carries several tokens counts
-  as one). Past its reservation it takes more from the leases; when they have no
-  room, a cap with `on_overrun: cut` ends the stream with the provider-shaped error
-  event, `finish` lets it complete.
+- Under a cap with `on_overrun: cut`, a streamed response is watched
+  (`StreamWatch`): output is counted as one token per SSE event as the deltas pass,
+  less a few framing events (the real count arrives only at the end for some
+  providers; a delta that carries several tokens counts as one). Past its
+  reservation it takes more from the leases; when they have no room, the stream is
+  ended with the provider-shaped error event. Under `finish` (the default) nothing
+  reads the chunks: the overrun is found at settlement, with the real usage.
 - `settle`: the real cost (`pricing.cost` on the reported usage, at the model and tier
   that served; as integer arithmetic on a rate card read from `cost` once per model
   and tier, which gives `cost`'s exact result rounded up to the nano-dollar)
   replaces the estimate; nothing for a cache hit or a singleflight follower
   (no provider call), nor for a provider error or a call that never reached the
   provider; a 2xx without reported usage (the client left mid-stream) costs the input
-  estimate plus the output counted so far, or the whole reservation when nothing was
-  counted. A cost beyond the reservation with no room left is an overrun: counted
+  estimate plus the output so far (counted by the watch, else the bytes sent / 4),
+  never more than the reservation; the whole reservation when nothing was sent. A
+  cost beyond the reservation with no room left is an overrun: counted
   and logged (`finish`).
 """
 
@@ -233,8 +235,10 @@ class SpendCaps:
             leases = await self._take(applying, amount)
         reservation = Reservation(amount, applying, leases, price, input_tokens, card)
         if record.stream and price is not None:
-            cut = any(cap.on_overrun == "cut" for cap in applying)
-            reservation.watch = StreamWatch(reservation, record, cut)
+            for cap in applying:
+                if cap.on_overrun == "cut":  # only `cut` needs to watch every chunk
+                    reservation.watch = StreamWatch(reservation, record, cut=True)
+                    break
         self.metrics.reservations += 1
         return reservation
 
@@ -352,7 +356,17 @@ class SpendCaps:
         watch = reservation.watch
         if watch is not None and (watch.events or record.client_gone):
             events = max(watch.events - _FRAMING_EVENTS, 0)
-            return watch.base + events * watch.per_token
+            return min(watch.base + events * watch.per_token, reservation.amount)
+        if record.response_bytes or (record.client_gone and record.responded):
+            # No usage and no watch: the output so far at 4 bytes a token (framing
+            # included, so an overestimate), never more than the reservation.
+            output = record.response_bytes // 4
+            card = reservation.card
+            if card is not None:
+                spent = card.nano(reservation.input_tokens, 0, 0, reservation.input_tokens, output)
+            else:
+                spent = estimate(price, reservation.input_tokens, output)
+            return min(spent, reservation.amount)
         return reservation.amount
 
     def book_price(self, reservation: Reservation, model: str) -> Price | None:
