@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
@@ -412,22 +412,6 @@ def test_a_killed_process_lease_expires_and_the_budget_comes_back(
     finally:
         first.stop(timeout=5)
         second.stop()
-
-
-@pytest.fixture
-def own_gateway(
-    mock: MockServer, workdir: Path, db_env: dict[str, str]
-) -> Iterator[Callable[..., Gateway]]:
-    started: list[Gateway] = []
-
-    def start(**env: str) -> Gateway:
-        gw = Gateway({**upstream_env(mock), **db_env, **FAST, **env}, workdir)
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
 
 
 async def test_a_websocket_session_is_refused_or_charged_at_the_handshake(

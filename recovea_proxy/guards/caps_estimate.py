@@ -62,11 +62,6 @@ class Unverifiable(Exception):
     """The request cannot be bounded: its message says why (the model or path)."""
 
 
-def is_free(method: str, kind: str) -> bool:
-    """Whether a request costs nothing at all (see the module's table)."""
-    return method in FREE_METHODS or kind in FREE_KINDS
-
-
 def output_limit(parsed: dict[str, Any] | None, kind: str, default: int) -> int:
     """The output tokens a request may produce, as its body bounds them."""
     if kind == EMBEDDINGS:
