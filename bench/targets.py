@@ -45,6 +45,7 @@ def targets(mock_url: str) -> list[Target]:
         gateway("gateway", mock_url),
         gateway("gateway-auth", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=workspace_key),
         gateway("gateway-limited", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=limited_key),
+        gateway("gateway-capped", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=capped_key),
     ]
 
 
@@ -81,8 +82,18 @@ def at_ref(name: str, mock_url: str, checkout: Path) -> Target:
     )
 
 
+def capped_key(env: dict[str, str]) -> str:
+    """As `workspace_key`, under a workspace spend cap and a key cap far away (USD
+    1,000,000 a month each): what a cap costs when it never binds."""
+    return workspace_key(env, capped=True)
+
+
 def workspace_key(
-    env: dict[str, str], command: list[str] | None = None, *, limit: tuple[str, ...] = ()
+    env: dict[str, str],
+    command: list[str] | None = None,
+    *,
+    limit: tuple[str, ...] = (),
+    capped: bool = False,
 ) -> str:
     """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI
     (`command`: how to run it, by default this checkout's)."""
@@ -113,7 +124,12 @@ def workspace_key(
     )
     if limit:
         recovea("limit", "set", "--workspace", workspace, *limit)
-    return recovea("key", "create", "--workspace", workspace)["key"]
+    created = recovea("key", "create", "--workspace", workspace)
+    if capped:
+        far = ("--usd", "1000000", "--period", "month")
+        recovea("cap", "set", "--workspace", workspace, *far)
+        recovea("cap", "set", "--workspace", workspace, "--key", created["key_id"], *far)
+    return created["key"]
 
 
 def limited_key(env: dict[str, str]) -> str:

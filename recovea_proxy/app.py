@@ -13,6 +13,7 @@ from uvicorn.protocols.http import httptools_impl
 from recovea_proxy import header_check
 from recovea_proxy.admin.api import ADMIN_ROUTES
 from recovea_proxy.admin.cache_policy import CACHE_ADMIN_ROUTES
+from recovea_proxy.admin.caps import CAPS_ADMIN_ROUTES
 from recovea_proxy.admin.kms_api import KMS_ADMIN_ROUTES
 from recovea_proxy.admin.ledger_api import LEDGER_ADMIN_ROUTES
 from recovea_proxy.admin.limits import LIMITS_ADMIN_ROUTES
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *LIMITS_ADMIN_ROUTES,
             *ROUTES_ADMIN_ROUTES,
             *SLIM_ADMIN_ROUTES,
+            *CAPS_ADMIN_ROUTES,
             *LEDGER_ADMIN_ROUTES,
             *LEDGER_ROUTES,
             *RECONCILE_ROUTES,

@@ -155,6 +155,13 @@ class Settings:
     reconcile_retry_base_s: float = 2.0
     reconcile_retry_after_max_s: float = 60.0
     reconcile_tolerance_pct: float = 1.0
+    cap_lease_fraction: float = 0.1
+    cap_lease_ttl_s: float = 30.0
+    cap_staleness_s: float = 10.0
+    cap_sync_interval_s: float = 2.0
+    cap_check_timeout_s: float = 0.25
+    cap_default_output_tokens: int = 4096
+    cap_config_refresh_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -280,6 +287,18 @@ class Settings:
             reconcile_tolerance_pct=min(
                 100.0, _number(env, "RECOVEA_RECONCILE_TOLERANCE_PCT", 1, minimum=0)
             ),
+            cap_lease_fraction=min(
+                _number(env, "RECOVEA_CAP_LEASE_FRACTION", 0.1, minimum=0.000001), 1.0
+            ),
+            cap_lease_ttl_s=_number(env, "RECOVEA_CAP_LEASE_TTL_S", 30, minimum=0.1),
+            cap_staleness_s=_number(env, "RECOVEA_CAP_STALENESS_S", 10, minimum=0.01),
+            cap_sync_interval_s=_number(env, "RECOVEA_CAP_SYNC_INTERVAL_S", 2, minimum=0.01),
+            cap_check_timeout_s=_number(env, "RECOVEA_CAP_CHECK_TIMEOUT_MS", 250, minimum=1)
+            / 1000,
+            cap_default_output_tokens=int(
+                _number(env, "RECOVEA_CAP_DEFAULT_OUTPUT_TOKENS", 4096, minimum=0)
+            ),
+            cap_config_refresh_s=_number(env, "RECOVEA_CAP_CONFIG_REFRESH_S", 60, minimum=0.1),
         )
 
     def upstream_for(self, provider: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recovea_proxy.asgi import Receive, Scope, Send
+from recovea_proxy.guards.caps import Reservation
 from recovea_proxy.guards.limits import Ticket
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
@@ -25,3 +26,5 @@ class Exchange:
     record: RequestRecord
     #: what the rate and concurrency limits took, settled when the request ends
     ticket: Ticket | None = None
+    #: the budget a spend cap reserved for the request (step 3), settled at step 8
+    reservation: Reservation | None = None

@@ -1,6 +1,7 @@
 """Observers: what reads a response's bytes on their way to the client (the usage tap,
 the cache recorder) without changing them. The pipe (`pipe.py`) feeds them and keeps
-them fail-open."""
+them fail-open — except for `StopStream`, an observer's one way to end a response
+(a spend cap's `cut`)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ class LeverObserver(Observer, Protocol):
 
     def begin(self, source: ResponseSource) -> None:
         """The response is about to be sent (status and headers are known)."""
+
+
+class StopStream(Exception):
+    """Raised by an observer's `feed` to end the stream before this chunk: the client
+    gets the provider-shaped error event `code` instead of the rest."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

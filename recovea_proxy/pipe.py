@@ -15,7 +15,9 @@ in progress) the same way:
 Observers (`Observer`: `feed` each chunk, `close` at the end) read the bytes as they
 pass: the usage tap, and whatever a lever attached (the cache recorder, say). They
 fail open: an observer that raises is dropped and counted
-(`gateway_fail_open_total{layer="observer"}`); the client's bytes keep flowing.
+(`gateway_fail_open_total{layer="observer"}`); the client's bytes keep flowing. The
+one exception is `StopStream` (a spend cap's `cut`): the stream ends there with the
+provider-shaped error event, as a broken upstream stream does.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from recovea_proxy.disconnect import DisconnectWatcher
 from recovea_proxy.errors import GatewayError, error_body, stream_error_event
 from recovea_proxy.exchange import Exchange
 from recovea_proxy.headers import response_headers
-from recovea_proxy.observers import LeverObserver, Observer
+from recovea_proxy.observers import LeverObserver, Observer, StopStream
 from recovea_proxy.providers.base import StreamFilter, StreamTap
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
@@ -147,6 +149,7 @@ class _Response:
         x, source, record, observers = self.x, self.source, self.x.record, self.observers
         read, send = source.read, x.send
         perf = time.perf_counter_ns
+        sent = 0
         try:
             while True:
                 waited = perf()
@@ -158,6 +161,8 @@ class _Response:
                 for observer in observers:
                     try:
                         observer.feed(chunk)
+                    except StopStream:
+                        raise
                     except Exception as fault:  # fail-open: the client's bytes keep flowing
                         faulty = [*(faulty or ()), (observer, fault)]
                 if faulty:
@@ -168,8 +173,13 @@ class _Response:
                     if not chunk:
                         continue
                 hasher.update(chunk)
+                sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             return stream_filter.flush() if stream_filter is not None else b""
+        except StopStream as stop:
+            record.error_code = stop.code
+            x.rt.log.warning("stream_stopped", request_id=record.request_id, code=stop.code)
+            return stream_error_event(x.surface.error_shape, stop.code, stop.message)
         except source.errors as exc:
             kind = source.kind_of(exc)
             surface = x.surface
@@ -179,6 +189,8 @@ class _Response:
             return stream_error_event(
                 surface.error_shape, record.error_code, f"The provider stream broke ({kind})."
             )
+        finally:
+            record.response_bytes += sent
 
     async def send_buffered(self) -> None:
         """A JSON body read whole: usage from it, the receipt in a header."""

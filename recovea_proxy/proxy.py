@@ -3,13 +3,15 @@
 1. surface (resolved by the dispatcher, on the checked raw path)
 2. auth (fail-closed) → principal, from the headers alone; then the body (bounded),
    parsed once
-3. spend cap (fail-closed-hybrid)                          [caps issue]
-   rate and concurrency limits (`guards.limits`): 429, or a ticket settled at step 8
-4. levers, each through the one fault-catching wrapper     [levers issue]
+3. guards: rate and concurrency limits (`guards.limits`: 429, or a ticket settled at
+   step 8); the spend cap (fail-closed-hybrid: a reservation from this process's
+   budget lease, settled at step 8)
+4. levers, each through the one fault-catching wrapper (slim, routing, cache, dedup)
 5. upstream call on the shared session (a routed request walks its plan: `fallback`)
 6. response pipe: tap the bytes on their way to the client, unchanged
 7. end: finalize the record, sign the receipt, send it as the response's last bytes
-8. after the response: report it (log, metrics, meter queue; later: cap settle)
+8. after the response: end the limits' ticket and settle the cap reservation with the
+   real usage, then report it (log, metrics, meter queue)
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
         rt.in_flight -= 1
         if x.ticket is not None:
             x.ticket.end(record)
+        if x.reservation is not None:
+            rt.caps.settle(x.reservation, record)  # step 8: also when aborted
         rt.finish(record)
 
 
@@ -120,11 +124,16 @@ async def _serve(x: Exchange) -> None:
     record.team_id = principal.team_id
     record.rcv_key_id = principal.key_id
     record.env = principal.env
+    caps = rt.caps.applies(principal)  # None: not capped, no database work at all
 
     if is_upload(headers.content_type):
         # Not JSON: streamed to the provider as it arrives, past the levers.
         refuse_declared(headers.content_length, rt.settings.max_upload_bytes)
         x.ticket = await rt.limits.admit(principal, None, None, None, surface.error_shape)
+        if caps is not None:  # step 3, before the first byte is forwarded
+            x.reservation = await rt.caps.reserve(
+                caps, principal, record, surface.upstream_path, None, headers.content_length
+            )
         upload = StreamedBody(
             x.receive,
             record,
@@ -144,6 +153,12 @@ async def _serve(x: Exchange) -> None:
     x.ticket = await rt.limits.admit(principal, record.model, body, parsed, surface.error_shape)
 
     request = LeverRequest(record, surface, headers, body, parsed, principal.policy)
+    if caps is not None:  # step 3: the spend cap's reservation
+        reservation = x.reservation = await rt.caps.reserve(
+            caps, principal, record, surface.upstream_path, parsed
+        )
+        if reservation is not None and reservation.watch is not None:
+            request.observers.append(reservation.watch)
     chain = rt.chains.chain_for(principal.policy)
     if chain is None:
         await _call(x, request, principal)

@@ -38,6 +38,8 @@ class RequestRecord:
     feature: str | None = None
     end_user_id: str | None = None
     request_bytes: int = 0
+    #: body bytes of a streamed response sent to the client so far (set when it ends)
+    response_bytes: int = 0
     status_code: int = 0
     upstream_request_id: str | None = None
     usage: Usage = field(default_factory=Usage)

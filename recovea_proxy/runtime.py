@@ -19,6 +19,10 @@ from recovea_proxy.auth.kms_refusals import REASONS
 from recovea_proxy.auth.resolver import KeyResolver
 from recovea_proxy.auth.workspace_keys import WorkspaceKeys
 from recovea_proxy.config import Settings
+from recovea_proxy.guards.caps import SpendCaps
+from recovea_proxy.guards.caps_config import CapBook
+from recovea_proxy.guards.caps_metrics import CapMetrics
+from recovea_proxy.guards.leases import LeaseBook
 from recovea_proxy.guards.limits import Limiter
 from recovea_proxy.guards.limits_setup import open_limits
 from recovea_proxy.levers import ChainBook
@@ -71,6 +75,8 @@ class Runtime:
     limits: Limiter
     #: shadow evaluation's queue and workers (routing rules with a shadow rate)
     shadow: ShadowEvaluator
+    #: the spend caps (step 3 reserves, step 8 settles)
+    caps: SpendCaps
     ready: bool = False
     #: provider requests being served (read by the in-flight gauge at scrape time)
     in_flight: int = 0
@@ -126,6 +132,35 @@ async def _close_pool(pool: asyncpg.Pool) -> None:
     await asyncio.wait_for(pool.close(), timeout=10)
 
 
+async def _open_caps(
+    stack: AsyncExitStack,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    pool: asyncpg.Pool,
+    listen_url: str,
+) -> SpendCaps:
+    """The spend caps: every enabled cap loaded (the gateway does not start without
+    them), then this process's leases, given back at shutdown."""
+    book = CapBook(pool, timeout_s=settings.auth_timeout_s, refresh_s=settings.cap_config_refresh_s)
+    await book.start(listen_url)
+    stack.push_async_callback(book.close)
+    cap_metrics = CapMetrics(metrics.registry)
+    leases = LeaseBook(
+        pool,
+        cap_metrics,
+        ttl_s=settings.cap_lease_ttl_s,
+        staleness_s=settings.cap_staleness_s,
+        sync_interval_s=settings.cap_sync_interval_s,
+        check_timeout_s=settings.cap_check_timeout_s,
+        fraction=settings.cap_lease_fraction,
+    )
+    leases.start()
+    stack.push_async_callback(leases.close)
+    return SpendCaps(
+        book, leases, cap_metrics, default_output_tokens=settings.cap_default_output_tokens
+    )
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
     """Migrate, open the pool, the key resolver and the client session; close them in
@@ -170,6 +205,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         stack.push_async_callback(resolver.close)
         session = open_session(settings)
         stack.push_async_callback(session.close)
+        caps = await _open_caps(stack, settings, metrics, pool, app)
         queue = MeterQueue(
             settings.meter_queue_max,
             settings.meter_batch_max,
@@ -248,6 +284,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             published_keys=published,
             limits=limits,
             shadow=shadow,
+            caps=caps,
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()

@@ -23,6 +23,8 @@ line, the request metrics, and a ledger row once the workspace is known.
 | an Anthropic surface               | 400                           | `websocket_unsupported` |
 | auth                               | as HTTP (401, 400, 503)       | as HTTP |
 | a rate or concurrency limit        | 429                           | `rate_limited` |
+| an enabled spend cap (unmetered    | 402                           | `budget_unverifiable` |
+| paths not allowed; no room)        |                               | / `budget_exceeded` |
 | the provider refused the handshake | the provider's (4xx/5xx; else 502) | `upstream_refused` |
 | the provider could not be reached  | 502                           | `upstream_unreachable` |
 
@@ -162,6 +164,9 @@ async def _open(
     ticket = await rt.limits.admit(principal, session.model, None, None, surface.error_shape)
     if ticket is not None:
         tickets.append(ticket)
+    caps = rt.caps.applies(principal)
+    if caps is not None:  # refused or charged at the handshake (guards.caps)
+        await rt.caps.charge_session(caps, principal, surface.upstream_path)
 
     forward = [(n, v) for n, v in headers.forward if n not in _HANDSHAKE]
     forward.extend(principal.upstream_credentials)

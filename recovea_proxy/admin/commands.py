@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from recovea_proxy.admin import cache_policy, kms_commands, limits, routes, slim_policy
+from recovea_proxy.admin import cache_policy, caps, kms_commands, limits, routes, slim_policy
 from recovea_proxy.admin import operations as ops
 from recovea_proxy.auth.keyring import load_keyring, retire_local_key
 from recovea_proxy.config import Settings
@@ -178,6 +178,7 @@ def add_commands(commands: Any) -> None:
     routes.add_commands(commands, run)
     slim_policy.add_commands(commands, run)
     reconcile_commands.add_commands(commands, run)
+    caps.add_commands(commands, run)
 
     key = commands.add_parser("key", help="rcv_ keys").add_subparsers(dest="action", required=True)
     kc = key.add_parser("create", help="create an rcv_ key (printed once)")

@@ -1,7 +1,7 @@
 """`/admin/v1/*` routes for the ledger: price overrides, retention, deletion.
 
 | GET    /admin/v1/prices         | the effective price table (shipped + overrides) |
-| PUT    /admin/v1/prices/{model} | override every rate of a model (`meter.overrides`) |
+| PUT    /admin/v1/prices/{model} | override every rate of a model (`pricing.overrides`) |
 | DELETE /admin/v1/prices/{model} | drop an override |
 | PATCH  /admin/v1/workspace      | set `retention_days` (days, or null: the plan's) |
 | DELETE /admin/v1/workspace      | delete the workspace and all it owns (`?confirm=<id>`) |
@@ -19,9 +19,9 @@ from starlette.routing import Route
 from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.errors import GatewayError
-from recovea_proxy.meter.overrides import FIELDS as OVERRIDE_FIELDS
-from recovea_proxy.meter.overrides import override_entry, read_overrides, write_override
 from recovea_proxy.meter.retention import PLAN_RETENTION_DAYS, delete_workspace
+from recovea_proxy.pricing.overrides import FIELDS as OVERRIDE_FIELDS
+from recovea_proxy.pricing.overrides import override_entry, read_overrides, write_override
 from recovea_proxy.pricing.rates import Price
 from recovea_proxy.pricing.table import shipped_prices
 from recovea_proxy.runtime import Runtime

@@ -1,6 +1,7 @@
 """The gateway's background maintenance: partitions ahead of time, the hourly
-rollup and retention, on a schedule. One replica at a time does each run (a
-session advisory lock on the owner connection; the others skip that round).
+rollup and retention, and the reclaiming of expired spend-cap leases, on a
+schedule. One replica at a time does each run (a session advisory lock on the owner
+connection; the others skip that round).
 Every replica also picks up a rotated receipt signing key each round.
 
 The schedule is supervised: it never dies of a fault. Whatever a round raises —
@@ -54,6 +55,8 @@ class Round:
     partitions_created: list[str]
     rollup: RollupReport
     pruned: dict[str, Any] | None  # None when this round did not prune
+    #: expired spend-cap leases reclaimed (of processes that died holding them)
+    leases_reclaimed: int = 0
 
 
 async def run_maintenance(
@@ -66,7 +69,8 @@ async def run_maintenance(
         created = await ensure_partitions(conn)
         rollup = await run_rollup(conn, timeout_s=timeout_s, max_tags=max_tags)
         pruned = await prune(conn, timeout_s=timeout_s) if prune_too else None
-        return Round(created, rollup, pruned)
+        reclaimed = await conn.fetchval("SELECT recovea.spend_cap_reclaim()")
+        return Round(created, rollup, pruned, int(reclaimed or 0))
     finally:
         if not conn.is_closed():  # a lost connection took its lock with it
             await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
@@ -190,6 +194,7 @@ class Maintenance:
             "hours_rolled_up": len(done.rollup.hours),
             "workspace_hours_rolled_up": len(done.rollup.done),
             "rollups_failed": len(done.rollup.failed),
+            "cap_leases_reclaimed": done.leases_reclaimed,
         }
         if done.pruned is not None:
             runs.labels("prune", "ok").inc(done.pruned["workspaces_pruned"])

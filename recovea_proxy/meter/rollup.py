@@ -22,7 +22,7 @@ upstream call, cost nothing — on the model that served them. Both
 with `pricing.cost`, the one price function, under the same rules: cache reads and
 writes by lifetime (from `pricing_facts`), the tier that served, the request's
 long-context band. Prices are the shipped table under the workspace's overrides
-(`meter.overrides`).
+(`pricing.overrides`).
 
 `pricing.cost` is linear within one model, tier and band, so the SQL sums each
 group's requests per (tier, band) bucket — the band being the largest long-context
@@ -47,8 +47,8 @@ from recovea_proxy.meter.isolation import (
     connection_lost,
     maintenance_transaction,
 )
-from recovea_proxy.meter.overrides import workspace_prices
 from recovea_proxy.pricing.cost import Tokens, cost
+from recovea_proxy.pricing.overrides import workspace_prices
 from recovea_proxy.pricing.rates import Price
 from recovea_proxy.pricing.table import PriceTable
 from recovea_proxy.store.service import service_mode
