@@ -44,7 +44,7 @@ from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.clean import MODEL_MAX, TAG_MAX
 from recovea_proxy.config import Settings
 from recovea_proxy.errors import GatewayError
-from recovea_proxy.meter.overrides import workspace_prices
+from recovea_proxy.pricing.overrides import workspace_prices
 from recovea_proxy.route_table import compatible
 from recovea_proxy.runtime import Runtime
 
