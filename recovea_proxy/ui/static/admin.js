@@ -7,7 +7,7 @@ import { share } from "./format.js";
 /** Why an admin panel has nothing to show, in words, with the API's own answer. */
 export function unavailable(error, what) {
   if (error instanceof ApiError && error.status === 403) {
-    return `Not available: ${what} needs an admin key (the API answered 403: ${error.message})`;
+    return `Not available: the ${what} panel needs an admin key (the API answered 403: ${error.message})`;
   }
   if (error instanceof ApiError && error.status === 404) {
     return `Not available: this gateway has no ${what} API (404).`;
