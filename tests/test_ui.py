@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -313,3 +314,70 @@ def test_a_wrong_key_is_told_so_and_not_kept(gateway: Gateway) -> None:
         assert storage(driver)["session"] is None
         assert not driver.find_element(By.ID, "dashboard").is_displayed()
         assert unexpected(console(driver), ("/v1/recovea/ledger", 401)) == []
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def altered(token: str) -> dict[str, str]:
+    """Ways a token can be wrong, each made from a real one."""
+    payload, signature = verify.decode_token(token).payload, token.split(".")[1]
+
+    def signed_as(changes: dict[str, Any], drop: str = "") -> str:
+        changed = {k: v for k, v in {**payload, **changes}.items() if k != drop}
+        return b64(verify.canonical_json(changed)) + "." + signature
+
+    spaced = b64(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).replace(b",", b", "))
+    return {
+        "edited": signed_as({"output_tokens": (payload["output_tokens"] or 0) + 1}),
+        "unknown kid": signed_as({"kid": "rk_0000000000000000"}),
+        "missing field": signed_as({}, drop="prev"),
+        "extra field": signed_as({"extra": 1}),
+        "wrong type": signed_as({"seq": "1"}),
+        "not canonical": spaced + "." + signature,
+        "bad base64": "!" + token,
+        "no dot": token.replace(".", ""),
+        "short signature": token[:-4],
+    }
+
+
+def python_verdict(token: str, keys: verify.KeySet) -> str | None:
+    """What `recovea verify-receipt` says of a token (None: it verifies)."""
+    try:
+        verify.check_signature(verify.decode_token(token), keys)
+    except verify.VerifyError as exc:
+        return str(exc)
+    return None
+
+
+def test_the_page_and_the_command_agree_on_every_altered_token(
+    gateway: Gateway, workspace: Workspace
+) -> None:
+    """The page's verifier and the Python one (`recovea verify-receipt`) give the same
+    verdict and the same message on a real receipt and on each way of altering it."""
+    listed = workspace.api("/v1/recovea/requests", limit=1).json()["data"]
+    token = workspace.api(f"/v1/recovea/receipts/{listed[0]['request_id']}").json()["token"]
+    keys = verify.load_keys(httpx.get(f"{gateway.url}/.well-known/recovea-receipt-keys").content)
+    with chrome() as driver:
+        driver.get(f"{gateway.url}/ui/")
+        wait_for(driver, "#key-input")
+        assert page_verify(driver, token)["ok"] is True and python_verdict(token, keys) is None
+        for what, bad in altered(token).items():
+            expected = python_verdict(bad, keys)
+            assert expected is not None, what
+            assert (what, page_verify(driver, bad)) == (
+                what,
+                {
+                    "ok": False,
+                    "error": expected,
+                    "lines": [[_step(expected), f"FAILED: {expected}"]],
+                },
+            )
+        assert unexpected(console(driver)) == []
+
+
+def _step(message: str) -> str:
+    """The check the page names for a failure: decoding, or the signature."""
+    at_signature = message.startswith(("signature does not verify", "no key"))
+    return "signature" if at_signature else "token"
