@@ -30,6 +30,7 @@ from recovea_proxy.proxy import handle
 from recovea_proxy.reconcile.api import RECONCILE_ROUTES
 from recovea_proxy.runtime import open_runtime
 from recovea_proxy.surfaces import SurfaceMap, for_headers
+from recovea_proxy.ui import ui_routes
 from recovea_proxy.websocket_proxy import serve_websocket
 
 
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *LEDGER_ADMIN_ROUTES,
             *LEDGER_ROUTES,
             *RECONCILE_ROUTES,
+            *ui_routes(),
         ],
         exception_handlers={404: not_found},
         lifespan=lifespan,

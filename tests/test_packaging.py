@@ -40,6 +40,8 @@ def test_wheel_runs_migrations_from_its_own_files() -> None:
     wheel = next(build.glob("recovea_proxy-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "recovea_proxy/store/sql/0001_tenancy.sql" in names
+    page = sorted(p.name for p in (ROOT / "recovea_proxy" / "ui" / "static").iterdir())
+    assert {f"recovea_proxy/ui/static/{name}" for name in page} <= set(names)
     target = build / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(target)
@@ -56,5 +58,15 @@ def test_wheel_runs_migrations_from_its_own_files() -> None:
         assert done.returncode == 0, done.stderr
         assert orjson.loads(done.stdout)["applied"] == [p.name for p in migration_files()]
         assert "recovea_proxy/store/sql/0002_ledger.sql" in names
+        served = subprocess.run(
+            [sys.executable, "-c", "from recovea_proxy.ui import load_static as s; print(*s())"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=build,
+            env={**os.environ, "PYTHONPATH": str(target)},
+        )
+        assert served.returncode == 0, served.stderr
+        assert sorted(served.stdout.split()) == page  # the usage page, from the wheel
     finally:
         server.stop()

@@ -279,6 +279,34 @@ def test_usage_counts_only_the_callers_requests(world: World, group_by: str) -> 
         assert usage["totals"]["requests"] == len(world.a.request_ids)
 
 
+@pytest.mark.parametrize("group_by", ["key", "hour", "day"])
+def test_usage_by_key_and_over_time_counts_only_the_callers_requests(
+    world: World, group_by: str
+) -> None:
+    """`group_by=key|hour|day` counts A's two requests and none of B's; by key, only
+    A's member key (the one that sent them) appears."""
+    for key in world.a.keys:
+        response = world.get(key, "/v1/recovea/usage", group_by=group_by)
+        assert response.status_code == 200, response.text
+        usage = response.json()
+        assert sum(row["requests"] for row in usage["data"]) == len(world.a.request_ids)
+        assert usage["totals"]["requests"] == len(world.a.request_ids)
+        if group_by == "key":
+            assert [row["key"] for row in usage["data"]] == [world.a.member.key_id]
+
+
+def test_the_latest_requests_are_only_the_callers(world: World) -> None:
+    """`GET /v1/recovea/requests` lists exactly A's rows, none of B's."""
+    for key in world.a.keys:
+        response = world.get(key, "/v1/recovea/requests")
+        assert response.status_code == 200, response.text
+        rows = response.json()["data"]
+        assert {row["request_id"] for row in rows} == {
+            uuid.UUID(i).hex for i in world.a.request_ids
+        }
+        assert {row["customer_id"] for row in rows} == {world.a.workspace}
+
+
 def test_the_workspace_is_the_callers(world: World) -> None:
     """`GET /admin/v1/workspace` describes A's workspace."""
     response = world.get(world.a.admin, "/admin/v1/workspace")

@@ -1,10 +1,12 @@
 """The ledger, read back: `/v1/recovea/*` for any rcv_ key of a workspace (results
 scoped to it, by query and by row-level security), and the receipt public keys.
 
+| GET /v1/recovea/requests              | the latest rows, newest first (`from`, `to`, `limit`) |
 | GET /v1/recovea/requests/{request_id} | the stored row: exactly the request_events columns |
 | GET /v1/recovea/receipts/{request_id} | that request's receipt (token and decoded fields) |
 | GET /v1/recovea/ledger                | the workspace's chains; `?chain=` one chain, paged |
-| GET /v1/recovea/usage                 | rollup totals grouped by one dimension |
+| GET /v1/recovea/usage                 | rollup totals grouped by one dimension, or by hour or |
+|                                       | UTC day (`group_by=hour` or `day`: spend over time)   |
 | GET /.well-known/recovea-receipt-keys | Ed25519 public keys (no auth) |
 
 Rows are written by the drainer, so a request's row and receipt appear within a
@@ -34,6 +36,8 @@ from recovea_proxy.meter.rollup import COUNTS, parse_moment
 from recovea_proxy.runtime import Runtime
 
 LEDGER_PAGE_MAX = 10_000
+#: the most rows one `GET /v1/recovea/requests` returns
+REQUESTS_PAGE_MAX = 500
 _GROUPS = {
     "feature": "r.feature",
     "model": "r.baseline_model",
@@ -43,7 +47,12 @@ _GROUPS = {
     "team": "coalesce(t.name, r.team_id::text)",
     "route": "coalesce(ro.provider || ' ' || ro.path, r.route_id::text)",
     "provider": "r.provider",
+    "key": "r.rcv_key_id::text",
+    # over time: the rollup's hours, or their UTC days; ordered by time, not by requests
+    "hour": "r.hour",
+    "day": "date_trunc('day', r.hour, 'UTC')",
 }
+_OVER_TIME = ("hour", "day")
 _SUMS = (*COUNTS, "unpriced")
 
 
@@ -92,6 +101,39 @@ async def get_request(request: Request, runtime: Runtime, key: KeyRecord) -> Res
     if row is None:
         raise _not_found("request")
     return json_response(_row_json(row))
+
+
+async def list_requests(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    """The workspace's latest rows in [from, to), newest first: exactly the columns of
+    `GET /v1/recovea/requests/{id}`, at most `limit` of them."""
+    now = datetime.now(UTC)
+    until = _moment(request, "to", now)
+    since = _moment(request, "from", until - timedelta(days=1))
+    if since >= until:
+        raise bad_request("from must be before to.")
+    limit = _int_param(request, "limit", 50, REQUESTS_PAGE_MAX) or 1
+    rows = await scoped(
+        runtime,
+        key,
+        lambda c: c.fetch(
+            f"SELECT {', '.join(COLUMNS)} FROM recovea.request_events"
+            " WHERE customer_id = $1::uuid AND ts >= $2 AND ts < $3"
+            " ORDER BY ts DESC, request_id DESC LIMIT $4",
+            key.customer_id,
+            since,
+            until,
+            limit + 1,
+        ),
+    )
+    return json_response(
+        {
+            "object": "list",
+            "from": since.isoformat(),
+            "to": until.isoformat(),
+            "data": [_row_json(row) for row in rows[:limit]],
+            "has_more": len(rows) > limit,
+        }
+    )
 
 
 def _receipt_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -226,6 +268,7 @@ async def get_usage(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
     if since >= until:
         raise bad_request("from must be before to.")
     sums = ", ".join(f"sum(r.{name})::bigint AS {name}" for name in _SUMS)
+    order = "1" if group_by in _OVER_TIME else "sum(r.requests) DESC, 1"
     rows = await scoped(
         runtime,
         key,
@@ -237,13 +280,13 @@ async def get_usage(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
             " LEFT JOIN recovea.teams t ON t.id = r.team_id"
             " LEFT JOIN recovea.routes ro ON ro.route_id = r.route_id"
             " WHERE r.customer_id = $1::uuid AND r.hour >= $2 AND r.hour < $3"
-            " GROUP BY 1 ORDER BY sum(r.requests) DESC, 1",
+            f" GROUP BY 1 ORDER BY {order}",
             key.customer_id,
             since,
             until,
         ),
     )
-    data = [_usage_json(row, row["key"]) for row in rows]
+    data = [_usage_json(row, _group_key(row["key"])) for row in rows]
     totals = _totals(data)
     return json_response(
         {
@@ -255,6 +298,10 @@ async def get_usage(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
             "totals": totals,
         }
     )
+
+
+def _group_key(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def _money(value: Decimal | None) -> str | None:
@@ -297,6 +344,7 @@ async def receipt_keys(request: Request) -> Response:
 
 
 LEDGER_ROUTES = [
+    Route("/v1/recovea/requests", keyed(list_requests, admin_only=False)),
     Route("/v1/recovea/requests/{request_id}", keyed(get_request, admin_only=False)),
     Route("/v1/recovea/receipts/{request_id}", keyed(get_receipt, admin_only=False)),
     Route("/v1/recovea/ledger", keyed(get_ledger, admin_only=False)),

@@ -53,6 +53,8 @@ from recovea_proxy.pricing.rates import Price
 from recovea_proxy.pricing.table import PriceTable
 from recovea_proxy.store.service import service_mode
 
+#: what a rollup row is grouped by; `rcv_key_id` is the key the requests were made with
+#: (NULL for passthrough), so usage can be read per key
 DIMENSIONS = (
     "customer_id",
     "project_id",
@@ -63,6 +65,7 @@ DIMENSIONS = (
     "provider",
     "baseline_model",
     "realized_model",
+    "rcv_key_id",
 )
 #: the dimensions whose values the caller chooses (headers, model names): bounded
 TAGS = ("feature", "end_user_id", "baseline_model", "realized_model")
