@@ -8,9 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RECOVEA_LOG_FORMAT=json
 
 WORKDIR /app
+# The runtime dependencies, pinned (deploy/lock.py writes the lock), in their own
+# layer; then the package itself, without resolving anything again.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY recovea_proxy ./recovea_proxy
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 --home-dir /data --create-home recovea
 
 USER recovea

@@ -23,6 +23,16 @@ def _serve(args: argparse.Namespace) -> int:
     from recovea_proxy.server import serve
 
     serve(settings, workers=args.workers)
+    if args.workers > 1 and settings.database_url is None:
+        # Each worker releases the embedded Postgres as it stops, but workers that stop
+        # together each see the others still using it: the supervisor checks last.
+        import asyncio
+
+        from recovea_proxy.observability.logging import configure_logging
+        from recovea_proxy.store.embedded import release
+
+        configure_logging(settings.log_format, settings.log_level)
+        asyncio.run(release(settings.data_dir))
     return 0
 
 

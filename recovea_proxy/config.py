@@ -43,8 +43,24 @@ def _rate(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """`name`'s value, or the contents of the file `<name>_FILE` names (a mounted
+    secret; one trailing newline and surrounding spaces dropped); "" when neither is
+    set. Never both: which one is meant would be a guess."""
+    direct = env.get(name, "").strip()
+    path = env.get(name + "_FILE", "").strip()
+    if not path:
+        return direct
+    if direct:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    try:
+        return Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {path} ({type(exc).__name__})") from None
+
+
 def _optional_pg_url(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name, "").strip()
+    raw = _secret(env, name)
     if not raw:
         return None
     if not raw.startswith(("postgresql://", "postgres://")):
@@ -53,7 +69,7 @@ def _optional_pg_url(env: Mapping[str, str], name: str) -> str | None:
 
 
 def _optional_redis_url(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name, "").strip()
+    raw = _secret(env, name)
     if not raw:
         return None
     if not raw.startswith(("redis://", "rediss://", "unix://")):

@@ -78,6 +78,8 @@ async def handle(rt: Runtime, surface: Surface, scope: Scope, receive: Receive, 
         record.status_code = exc.status
         record.error_code = exc.code
         record.success = False
+        if exc.code == "auth_unavailable":
+            rt.metrics.auth_unavailable.inc()
         shape = _refused_path_shape(scope) if surface.invalid else surface.error_shape
         await send_error(rt, send, record, shape, exc)
     except ClientGone:

@@ -40,11 +40,13 @@ from recovea_proxy.meter.receipt_keys import PublishedKeys, active_signing_key
 from recovea_proxy.meter.receipts import ReceiptSigner
 from recovea_proxy.meter.spool import Spool
 from recovea_proxy.meter.writer import EventWriter
+from recovea_proxy.observability.banner import print_banner, startup_facts
 from recovea_proxy.observability.logging import RequestLog
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.reconcile.schedule import ReconcileSchedule
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.store.database import app_url, connect, open_pool, owner_url
+from recovea_proxy.store.embedded import release as release_embedded
 from recovea_proxy.store.migrate import apply_migrations
 from recovea_proxy.store.service import ensure_partitions, passthrough_workspace
 from recovea_proxy.upstream import open_session
@@ -167,6 +169,9 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
     reverse."""
     async with AsyncExitStack() as stack:
         owner = await asyncio.to_thread(owner_url, settings)
+        if settings.database_url is None:
+            # Last out: stop the embedded server once everything else is closed.
+            stack.push_async_callback(release_embedded, settings.data_dir)
         conn = await connect(owner)
         try:
             applied = await apply_migrations(conn)
@@ -289,12 +294,12 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()
         runtime.ready = True
-        runtime.log.info(
-            "gateway_started",
-            migrations_applied=applied,
-            passthrough=settings.passthrough,
-            upstreams=runtime.upstream_base,
-        )
+        facts = startup_facts(settings, runtime.upstream_base)
+        if settings.log_format == "console":
+            print_banner(facts)  # the same facts, as lines a person reads
+            runtime.log.debug("gateway_started", migrations_applied=applied, **facts)
+        else:
+            runtime.log.info("gateway_started", migrations_applied=applied, **facts)
         stack.callback(runtime.request_log.flush)
         try:
             yield runtime

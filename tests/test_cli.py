@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,31 @@ def test_help_lists_the_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
     assert "serve" in result.stdout and "mock-provider" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field"),
+    [
+        ("RECOVEA_DATABASE_URL", "postgresql://owner:s3cret@db:5432/recovea", "database_url"),
+        (
+            "RECOVEA_APP_DATABASE_URL",
+            "postgresql://recovea_app:an0ther@db:5432/recovea",
+            "app_database_url",
+        ),
+        ("RECOVEA_REDIS_URL", "redis://:pw@cache:6379/0", "redis_url"),
+    ],
+)
+def test_a_secret_url_can_come_from_a_file(
+    tmp_path: Path, name: str, value: str, field: str
+) -> None:
+    """`<name>_FILE` names a file holding the value (a mounted secret, trailing newline
+    and all); setting both the variable and its _FILE is refused."""
+    secret = tmp_path / "secret"
+    secret.write_text(value + "\n")
+    settings = Settings.from_env({f"{name}_FILE": str(secret)})
+    assert value == getattr(settings, field)
+    with pytest.raises(ConfigError, match="not both") as caught:
+        Settings.from_env({name: value, f"{name}_FILE": str(secret)})
+    assert value not in str(caught.value)
+    with pytest.raises(ConfigError, match=f"{name}_FILE: cannot read"):
+        Settings.from_env({f"{name}_FILE": str(tmp_path / "missing")})

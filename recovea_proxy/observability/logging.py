@@ -70,6 +70,7 @@ def configure_logging(log_format: str, level: str = "info", *, to_stderr: bool =
     )
     std_renderer: Any = structlog.processors.JSONRenderer() if log_format == "json" else renderer
     handler = logging.StreamHandler(stream)
+    handler.addFilter(_LibraryChatter(level_no))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -87,6 +88,25 @@ def configure_logging(log_format: str, level: str = "info", *, to_stderr: bool =
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []
     access.propagate = False
+
+
+#: libraries whose info-level records are chatter: pgserver's commands and checks,
+#: uvicorn's lifecycle lines (the gateway's own start-up lines say what matters)
+_CHATTY = frozenset({"pgserver", "uvicorn"})
+
+
+class _LibraryChatter(logging.Filter):
+    """Lowers the chatty libraries' info records to debug (shown only at debug)."""
+
+    def __init__(self, level_no: int) -> None:
+        super().__init__()
+        self._level_no = level_no
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.split(".", 1)[0] in _CHATTY:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self._level_no <= logging.DEBUG
+        return True
 
 
 class RequestLog:

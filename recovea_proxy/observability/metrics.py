@@ -72,6 +72,12 @@ class GatewayMetrics:
             ("provider",),
             registry=self.registry,
         )
+        self.auth_unavailable = Counter(
+            "recovea_auth_unavailable",
+            "Provider requests refused 503 auth_unavailable: the key store could not be "
+            "reached (or not within RECOVEA_AUTH_TIMEOUT_S) for a key not in memory.",
+            registry=self.registry,
+        )
         self.meter_events = Counter(
             "meter_events",
             "Metering events by outcome: written to the database, dropped (queue and spool "
