@@ -29,9 +29,6 @@ from tests.test_drain import postgres_processes
 
 #: series Prometheus itself adds to every scrape
 PROMETHEUS_OWN = frozenset({"up"})
-#: metrics of the spend caps, which come with the caps branch; until it is merged the
-#: gateway does not export them (drop this exception once it is)
-FROM_CAPS_BRANCH = frozenset({"recovea_cap_refusals_total"})
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "prometheus"}]}
 
@@ -72,7 +69,7 @@ def test_every_rule_and_panel_names_only_metrics_the_gateway_exports(
         timeout=30,
     )
     assert sent.status_code == 200, sent.text
-    exported = exported_names(gateway.metrics()) | PROMETHEUS_OWN | FROM_CAPS_BRANCH
+    exported = exported_names(gateway.metrics()) | PROMETHEUS_OWN
     used = {f"rule {name}": metric_names(expr) for name, expr in rule_expressions().items()}
     for title, exprs in dashboard_expressions().items():
         used[f"panel {title!r}"] = set().union(*(metric_names(e) for e in exprs))
@@ -113,7 +110,6 @@ def test_prometheus_scrapes_a_gateway_and_a_frozen_database_fires_the_alerts(
             f"{name}{matchers}"
             for expr in rule_expressions().values()
             for name, matchers in selectors(expr)
-            if name not in FROM_CAPS_BRANCH
         }
         live = prometheus
 

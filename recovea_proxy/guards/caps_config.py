@@ -176,6 +176,7 @@ class CapBook:
         self._reload_wanted = False
         self._reloading: asyncio.Task[None] | None = None
         self._closing = False
+        self._loaded = False
         #: the same lookup, bound once for the hot path
         self.for_workspace: Callable[[str], WorkspaceCaps | None] = self._caps.get
 
@@ -214,9 +215,11 @@ class CapBook:
         """Read every cap again; raises on a database fault (the old caps stay)."""
         async with asyncio.timeout(self._timeout * 4), self._pool.acquire() as conn:
             caps = await load_caps(conn)
+        first, self._loaded = not self._loaded, True
         self._caps = caps
         self.for_workspace = caps.get
-        _log.info("caps_loaded", workspaces=len(caps))
+        # the load at start-up is chatter; a reload (a cap changed) is worth a line
+        (_log.debug if first else _log.info)("caps_loaded", workspaces=len(caps))
 
     async def refresh(self) -> bool:
         """`reload`, logged instead of raised; whether it went through."""
