@@ -6,7 +6,8 @@ app serves, and every route under the two prefixes must carry an `Operation`
 (`undeclared` names those that do not; a test keeps the list empty). The errors of
 the key wrapper are added to every operation: 401 `invalid_api_key`, 403 `forbidden`
 (admin routes), 503 (`auth_unavailable`, `store_unavailable`,
-`provider_key_unavailable`); an operation with a body adds 400 and 413. All use the
+`provider_key_unavailable`); an operation with a body adds 400 and 413, one with
+path or query parameters 400 (`invalid_path`, or a parameter it refuses). All use the
 OpenAI error shape. The document holds no secret and needs no key.
 """
 
@@ -43,7 +44,11 @@ ERROR = obj(
 
 #: status -> (description, the codes it carries)
 _ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
-    400: ("The input is invalid (the message says why)", ("invalid_request",)),
+    400: (
+        "The input is invalid (the message says why), or the path holds dot segments,"
+        " empty segments or encoded / ? # . %00",
+        ("invalid_request", "invalid_path"),
+    ),
     401: ("No key, or an unknown or revoked rcv_ key", ("invalid_api_key",)),
     403: (
         "A member key on an admin route, or an operation the workspace may not do",
@@ -96,8 +101,12 @@ def _parameter(param: Param, where: str) -> dict[str, Any]:
     return out
 
 
-def _error_statuses(operation: Operation) -> list[int]:
+def _error_statuses(path: str, operation: Operation) -> list[int]:
     statuses = {401, 503, *operation.errors}
+    if "{" in path or operation.query:
+        # a path parameter can make the path one the gateway refuses; a query
+        # parameter is checked by the handler
+        statuses.add(400)
     if operation.admin_only:
         statuses.add(403)
     if operation.body is not None:
@@ -121,7 +130,7 @@ def _operation(path: str, method: str, operation: Operation) -> dict[str, Any]:
                 "content": {"application/json": {"schema": operation.response}},
             },
             **{
-                str(s): {"$ref": f"#/components/responses/E{s}"} for s in _error_statuses(operation)
+                str(s): {"$ref": f"#/components/responses/E{s}"} for s in _error_statuses(path, operation)
             },
         },
     }

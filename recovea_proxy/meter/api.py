@@ -305,12 +305,12 @@ async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     """The workspace's chains; with `chain=`, one page of that chain (`recovea-chain-v1`)
     and the chain's stored first and last seq, so a verifier can tell a cut head or tail."""
     chain = request.query_params.get("chain")
+    after = _int_param(request, "after_seq", 0, 2**62)
+    limit = _int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
     if not chain:
         return await _chains(runtime, key)
     if not _CHAIN_ID.fullmatch(chain):
         raise bad_request("chain must be a chain id.")
-    after = _int_param(request, "after_seq", 0, 2**62)
-    limit = _int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
     rows = await scoped(
         runtime,
         key,

@@ -41,6 +41,7 @@ from recovea_proxy.errors import GatewayError
 from recovea_proxy.meter.rollup import parse_moment
 from recovea_proxy.reconcile.compare import reconciliation
 from recovea_proxy.reconcile.report_keys import (
+    REPORT_PROVIDERS,
     check_provider,
     delete_report_key,
     list_report_keys,
@@ -69,7 +70,7 @@ _SIDE = {
     "output_tokens": integer(),
     "cost_usd": nullable(MONEY),
 }
-_REPORT_PROVIDER = Param("provider", string(enum=list(PROVIDERS)))
+_REPORT_PROVIDER = Param("provider", string(enum=list(REPORT_PROVIDERS)))
 
 
 @declare(
@@ -172,7 +173,7 @@ async def get_report_keys(request: Request, runtime: Runtime, key: KeyRecord) ->
         obj({"provider": string(), "last_four": string()}),
         body=obj({"key": string(minLength=1, maxLength=4096)}, closed=True),
         path=(_REPORT_PROVIDER,),
-        errors=(404,),
+        errors=(400, 404),
     )
 )
 async def put_report_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
@@ -190,7 +191,7 @@ async def put_report_key(request: Request, runtime: Runtime, key: KeyRecord) -> 
         "Remove the workspace's usage-report key for a provider (its figures stay)",
         obj({"provider": string(), "deleted": {"const": True}}),
         path=(_REPORT_PROVIDER,),
-        errors=(404,),
+        errors=(400, 404),
     )
 )
 async def delete_report_key_route(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
