@@ -119,6 +119,7 @@ def _operation(path: str, method: str, operation: Operation) -> dict[str, Any]:
     declared = {p.name: p for p in operation.path}
     parameters = [_parameter(declared.get(n) or Param(n, string()), "path") for n in names]
     parameters += [_parameter(p, "query") for p in operation.query]
+    errors = _error_statuses(path, operation)
     out: dict[str, Any] = {
         "operationId": f"{method}{template}".replace("/", "_").replace("{", "").replace("}", ""),
         "summary": operation.summary,
@@ -129,9 +130,7 @@ def _operation(path: str, method: str, operation: Operation) -> dict[str, Any]:
                 "description": "OK",
                 "content": {"application/json": {"schema": operation.response}},
             },
-            **{
-                str(s): {"$ref": f"#/components/responses/E{s}"} for s in _error_statuses(path, operation)
-            },
+            **{str(s): {"$ref": f"#/components/responses/E{s}"} for s in errors},
         },
     }
     if operation.admin_only:

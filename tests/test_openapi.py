@@ -173,17 +173,17 @@ def test_keys_are_required_and_member_keys_are_refused_on_every_admin_route(
 
 
 @pytest.fixture(scope="module")
-def two_tenants(
-    gateway: Gateway, db_env: dict[str, str]
-) -> tuple[Tenant, Tenant, dict[str, str]]:
+def two_tenants(gateway: Gateway, db_env: dict[str, str]) -> tuple[Tenant, Tenant, dict[str, str]]:
     """Two workspaces; the first has a request in its ledger and a key, a limit and a
     routing rule of its own for the second to ask about."""
     owner = make_tenant(db_env, "openapi-owner")
     stranger = make_tenant(db_env, "openapi-stranger")
-    admin = cli_json("key", "create", "--workspace", stranger.workspace, "--role", "admin",
-                     env=db_env)
-    owner_admin = cli_json("key", "create", "--workspace", owner.workspace, "--role", "admin",
-                           env=db_env)
+    admin = cli_json(
+        "key", "create", "--workspace", stranger.workspace, "--role", "admin", env=db_env
+    )
+    owner_admin = cli_json(
+        "key", "create", "--workspace", owner.workspace, "--role", "admin", env=db_env
+    )
     sent = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         headers=owner.bearer,
