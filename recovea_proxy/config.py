@@ -72,6 +72,16 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+def _traces_url(env: Mapping[str, str], name: str) -> str | None:
+    """An OTLP/HTTP endpoint: a base (`http://collector:4318`, to which `/v1/traces` is
+    added) or the full traces URL; None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    url = _url(env, name, raw)
+    return url if url.endswith("/v1/traces") else url + "/v1/traces"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The gateway's configuration; see docs/configuration.md for each field."""
@@ -155,6 +165,13 @@ class Settings:
     reconcile_retry_base_s: float = 2.0
     reconcile_retry_after_max_s: float = 60.0
     reconcile_tolerance_pct: float = 1.0
+    #: OTLP/HTTP traces URL (`…/v1/traces`); None: no spans are built or sent
+    otel_endpoint: str | None = None
+    otel_service_name: str = "recovea"
+    otel_queue_max: int = 4096
+    otel_batch_max: int = 512
+    otel_flush_interval_s: float = 1.0
+    otel_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -250,9 +267,7 @@ class Settings:
             shadow_margin=_rate(env, "RECOVEA_SHADOW_MARGIN", 0.05),
             shadow_min_sample=int(_number(env, "RECOVEA_SHADOW_MIN_SAMPLE", 30, minimum=1)),
             shadow_chrf_min=_rate(env, "RECOVEA_SHADOW_CHRF_MIN", 0.5),
-            shadow_length_ratio_max=_number(
-                env, "RECOVEA_SHADOW_LENGTH_RATIO_MAX", 2, minimum=1
-            ),
+            shadow_length_ratio_max=_number(env, "RECOVEA_SHADOW_LENGTH_RATIO_MAX", 2, minimum=1),
             ws_max_frame_bytes=int(
                 _number(env, "RECOVEA_WS_MAX_FRAME_KB", 16384, minimum=1) * 1024
             ),
@@ -280,6 +295,12 @@ class Settings:
             reconcile_tolerance_pct=min(
                 100.0, _number(env, "RECOVEA_RECONCILE_TOLERANCE_PCT", 1, minimum=0)
             ),
+            otel_endpoint=_traces_url(env, "RECOVEA_OTEL_ENDPOINT"),
+            otel_service_name=env.get("RECOVEA_OTEL_SERVICE_NAME", "").strip()[:128] or "recovea",
+            otel_queue_max=int(_number(env, "RECOVEA_OTEL_QUEUE_MAX", 4096, minimum=1)),
+            otel_batch_max=int(_number(env, "RECOVEA_OTEL_BATCH_MAX", 512, minimum=1)),
+            otel_flush_interval_s=_number(env, "RECOVEA_OTEL_FLUSH_INTERVAL_S", 1, minimum=0.01),
+            otel_timeout_s=_number(env, "RECOVEA_OTEL_TIMEOUT_S", 5, minimum=0.01),
         )
 
     def upstream_for(self, provider: str) -> str:
