@@ -58,6 +58,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     #: set by the key wrapper: whether only admin keys may call it
     admin_only: bool = True
+    #: False for the key wrapper's placeholder of a handler that declares nothing
+    declared: bool = True
 
 
 def declare(operation: Operation) -> Callable[[F], F]:

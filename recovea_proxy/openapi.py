@@ -82,11 +82,12 @@ def _documented(routes: Iterable[BaseRoute]) -> Iterable[tuple[Route, str]]:
 
 def undeclared(routes: Iterable[BaseRoute]) -> list[str]:
     """`METHOD path` of each route under the prefixes without an `Operation`."""
-    return [
-        f"{method.upper()} {route.path}"
-        for route, method in _documented(routes)
-        if operation_of(route.endpoint) is None
-    ]
+    missing = []
+    for route, method in _documented(routes):
+        operation = operation_of(route.endpoint)
+        if operation is None or not operation.declared:
+            missing.append(f"{method.upper()} {route.path}")
+    return missing
 
 
 def _parameter(param: Param, where: str) -> dict[str, Any]:
@@ -135,6 +136,8 @@ def _operation(path: str, method: str, operation: Operation) -> dict[str, Any]:
     }
     if operation.admin_only:
         out["description"] = "Admin keys only (member keys get 403 `forbidden`)."
+    if not operation.declared:
+        out["x-recovea-undeclared"] = True
     if parameters:
         out["parameters"] = parameters
     if operation.body is not None:

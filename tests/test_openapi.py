@@ -26,9 +26,13 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from starlette.routing import Route
 
+from recovea_proxy.admin.api import admin
 from recovea_proxy.app import create_app
+from recovea_proxy.contract import Operation, array, declare, obj
 from recovea_proxy.openapi import PREFIXES, undeclared
+from recovea_proxy.openapi import document as openapi_document
 from tests.ledger_support import Tenant, make_tenant, stored
 from tests.support import Gateway, cli_json
 
@@ -67,6 +71,25 @@ def test_every_admin_and_ledger_route_declares_its_contract() -> None:
     new endpoint (caps, ...) cannot be served undocumented."""
     app = create_app()
     assert undeclared(app.routes) == []
+
+
+def test_a_new_route_appears_at_once_and_is_named_until_it_declares() -> None:
+    """A route behind the key wrapper whose handler declares nothing (a new endpoint,
+    such as spend caps) is in the document at once, with a placeholder, and
+    `undeclared` names it; declared, it leaves the list."""
+
+    async def show_caps(request: Any, runtime: Any, key: Any) -> Any:
+        """The workspace's caps."""
+
+    routes = [Route("/admin/v1/caps", admin(show_caps), methods=["GET"])]
+    assert undeclared(routes) == ["GET /admin/v1/caps"]
+    placeholder = openapi_document(routes)["paths"]["/admin/v1/caps"]["get"]
+    assert placeholder["summary"] == "The workspace's caps."
+    assert placeholder["x-recovea-undeclared"] is True
+    declared = declare(Operation("Caps", obj({"data": array(obj({}))})))(show_caps)
+    routes = [Route("/admin/v1/caps", admin(declared), methods=["GET"])]
+    assert undeclared(routes) == []
+    assert "403" in openapi_document(routes)["paths"]["/admin/v1/caps"]["get"]["responses"]
 
 
 def test_the_document_covers_the_routes_and_the_error_shapes(document: dict[str, Any]) -> None:

@@ -96,11 +96,20 @@ async def read_json(request: Request, schema: Schema) -> dict[str, Any]:
         raise bad_request(str(exc)) from None
 
 
-def json_body(request: Request) -> dict[str, Any]:
+def declared_body(request: Request) -> dict[str, Any]:
     """The body the key wrapper read and checked against the handler's declared
     `Operation.body` (see `contract`)."""
     body: dict[str, Any] = request.state.body
     return body
+
+
+async def json_body(
+    request: Request, allowed: set[str], *, strings_only: bool = True
+) -> dict[str, Any]:
+    """The body of a handler that declares no `Operation` (prefer `declared_body`): a
+    JSON object of the `allowed` fields (strings or null with `strings_only`)."""
+    kind: Schema = nullable(string()) if strings_only else {}
+    return await read_json(request, obj(dict.fromkeys(allowed, kind), required=(), closed=True))
 
 
 def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -112,9 +121,13 @@ def keyed(handler: Handler, *, admin_only: bool) -> Callable[[Request], Awaitabl
     """Authenticate an rcv_ key (fail-closed), optionally require the admin role, read
     and check the body the handler declares, map errors to OpenAI-shaped responses.
     The handler's `Operation` (see `contract`) goes on the endpoint, for
-    `/openapi.json`; a handler that declares none is served, and a test fails."""
+    `/openapi.json`. A handler that declares none is still served and listed, with a
+    placeholder marked undeclared (`openapi.undeclared` names it; a test fails)."""
     operation = operation_of(handler)
     schema = operation.body if operation is not None else None
+    if operation is None:
+        summary = (handler.__doc__ or handler.__name__).strip().splitlines()[0]
+        operation = Operation(summary, {"type": "object"}, errors=(400, 404, 413), declared=False)
 
     async def endpoint(request: Request) -> Response:
         runtime: Runtime = request.state.runtime
@@ -136,8 +149,7 @@ def keyed(handler: Handler, *, admin_only: bool) -> Callable[[Request], Awaitabl
         except _DB_ERRORS:
             return _error(GatewayError(503, "store_unavailable", "The database is unreachable."))
 
-    if operation is not None:
-        declare(replace(operation, admin_only=admin_only))(endpoint)
+    declare(replace(operation, admin_only=admin_only))(endpoint)
     return endpoint
 
 
@@ -194,7 +206,7 @@ async def get_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> R
     )
 )
 async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = json_body(request)
+    body = declared_body(request)
     caller = await scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
     if caller["name"] != OPERATOR_WORKSPACE:
         raise GatewayError(403, "forbidden", "Only the operator workspace creates workspaces.")
@@ -241,7 +253,7 @@ async def list_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
     )
 )
 async def create_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = json_body(request)
+    body = declared_body(request)
     async with runtime.pool.acquire() as conn:
         created = await ops.create_key(
             conn,
@@ -314,7 +326,7 @@ async def set_provider_key(request: Request, runtime: Runtime, key: KeyRecord) -
     provider = request.path_params["provider"]
     if provider not in ops.PROVIDERS:
         raise GatewayError(404, "not_found", f"Unknown provider; use one of {ops.PROVIDERS}.")
-    body = json_body(request)
+    body = declared_body(request)
     secret = body.get("key") or ""
     async with runtime.pool.acquire() as conn:
         await ops.set_provider_key(conn, runtime.keyring, key.customer_id, provider, secret)

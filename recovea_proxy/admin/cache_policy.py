@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import (
     OperationError,
     forget_workspace_keys,
@@ -131,7 +131,7 @@ async def get_cache(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
     )
 )
 async def put_cache(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = json_body(request)
+    body = declared_body(request)
     try:
         async with runtime.pool.acquire() as conn:
             result = await set_cache_policy(

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recovea_proxy.admin import kms_operations as kms
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.contract import (
     UUID,
@@ -76,7 +76,7 @@ async def get_kms(request: Request, runtime: Runtime, key: KeyRecord) -> Respons
     )
 )
 async def set_kms(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = json_body(request)
+    body = declared_body(request)
     async with runtime.pool.acquire() as conn:
         result = await kms.set_workspace_kms(
             conn, runtime.keyring, key.customer_id, body.get("key_id") or ""

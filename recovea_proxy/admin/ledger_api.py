@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.contract import (
     UUID,
@@ -105,7 +105,7 @@ def _model(request: Request) -> str:
 )
 async def set_price(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     model = _model(request)
-    body = json_body(request)
+    body = declared_body(request)
     try:
         price = override_entry(model, body, datetime.now(UTC).date().isoformat())
     except ValueError as exc:
@@ -154,7 +154,7 @@ async def delete_price(request: Request, runtime: Runtime, key: KeyRecord) -> Re
     )
 )
 async def set_retention(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = json_body(request)
+    body = declared_body(request)
     days = body.get("retention_days")
     if days is not None and (
         not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import OperationError, check_name, parse_id, scope
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.config import Settings
@@ -291,7 +291,7 @@ async def get_limits(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     )
 )
 async def put_limit(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = json_body(request)
+    body = declared_body(request)
     try:
         async with runtime.pool.acquire() as conn:
             result = await set_limit(conn, key.customer_id, **body)

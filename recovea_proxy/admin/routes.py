@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import (
     PROVIDERS,
     OperationError,
@@ -347,7 +347,7 @@ async def get_routes(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     )
 )
 async def post_route(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = json_body(request)
+    body = declared_body(request)
     try:
         async with runtime.pool.acquire() as conn:
             rule = await add_rule(conn, key.customer_id, body)

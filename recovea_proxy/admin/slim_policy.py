@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import (
     OperationError,
     forget_workspace_keys,
@@ -75,7 +75,7 @@ async def get_slim(request: Request, runtime: Runtime, key: KeyRecord) -> Respon
     )
 )
 async def put_slim(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = json_body(request)
+    body = declared_body(request)
     try:
         async with runtime.pool.acquire() as conn:
             result = await set_slim(conn, key.customer_id, body.get("enabled"))

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, keyed, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, keyed, scoped
 from recovea_proxy.admin.operations import PROVIDERS
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.contract import (
@@ -178,7 +178,7 @@ async def get_report_keys(request: Request, runtime: Runtime, key: KeyRecord) ->
 )
 async def put_report_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     provider = _provider(request)
-    body = json_body(request)
+    body = declared_body(request)
     async with runtime.pool.acquire() as conn:
         stored = await set_report_key(
             conn, runtime.keyring, key.customer_id, provider, body.get("key") or ""
