@@ -26,6 +26,7 @@ from recovea_proxy.gc_tuning import settle_after_startup
 from recovea_proxy.meter.api import LEDGER_ROUTES
 from recovea_proxy.observability.logging import configure_logging
 from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.openapi import OPENAPI_ROUTES
 from recovea_proxy.proxy import handle
 from recovea_proxy.reconcile.api import RECONCILE_ROUTES
 from recovea_proxy.runtime import open_runtime
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *LEDGER_ROUTES,
             *RECONCILE_ROUTES,
             *ui_routes(),
+            *OPENAPI_ROUTES,
         ],
         exception_handlers={404: not_found},
         lifespan=lifespan,

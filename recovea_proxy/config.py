@@ -88,6 +88,16 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+def _traces_url(env: Mapping[str, str], name: str) -> str | None:
+    """An OTLP/HTTP endpoint: a base (`http://collector:4318`, to which `/v1/traces` is
+    added) or the full traces URL; None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    url = _url(env, name, raw)
+    return url if url.endswith("/v1/traces") else url + "/v1/traces"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The gateway's configuration; see docs/configuration.md for each field."""
@@ -178,6 +188,13 @@ class Settings:
     cap_check_timeout_s: float = 0.25
     cap_default_output_tokens: int = 4096
     cap_config_refresh_s: float = 60.0
+    #: OTLP/HTTP traces URL (`…/v1/traces`); None: no spans are built or sent
+    otel_endpoint: str | None = None
+    otel_service_name: str = "recovea"
+    otel_queue_max: int = 4096
+    otel_batch_max: int = 512
+    otel_flush_interval_s: float = 1.0
+    otel_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -273,9 +290,7 @@ class Settings:
             shadow_margin=_rate(env, "RECOVEA_SHADOW_MARGIN", 0.05),
             shadow_min_sample=int(_number(env, "RECOVEA_SHADOW_MIN_SAMPLE", 30, minimum=1)),
             shadow_chrf_min=_rate(env, "RECOVEA_SHADOW_CHRF_MIN", 0.5),
-            shadow_length_ratio_max=_number(
-                env, "RECOVEA_SHADOW_LENGTH_RATIO_MAX", 2, minimum=1
-            ),
+            shadow_length_ratio_max=_number(env, "RECOVEA_SHADOW_LENGTH_RATIO_MAX", 2, minimum=1),
             ws_max_frame_bytes=int(
                 _number(env, "RECOVEA_WS_MAX_FRAME_KB", 16384, minimum=1) * 1024
             ),
@@ -315,6 +330,12 @@ class Settings:
                 _number(env, "RECOVEA_CAP_DEFAULT_OUTPUT_TOKENS", 4096, minimum=0)
             ),
             cap_config_refresh_s=_number(env, "RECOVEA_CAP_CONFIG_REFRESH_S", 60, minimum=0.1),
+            otel_endpoint=_traces_url(env, "RECOVEA_OTEL_ENDPOINT"),
+            otel_service_name=env.get("RECOVEA_OTEL_SERVICE_NAME", "").strip()[:128] or "recovea",
+            otel_queue_max=int(_number(env, "RECOVEA_OTEL_QUEUE_MAX", 4096, minimum=1)),
+            otel_batch_max=int(_number(env, "RECOVEA_OTEL_BATCH_MAX", 512, minimum=1)),
+            otel_flush_interval_s=_number(env, "RECOVEA_OTEL_FLUSH_INTERVAL_S", 1, minimum=0.01),
+            otel_timeout_s=_number(env, "RECOVEA_OTEL_TIMEOUT_S", 5, minimum=0.01),
         )
 
     def upstream_for(self, provider: str) -> str:

@@ -49,6 +49,8 @@ class RequestHeaders:
     customer: str | None = None
     cache: str | None = None
     trace_id: str | None = None
+    #: the caller's span id, when the trace id came from its `traceparent`
+    parent_span_id: str | None = None
     content_length: int | None = None
     content_type: bytes | None = None
 
@@ -79,6 +81,8 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
                 out.content_type = value
             elif name == b"traceparent" and out.trace_id is None:
                 out.trace_id = _trace_id_of(value)
+                if out.trace_id is not None:
+                    out.parent_span_id = _span_id_of(value)
             try:
                 # aiohttp sends header values as UTF-8: only UTF-8 crosses unchanged
                 forward.append((name.decode("latin-1"), value.decode("utf-8")))
@@ -105,6 +109,14 @@ def _trace_id_of(traceparent: bytes) -> str | None:
     return None
 
 
+def _span_id_of(traceparent: bytes) -> str | None:
+    """The parent span id of a W3C `traceparent` whose trace id was read, or None."""
+    span_id = traceparent[36:52]
+    if len(span_id) == 16 and traceparent[35:36] == b"-" and _HEX.issuperset(span_id):
+        return span_id.decode("ascii")
+    return None
+
+
 def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None:
     if name == b"x-recovea-feature":
         out.feature = clean_tag(value)
@@ -115,6 +127,7 @@ def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None
     elif name == b"x-recovea-trace-id":
         # ASCII only: the trace id goes back out in a response header.
         out.trace_id = clean_text(value.decode("ascii", "ignore").strip(), TRACE_ID_MAX)
+        out.parent_span_id = None  # the caller's own trace id wins over its traceparent
 
 
 def response_headers(

@@ -114,6 +114,7 @@ async def _serve(x: Exchange) -> None:
     rt, surface, record = x.rt, x.surface, x.record
     headers = split_request_headers(x.scope["headers"])
     record.trace_id = headers.trace_id or new_id()
+    record.parent_span_id = headers.parent_span_id
     record.feature = headers.feature
     record.end_user_id = headers.customer
 

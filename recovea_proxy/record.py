@@ -64,6 +64,8 @@ class RequestRecord:
     response_hash: Any = None
     #: (chain, seq, kid) of that receipt, for the ledger
     receipt_place: tuple[str, int, str] | None = None
+    #: the caller's span id from its `traceparent` (the parent of the gateway's span)
+    parent_span_id: str | None = None
 
     #: wall time from the first byte of the request to the end of the response, and
     #: the part of it not spent waiting on the provider (ms, microsecond precision);

@@ -43,6 +43,7 @@ from recovea_proxy.meter.writer import EventWriter
 from recovea_proxy.observability.banner import print_banner, startup_facts
 from recovea_proxy.observability.logging import RequestLog
 from recovea_proxy.observability.metrics import GatewayMetrics
+from recovea_proxy.observability.otel import SpanExporter
 from recovea_proxy.reconcile.schedule import ReconcileSchedule
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.store.database import app_url, connect, open_pool, owner_url
@@ -79,22 +80,27 @@ class Runtime:
     shadow: ShadowEvaluator
     #: the spend caps (step 3 reserves, step 8 settles)
     caps: SpendCaps
+    #: OpenTelemetry span export; None (no cost) unless RECOVEA_OTEL_ENDPOINT is set
+    otel: SpanExporter | None = None
     ready: bool = False
     #: provider requests being served (read by the in-flight gauge at scrape time)
     in_flight: int = 0
 
     def finish(self, record: RequestRecord) -> None:
-        """Report a finished request: one log line, its metrics, and — for a workspace's
-        request — its ledger row and receipt queued for the drainer. A request refused
-        before a workspace was known (401) is only counted and logged. A workspace's
-        request whose receipt was not sent (the client left, or the body was not SSE)
-        is signed here, so its chain stays gapless in the ledger."""
+        """Report a finished request: one log line, its metrics, its span (when traces
+        are exported), and — for a workspace's request — its ledger row and receipt
+        queued for the drainer. A request refused before a workspace was known (401)
+        is only counted and logged. A workspace's request whose receipt was not sent
+        (the client left, or the body was not SSE) is signed here, so its chain stays
+        gapless in the ledger."""
         self.metrics.routes.route(record.provider, record.route).record(
             record.status_code, record.latency_ms / 1000, record.overhead_ms / 1000
         )
         if record.client_gone:
             self.metrics.client_disconnects.labels(record.provider).inc()
         self.request_log.write(event_fields(record))
+        if self.otel is not None:
+            self.otel.add(record)
         if record.workspace_id is None:
             return
         if record.receipt is None:
@@ -117,6 +123,8 @@ _FLUSH_MIN_S = 10.0
 #: the most time shadow calls in progress are given at shutdown (a cut one loses a
 #: sample, nothing else)
 _SHADOW_CLOSE_S = 2.0
+#: the most time the span queue is given to flush at shutdown
+_OTEL_CLOSE_S = 5.0
 
 
 def _drop_counter(metrics: GatewayMetrics) -> Callable[[], None]:
@@ -211,6 +219,12 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         session = open_session(settings)
         stack.push_async_callback(session.close)
         caps = await _open_caps(stack, settings, metrics, pool, app)
+        otel = None
+        if settings.otel_endpoint is not None:
+            # closed (its queue flushed) before the session it sends on
+            otel = SpanExporter(settings, metrics, session)
+            otel.start()
+            stack.push_async_callback(otel.close, min(settings.otel_timeout_s, _OTEL_CLOSE_S))
         queue = MeterQueue(
             settings.meter_queue_max,
             settings.meter_batch_max,
@@ -290,6 +304,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             limits=limits,
             shadow=shadow,
             caps=caps,
+            otel=otel,
         )
         metrics.in_flight.set_function(lambda: runtime.in_flight)
         started = time.monotonic()

@@ -17,6 +17,7 @@ admin key are created together or not at all.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,19 @@ from starlette.routing import Route
 
 from recovea_proxy.admin import operations as ops
 from recovea_proxy.auth.resolver import KeyRecord
+from recovea_proxy.contract import (
+    UUID,
+    Operation,
+    Param,
+    Schema,
+    check_body,
+    declare,
+    listing,
+    nullable,
+    obj,
+    operation_of,
+    string,
+)
 from recovea_proxy.errors import GatewayError, error_body
 from recovea_proxy.headers import split_request_headers
 from recovea_proxy.runtime import Runtime
@@ -58,9 +72,9 @@ def bad_request(message: str) -> GatewayError:
     return GatewayError(400, "invalid_request", message)
 
 
-async def json_body(
-    request: Request, allowed: set[str], *, strings_only: bool = True
-) -> dict[str, Any]:
+async def read_json(request: Request, schema: Schema) -> dict[str, Any]:
+    """The request's body (at most 64 KB), a JSON object that `schema` allows; 400 or
+    413 otherwise."""
     declared = request.headers.get("content-length", "")
     if declared.isdecimal() and int(declared) > MAX_BODY:
         raise _too_large()
@@ -76,15 +90,26 @@ async def json_body(
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
         raise bad_request("The body must be a JSON object.") from None
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object.")
-    unknown = set(body) - allowed
-    if unknown:
-        raise bad_request(f"Unknown field(s): {', '.join(sorted(unknown))[:200]}.")
-    for key, value in body.items():
-        if strings_only and value is not None and not isinstance(value, str):
-            raise bad_request(f"{key} must be a string.")
+    try:
+        return check_body(body, schema)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def declared_body(request: Request) -> dict[str, Any]:
+    """The body the key wrapper read and checked against the handler's declared
+    `Operation.body` (see `contract`)."""
+    body: dict[str, Any] = request.state.body
     return body
+
+
+async def json_body(
+    request: Request, allowed: set[str], *, strings_only: bool = True
+) -> dict[str, Any]:
+    """The body of a handler that declares no `Operation` (prefer `declared_body`): a
+    JSON object of the `allowed` fields (strings or null with `strings_only`)."""
+    kind: Schema = nullable(string()) if strings_only else {}
+    return await read_json(request, obj(dict.fromkeys(allowed, kind), required=(), closed=True))
 
 
 def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -93,8 +118,16 @@ def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 def keyed(handler: Handler, *, admin_only: bool) -> Callable[[Request], Awaitable[Response]]:
-    """Authenticate an rcv_ key (fail-closed), optionally require the admin role, map
-    errors to OpenAI-shaped responses."""
+    """Authenticate an rcv_ key (fail-closed), optionally require the admin role, read
+    and check the body the handler declares, map errors to OpenAI-shaped responses.
+    The handler's `Operation` (see `contract`) goes on the endpoint, for
+    `/openapi.json`. A handler that declares none is still served and listed, with a
+    placeholder marked undeclared (`openapi.undeclared` names it; a test fails)."""
+    operation = operation_of(handler)
+    schema = operation.body if operation is not None else None
+    if operation is None:
+        summary = (handler.__doc__ or handler.__name__).strip().splitlines()[0]
+        operation = Operation(summary, {"type": "object"}, errors=(400, 404, 413), declared=False)
 
     async def endpoint(request: Request) -> Response:
         runtime: Runtime = request.state.runtime
@@ -103,6 +136,8 @@ def keyed(handler: Handler, *, admin_only: bool) -> Callable[[Request], Awaitabl
             key = await runtime.auth.admin_key(headers)
             if admin_only and key.role != "admin":
                 raise GatewayError(403, "forbidden", "This route needs an admin key.")
+            if schema is not None:
+                request.state.body = await read_json(request, schema)
             return await handler(request, runtime, key)
         except GatewayError as exc:
             return _error(exc)
@@ -114,6 +149,7 @@ def keyed(handler: Handler, *, admin_only: bool) -> Callable[[Request], Awaitabl
         except _DB_ERRORS:
             return _error(GatewayError(503, "store_unavailable", "The database is unreachable."))
 
+    declare(replace(operation, admin_only=admin_only))(endpoint)
     return endpoint
 
 
@@ -125,14 +161,52 @@ async def scoped(
         return await work(conn)
 
 
+WORKSPACE = obj(
+    {
+        "id": UUID,
+        "name": string(),
+        "plan": string(enum=["free", "pro"]),
+        "retention_days": nullable({"type": "integer"}),
+        "created_at": string(format="date-time"),
+    }
+)
+NAME = string(minLength=1, maxLength=100)
+KEY = obj(
+    {
+        "id": UUID,
+        "role": string(enum=["admin", "member"]),
+        "env": string(enum=["live", "test"]),
+        "project": nullable(string()),
+        "team": nullable(string()),
+        "last_four": string(),
+        "created_at": string(format="date-time"),
+        "revoked_at": nullable(string(format="date-time")),
+    }
+)
+PROVIDER = string(enum=list(ops.PROVIDERS))
+
+
+@declare(Operation("The caller's workspace", WORKSPACE))
 async def get_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     return json_response(
         await scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
     )
 
 
+@declare(
+    Operation(
+        "Create a workspace and its first admin key (the operator workspace only)",
+        obj({"id": UUID, "admin_key_id": UUID, "admin_key": string(pattern="^rcv_")}),
+        status=201,
+        body=obj(
+            {"name": NAME, "plan": nullable(string(enum=["free", "pro"]))},
+            required=("name",),
+            closed=True,
+        ),
+    )
+)
 async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(request, {"name", "plan"})
+    body = declared_body(request)
     caller = await scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
     if caller["name"] != OPERATOR_WORKSPACE:
         raise GatewayError(403, "forbidden", "Only the operator workspace creates workspaces.")
@@ -147,13 +221,39 @@ async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -
     )
 
 
+@declare(Operation("The workspace's rcv_ keys (last four characters only)", listing(KEY)))
 async def list_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     keys = await scoped(runtime, key, lambda c: ops.list_keys(c, key.customer_id))
     return json_response({"data": keys})
 
 
+@declare(
+    Operation(
+        "Create an rcv_ key (shown once)",
+        obj(
+            {
+                "id": UUID,
+                "role": string(enum=["admin", "member"]),
+                "env": string(enum=["live", "test"]),
+                "key": string(pattern="^rcv_"),
+                "last_four": string(),
+            }
+        ),
+        status=201,
+        body=obj(
+            {
+                "role": nullable(string(enum=["admin", "member"])),
+                "env": nullable(string(enum=["live", "test"])),
+                "project": nullable(NAME),
+                "team": nullable(NAME),
+            },
+            required=(),
+            closed=True,
+        ),
+    )
+)
 async def create_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(request, {"role", "env", "project", "team"})
+    body = declared_body(request)
     async with runtime.pool.acquire() as conn:
         created = await ops.create_key(
             conn,
@@ -175,6 +275,14 @@ async def create_key(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     )
 
 
+@declare(
+    Operation(
+        "Revoke an rcv_ key of the workspace",
+        obj({"id": UUID, "revoked": {"const": True}}),
+        path=(Param("key_id", UUID),),
+        errors=(400, 404),
+    )
+)
 async def revoke_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     key_id = request.path_params["key_id"]
     ops.parse_id(key_id, "key id")
@@ -185,16 +293,40 @@ async def revoke_key(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     return json_response({"id": key_id, "revoked": True})
 
 
+@declare(
+    Operation(
+        "The workspace's provider keys (last four characters only)",
+        listing(
+            obj(
+                {
+                    "provider": PROVIDER,
+                    "last_four": string(),
+                    "backend": string(),
+                    "created_at": string(format="date-time"),
+                }
+            )
+        ),
+    )
+)
 async def list_provider_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     keys = await scoped(runtime, key, lambda c: ops.list_provider_keys(c, key.customer_id))
     return json_response({"data": keys})
 
 
+@declare(
+    Operation(
+        "Store (or replace) the workspace's key for a provider, envelope-encrypted",
+        obj({"provider": PROVIDER, "last_four": string()}),
+        body=obj({"key": string(minLength=1, maxLength=4096)}, closed=True),
+        path=(Param("provider", PROVIDER),),
+        errors=(404,),
+    )
+)
 async def set_provider_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     provider = request.path_params["provider"]
     if provider not in ops.PROVIDERS:
         raise GatewayError(404, "not_found", f"Unknown provider; use one of {ops.PROVIDERS}.")
-    body = await json_body(request, {"key"})
+    body = declared_body(request)
     secret = body.get("key") or ""
     async with runtime.pool.acquire() as conn:
         await ops.set_provider_key(conn, runtime.keyring, key.customer_id, provider, secret)

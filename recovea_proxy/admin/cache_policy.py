@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import (
     OperationError,
     forget_workspace_keys,
@@ -31,6 +31,16 @@ from recovea_proxy.admin.operations import (
 )
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.config import Settings
+from recovea_proxy.contract import (
+    UUID,
+    Operation,
+    boolean,
+    declare,
+    integer,
+    nullable,
+    obj,
+    string,
+)
 from recovea_proxy.policy import CACHE_POLICIES, CACHE_TTL_MAX_S
 from recovea_proxy.runtime import Runtime
 
@@ -83,6 +93,16 @@ async def set_cache_policy(
     return {"workspace_id": str(workspace), **_json(row)}
 
 
+POLICY = obj(
+    {
+        "policy": string(enum=list(CACHE_POLICIES)),
+        "ttl_s": integer(),
+        "tool_calls": boolean(),
+    }
+)
+
+
+@declare(Operation("The workspace's exact cache and singleflight policy", POLICY))
 async def get_cache(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     row = await scoped(
         runtime,
@@ -95,8 +115,23 @@ async def get_cache(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
     return json_response(_json(row))
 
 
+@declare(
+    Operation(
+        "Change the workspace's cache policy (what is given; the rest stays)",
+        obj({"workspace_id": UUID, **POLICY["properties"]}),
+        body=obj(
+            {
+                "policy": nullable(string(enum=list(CACHE_POLICIES))),
+                "ttl_s": nullable(integer(minimum=1, maximum=CACHE_TTL_MAX_S)),
+                "tool_calls": nullable(boolean()),
+            },
+            required=(),
+            closed=True,
+        ),
+    )
+)
 async def put_cache(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(request, {"policy", "ttl_s", "tool_calls"}, strings_only=False)
+    body = declared_body(request)
     try:
         async with runtime.pool.acquire() as conn:
             result = await set_cache_policy(

@@ -16,21 +16,62 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.auth.resolver import KeyRecord
+from recovea_proxy.contract import (
+    UUID,
+    Operation,
+    Param,
+    boolean,
+    declare,
+    integer,
+    nullable,
+    obj,
+    string,
+)
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.meter.retention import PLAN_RETENTION_DAYS, delete_workspace
-from recovea_proxy.pricing.overrides import FIELDS as OVERRIDE_FIELDS
 from recovea_proxy.pricing.overrides import override_entry, read_overrides, write_override
-from recovea_proxy.pricing.rates import Price
+from recovea_proxy.pricing.rates import RATE_FIELDS, Price
 from recovea_proxy.pricing.table import shipped_prices
 from recovea_proxy.runtime import Runtime
+
+RATE = {"type": ["string", "number", "null"], "description": "USD per 1M tokens"}
+PRICE = obj(
+    {
+        **{name: string(description="USD per 1M tokens") for name in RATE_FIELDS},
+        "long_context": {"type": ["object", "null"]},
+        "service_tiers": {"type": "object"},
+        "source": string(),
+        "as_of": nullable(string()),
+    },
+    required=(*RATE_FIELDS, "source"),
+)
+MODEL_PATH = Param("model", string(minLength=1, maxLength=200), "a model name (may hold /)")
 
 
 def _price_json(price: Price, overridden: bool) -> dict[str, Any]:
     return {**price.as_json(), "override": overridden}
 
 
+@declare(
+    Operation(
+        "The effective price table: the shipped prices and the workspace's overrides",
+        obj(
+            {
+                "unit": string(),
+                "version": string(),
+                "data": {
+                    "type": "object",
+                    "additionalProperties": {
+                        **PRICE,
+                        "properties": {**PRICE["properties"], "override": boolean()},
+                    },
+                },
+            }
+        ),
+    )
+)
 async def list_prices(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     overrides = await scoped(runtime, key, lambda c: read_overrides(c, key.customer_id))
     shipped = shipped_prices()
@@ -46,9 +87,25 @@ def _model(request: Request) -> str:
     return model
 
 
+@declare(
+    Operation(
+        "Override every rate of a model for the workspace",
+        obj({**PRICE["properties"], "model": string()}, required=("model", *RATE_FIELDS)),
+        body=obj(
+            {
+                **{name: RATE for name in RATE_FIELDS},
+                "long_context": {"type": ["object", "null"]},
+                "service_tiers": {"type": ["object", "null"]},
+            },
+            required=("input", "cached_input", "output"),
+            closed=True,
+        ),
+        path=(MODEL_PATH,),
+    )
+)
 async def set_price(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     model = _model(request)
-    body = await json_body(request, set(OVERRIDE_FIELDS), strings_only=False)
+    body = declared_body(request)
     try:
         price = override_entry(model, body, datetime.now(UTC).date().isoformat())
     except ValueError as exc:
@@ -57,6 +114,14 @@ async def set_price(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
     return json_response({"model": model, **price.as_json()})
 
 
+@declare(
+    Operation(
+        "Drop the workspace's price override of a model",
+        obj({"model": string(), "deleted": {"const": True}}),
+        path=(MODEL_PATH,),
+        errors=(400, 404),
+    )
+)
 async def delete_price(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     model = _model(request)
     status = await scoped(
@@ -73,8 +138,23 @@ async def delete_price(request: Request, runtime: Runtime, key: KeyRecord) -> Re
     return json_response({"model": model, "deleted": True})
 
 
+@declare(
+    Operation(
+        "Set how long the workspace's rows are kept (null: its plan's default)",
+        obj(
+            {
+                "retention_days": nullable(integer()),
+                "effective_retention_days": integer(),
+            }
+        ),
+        body=obj(
+            {"retention_days": nullable(integer(minimum=1, maximum=3650))},
+            closed=True,
+        ),
+    )
+)
 async def set_retention(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(request, {"retention_days"}, strings_only=False)
+    body = declared_body(request)
     days = body.get("retention_days")
     if days is not None and (
         not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650
@@ -96,6 +176,26 @@ async def set_retention(request: Request, runtime: Runtime, key: KeyRecord) -> R
     )
 
 
+@declare(
+    Operation(
+        "Delete the workspace and everything it owns",
+        obj(
+            {
+                "id": UUID,
+                "deleted": {"type": "object", "additionalProperties": integer()},
+            }
+        ),
+        query=(
+            Param(
+                "confirm",
+                UUID,
+                "the workspace's own id, to confirm",
+                required=True,
+            ),
+        ),
+        errors=(400,),
+    )
+)
 async def delete_own_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     if request.query_params.get("confirm") != key.customer_id:
         raise bad_request("Deleting a workspace removes all its data: add ?confirm=<workspace id>.")

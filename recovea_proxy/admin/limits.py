@@ -26,10 +26,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import OperationError, check_name, parse_id, scope
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.config import Settings
+from recovea_proxy.contract import (
+    UUID,
+    Operation,
+    Param,
+    declare,
+    integer,
+    listing,
+    nullable,
+    obj,
+    string,
+)
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.guards.limit_rules import CONCURRENCY_MAX, MODEL_MAX, RPM_MAX, TPM_MAX
 from recovea_proxy.guards.limit_store import LIMITS_CHANNEL
@@ -235,17 +246,52 @@ async def clear_limit(conn: asyncpg.Connection, workspace_id: str, limit_id: str
 # -- the admin API ------------------------------------------------------------------
 
 
+_BOUND = nullable(integer())
+LIMIT = obj(
+    {
+        "id": UUID,
+        "scope": string(enum=["workspace", "project", "team", "key"]),
+        "project": nullable(string()),
+        "team": nullable(string()),
+        "key_id": nullable(UUID),
+        "model": nullable(string()),
+        "rpm": _BOUND,
+        "tpm": _BOUND,
+        "concurrency": _BOUND,
+        "on_failure": string(enum=list(FAILURE_MODES)),
+    }
+)
+_NAME = nullable(string(minLength=1, maxLength=100))
+
+
+@declare(Operation("The workspace's rate and concurrency limits", listing(LIMIT)))
 async def get_limits(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     limits = await scoped(runtime, key, lambda conn: list_limits(conn, key.customer_id))
     return json_response({"data": limits})
 
 
+@declare(
+    Operation(
+        "Set (or change) one limit; a limit left with no bound is removed (null)",
+        obj({"limit": nullable(LIMIT)}),
+        body=obj(
+            {
+                "project": _NAME,
+                "team": _NAME,
+                "key_id": nullable(string()),
+                "model": nullable(string(minLength=1, maxLength=MODEL_MAX)),
+                "rpm": nullable(integer(minimum=0, maximum=RPM_MAX)),
+                "tpm": nullable(integer(minimum=0, maximum=TPM_MAX)),
+                "concurrency": nullable(integer(minimum=0, maximum=CONCURRENCY_MAX)),
+                "on_failure": nullable(string(enum=list(FAILURE_MODES))),
+            },
+            required=(),
+            closed=True,
+        ),
+    )
+)
 async def put_limit(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    fields = {"project", "team", "key_id", "model", "rpm", "tpm", "concurrency", "on_failure"}
-    body = await json_body(request, fields, strings_only=False)
-    for name in ("project", "team", "key_id", "on_failure"):
-        if body.get(name) is not None and type(body[name]) is not str:
-            raise bad_request(f"{name} must be a string.")
+    body = declared_body(request)
     try:
         async with runtime.pool.acquire() as conn:
             result = await set_limit(conn, key.customer_id, **body)
@@ -255,6 +301,14 @@ async def put_limit(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
     return json_response({"limit": result})
 
 
+@declare(
+    Operation(
+        "Remove one limit of the workspace",
+        obj({"id": UUID, "removed": {"const": True}}),
+        path=(Param("limit_id", UUID),),
+        errors=(400, 404),
+    )
+)
 async def delete_limit(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     limit_id = request.path_params["limit_id"]
     async with runtime.pool.acquire() as conn:

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import (
     PROVIDERS,
     OperationError,
@@ -43,6 +43,17 @@ from recovea_proxy.admin.operations import (
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.clean import MODEL_MAX, TAG_MAX
 from recovea_proxy.config import Settings
+from recovea_proxy.contract import (
+    UUID,
+    Operation,
+    Param,
+    array,
+    declare,
+    integer,
+    nullable,
+    obj,
+    string,
+)
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.pricing.overrides import workspace_prices
 from recovea_proxy.route_table import compatible
@@ -267,13 +278,76 @@ async def remove_rule(
     return True
 
 
+RULE = obj(
+    {
+        "id": UUID,
+        "match_surface": nullable(string()),
+        "match_path": nullable(string()),
+        "match_model": string(),
+        "feature": nullable(string()),
+        "env": nullable(string()),
+        "provider": nullable(string()),
+        "to": string(),
+        "fallbacks": array(string()),
+        "shadow": {"type": "number"},
+        "disabled_at": nullable(string()),
+        "disabled_reason": nullable(string()),
+        "shadow_results": array(
+            obj(
+                {
+                    "routed_model": string(),
+                    "baseline_model": string(),
+                    "n": integer(),
+                    "disagreements": integer(),
+                    "verdict": nullable(string()),
+                }
+            )
+        ),
+    }
+)
+_MODEL = string(minLength=1, maxLength=MODEL_MAX)
+
+
+@declare(
+    Operation(
+        "The workspace's routing rules, with their shadow results and today's shadow spend",
+        obj(
+            {
+                "data": array(RULE),
+                "shadow_spend_today": obj({"usd": string(), "calls": integer()}),
+            }
+        ),
+    )
+)
 async def get_routes(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     listed = await scoped(runtime, key, lambda conn: _with_shadow(conn, key.customer_id))
     return json_response(listed)
 
 
+@declare(
+    Operation(
+        "Add a routing rule",
+        RULE,
+        status=201,
+        body=obj(
+            {
+                "match_model": _MODEL,
+                "to": _MODEL,
+                "match_surface": nullable(string(enum=list(PROVIDERS))),
+                "match_path": nullable(string(minLength=1, maxLength=256)),
+                "feature": nullable(string(minLength=1, maxLength=TAG_MAX)),
+                "env": nullable(string(enum=list(ENVS))),
+                "provider": nullable(string(enum=list(PROVIDERS))),
+                "fallbacks": nullable(array(_MODEL, maxItems=FALLBACKS_MAX)),
+                "shadow": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            },
+            required=("match_model", "to"),
+            closed=True,
+        ),
+    )
+)
 async def post_route(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(request, set(_FIELDS), strings_only=False)
+    body = declared_body(request)
     try:
         async with runtime.pool.acquire() as conn:
             rule = await add_rule(conn, key.customer_id, body)
@@ -282,6 +356,14 @@ async def post_route(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     return json_response(rule, 201)
 
 
+@declare(
+    Operation(
+        "Remove a routing rule of the workspace",
+        obj({"id": UUID, "removed": {"const": True}}),
+        path=(Param("rule_id", UUID),),
+        errors=(400, 404),
+    )
+)
 async def delete_route(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     rule_id = request.path_params["rule_id"]
     parse_id(rule_id, "rule id")

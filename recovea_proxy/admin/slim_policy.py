@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import (
     OperationError,
     forget_workspace_keys,
@@ -30,6 +30,7 @@ from recovea_proxy.admin.operations import (
 )
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.config import Settings
+from recovea_proxy.contract import UUID, Operation, boolean, declare, obj
 from recovea_proxy.runtime import Runtime
 
 
@@ -51,6 +52,10 @@ async def set_slim(conn: asyncpg.Connection, workspace_id: str, enabled: object)
     return {"workspace_id": str(workspace), "enabled": row["slim"]}
 
 
+SLIM = obj({"workspace_id": UUID, "enabled": boolean()})
+
+
+@declare(Operation("Whether the workspace's slim lever is on", SLIM))
 async def get_slim(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     enabled = await scoped(
         runtime,
@@ -62,8 +67,15 @@ async def get_slim(request: Request, runtime: Runtime, key: KeyRecord) -> Respon
     return json_response({"workspace_id": key.customer_id, "enabled": enabled})
 
 
+@declare(
+    Operation(
+        "Turn the workspace's slim lever on or off",
+        SLIM,
+        body=obj({"enabled": boolean()}, closed=True),
+    )
+)
 async def put_slim(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(request, {"enabled"}, strings_only=False)
+    body = declared_body(request)
     try:
         async with runtime.pool.acquire() as conn:
             result = await set_slim(conn, key.customer_id, body.get("enabled"))

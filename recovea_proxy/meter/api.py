@@ -30,6 +30,20 @@ from starlette.routing import Route
 
 from recovea_proxy.admin.api import bad_request, json_response, keyed, scoped
 from recovea_proxy.auth.resolver import KeyRecord
+from recovea_proxy.contract import (
+    MOMENT,
+    MONEY,
+    UUID,
+    Operation,
+    Param,
+    array,
+    boolean,
+    declare,
+    integer,
+    nullable,
+    obj,
+    string,
+)
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.meter.event import COLUMNS
 from recovea_proxy.meter.rollup import COUNTS, parse_moment
@@ -54,6 +68,65 @@ _GROUPS = {
 }
 _OVER_TIME = ("hour", "day")
 _SUMS = (*COUNTS, "unpriced")
+
+
+_TEXT = nullable(string())
+_COUNT = nullable(integer())
+#: a request_events row as the API returns it (exactly the columns, in JSON)
+ROW = obj(
+    {
+        "request_id": string(pattern="^[0-9a-f]{32}$"),
+        "trace_id": string(),
+        "customer_id": nullable(UUID),
+        "project_id": nullable(UUID),
+        "team_id": nullable(UUID),
+        "rcv_key_id": nullable(UUID),
+        "route_id": nullable(UUID),
+        "feature": _TEXT,
+        "end_user_id": _TEXT,
+        "baseline_model": _TEXT,
+        "realized_model": _TEXT,
+        "input_tokens": _COUNT,
+        "output_tokens": _COUNT,
+        "cached_tokens": _COUNT,
+        "reasoning_tokens": _COUNT,
+        "levers_fired": {
+            "type": "object",
+            "additionalProperties": string(enum=["hit", "miss", "skip", "error"]),
+        },
+        "cache_hit": boolean(),
+        "cache_type": _TEXT,
+        "dedup_singleflight": boolean(),
+        "finish_reason": _TEXT,
+        "success": nullable(boolean()),
+        "fell_back_to_baseline": boolean(),
+        "status": string(enum=["success", "error"]),
+        "latency_total_ms": {"type": "number"},
+        "gateway_overhead_ms": {"type": "number"},
+        "provider": string(),
+        "env": nullable(string(enum=["live", "test"])),
+        "ts": string(format="date-time"),
+        "baseline_cost": {"type": "null"},
+        "realized_cost": {"type": "null"},
+    },
+    closed=True,
+)
+RECEIPT = obj(
+    {
+        "request_id": string(pattern="^[0-9a-f]{32}$"),
+        "chain": string(),
+        "seq": integer(minimum=1),
+        "kid": string(),
+        "token": string(),
+    }
+)
+_REQUEST_ID = Param("request_id", string(), "the request's x-request-id (32 hex digits)")
+_USAGE_SUMS = {name: _COUNT for name in (*COUNTS, "unpriced")}
+_USAGE_MONEY = {
+    "baseline_cost_usd": nullable(MONEY),
+    "realized_cost_usd": nullable(MONEY),
+    "savings_usd": nullable(MONEY),
+}
 
 
 def _not_found(what: str) -> GatewayError:
@@ -86,6 +159,14 @@ def _row_json(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
+@declare(
+    Operation(
+        "The stored row of one request: exactly the request_events columns",
+        ROW,
+        path=(_REQUEST_ID,),
+        errors=(404,),
+    )
+)
 async def get_request(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     request_id = _request_id(request)
     row = await scoped(
@@ -146,6 +227,7 @@ def _receipt_json(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+@declare(Operation("The receipt of one request", RECEIPT, path=(_REQUEST_ID,), errors=(404,)))
 async def get_receipt(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     request_id = _request_id(request)
     row = await scoped(
@@ -216,16 +298,61 @@ async def _chains(runtime: Runtime, key: KeyRecord) -> Response:
     return json_response({"object": "list", "data": chains})
 
 
+@declare(
+    Operation(
+        "The workspace's receipt chains; with chain=, one page of that chain",
+        {
+            "oneOf": [
+                obj(
+                    {
+                        "object": {"const": "list"},
+                        "data": array(
+                            obj(
+                                {
+                                    "chain": string(),
+                                    "first_seq": integer(),
+                                    "last_seq": integer(),
+                                    "receipts": integer(),
+                                    "first_ts": string(format="date-time"),
+                                    "last_ts": string(format="date-time"),
+                                }
+                            )
+                        ),
+                    }
+                ),
+                obj(
+                    {
+                        "object": {"const": "recovea-chain-v1"},
+                        "chain": string(),
+                        "first_seq": nullable(integer()),
+                        "last_seq": nullable(integer()),
+                        "receipts": array(
+                            obj({k: v for k, v in RECEIPT["properties"].items() if k != "chain"})
+                        ),
+                        "has_more": boolean(),
+                        "next_after_seq": nullable(integer()),
+                    }
+                ),
+            ]
+        },
+        query=(
+            Param("chain", string(pattern="^[A-Za-z0-9_-]{1,128}$"), "a chain id"),
+            Param("after_seq", integer(minimum=0, maximum=2**62), "receipts after this seq"),
+            Param("limit", integer(minimum=0, maximum=LEDGER_PAGE_MAX), "receipts per page"),
+        ),
+        errors=(400,),
+    )
+)
 async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     """The workspace's chains; with `chain=`, one page of that chain (`recovea-chain-v1`)
     and the chain's stored first and last seq, so a verifier can tell a cut head or tail."""
     chain = request.query_params.get("chain")
+    after = _int_param(request, "after_seq", 0, 2**62)
+    limit = _int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
     if not chain:
         return await _chains(runtime, key)
     if not _CHAIN_ID.fullmatch(chain):
         raise bad_request("chain must be a chain id.")
-    after = _int_param(request, "after_seq", 0, 2**62)
-    limit = _int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
     rows = await scoped(
         runtime,
         key,
@@ -257,6 +384,27 @@ def _moment(request: Request, name: str, default: datetime) -> datetime:
         raise bad_request(f"{name} must be an ISO 8601 date or time.") from None
 
 
+@declare(
+    Operation(
+        "Priced rollups grouped by one dimension: requests, tokens, costs, savings",
+        obj(
+            {
+                "object": {"const": "usage"},
+                "group_by": string(enum=list(_GROUPS)),
+                "from": string(format="date-time"),
+                "to": string(format="date-time"),
+                "data": array(obj({"key": _TEXT, **_USAGE_SUMS, **_USAGE_MONEY})),
+                "totals": obj({**_USAGE_SUMS, **_USAGE_MONEY}),
+            }
+        ),
+        query=(
+            Param("group_by", string(enum=list(_GROUPS)), "the dimension (default model)"),
+            Param("from", MOMENT, "start (default: 30 days before to)"),
+            Param("to", MOMENT, "end, exclusive (default: now)"),
+        ),
+        errors=(400,),
+    )
+)
 async def get_usage(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     group_by = request.query_params.get("group_by", "model")
     expression = _GROUPS.get(group_by)

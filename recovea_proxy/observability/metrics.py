@@ -51,6 +51,13 @@ class GatewayMetrics:
             ("layer", "reason"),
             registry=self.registry,
         )
+        self.otel_spans = Counter(
+            "recovea_otel_spans_total",
+            "OpenTelemetry spans by outcome: exported, or dropped (queue full, or the "
+            "collector refused or did not answer; also in gateway_fail_open_total).",
+            ("outcome",),
+            registry=self.registry,
+        )
         self.route_attempts = Counter(
             "recovea_route_attempts_total",
             "Upstream attempts of routed requests, by target provider, model (a price-table "

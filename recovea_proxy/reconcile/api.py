@@ -20,13 +20,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, keyed, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, keyed, scoped
 from recovea_proxy.admin.operations import PROVIDERS
 from recovea_proxy.auth.resolver import KeyRecord
+from recovea_proxy.contract import (
+    MONEY,
+    UUID,
+    Operation,
+    Param,
+    array,
+    boolean,
+    declare,
+    integer,
+    listing,
+    nullable,
+    obj,
+    string,
+)
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.meter.rollup import parse_moment
 from recovea_proxy.reconcile.compare import reconciliation
 from recovea_proxy.reconcile.report_keys import (
+    REPORT_PROVIDERS,
     check_provider,
     delete_report_key,
     list_report_keys,
@@ -48,6 +63,60 @@ def _day(request: Request, name: str, default: date) -> date:
         raise bad_request(f"{name} must be an ISO 8601 date.") from None
 
 
+_SIDE = {
+    "requests": nullable(integer()),
+    "input_tokens": integer(),
+    "cached_tokens": integer(),
+    "output_tokens": integer(),
+    "cost_usd": nullable(MONEY),
+}
+_REPORT_PROVIDER = Param("provider", string(enum=list(REPORT_PROVIDERS)))
+
+
+@declare(
+    Operation(
+        "Per day, provider and model: the provider's reported usage against the ledger's",
+        obj(
+            {
+                "object": {"const": "reconciliation"},
+                "workspace_id": UUID,
+                "from": string(format="date"),
+                "to": string(format="date"),
+                "tolerance_pct": {"type": "number"},
+                "data": array(
+                    obj(
+                        {
+                            "day": string(format="date"),
+                            "provider": string(),
+                            "model": string(),
+                            "verdict": string(),
+                            "settled": boolean(),
+                            "provider_reported": obj(_SIDE),
+                            "ledger": obj({**_SIDE, "unpriced": integer()}),
+                            "difference": obj(
+                                {**_SIDE, "input_tokens": integer(), "requests": _SIDE["requests"]}
+                            ),
+                        },
+                        required=(
+                            "day",
+                            "provider",
+                            "model",
+                            "verdict",
+                            "provider_reported",
+                            "ledger",
+                        ),
+                    )
+                ),
+                "polls": array({"type": "object"}),
+            }
+        ),
+        query=(
+            Param("from", string(format="date"), "first day (default: RECOVEA_RECONCILE_DAYS ago)"),
+            Param("to", string(format="date"), "last day, exclusive (default: tomorrow)"),
+        ),
+        errors=(400,),
+    )
+)
 async def get_reconciliation(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     settings = runtime.settings
     until = _day(request, "to", datetime.now(UTC).date() + timedelta(days=1))
@@ -77,15 +146,39 @@ def _provider(request: Request) -> str:
     return check_provider(provider)
 
 
+@declare(
+    Operation(
+        "The workspace's usage-report keys (last four characters only)",
+        listing(
+            obj(
+                {
+                    "provider": string(),
+                    "last_four": string(),
+                    "backend": string(),
+                    "created_at": string(format="date-time"),
+                }
+            )
+        ),
+    )
+)
 async def get_report_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     async with runtime.pool.acquire() as conn:
         keys = await list_report_keys(conn, key.customer_id)
     return json_response({"data": keys})
 
 
+@declare(
+    Operation(
+        "Store (or replace) the workspace's usage-report key for a provider",
+        obj({"provider": string(), "last_four": string()}),
+        body=obj({"key": string(minLength=1, maxLength=4096)}, closed=True),
+        path=(_REPORT_PROVIDER,),
+        errors=(400, 404),
+    )
+)
 async def put_report_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     provider = _provider(request)
-    body = await json_body(request, {"key"})
+    body = declared_body(request)
     async with runtime.pool.acquire() as conn:
         stored = await set_report_key(
             conn, runtime.keyring, key.customer_id, provider, body.get("key") or ""
@@ -93,6 +186,14 @@ async def put_report_key(request: Request, runtime: Runtime, key: KeyRecord) -> 
     return json_response({"provider": provider, "last_four": stored["last_four"]})
 
 
+@declare(
+    Operation(
+        "Remove the workspace's usage-report key for a provider (its figures stay)",
+        obj({"provider": string(), "deleted": {"const": True}}),
+        path=(_REPORT_PROVIDER,),
+        errors=(400, 404),
+    )
+)
 async def delete_report_key_route(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     provider = _provider(request)
     async with runtime.pool.acquire() as conn:
