@@ -484,7 +484,7 @@ def test_the_api_and_the_cli_refuse_bad_input(
         "--provider",
         "openai",
         env=env,
-        stdin="short\n",
+        stdin="sk-Zq7\n",  # under 8 characters (and nowhere else in any output)
     )
     assert short.returncode == 1 and "report key must be 8 to 512" in short.stderr
     bad_id = cli("reconcile", "--workspace", "nope", env=env)
