@@ -325,6 +325,42 @@ def test_overrun_cut_ends_the_stream_and_finish_lets_it_complete(
     assert any(line.get("event") == "cap_overrun" for line in gateway.log_lines())
 
 
+def fullest(gateway: Gateway) -> float:
+    """`recovea_cap_fullest_ratio` from the gateway's /metrics."""
+    prefix = "recovea_cap_fullest_ratio "
+    found = [line for line in gateway.metrics().splitlines() if line.startswith(prefix)]
+    assert len(found) == 1, found
+    return float(found[0].removeprefix(prefix))
+
+
+def test_the_fullest_cap_gauge_follows_the_spend_and_forgets_a_disabled_cap(
+    mock: MockServer, workdir: Path, db_env: dict[str, str]
+) -> None:
+    """A gateway of its own (so only this cap is synced): the gauge is 0 with no cap;
+    8 requests of 0.00019 USD under a 0.0019 USD cap read 0.8 once the lease is idle
+    and given back (spent + leased over usd, as `cap show` has it); a disabled cap is
+    0 again."""
+    gw = Gateway({**upstream_env(mock), **db_env, **FAST}, workdir)
+    try:
+        assert fullest(gw) == 0.0
+        tenant = make_tenant(db_env, "caps-fullest")
+        set_cap(db_env, [gw], "set", "--workspace", tenant.workspace, "--usd", "0.0019")
+        for i in range(8):
+            assert post(gw, tenant, body(f"fill {i}", max_tokens=16)).status_code == 200
+        cap = wait_until(
+            lambda: (c := show(db_env, tenant)["caps"][0])["reserved"] == "0" and c,
+            10,
+            "the lease given back",
+        )
+        expected = float(Decimal(cap["spent"]) / Decimal(cap["usd"]))
+        assert 0.75 <= expected < 0.9, cap
+        wait_until(lambda: abs(fullest(gw) - expected) < 1e-9, 10, f"the gauge at {expected}")
+        set_cap(db_env, [gw], "disable", "--workspace", tenant.workspace)
+        wait_until(lambda: fullest(gw) == 0.0, 10, "the gauge back at 0")
+    finally:
+        gw.stop()
+
+
 def test_cap_commands_and_admin_api_validate_and_agree(
     gateway: Gateway, db_env: dict[str, str]
 ) -> None:

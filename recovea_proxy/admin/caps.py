@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -25,14 +26,68 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recovea_proxy.admin.api import admin, bad_request, json_body, json_response, scoped
+from recovea_proxy.admin.api import admin, bad_request, declared_body, json_response, scoped
 from recovea_proxy.admin.operations import OperationError
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.config import Settings
+from recovea_proxy.contract import (
+    MONEY,
+    UUID,
+    Operation,
+    Schema,
+    array,
+    boolean,
+    declare,
+    nullable,
+    obj,
+    string,
+)
 from recovea_proxy.guards import caps_store as store
 from recovea_proxy.runtime import Runtime
 
 _SCOPE_FIELDS = ("project", "team", "key")
+
+
+def _amount(maximum: Decimal, what: str) -> Schema:
+    """A dollar amount as a string or a JSON number (`caps_store.parse_usd` reads it
+    and refuses more than 6 decimals with 400)."""
+    return {
+        "type": ["string", "number"],
+        "pattern": r"^[0-9]+(\.[0-9]{1,6})?$",
+        "minimum": 0,
+        "maximum": int(maximum),
+        "description": f'{what}, such as 25 or "12.50" (at most 6 decimals)',
+    }
+
+
+_NAME = nullable(string(minLength=1, maxLength=100))
+#: at most one; none for the workspace's cap
+_SCOPE_BODY = {
+    "project": _NAME,
+    "team": _NAME,
+    "key": nullable(string(format="uuid", description="an rcv_ key id")),
+}
+_RATE = _amount(store.RATE_MAX, "USD")
+CAP = obj(
+    {
+        "scope": string(enum=list(store.SCOPES)),
+        "id": UUID,
+        "name": nullable(string()),
+        "usd": MONEY,
+        "period": string(enum=list(store.PERIODS)),
+        "period_start": string(format="date-time"),
+        "on_overrun": string(enum=list(store.OVERRUNS)),
+        "enabled": boolean(),
+        "spent": MONEY,
+        "reserved": MONEY,
+        "in_flight": MONEY,
+        "left": MONEY,
+    }
+)
+OPTIONS = {
+    "fallback_price": nullable(obj({"input": MONEY, "output": MONEY})),
+    "unmetered_reserve": nullable(MONEY),
+}
 
 
 def _scope(body: dict[str, Any]) -> tuple[str, str | None]:
@@ -41,10 +96,7 @@ def _scope(body: dict[str, Any]) -> tuple[str, str | None]:
         raise store.CapError("give at most one of project, team, key")
     if not given:
         return "workspace", None
-    value = body[given[0]]
-    if not isinstance(value, str):
-        raise store.CapError(f"{given[0]} must be a string")
-    return given[0], value
+    return given[0], body[given[0]]
 
 
 async def _store(runtime: Runtime, work: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
@@ -55,17 +107,35 @@ async def _store(runtime: Runtime, work: Callable[[asyncpg.Connection], Awaitabl
         raise bad_request(str(exc)) from None
 
 
+@declare(
+    Operation(
+        "The workspace's spend caps with their state this period, and its cap options",
+        obj({"workspace_id": UUID, "caps": array(CAP), "options": obj(OPTIONS)}),
+    )
+)
 async def get_caps(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     shown = await scoped(runtime, key, lambda conn: store.show_caps(conn, key.customer_id))
     return json_response(shown)
 
 
-async def put_cap(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(
-        request, {"usd", "period", "on_overrun", *_SCOPE_FIELDS}, strings_only=False
+@declare(
+    Operation(
+        "Set (and enable) the cap of the workspace, or of one project, team or key",
+        CAP,
+        body=obj(
+            {
+                "usd": _amount(store.USD_MAX, "USD per period"),
+                "period": nullable(string(enum=list(store.PERIODS))),
+                "on_overrun": nullable(string(enum=list(store.OVERRUNS))),
+                **_SCOPE_BODY,
+            },
+            required=("usd",),
+            closed=True,
+        ),
     )
-    if body.get("usd") is None:
-        raise bad_request("usd is required")
+)
+async def put_cap(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    body = declared_body(request)
 
     async def work(conn: asyncpg.Connection) -> dict[str, Any]:
         scope, name = _scope(body)
@@ -82,8 +152,16 @@ async def put_cap(request: Request, runtime: Runtime, key: KeyRecord) -> Respons
     return json_response(await _store(runtime, work))
 
 
+@declare(
+    Operation(
+        "Disable the cap of the workspace (no field), or of one project, team or key;"
+        " 400 when there is none",
+        CAP,
+        body=obj(_SCOPE_BODY, required=(), closed=True),
+    )
+)
 async def disable_cap(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(request, set(_SCOPE_FIELDS), strings_only=False)
+    body = declared_body(request)
 
     async def work(conn: asyncpg.Connection) -> dict[str, Any]:
         scope, name = _scope(body)
@@ -92,13 +170,35 @@ async def disable_cap(request: Request, runtime: Runtime, key: KeyRecord) -> Res
     return json_response(await _store(runtime, work))
 
 
+@declare(
+    Operation(
+        "Change the workspace's cap options (a field left out is kept; null clears it)",
+        obj({"workspace_id": UUID, **OPTIONS}),
+        body=obj(
+            {
+                "fallback_price": nullable(
+                    obj(
+                        {"input": _RATE, "output": _RATE},
+                        closed=True,
+                        description="USD per 1M tokens for a model with no price",
+                    )
+                ),
+                "unmetered_reserve": nullable(
+                    {**_RATE, "description": "USD reserved (and charged) per unmetered request"}
+                ),
+            },
+            required=(),
+            closed=True,
+        ),
+    )
+)
 async def put_options(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    body = await json_body(request, {"fallback_price", "unmetered_reserve"}, strings_only=False)
+    body = declared_body(request)
     changes: dict[str, Any] = {}
     if "fallback_price" in body:
         price = body["fallback_price"]
         if price is not None:
-            if not isinstance(price, dict) or set(price) != {"input", "output"}:
+            if set(price) != {"input", "output"}:
                 raise bad_request('fallback_price must be {"input", "output"} or null')
             price = (price["input"], price["output"])
         changes["fallback"] = price

@@ -168,9 +168,15 @@ class SpendCaps:
         self.book = book
         self.leases = leases
         self.metrics = metrics
+        metrics.fullest = self.fullest
         self._default_output = default_output_tokens
         #: rate cards by (id(price), tier), with the price they were read from
         self._cards: dict[tuple[int, str | None], tuple[Price, RateCard | None]] = {}
+
+    def fullest(self) -> float:
+        """How full the fullest enabled cap is, as this process last synced it (for
+        `recovea_cap_fullest_ratio`, at scrape time)."""
+        return self.leases.fullest(self.book.enabled)
 
     def card(self, price: Price, tier: str | None) -> RateCard | None:
         """The rate card of `price` at `tier`, read once per price object."""

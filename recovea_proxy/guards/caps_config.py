@@ -91,6 +91,15 @@ class WorkspaceCaps:
             caps.append(cap)
         return caps
 
+    def holds(self, cap: Cap) -> bool:
+        """Whether `cap` (by id) is one of these enabled caps."""
+        if cap.scope == "workspace":
+            found = self.workspace
+        else:
+            scoped = {"project": self.projects, "team": self.teams, "key": self.keys}
+            found = scoped.get(cap.scope, {}).get(cap.scope_id)
+        return found is not None and found.id == cap.id
+
     def price_for(self, model: str) -> Price | None:
         """The model's price under the workspace's overrides (cached, bounded)."""
         try:
@@ -183,6 +192,11 @@ class CapBook:
     @property
     def empty(self) -> bool:
         return not self._caps
+
+    def enabled(self, cap: Cap) -> bool:
+        """Whether `cap` is enabled as of the last load."""
+        caps = self._caps.get(cap.workspace_id)
+        return caps is not None and caps.holds(cap)
 
     async def start(self, listen_url: str) -> None:
         """Load the caps (raises when the database cannot be read: the gateway does not

@@ -43,7 +43,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import asyncpg
 import structlog
@@ -160,6 +162,9 @@ class LeaseBook:
         self._leases: dict[tuple[uuid.UUID, datetime], Lease] = {}
         #: the current period's lease of each cap (by cap id), for the hot path
         self._current: dict[int, Lease] = {}
+        #: by cap id: (spent + leased) / usd as its last sync read it, and that lease;
+        #: kept after the lease is given back, read (and pruned) by `fullest`
+        self._fill: dict[uuid.UUID, tuple[float, Lease]] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
         self._schedule: asyncio.Task[None] | None = None
         self.periods = Periods()
@@ -265,7 +270,9 @@ class LeaseBook:
         if row is None:  # the cap is gone: what is in flight settles into nothing
             lease.amount = lease.consumed
             lease.trusted_until = 0.0
+            self._fill.pop(lease.cap.id, None)
             return False
+        self._filled(lease, row["usd"], row["spent"] + row["leased"])
         before = unfolded - give_back
         now_amount = to_nano(row["amount"])
         lease.amount = now_amount + lease.consumed
@@ -275,6 +282,29 @@ class LeaseBook:
         elif now_amount < before or give_back:
             self._metrics.lease("returned")
         return bool(row["carved"])
+
+    def _filled(self, lease: Lease, usd: Decimal, used: Decimal) -> None:
+        """Keep how full the lease's cap is (the current period's, if a sync of the
+        previous one comes late); a cap of 0 (or disabled: the sync reads 0) is none."""
+        cap_id = lease.cap.id
+        if usd <= 0:
+            self._fill.pop(cap_id, None)
+            return
+        known = self._fill.get(cap_id)
+        if known is None or known[1].period_start <= lease.period_start:
+            self._fill[cap_id] = (float(used / usd), lease)
+
+    def fullest(self, enabled: Callable[[Cap], bool]) -> float:
+        """The highest fill of the `enabled` caps in their current period (0: none);
+        forgets the others, so what it keeps is bounded by the enabled caps."""
+        now = time.monotonic()
+        highest = 0.0
+        for cap_id, (ratio, lease) in list(self._fill.items()):
+            if now >= lease.ends or not enabled(lease.cap):
+                del self._fill[cap_id]
+            elif ratio > highest:
+                highest = ratio
+        return highest
 
     def start(self) -> None:
         self._schedule = asyncio.get_running_loop().create_task(self._run(), name="cap-leases")

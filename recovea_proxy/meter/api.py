@@ -184,6 +184,30 @@ async def get_request(request: Request, runtime: Runtime, key: KeyRecord) -> Res
     return json_response(_row_json(row))
 
 
+@declare(
+    Operation(
+        "The workspace's latest rows in [from, to), newest first",
+        obj(
+            {
+                "object": {"const": "list"},
+                "from": string(format="date-time"),
+                "to": string(format="date-time"),
+                "data": array(ROW),
+                "has_more": boolean(),
+            }
+        ),
+        query=(
+            Param("from", MOMENT, "start (default: 24 hours before to)"),
+            Param("to", MOMENT, "end, exclusive (default: now)"),
+            Param(
+                "limit",
+                integer(minimum=0, maximum=REQUESTS_PAGE_MAX),
+                "rows per answer (default 50; 0 is read as 1)",
+            ),
+        ),
+        errors=(400,),
+    )
+)
 async def list_requests(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     """The workspace's latest rows in [from, to), newest first: exactly the columns of
     `GET /v1/recovea/requests/{id}`, at most `limit` of them."""
