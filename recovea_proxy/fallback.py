@@ -50,6 +50,7 @@ from recovea_proxy.errors import GatewayError
 from recovea_proxy.exchange import Exchange
 from recovea_proxy.levers import LeverRequest
 from recovea_proxy.providers import PROVIDERS
+from recovea_proxy.providers.sse import whole_events
 from recovea_proxy.route_table import Target
 from recovea_proxy.sources import Headers, UpstreamSource
 from recovea_proxy.upstream import classify
@@ -58,9 +59,7 @@ _TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 _SSE = b"text/event-stream"
 #: event types that come before any content: a stream's first error after them
 #: still moves the walk on
-_PREAMBLE_TYPES = frozenset(
-    {"ping", "message_start", "response.created", "response.in_progress"}
-)
+_PREAMBLE_TYPES = frozenset({"ping", "message_start", "response.created", "response.in_progress"})
 _PREAMBLE_EVENTS = frozenset({b"ping", b"message_start"})
 
 
@@ -103,9 +102,9 @@ async def walk(
             body = orjson.dumps(parsed)
         body, hide_usage = provider.prepare_request(surface.kind, parsed, body)
         if provider is not surface.provider:
-            hide_usage = hide_usage or surface.provider.prepare_request(
-                surface.kind, parsed, body
-            )[1]
+            hide_usage = (
+                hide_usage or surface.provider.prepare_request(surface.kind, parsed, body)[1]
+            )
             try:
                 credentials = await rt.auth.credentials_for(principal.workspace_id, provider)
             except GatewayError:
@@ -212,24 +211,11 @@ def first_verdict(buf: bytes) -> str | None:
     """`error` when the stream's first event after its preamble (comments, pings, the
     message or response start, role-only chunks) is an error; `content` when it is
     anything else; None when no such event is complete in `buf` yet."""
-    events = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n")
-    for event in events[:-1]:
-        name: bytes | None = None
-        data: list[bytes] = []
-        for line in event.split(b"\n"):
-            if not line or line.startswith(b":"):
-                continue
-            field, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if field == b"event":
-                name = value
-            elif field == b"data":
-                data.append(value)
+    for name, joined in whole_events(buf, complete_only=True):
         if name == b"error":
             return "error"
-        if not data or name in _PREAMBLE_EVENTS:
+        if joined is None or name in _PREAMBLE_EVENTS:
             continue
-        joined = b"\n".join(data)
         if joined == b"[DONE]":
             return "content"
         try:

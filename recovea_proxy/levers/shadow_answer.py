@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from recovea_proxy.providers.base import CHAT, MESSAGES, RESPONSES
+from recovea_proxy.providers.sse import whole_events
 
 #: endpoint kinds shadow evaluation can reassemble
 KINDS = frozenset({CHAT, RESPONSES, MESSAGES})
@@ -166,22 +167,11 @@ def _messages_json(doc: dict[str, Any]) -> Answer | None:
 
 def _events(body: bytes) -> list[tuple[bytes | None, bytes]]:
     """(event name, joined data) of each complete SSE event; `[DONE]` left out."""
-    out: list[tuple[bytes | None, bytes]] = []
-    for event in body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n"):
-        name: bytes | None = None
-        data: list[bytes] = []
-        for line in event.split(b"\n"):
-            if not line or line.startswith(b":"):
-                continue
-            field, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if field == b"event":
-                name = value
-            elif field == b"data":
-                data.append(value)
-        if data and data != [b"[DONE]"]:
-            out.append((name, b"\n".join(data)))
-    return out
+    return [
+        (name, data)
+        for name, data in whole_events(body, complete_only=False)
+        if data is not None and data != b"[DONE]"
+    ]
 
 
 def _from_events(kind: str, events: list[tuple[bytes | None, bytes]]) -> Answer | None:

@@ -69,3 +69,28 @@ def data_of(line: bytes) -> bytes | None:
         return None
     value = line[5:]
     return value[1:] if value[:1] == b" " else value
+
+
+def whole_events(buf: bytes, *, complete_only: bool) -> list[tuple[bytes | None, bytes | None]]:
+    """(event name, its `data:` lines joined) of each event in `buf`, for readers that
+    hold a whole stream or its head (not the per-chunk taps); the data is None for an
+    event without any. `complete_only`: leave out a last event not yet ended by a
+    blank line (`buf` is a stream's head)."""
+    events = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n")
+    if complete_only:
+        events.pop()
+    out: list[tuple[bytes | None, bytes | None]] = []
+    for event in events:
+        name: bytes | None = None
+        data: list[bytes] = []
+        for line in event.split(b"\n"):
+            if not line or line.startswith(b":"):
+                continue
+            field, _, value = line.partition(b":")
+            value = value[1:] if value.startswith(b" ") else value
+            if field == b"event":
+                name = value
+            elif field == b"data":
+                data.append(value)
+        out.append((name, b"\n".join(data) if data else None))
+    return out
