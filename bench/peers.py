@@ -3,7 +3,8 @@ into a cache directory of their own (`.bench-peers/`, git-ignored) and pointed a
 same mock provider as every other target.
 
 - LiteLLM: `litellm[proxy]` from PyPI in a virtualenv the bench creates
-  (`.bench-peers/litellm-venv`), run as `litellm --config F --num_workers 1` with no
+  (`.bench-peers/litellm-venv`), run as `litellm --config F --num_workers 1` with a
+  master key (it refuses to start without one; the bench's requests send it), no
   database (no `DATABASE_URL`) and `LITELLM_LOCAL_MODEL_COST_MAP=True`. The config
   maps `gpt-4o-mini` to the mock (`openai/…`, `api_base` the mock's `/v1`) and
   `bench-slow` to a second mock whose streams are slow by default: LiteLLM does not
@@ -31,6 +32,8 @@ from bench.targets import Target
 
 CACHE = Path(__file__).resolve().parent.parent / ".bench-peers"
 INSTALL_TIMEOUT_S = 900
+#: LiteLLM refuses to start without a master key; the bench's requests carry it
+MASTER_KEY = "sk-bench-" + "5f3c9a1e7b2d4c6e8a0f1b3d5c7e9a2b"
 
 
 class PeerUnavailable(RuntimeError):
@@ -113,13 +116,14 @@ def litellm(mock_url: str, slow_mock_url: str, workdir: Path, cache: Path = CACH
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "LITELLM_TELEMETRY": "False",
         "LITELLM_LOG": "ERROR",
-        "DATABASE_URL": "",
+        "LITELLM_MASTER_KEY": MASTER_KEY,
     }
     return Target(
         "litellm",
         [str(binary), "--config", str(config), "--num_workers", "1"],
         env,
         ready_path="/health/liveliness",
+        setup=lambda env: MASTER_KEY,
         slow_model="bench-slow",
     )
 
