@@ -43,8 +43,16 @@ mutate: $(MUTATE_STAMP)
 	$(BIN)/mutmut run $(MUTANTS)
 	$(BIN)/python -m tests.mutation_report
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.run
+## Every bench target in one run (floor, gateway-everything, gateway-hit, LiteLLM,
+## Portkey, direct): bench/README.md. The peers install into .bench-peers/.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.suite
 
 clean:
 	rm -rf $(VENV) .recovea .pytest_cache .mypy_cache .ruff_cache mutants

@@ -25,7 +25,10 @@ A response counts as a success when its status is 200 and, for a stream, it
 ends with `data: [DONE]` (before a gateway's closing receipt line). It runs in its
 own process so its CPU never counts against the proxy under test, and prints one
 JSON object of numbers:
-requests, ok, errors, dropped, seconds, rps, p50_ms, p90_ms, p99_ms, max_ms.
+requests, ok, errors, dropped, seconds, rps, p50_ms, p90_ms, p99_ms, max_ms, and for
+streams the time from sending a request to the first byte of its body
+(ttfb_p50_ms, ttfb_p90_ms, ttfb_p99_ms) and the most responses open at once
+(open_peak: headers received, body not yet ended).
 
     python -m bench.loadgen --url http://127.0.0.1:8080/v1/chat/completions \
         --requests 2000 --concurrency 16 [--stream] [--rate 500] [--duration 10]
@@ -56,8 +59,13 @@ class Tally:
     """What one run saw: latencies of successful requests (s), failures, drops."""
 
     latencies: list[float] = field(default_factory=list)
+    #: time to the first byte of the body (streams only)
+    first_bytes: list[float] = field(default_factory=list)
     errors: int = 0
     dropped: int = 0
+    #: responses whose headers came and whose body has not ended, now and at most
+    open_now: int = 0
+    open_peak: int = 0
 
     def add(self, ok: bool, seconds: float) -> None:
         if ok:
@@ -71,12 +79,18 @@ _PROMPT = "benchmark prompt " * 20
 _MARK = "@@mark@@"
 
 
-def chat_body(stream: bool, include_usage: bool, kind: str = "plain", mark: str = "") -> bytes:
+def chat_body(
+    stream: bool,
+    include_usage: bool,
+    kind: str = "plain",
+    mark: str = "",
+    model: str = "gpt-4o-mini",
+) -> bytes:
     """A ~400-byte chat completion request, like a short real prompt; `cache-*` kinds
     ask for `temperature` 0 (shareable under the default cache policy) and end the
     prompt with `mark`."""
     doc: dict[str, object] = {
-        "model": "gpt-4o-mini",
+        "model": model,
         "stream": stream,
         "messages": [{"role": "user", "content": _PROMPT + mark}],
     }
@@ -88,14 +102,33 @@ def chat_body(stream: bool, include_usage: bool, kind: str = "plain", mark: str 
 
 
 def make_fire(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], stream: bool
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    stream: bool,
+    tally: Tally | None = None,
 ) -> Fire:
-    """One request with the given body, read to its end; True when it succeeded."""
+    """One request with the given body, read to its end; True when it succeeded. With
+    a `tally`, a stream's time to first byte is recorded and open responses counted."""
 
     async def fire(body: bytes) -> bool:
+        started = time.perf_counter()
         try:
             async with session.post(url, data=body, headers=headers) as response:
-                payload = await response.read()
+                if tally is None or not stream:
+                    payload = await response.read()
+                else:
+                    tally.open_now += 1
+                    tally.open_peak = max(tally.open_peak, tally.open_now)
+                    try:
+                        parts = [await response.content.readany()]
+                        first = time.perf_counter() - started
+                        parts.append(await response.read())
+                    finally:
+                        tally.open_now -= 1
+                    payload = b"".join(parts)
+                    if response.status == 200:
+                        tally.first_bytes.append(first)
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
         if response.status != 200:
@@ -108,18 +141,20 @@ def make_fire(
     return fire
 
 
-def bodies(kind: str, stream: bool, include_usage: bool) -> Callable[[], bytes]:
+def bodies(
+    kind: str, stream: bool, include_usage: bool, model: str = "gpt-4o-mini"
+) -> Callable[[], bytes]:
     """The body of each next request (or burst) of a run."""
     if kind == "plain":
-        plain = chat_body(stream, include_usage)
+        plain = chat_body(stream, include_usage, model=model)
         return lambda: plain
     if kind == "cache-hit":
-        fixed = chat_body(stream, include_usage, kind, " #" + "0" * 24)
+        fixed = chat_body(stream, include_usage, kind, " #" + "0" * 24, model)
         return lambda: fixed
     if kind != "cache-miss":
         raise ValueError(f"unknown body {kind!r}")
     # A template split around the mark: a request costs one join, not a JSON encode.
-    head, tail = chat_body(stream, include_usage, kind, _MARK).split(_MARK.encode())
+    head, tail = chat_body(stream, include_usage, kind, _MARK, model).split(_MARK.encode())
     nonce = os.urandom(6).hex().encode()  # apart from every other run's
     count = 0
 
@@ -138,10 +173,11 @@ async def closed_loop(
     requests: int | None,
     duration: float | None,
     burst: int = 1,
+    tally: Tally | None = None,
 ) -> Tally:
     """`concurrency` clients back to back until `requests` are sent or `duration` is
     over; each sends `burst` identical requests at once and waits for all of them."""
-    tally = Tally()
+    tally = tally or Tally()
     remaining = requests if requests is not None else math.inf
     end = time.perf_counter() + duration if duration is not None else math.inf
 
@@ -173,10 +209,11 @@ async def open_loop(
     duration: float | None,
     max_in_flight: int,
     burst: int = 1,
+    tally: Tally | None = None,
 ) -> Tally:
     """One request due every 1/`rate` s (or `burst` identical ones every `burst`/`rate`
     s), until `requests` are due or `duration` is over."""
-    tally = Tally()
+    tally = tally or Tally()
     in_flight: set[asyncio.Task[None]] = set()
 
     async def timed(payload: bytes, due: float) -> None:
@@ -213,7 +250,16 @@ def summarize(tally: Tally, seconds: float) -> dict[str, float]:
     def pct(p: float) -> float:
         return done[max(0, math.ceil(p * len(done)) - 1)] * 1000 if done else 0.0
 
+    firsts = sorted(tally.first_bytes)
+
+    def first(p: float) -> float:
+        return firsts[max(0, math.ceil(p * len(firsts)) - 1)] * 1000 if firsts else 0.0
+
     return {
+        "ttfb_p50_ms": first(0.50),
+        "ttfb_p90_ms": first(0.90),
+        "ttfb_p99_ms": first(0.99),
+        "open_peak": tally.open_peak,
         "requests": len(done) + tally.errors,
         "ok": len(done),
         "errors": tally.errors,
@@ -234,28 +280,39 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         "content-type": "application/json",
         "x-mock-chunks": str(args.chunks),
     }
+    for header in args.header:
+        name, _, value = header.partition(":")
+        headers[name.strip().lower()] = value.strip()
     if args.chunk_delay_ms:
         headers["x-mock-chunk-delay-ms"] = f"{args.chunk_delay_ms:g}"
     requests: int | None = args.requests
     if requests is None and args.duration is None:
         requests = 2000
     limit = args.concurrency * args.burst if args.rate is None else 0
-    body = bodies(args.body, args.stream, args.include_usage)
+    body = bodies(args.body, args.stream, args.include_usage, args.model)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0),
         timeout=aiohttp.ClientTimeout(total=args.timeout),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
-        fire = make_fire(session, args.url, headers, args.stream)
+        tally = Tally()
+        fire = make_fire(session, args.url, headers, args.stream, tally)
         began = time.perf_counter()
         if args.rate is None:
-            tally = await closed_loop(
-                fire, body, args.concurrency, requests, args.duration, args.burst
+            await closed_loop(
+                fire, body, args.concurrency, requests, args.duration, args.burst, tally
             )
         else:
-            tally = await open_loop(
-                fire, body, args.rate, requests, args.duration, args.max_in_flight, args.burst
+            await open_loop(
+                fire,
+                body,
+                args.rate,
+                requests,
+                args.duration,
+                args.max_in_flight,
+                args.burst,
+                tally,
             )
         return summarize(tally, time.perf_counter() - began)
 
@@ -280,6 +337,10 @@ def main() -> None:
     parser.add_argument(
         "--chunk-delay-ms", type=float, default=0, help="x-mock-chunk-delay-ms for the mock"
     )
+    parser.add_argument(
+        "--header", action="append", default=[], help="one more request header, NAME: VALUE"
+    )
+    parser.add_argument("--model", default="gpt-4o-mini", help="the body's model")
     parser.add_argument("--key", default="sk-bench-0000000000000000", help="API key to send")
     parser.add_argument("--timeout", type=float, default=60, help="per-request timeout (s)")
     args = parser.parse_args()

@@ -149,7 +149,7 @@ def start_target(
         ) as exc:
             raise NotReady(f"{target.name}: setup failed: {exc}") from exc
     port = free_port()
-    argv = [*target.argv, "--host", "127.0.0.1", "--port", str(port)]
+    argv = [*target.argv, *target.listen_argv(port)]
     log = workdir / f"{target.name}.log"
     process = stack.enter_context(started(pinned(argv, proxy_cores), env, log))
     base = f"http://127.0.0.1:{port}"

@@ -35,6 +35,21 @@ class Target:
     setup: Setup | None = None
     #: writes the gateway's JSON request log to its output (`bench.lever_log` reads it)
     request_log: bool = False
+    #: the arguments that make it listen on a port (None: `--host 127.0.0.1 --port P`)
+    listen: Callable[[int], list[str]] | None = None
+    #: more headers on every request (a peer's routing headers)
+    headers: dict[str, str] = field(default_factory=dict)
+    #: the body every request of this target sends, whatever the mode (None: the mode's)
+    body: str | None = None
+    #: the model a slow stream asks for (a peer that cannot pass the mock's delay
+    #: header on serves it from a second mock whose streams are slow by default)
+    slow_model: str | None = None
+
+    def listen_argv(self, port: int) -> list[str]:
+        """What to append to `argv` so that it listens on 127.0.0.1:`port`."""
+        if self.listen is not None:
+            return self.listen(port)
+        return ["--host", "127.0.0.1", "--port", str(port)]
 
 
 def targets(mock_url: str) -> list[Target]:
@@ -82,6 +97,15 @@ def at_ref(name: str, mock_url: str, checkout: Path) -> Target:
     )
 
 
+def everything_key(env: dict[str, str]) -> str:
+    """`workspace_key` with every lever and guard on: limits and caps far away (as
+    gateway-limited and gateway-capped), the exact cache and singleflight on (policy
+    `deterministic`: the bench's temperature-0 bodies are shareable), slim on, and a
+    routing rule that matches every request (gpt-4o-mini → gpt-4o, which the mock serves)."""
+    far = ("--rpm", "1000000000", "--tpm", "1000000000000", "--concurrency", "1000000")
+    return workspace_key(env, limit=far, capped=True, levers=True)
+
+
 def capped_key(env: dict[str, str]) -> str:
     """As `workspace_key`, under a workspace spend cap and a key cap far away (USD
     1,000,000 a month each): what a cap costs when it never binds."""
@@ -94,6 +118,7 @@ def workspace_key(
     *,
     limit: tuple[str, ...] = (),
     capped: bool = False,
+    levers: bool = False,
 ) -> str:
     """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI
     (`command`: how to run it, by default this checkout's)."""
@@ -129,6 +154,21 @@ def workspace_key(
         far = ("--usd", "1000000", "--period", "month")
         recovea("cap", "set", "--workspace", workspace, *far)
         recovea("cap", "set", "--workspace", workspace, "--key", created["key_id"], *far)
+    if levers:
+        recovea("cache", "set", "--workspace", workspace, "--policy", "deterministic")
+        recovea("slim", "set", "--workspace", workspace, "on")
+        recovea(
+            "route",
+            "add",
+            "--workspace",
+            workspace,
+            "--match-model",
+            "gpt-4o-mini",
+            "--to",
+            "gpt-4o",
+            "--match-path",
+            "/v1/chat/completions",
+        )
     return created["key"]
 
 

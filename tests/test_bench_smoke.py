@@ -182,3 +182,25 @@ def test_lever_costs_times_every_piece() -> None:
     rows = [line for line in out.splitlines()[1:] if line.strip()]
     assert [row.rsplit(maxsplit=1)[0] for row in rows] == list(lever_costs.pieces())
     assert all(float(row.rsplit(maxsplit=1)[1]) > 0 for row in rows)
+
+
+def test_suite_quick_measures_and_judges(tmp_path: Path) -> None:
+    """`bench.suite --quick` (what `make bench` runs, small): the floor and direct in
+    closed and open loop, a few slow streams, the verdicts printed, the JSON written.
+    The peers and the gateways are left out here (slow to start); `make bench` runs
+    them all."""
+    out = tmp_path / "suite.json"
+    argv = [sys.executable, "-m", "bench.suite", "--quick", "--targets", "direct,floor"]
+    argv += ["--no-drain", "--streams", "20", "--rate", "200", "--requests", "200"]
+    argv += ["--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = orjson.loads(out.read_bytes())
+    for mode in ("json", "stream-16"):
+        row = doc["closed"][f"floor {mode}"]
+        assert row["errors"] == 0 and row["cpu_us_per_req"] > 0
+        assert doc["open"][f"floor {mode} @200"]["rps"] > 0
+    assert doc["open"]["floor stream-16 @200"]["ttfb_p50_ms"] > 0
+    floor_memory = next(m for m in doc["memory"] if m["target"] == "floor")
+    assert (20, 0) == (floor_memory["open_peak"], floor_memory["errors"])
+    assert "everything-on" in done.stdout and "targets" in done.stdout
