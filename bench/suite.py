@@ -263,9 +263,9 @@ def drain(quick: bool) -> dict[str, Any]:
     return out
 
 
-def pick_rates(closed: dict[tuple[str, str], list[dict[str, float]]], rate: float) -> dict[
-    tuple[str, str], float
-]:
+def pick_rates(
+    closed: dict[tuple[str, str], list[dict[str, float]]], rate: float
+) -> dict[tuple[str, str], float]:
     """Per target and mode, the open-loop rate: `rate`, or half the closed-loop
     saturation (rounded down to 5/s) when that is below 1.5x `rate`."""
     out: dict[tuple[str, str], float] = {}
@@ -314,8 +314,9 @@ def verdicts(doc: dict[str, Any], rate: float) -> list[dict[str, Any]]:
                 }
             )
     for mode in (m.name for m in MODES):
-        gw, fl = opened.get(f"gateway-everything {mode} @{rate:g}"), opened.get(
-            f"floor {mode} @{rate:g}"
+        gw, fl = (
+            opened.get(f"gateway-everything {mode} @{rate:g}"),
+            opened.get(f"floor {mode} @{rate:g}"),
         )
         keys = ["p99_ms"] + (["ttfb_p99_ms"] if mode != "json" else [])
         for key in keys:
@@ -386,17 +387,18 @@ def chart(doc: dict[str, Any], rate: float, path: Path) -> str | None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     width = 0.38
     for i, mode in enumerate(m.name for m in MODES):
-        cpus = [doc["closed"].get(f"{n} {mode}", {}).get("cpu_us_per_req", 0) for n in names]
         xs = [x + (i - 0.5) * width for x in range(len(names))]
-        bars = axes[0].bar(xs, cpus, width, label=mode)
-        axes[0].bar_label(bars, fmt="%.0f", fontsize=7)
+        cpus = [_measured(doc["closed"].get(f"{n} {mode}"), "cpu_us_per_req") for n in names]
+        direct = _measured(doc["open"].get(f"direct {mode} @{rate:g}"), "p99_ms")
         added = []
         for n in names:
-            row = doc["open"].get(f"{n} {mode} @{rate:g}")
-            direct = doc["open"].get(f"direct {mode} @{rate:g}")
-            added.append(row["p99_ms"] - direct["p99_ms"] if row and direct else 0)
-        bars = axes[1].bar(xs, added, width, label=mode)
-        axes[1].bar_label(bars, fmt="%.2f", fontsize=7)
+            p99 = _measured(doc["open"].get(f"{n} {mode} @{rate:g}"), "p99_ms")
+            added.append(None if p99 is None or direct is None else p99 - direct)
+        for ax, values, fmt in ((axes[0], cpus, "{:.0f}"), (axes[1], added, "{:.2f}")):
+            bars = ax.bar(xs, [v or 0 for v in values], width, label=mode)
+            # not measured (a target that cannot sustain the rate, or failed): say so
+            labels = ["n/a" if v is None else fmt.format(v) for v in values]
+            ax.bar_label(bars, labels=labels, fontsize=7)
     axes[0].set_yscale("log")
     axes[0].set_title("CPU µs per request (closed loop, log scale)")
     axes[1].set_title(f"added p99 over direct, ms (open loop at {rate:g}/s)")
@@ -409,6 +411,15 @@ def chart(doc: dict[str, Any], rate: float, path: Path) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def _measured(row: dict[str, Any] | None, key: str) -> float | None:
+    """A figure of a run that answered (None: not run, or every request failed)."""
+    if row is None or key not in row or row.get("rps", 0) <= 0:
+        return None
+    if row.get("errors", 0) and row["errors"] >= row.get("requests", row["errors"]) / 2:
+        return None
+    return float(row[key])
 
 
 def print_report(doc: dict[str, Any]) -> None:
