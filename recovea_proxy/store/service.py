@@ -16,6 +16,9 @@ async def service_mode(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT set_config('recovea.service', 'on', true)")
 
 
+_LOCK = "recovea.ensure_event_partition"
+
+
 async def ensure_partitions(
     conn: asyncpg.Connection, *, days_ahead: int = 2, today: date | None = None
 ) -> list[str]:
@@ -26,6 +29,9 @@ async def ensure_partitions(
         day = start + timedelta(days=offset)
         async with conn.transaction():
             await service_mode(conn)
+            # Processes starting together (`--workers N`, replicas) take turns: the
+            # second finds the partition made instead of creating it twice.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _LOCK)
             if await conn.fetchval("SELECT recovea.ensure_event_partition($1)", day):
                 created.append(f"request_events_{day:%Y%m%d}")
     return created
