@@ -161,6 +161,7 @@ def routes() -> list[BaseRoute]:
     `admin/api.py` wrap them, but now (their wrappers run at import, before a test
     could change them)."""
     return [
+        Route("/v1/recovea/requests", keyed(ledger_api.list_requests, admin_only=False)),
         Route("/v1/recovea/requests/{request_id}", keyed(ledger_api.get_request, admin_only=False)),
         Route("/v1/recovea/receipts/{request_id}", keyed(ledger_api.get_receipt, admin_only=False)),
         Route("/v1/recovea/ledger", keyed(ledger_api.get_ledger, admin_only=False)),

@@ -160,7 +160,7 @@ async def test_an_unknown_provider_is_a_404_that_names_the_known_ones(
         (b"{not json", "The body must be a JSON object."),
         (b"[1, 2]", "The body must be a JSON object."),
         (b'{"role": "member", "colour": "red", "bogus": 1}', "Unknown field(s): bogus, colour."),
-        (b'{"role": 7}', "role must be a string."),
+        (b'{"role": 7}', "role must be a string, or null."),
     ],
 )
 async def test_a_bad_admin_body_is_a_400_that_says_why(
@@ -268,9 +268,7 @@ async def test_a_workspace_needs_a_name_and_is_on_the_free_plan_by_default(
     operator = {"authorization": f"Bearer {ledger.operator.secret}"}
     nameless = await ledger.client.post("/admin/v1/workspaces", json={}, headers=operator)
     assert nameless.status_code == 400
-    assert nameless.json()["error"]["message"] == (
-        "workspace name must be 1 to 100 printable characters"
-    )
+    assert nameless.json()["error"]["message"] == "name is required."
     name = f"planless-{uuid.uuid4().hex[:8]}"
     created = await ledger.client.post(
         "/admin/v1/workspaces", json={"name": name}, headers=operator
