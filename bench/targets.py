@@ -61,6 +61,9 @@ def targets(mock_url: str) -> list[Target]:
         gateway("gateway-auth", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=workspace_key),
         gateway("gateway-limited", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=limited_key),
         gateway("gateway-capped", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=capped_key),
+        gateway(
+            "gateway-everything", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=everything_key
+        ),
     ]
 
 
