@@ -50,7 +50,7 @@ from recovea_proxy.errors import GatewayError
 from recovea_proxy.exchange import Exchange
 from recovea_proxy.levers import LeverRequest
 from recovea_proxy.providers import PROVIDERS
-from recovea_proxy.providers.sse import whole_events
+from recovea_proxy.providers.sse import iter_events
 from recovea_proxy.route_table import Target
 from recovea_proxy.sources import Headers, UpstreamSource
 from recovea_proxy.upstream import classify
@@ -211,7 +211,7 @@ def first_verdict(buf: bytes) -> str | None:
     """`error` when the stream's first event after its preamble (comments, pings, the
     message or response start, role-only chunks) is an error; `content` when it is
     anything else; None when no such event is complete in `buf` yet."""
-    for name, joined in whole_events(buf, complete_only=True):
+    for name, joined in iter_events(buf, complete_only=True):
         if name == b"error":
             return "error"
         if joined is None or name in _PREAMBLE_EVENTS:

@@ -8,7 +8,7 @@ finish reason and skips the rest with a couple of `bytes.find` calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 # A provider line longer than this is not an event a tap needs; the tail is dropped
 # rather than grown without bound.
@@ -76,11 +76,22 @@ def whole_events(buf: bytes, *, complete_only: bool) -> list[tuple[bytes | None,
     hold a whole stream or its head (not the per-chunk taps); the data is None for an
     event without any. `complete_only`: leave out a last event not yet ended by a
     blank line (`buf` is a stream's head)."""
-    events = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n")
-    if complete_only:
-        events.pop()
-    out: list[tuple[bytes | None, bytes | None]] = []
-    for event in events:
+    return list(iter_events(buf, complete_only=complete_only))
+
+
+def iter_events(buf: bytes, *, complete_only: bool) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """`whole_events`, one event at a time: a reader that stops at an early event (the
+    first content event of a routed stream's head) leaves the rest of `buf` unparsed."""
+    buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    start, size = 0, len(buf)
+    while start < size or not complete_only:
+        end = buf.find(b"\n\n", start)
+        if end < 0:
+            if complete_only:
+                return
+            end = size
+        event = buf[start:end]
+        start = end + 2
         name: bytes | None = None
         data: list[bytes] = []
         for line in event.split(b"\n"):
@@ -92,5 +103,6 @@ def whole_events(buf: bytes, *, complete_only: bool) -> list[tuple[bytes | None,
                 name = value
             elif field == b"data":
                 data.append(value)
-        out.append((name, b"\n".join(data) if data else None))
-    return out
+        yield name, (b"\n".join(data) if data else None)
+        if end == size:
+            return
