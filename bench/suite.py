@@ -116,9 +116,16 @@ def all_targets(
     """The wanted targets, in report order; a peer that cannot be installed is added
     to `skipped` with the reason."""
     known = {t.name: t for t in base_targets(mock_url)}
-    everything = gateway(
-        "gateway-everything", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=everything_key
-    )
+    # The memory phase holds 10,000 streams open in one process: the gateway's own
+    # bounds on connections (client and upstream, 10,000 and 1,000 by default) are
+    # raised past that, as an operator expecting that many streams would raise them.
+    room = {
+        "RECOVEA_PASSTHROUGH": "off",
+        "RECOVEA_UPSTREAM_MAX_CONNECTIONS": "12000",
+        "RECOVEA_MAX_CONNECTIONS": "12000",
+        "RECOVEA_MAX_IN_FLIGHT": "12000",
+    }
+    everything = gateway("gateway-everything", mock_url, room, setup=everything_key)
     made: dict[str, Target] = {
         "direct": known["direct"],
         "floor": known["floor"],

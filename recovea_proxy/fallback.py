@@ -48,6 +48,7 @@ from recovea_proxy.auth import Principal
 from recovea_proxy.config import Settings
 from recovea_proxy.errors import GatewayError
 from recovea_proxy.exchange import Exchange
+from recovea_proxy.json_bytes import dumps_held
 from recovea_proxy.levers import LeverRequest
 from recovea_proxy.providers import PROVIDERS
 from recovea_proxy.providers.sse import iter_events
@@ -99,7 +100,7 @@ async def walk(
         elif final:
             body = request.baseline_body  # the caller's model: the body as it came
         else:
-            body = orjson.dumps(parsed)
+            body = dumps_held(parsed)
         body, hide_usage = provider.prepare_request(surface.kind, parsed, body)
         if provider is not surface.provider:
             hide_usage = (

@@ -16,8 +16,7 @@ undone by the chain's wrapper (the original body goes to the caller's model).
 
 from __future__ import annotations
 
-import orjson
-
+from recovea_proxy.json_bytes import dumps_held
 from recovea_proxy.levers.chain import LeverRequest
 
 
@@ -48,6 +47,6 @@ class RoutingLever:
             return "miss"
         request.baseline_body = request.body
         parsed["model"] = plan.targets[0].model
-        request.body = orjson.dumps(parsed)
+        request.body = dumps_held(parsed)
         request.plan = plan
         return "hit"

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from recovea_proxy.json_bytes import dumps_held
 from recovea_proxy.levers.chain import LeverRequest
 from recovea_proxy.observability.metrics import GatewayMetrics
 
@@ -135,7 +136,7 @@ class SlimLever:
         assert parsed is not None
         if not slim_body(parsed):
             return "miss"
-        body = orjson.dumps(parsed)
+        body = dumps_held(parsed)
         saved = len(request.body) - len(body)
         if saved <= 0:
             # Compact serialization of a body sent with unusual escapes can be longer:

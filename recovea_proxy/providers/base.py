@@ -116,7 +116,8 @@ class WindowTap(StreamTap):
         super().__init__()
         self._head: list[bytes] = []
         self._head_size = 0
-        self._tail: deque[bytes] = deque()
+        # made when the head is full: most streams never need it (a deque is ~0.7 KiB)
+        self._tail: deque[bytes] | None = None
         self._tail_size = 0
         self._trimmed = False
 
@@ -126,6 +127,8 @@ class WindowTap(StreamTap):
             self._head_size += len(chunk)
             return
         tail = self._tail
+        if tail is None:
+            tail = self._tail = deque()
         tail.append(chunk)
         self._tail_size += len(chunk)
         while self._tail_size - len(tail[0]) >= self.WINDOW:
@@ -139,8 +142,8 @@ class WindowTap(StreamTap):
         return False
 
     def close(self) -> None:
-        head, tail = self._head, self._tail
-        self._head, self._tail = [], deque()
+        head, tail = self._head, self._tail or ()
+        self._head, self._tail = [], None
         if not self.HEAD_EVENTS:
             last = tail[-1] if tail else (head[-1] if head else b"")
             end = last if len(last) >= _END_BYTES else b"".join((*head, *tail))[-_END_BYTES:]

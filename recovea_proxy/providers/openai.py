@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from recovea_proxy.json_bytes import dumps_held
 from recovea_proxy.providers.base import (
     CHAT,
     COMPLETIONS,
@@ -394,7 +395,7 @@ class OpenAI(Provider):
         ):
             rewritten = dict(parsed)
             rewritten["stream_options"] = {**(options or {}), "include_usage": True}
-            return orjson.dumps(rewritten), True
+            return dumps_held(rewritten), True
         return body, False
 
     def stream_filter(self) -> StreamFilter | None:
