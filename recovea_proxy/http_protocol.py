@@ -159,6 +159,25 @@ def _close_delimited(cycle: RequestResponseCycle) -> None:
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, bounded as the module docstring says."""
 
+    # Slots for the bounds' state: uvicorn's own attributes then still fit the instance
+    # dict's shared keys (over 30 keys it becomes a dict of its own: 1.3 KiB more per
+    # connection, 13 MB with 10,000 connections open).
+    __slots__ = (
+        "_body_deadline",
+        "_body_progress",
+        "_handed_over",
+        "_header_bytes",
+        "_header_deadline",
+        "_in_headers",
+        "_limits",
+        "_max_header_bytes",
+        "_max_header_count",
+        "_max_unparsed_bytes",
+        "_progress",
+        "_refused",
+        "_unparsed_bytes",
+    )
+
     def __init__(
         self,
         config: Config,
