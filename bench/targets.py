@@ -64,6 +64,13 @@ def targets(mock_url: str) -> list[Target]:
         gateway(
             "gateway-everything", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=everything_key
         ),
+        # the same, with receipts signed as checkpoints rather than one by one
+        gateway(
+            "gateway-everything-cp",
+            mock_url,
+            {"RECOVEA_PASSTHROUGH": "off", "RECOVEA_RECEIPT_SIGNING": "checkpoint"},
+            setup=everything_key,
+        ),
     ]
 
 

@@ -43,6 +43,23 @@ def _rate(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
+    """A whole number, at least `minimum`."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < minimum:
+        raise ConfigError(f"{name} must be a whole number, at least {minimum}, not {raw!r}")
+    return int(raw)
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be {' or '.join(choices)}, not {raw!r}")
+    return raw
+
+
 def _secret(env: Mapping[str, str], name: str) -> str:
     """`name`'s value, or the contents of the file `<name>_FILE` names (a mounted
     secret; one trailing newline and surrounding spaces dropped); "" when neither is
@@ -142,6 +159,11 @@ class Settings:
     meter_flush_interval_s: float = 1.0
     meter_spool_max_mb: float = 256.0
     meter_dead_letter_max_mb: float = 64.0
+    #: `each` (every receipt signed on the hot path) or `checkpoint` (chain heads signed
+    #: off it, every `receipt_checkpoint_every` receipts or `receipt_checkpoint_ms`)
+    receipt_signing: str = "each"
+    receipt_checkpoint_every: int = 1000
+    receipt_checkpoint_ms: int = 1000
     maintenance_interval_s: float = 300.0
     maintenance_timeout_s: float = 120.0
     rollup_max_tags: int = 1000
@@ -265,6 +287,11 @@ class Settings:
             meter_dead_letter_max_mb=_number(
                 env, "RECOVEA_METER_DEAD_LETTER_MAX_MB", 64, minimum=0
             ),
+            receipt_signing=_choice(
+                env, "RECOVEA_RECEIPT_SIGNING", "each", ("each", "checkpoint")
+            ),
+            receipt_checkpoint_every=_whole(env, "RECOVEA_RECEIPT_CHECKPOINT_EVERY", 1000),
+            receipt_checkpoint_ms=_whole(env, "RECOVEA_RECEIPT_CHECKPOINT_MS", 1000),
             maintenance_interval_s=_number(
                 env, "RECOVEA_MAINTENANCE_INTERVAL_S", 300, minimum=0.01
             ),

@@ -31,13 +31,14 @@ from recovea_proxy.levers.cache_tiers import open_cache_store
 from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.levers.shadow_store import ShadowStore
 from recovea_proxy.levers.shadow_worker import ShadowEvaluator
+from recovea_proxy.meter.checkpoints import Checkpointer
 from recovea_proxy.meter.dead_letter import DeadLetters
 from recovea_proxy.meter.drain import Drainer
 from recovea_proxy.meter.event import RouteIds, event_fields, event_row
 from recovea_proxy.meter.maintenance import Maintenance
 from recovea_proxy.meter.queue import MeterQueue
-from recovea_proxy.meter.receipt_keys import PublishedKeys, active_signing_key
-from recovea_proxy.meter.receipts import ReceiptSigner
+from recovea_proxy.meter.receipt_keys import PublishedKeys, SigningKey, active_signing_key
+from recovea_proxy.meter.receipts import CheckpointSigner, ReceiptSigner
 from recovea_proxy.meter.spool import Spool
 from recovea_proxy.meter.writer import EventWriter
 from recovea_proxy.observability.banner import print_banner, startup_facts
@@ -171,6 +172,21 @@ async def _open_caps(
     )
 
 
+def _receipt_signer(
+    stack: AsyncExitStack, settings: Settings, key: SigningKey, queue: MeterQueue
+) -> ReceiptSigner:
+    """The receipt signer: every receipt signed (`each`), or receipts unsigned and chain
+    heads signed by the checkpoint task, whose last round runs after the last request
+    and before the drainer's final flush (the stack closes in reverse)."""
+    if settings.receipt_signing == "each":
+        return ReceiptSigner(key)
+    signer = CheckpointSigner(key, settings.receipt_checkpoint_every)
+    checkpointer = Checkpointer(signer, queue, settings.receipt_checkpoint_ms)
+    checkpointer.start()
+    stack.push_async_callback(checkpointer.close)
+    return signer
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
     """Migrate, open the pool, the key resolver and the client session; close them in
@@ -246,7 +262,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         # The flush gets its own minimum: a grace of 0 stops requests at once, but
         # what they queued is still written (or spooled).
         stack.push_async_callback(drainer.close, max(settings.shutdown_grace_s, _FLUSH_MIN_S))
-        signer = ReceiptSigner(signing_key)
+        signer = _receipt_signer(stack, settings, signing_key, queue)
         # memory alone, or memory in front of Redis (RECOVEA_REDIS_URL)
         cache_store = await stack.enter_async_context(open_cache_store(settings, metrics))
         flights = FlightRegistry(

@@ -5,6 +5,7 @@ scoped to it, by query and by row-level security), and the receipt public keys.
 | GET /v1/recovea/requests/{request_id} | the stored row: exactly the request_events columns |
 | GET /v1/recovea/receipts/{request_id} | that request's receipt (token and decoded fields) |
 | GET /v1/recovea/ledger                | the workspace's chains; `?chain=` one chain, paged |
+| GET /v1/recovea/checkpoints           | the signed checkpoint covering a receipt |
 | GET /v1/recovea/usage                 | rollup totals grouped by one dimension, or by hour or |
 |                                       | UTC day (`group_by=hour` or `day`: spend over time)   |
 | GET /.well-known/recovea-receipt-keys | Ed25519 public keys (no auth) |
@@ -16,7 +17,6 @@ last rollup (`RECOVEA_MAINTENANCE_INTERVAL_S`, or `recovea rollup`).
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -45,6 +45,12 @@ from recovea_proxy.contract import (
     string,
 )
 from recovea_proxy.errors import GatewayError
+from recovea_proxy.meter.checkpoint_api import (
+    CHAIN_ID,
+    CHECKPOINT,
+    get_checkpoint,
+    page_checkpoints,
+)
 from recovea_proxy.meter.event import COLUMNS
 from recovea_proxy.meter.rollup import COUNTS, parse_moment
 from recovea_proxy.runtime import Runtime
@@ -279,8 +285,6 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     return int(raw)
 
 
-#: what a chain id may look like (the gateway's are 32 hex digits)
-_CHAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # One statement, so one snapshot: the page and the chain's first and last seq agree
 # even while the drainer writes more of the chain.
 _CHAIN_PAGE = """
@@ -355,6 +359,7 @@ async def _chains(runtime: Runtime, key: KeyRecord) -> Response:
                         ),
                         "has_more": boolean(),
                         "next_after_seq": nullable(integer()),
+                        "checkpoints": array(CHECKPOINT),
                     }
                 ),
             ]
@@ -369,19 +374,24 @@ async def _chains(runtime: Runtime, key: KeyRecord) -> Response:
 )
 async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     """The workspace's chains; with `chain=`, one page of that chain (`recovea-chain-v1`)
-    and the chain's stored first and last seq, so a verifier can tell a cut head or tail."""
+    and the chain's stored first and last seq, so a verifier can tell a cut head or tail,
+    and its signed checkpoints after `after_seq` (up to the page's last receipt when more
+    pages follow)."""
     chain = request.query_params.get("chain")
     after = _int_param(request, "after_seq", 0, 2**62)
     limit = _int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
     if not chain:
         return await _chains(runtime, key)
-    if not _CHAIN_ID.fullmatch(chain):
+    if not CHAIN_ID.fullmatch(chain):
         raise bad_request("chain must be a chain id.")
-    rows = await scoped(
-        runtime,
-        key,
-        lambda c: c.fetch(_CHAIN_PAGE, key.customer_id, chain, after, limit + 1),
-    )
+
+    async def read(c: asyncpg.Connection) -> tuple[list[asyncpg.Record], list[dict[str, Any]]]:
+        rows = await c.fetch(_CHAIN_PAGE, key.customer_id, chain, after, limit + 1)
+        found = [row for row in rows if row["seq"] is not None]
+        until = found[limit - 1]["seq"] if len(found) > limit else None
+        return rows, await page_checkpoints(c, key.customer_id, chain, after, until)
+
+    rows, checkpoints = await scoped(runtime, key, read)
     found = [row for row in rows if row["seq"] is not None]
     more = len(found) > limit
     page = [_receipt_json(row) for row in found[:limit]]
@@ -394,6 +404,7 @@ async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
             "receipts": [{k: v for k, v in r.items() if k != "chain"} for r in page],
             "has_more": more,
             "next_after_seq": page[-1]["seq"] if more else None,
+            "checkpoints": checkpoints,
         }
     )
 
@@ -520,6 +531,7 @@ LEDGER_ROUTES = [
     Route("/v1/recovea/requests/{request_id}", keyed(get_request, admin_only=False)),
     Route("/v1/recovea/receipts/{request_id}", keyed(get_receipt, admin_only=False)),
     Route("/v1/recovea/ledger", keyed(get_ledger, admin_only=False)),
+    Route("/v1/recovea/checkpoints", keyed(get_checkpoint, admin_only=False)),
     Route("/v1/recovea/usage", keyed(get_usage, admin_only=False)),
     Route("/.well-known/recovea-receipt-keys", receipt_keys),
 ]

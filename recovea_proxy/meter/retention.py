@@ -1,13 +1,12 @@
 """Retention: how long a workspace's ledger is kept, and deleting it on request.
 
-A workspace keeps its `request_events`, their `pricing_facts` and its `receipts` for
-its plan's period (free 30 days, pro 365) unless `workspaces.retention_days`
-overrides it. Pruning deletes
-each workspace's older rows (one transaction per workspace, under the maintenance
-statement timeout; a workspace that fails is reported and tried again at the next
-prune), then drops whole day partitions that every workspace's retention has
-passed. Rollups are aggregates without per-request facts and are kept (a deleted
-workspace loses them too).
+A workspace keeps its `request_events`, their `pricing_facts`, its `receipts` and
+their `receipt_checkpoints` for its plan's period (free 30 days, pro 365) unless
+`workspaces.retention_days` overrides it. Pruning deletes each workspace's older rows
+(one transaction per workspace, under the maintenance statement timeout; a workspace
+that fails is reported and tried again at the next prune), then drops whole day
+partitions that every workspace's retention has passed. Rollups are aggregates
+without per-request facts and are kept (a deleted workspace loses them too).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ _LEDGER_TABLES = (
     "request_events",
     "pricing_facts",
     "receipts",
+    "receipt_checkpoints",
     "usage_rollups",
     "model_prices",
     "routes",
@@ -111,6 +111,13 @@ async def _prune_workspace(
                 workspace,
                 cutoff,
             )
+        )
+        # A checkpoint is signed after every receipt it covers: one older than the
+        # cutoff covers only receipts deleted above.
+        await conn.execute(
+            "DELETE FROM recovea.receipt_checkpoints WHERE customer_id = $1 AND ts < $2",
+            workspace,
+            cutoff,
         )
     return events, receipts
 

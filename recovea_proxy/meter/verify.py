@@ -1,6 +1,8 @@
 """The receipt verifier: everything needed to check a `recovea-receipt-v1` from public data.
 
-A receipt token is `base64url(canonical JSON) "." base64url(Ed25519 signature)`. This
+A receipt token is `base64url(canonical JSON) "." base64url(Ed25519 signature)`, or,
+from a gateway that signs checkpoints, `base64url(canonical JSON) "."`: an unsigned
+receipt, covered by a signed chain head (`verify_checkpoint`). This
 module decodes tokens, loads the published keys, and checks a receipt's signature (with
 a key whose validity window holds the receipt's `ts`), its request and response hashes,
 and its token counts against the usage the provider reported; `verify_chain` checks a
@@ -65,13 +67,24 @@ class MalformedError(VerifyError):
     """The input is not a well-formed token, keys document or ledger."""
 
 
+class Pending(Exception):
+    """A check that has not failed but cannot pass yet: an unsigned receipt whose
+    covering checkpoint is not at hand (not yet signed, published, or given)."""
+
+
 @dataclass(frozen=True)
 class Receipt:
-    """One decoded token: its payload, the exact signed bytes, and the signature."""
+    """One decoded token: its payload, the exact signed bytes, and the signature (empty
+    for an unsigned receipt, which a checkpoint covers)."""
 
     payload: dict[str, Any]
     canonical: bytes
     signature: bytes
+
+    @property
+    def signed(self) -> bool:
+        """Whether the token carries its own signature."""
+        return bool(self.signature)
 
     @property
     def digest(self) -> str:
@@ -149,13 +162,14 @@ def _no_float(text: str) -> Any:
 
 
 def decode_token(token: str) -> Receipt:
-    """Decode a token and check that its payload is a canonical, complete receipt."""
+    """Decode a token and check that its payload is a canonical, complete receipt. An
+    empty signature part (`<payload>.`) is an unsigned receipt that a checkpoint covers."""
     parts = token.strip().split(".")
-    if len(parts) != 2 or not all(parts):
+    if len(parts) != 2 or not parts[0]:
         raise MalformedError("token is not <payload>.<signature>")
     canonical = b64url_decode(parts[0], "token payload")
-    signature = b64url_decode(parts[1], "token signature")
-    if len(signature) != 64:
+    signature = b64url_decode(parts[1], "token signature") if parts[1] else b""
+    if parts[1] and len(signature) != 64:
         raise MalformedError("token signature is not 64 bytes")
     payload = load_json(canonical, "token payload", parse_float=_no_float, parse_constant=_no_float)
     if not isinstance(payload, dict):
@@ -242,24 +256,47 @@ def load_keys(document: bytes | dict[str, Any], grace_s: int = KEY_GRACE_S) -> K
     return keys
 
 
-def _check_window(receipt: Receipt, kid: str, key: PublishedKey, grace_ms: int) -> None:
-    ts, grace = receipt.payload["ts"], f"{grace_ms // 1000} s"
+def _check_window(ts: int, kid: str, key: PublishedKey, grace_ms: int, what: str) -> None:
+    grace = f"{grace_ms // 1000} s"
     if ts < key.created_ms - grace_ms:
         raise VerifyError(
-            f"key {shown(kid)} was created at {_moment(key.created_ms)}: receipt ts"
+            f"key {shown(kid)} was created at {_moment(key.created_ms)}: {what} ts"
             f" {_moment(ts)} is more than {grace} before that"
         )
     if key.retired_ms is not None and ts > key.retired_ms + grace_ms:
         raise VerifyError(
-            f"key {shown(kid)} was retired at {_moment(key.retired_ms)}: receipt ts"
+            f"key {shown(kid)} was retired at {_moment(key.retired_ms)}: {what} ts"
             f" {_moment(ts)} is more than {grace} after that"
         )
 
 
 def check_signature(receipt: Receipt, keys: KeySet) -> str:
     """Verify the Ed25519 signature with the key the receipt names, and that the
-    receipt's `ts` lies in that key's window (give or take the grace); returns the kid."""
+    receipt's `ts` lies in that key's window (give or take the grace); returns the kid.
+    An unsigned receipt raises `Pending`: only its checkpoint can vouch for it."""
+    if not receipt.signed:
+        raise Pending("the receipt is unsigned: it is covered by a checkpoint not yet checked")
     kid = receipt.payload["kid"]
+    key = _key(kid, keys)
+    _verify(key, kid, receipt.signature, receipt.canonical)
+    if receipt.payload["v"] != VERSION:
+        raise VerifyError(f"unsupported receipt version {shown(repr(receipt.payload['v']))}")
+    _check_window(receipt.payload["ts"], kid, key, keys.grace_ms, "receipt")
+    return str(kid)
+
+
+def verify_signed(
+    kid: str, canonical: bytes, signature: bytes, ts: int, keys: KeySet, what: str
+) -> str:
+    """Verify an Ed25519 signature over `canonical` with the published key `kid`, and that
+    `ts` (of the signed `what`) lies in that key's window, give or take the grace."""
+    key = _key(kid, keys)
+    _verify(key, kid, signature, canonical)
+    _check_window(ts, kid, key, keys.grace_ms, what)
+    return kid
+
+
+def _key(kid: str, keys: KeySet) -> PublishedKey:
     key = keys.get(kid)
     if key is None:
         if kid in keys.unusable:
@@ -267,14 +304,14 @@ def check_signature(receipt: Receipt, keys: KeySet) -> str:
         why = keys.rejected.get(kid)
         name = shown(kid)
         raise VerifyError(f"key {name} was refused: {why}" if why else f"no key {name} in the keys")
+    return key
+
+
+def _verify(key: PublishedKey, kid: str, signature: bytes, canonical: bytes) -> None:
     try:
-        key.public.verify(receipt.signature, receipt.canonical)
+        key.public.verify(signature, canonical)
     except InvalidSignature:
         raise VerifyError(f"signature does not verify with key {shown(kid)}") from None
-    if receipt.payload["v"] != VERSION:
-        raise VerifyError(f"unsupported receipt version {shown(repr(receipt.payload['v']))}")
-    _check_window(receipt, kid, key, keys.grace_ms)
-    return str(kid)
 
 
 def check_request(receipt: Receipt, body: bytes) -> None:

@@ -3,7 +3,13 @@
 It reads the inputs (token, keys file or URL, request, response, ledger), runs the checks
 of `recovea_proxy.meter.verify` and `verify_chain`, and prints one line per check, or
 one JSON object. Exit codes: 0 every check passed, 1 a check failed, 2 the input could
-not be read or parsed (then one line on stderr, or the JSON object; never a traceback).
+not be read or parsed (then one line on stderr, or the JSON object; never a traceback),
+3 nothing failed but something is not yet verified: an unsigned receipt whose
+checkpoint was not given, or is not signed yet.
+
+`--ledger` is a file, or a gateway URL read with the rcv_ key in `RECOVEA_API_KEY`
+(`verify_fetch`): with a receipt, its chain from the receipt to its covering
+checkpoint; without, the chain the URL names (`?chain=ID`), whole.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from recovea_proxy.meter.verify import (
     KEY_GRACE_S,
     KeySet,
     MalformedError,
+    Pending,
     Receipt,
     VerifyError,
     check_request,
@@ -38,6 +45,13 @@ from recovea_proxy.meter.verify import (
     shown,
 )
 from recovea_proxy.meter.verify_chain import check_chain, check_end, check_member, check_start
+from recovea_proxy.meter.verify_checkpoint import (
+    Checkpoint,
+    check_coverage,
+    check_covered,
+    decode_checkpoint,
+)
+from recovea_proxy.meter.verify_fetch import API_KEY_ENV, FetchError, fetch_chain, is_url
 
 KEYS_PATH = "/.well-known/recovea-receipt-keys"
 FETCH_TIMEOUT = 10.0
@@ -63,6 +77,8 @@ class Ledger:
     chains: set[str] = field(default_factory=set)
     first_seq: int | None = None
     last_seq: int | None = None
+    #: the signed checkpoints the export lists beside its receipts
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 @dataclass
@@ -89,27 +105,43 @@ class Report:
     as_json: bool
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
+    #: the first check that is not yet verifiable (nothing failed)
+    pending: str | None = None
 
     def record(self, name: str, check: Callable[[], str]) -> None:
         """Run one check and print its line."""
+        entry: dict[str, Any]
         try:
-            result, ok = check(), True
+            result = check()
+            entry = {"ok": True, "result": result}
         except VerifyError as exc:
-            result, ok = f"FAILED ({exc})", False
+            result = f"FAILED ({exc})"
+            entry = {"ok": False, "result": result}
             self.error = self.error or f"{name}: {exc}"
-        self.checks[name] = {"ok": ok, "result": result}
+        except Pending as exc:
+            result = f"NOT YET VERIFIED ({exc})"
+            entry = {"ok": False, "pending": True, "result": result}
+            self.pending = self.pending or f"{name}: {exc}"
+        self.checks[name] = entry
         if not self.as_json:
             print(one_line(f"{name}: {result}"))
 
     def finish(self, subject: str) -> int:
-        """Print the verdict; 0 when every check passed, else 1."""
+        """Print the verdict; 0 when every check passed, 1 when one failed, 3 when none
+        failed but one is not yet verifiable."""
+        ok = self.error is None and self.pending is None
         if self.as_json:
-            print(
-                json.dumps({"ok": self.error is None, "checks": self.checks, "error": self.error})
-            )
+            verdict = {"ok": ok, "checks": self.checks, "error": self.error}
+            if self.error is None and self.pending is not None:
+                verdict["pending"] = self.pending
+            print(json.dumps(verdict))
+        elif self.error is not None:
+            print(one_line(f"FAILED: {self.error}"))
+        elif self.pending is not None:
+            print(one_line(f"{subject} NOT YET VERIFIED: {self.pending}"))
         else:
-            print(one_line(f"{subject} OK" if self.error is None else f"FAILED: {self.error}"))
-        return 0 if self.error is None else 1
+            print(one_line(f"{subject} OK"))
+        return 0 if ok else 1 if self.error is not None else 3
 
     def bad_input(self, message: str) -> int:
         """Report input that could not be used; exit code 2."""
@@ -204,6 +236,7 @@ def ledger_of(doc: Any) -> Ledger:
         else:
             tokens.append(_token(item))
     ledger = Ledger([decode_token(token) for token in tokens])
+    ledger.checkpoints = _checkpoints(pages)
     if pages:
         ledger.first_seq = _stated_seq(pages[0], "first_seq")
         ledger.last_seq = _stated_seq(pages[-1], "last_seq")
@@ -215,6 +248,19 @@ def ledger_of(doc: Any) -> Ledger:
             raise BadInput("--ledger: chain is not a string")
         ledger.chains.add(chain)
     return ledger
+
+
+def _checkpoints(pages: list[dict[str, Any]]) -> list[Checkpoint]:
+    """The checkpoints the pages list (each once)."""
+    found: dict[bytes, Checkpoint] = {}
+    for page in pages:
+        listed = page.get("checkpoints", [])
+        if not isinstance(listed, list):
+            raise BadInput("--ledger: checkpoints is not a list")
+        for entry in listed:
+            checkpoint = decode_checkpoint(_token(entry))
+            found.setdefault(checkpoint.canonical, checkpoint)
+    return list(found.values())
 
 
 def read_ledger(path: str) -> Ledger:
@@ -244,7 +290,7 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
         inputs.request = read_file(args.request, "--request")
     if args.response:
         inputs.response = read_file(args.response, "--response")
-    if args.ledger:
+    if args.ledger and not is_url(args.ledger):
         inputs.ledger = read_ledger(args.ledger)
     token = args.token
     if token == "-":
@@ -253,10 +299,30 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
         token = receipt_from_response(inputs.response)
     if token is not None:
         inputs.receipt = decode_token(token)
-    elif inputs.ledger is None or inputs.request is not None or inputs.response is not None:
+    elif not args.ledger or inputs.request is not None or inputs.response is not None:
         raise BadInput(NO_RECEIPT)
+    if args.ledger and is_url(args.ledger):
+        _fetch_ledger(inputs, args.ledger)
     _keys_readable(inputs)
     return inputs
+
+
+def _fetch_ledger(inputs: Inputs, url: str) -> None:
+    """The ledger from the gateway: the receipt's chain from its seq to the checkpoint
+    covering it (then the chain's head is not checked: it is accepted where it starts),
+    or, without a receipt, the whole chain the URL names."""
+    receipt = inputs.receipt
+    chain = seq = None
+    if receipt is not None:
+        chain, seq = receipt.payload["chain"], receipt.payload["seq"]
+    try:
+        pages = fetch_chain(url, chain, seq, covering=receipt is not None and not receipt.signed)
+    except FetchError as exc:
+        raise BadInput(f"--ledger: {exc}") from None
+    inputs.ledger = ledger_of(pages)
+    if seq is not None:
+        inputs.first_seq = seq
+        inputs.ledger.first_seq = inputs.ledger.last_seq = None
 
 
 def _keys_readable(inputs: Inputs) -> None:
@@ -270,8 +336,16 @@ def _keys_readable(inputs: Inputs) -> None:
 
 
 def check_receipt(inputs: Inputs, receipt: Receipt, report: Report) -> None:
-    """The single receipt's checks: signature, request and response hashes, token counts."""
-    report.record("signature", lambda: f"ok (kid {check_signature(receipt, inputs.keys)})")
+    """The single receipt's checks: signature (or, for an unsigned receipt, the
+    checkpoint covering it), request and response hashes, token counts."""
+    ledger = inputs.ledger
+    if not receipt.signed and ledger is not None and ledger.receipts:
+        report.record(
+            "checkpoint",
+            lambda: _covered(receipt, ledger, inputs.keys),
+        )
+    else:
+        report.record("signature", lambda: _signature(receipt, inputs.keys))
     if inputs.request is not None:
         request = inputs.request
         report.record("request_sha256", _ok(lambda: check_request(receipt, request)))
@@ -289,9 +363,28 @@ def check_ledger(inputs: Inputs, ledger: Ledger, report: Report) -> None:
         return
     report.record("chain_start", lambda: check_start(receipts, inputs.first_seq))
     report.record("chain_end", lambda: _end_result(ledger, inputs.receipt is not None))
+    if ledger.checkpoints or not all(receipt.signed for receipt in receipts):
+        report.record("checkpoints", lambda: _coverage(ledger, inputs.keys))
     if inputs.receipt is not None:
         receipt = inputs.receipt
         report.record("in_chain", lambda: check_member(receipt, receipts))
+
+
+def _signature(receipt: Receipt, keys: KeySet) -> str:
+    try:
+        return f"ok (kid {check_signature(receipt, keys)})"
+    except Pending as exc:
+        raise Pending(f"{exc}; give --ledger to check it") from None
+
+
+def _covered(receipt: Receipt, ledger: Ledger, keys: KeySet) -> str:
+    check_chain(ledger.receipts, keys)  # the links from the receipt to its checkpoint
+    return check_covered(receipt, ledger.receipts, ledger.checkpoints, keys)
+
+
+def _coverage(ledger: Ledger, keys: KeySet) -> str:
+    check_chain(ledger.receipts, keys)
+    return check_coverage(ledger.receipts, ledger.checkpoints, keys)
 
 
 def _ok(check: Callable[[], object]) -> Callable[[], str]:
@@ -347,7 +440,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", required=True, metavar="FILE|URL", help="public keys document")
     parser.add_argument("--request", metavar="FILE", help="the request body the client sent")
     parser.add_argument("--response", metavar="FILE", help="the response body it received")
-    parser.add_argument("--ledger", metavar="FILE", help="a ledger export to check as a chain")
+    parser.add_argument(
+        "--ledger",
+        metavar="FILE|URL",
+        help=f"a ledger export to check as a chain, or the gateway's URL (rcv_ key in"
+        f" ${API_KEY_ENV}): a receipt's chain up to its checkpoint, or ?chain=ID whole",
+    )
     parser.add_argument(
         "--first-seq",
         metavar="N",

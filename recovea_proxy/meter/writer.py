@@ -6,10 +6,12 @@ rows exactly as the hot path queued them: each event beside its receipt and its
 route's path, ids as text, the time as epoch milliseconds — and moved with one
 `INSERT … SELECT … ON CONFLICT DO NOTHING` per table, in one transaction. Postgres
 does the casts and creates routes on first sight (remembering the batch's earliest
-model); the writer does no per-event work. An event with cache writes or a
+model); the writer does no per-event work. A row without a `request_id` is a
+signed receipt checkpoint (`meter.checkpoints`): it goes to `receipt_checkpoints`
+only. An event with cache writes or a
 non-standard service tier also gets its `pricing_facts` row (the rollup's, keyed
 like the event). The conflict keys ((request_id, ts) for
-events, (chain_id, seq) for receipts, route_id for routes) make a retried or
+events, (chain_id, seq) for receipts and checkpoints, route_id for routes) make a retried or
 replayed batch idempotent.
 
 Deleted workspaces stay deleted: the batch first locks the rows of its workspaces
@@ -64,12 +66,20 @@ _CAST = {
 _MOVE_EVENTS = (
     f"INSERT INTO recovea.request_events ({', '.join(COLUMNS)})"
     f" SELECT {', '.join(_CAST.get(name, name) for name in COLUMNS)} FROM staging_events"
-    " ON CONFLICT DO NOTHING"
+    " WHERE request_id IS NOT NULL ON CONFLICT DO NOTHING"
 )
 _MOVE_RECEIPTS = (
     "INSERT INTO recovea.receipts (chain_id, seq, request_id, customer_id, kid, ts, token)"
     f" SELECT chain_id, seq, request_id::uuid, customer_id::uuid, kid, {_CAST['ts']}, token"
-    " FROM staging_events WHERE token IS NOT NULL ON CONFLICT DO NOTHING"
+    " FROM staging_events WHERE token IS NOT NULL AND request_id IS NOT NULL"
+    " ON CONFLICT DO NOTHING"
+)
+# A staging row without a request_id is a signed checkpoint (`meter.checkpoints`).
+_MOVE_CHECKPOINTS = (
+    "INSERT INTO recovea.receipt_checkpoints (chain_id, seq, customer_id, kid, ts, token)"
+    f" SELECT chain_id, seq, customer_id::uuid, kid, {_CAST['ts']}, token"
+    " FROM staging_events WHERE request_id IS NULL AND token IS NOT NULL"
+    " ON CONFLICT DO NOTHING"
 )
 _MOVE_PRICING_FACTS = (
     "INSERT INTO recovea.pricing_facts (request_id, ts, customer_id, cache_write_5m_tokens,"
@@ -82,7 +92,7 @@ _MOVE_PRICING_FACTS = (
 _MARK_HOURS = (
     "INSERT INTO recovea.rollup_pending (hour, customer_id)"
     f" SELECT DISTINCT date_trunc('hour', {_CAST['ts']}), customer_id::uuid FROM staging_events"
-    " WHERE customer_id IS NOT NULL ON CONFLICT DO NOTHING"
+    " WHERE customer_id IS NOT NULL AND request_id IS NOT NULL ON CONFLICT DO NOTHING"
 )
 _LOCK_WORKSPACES = (
     "SELECT 1 FROM recovea.workspaces WHERE customer_id IN"
@@ -193,6 +203,7 @@ class EventWriter:
             await conn.execute(_MOVE_EVENTS)
             await conn.execute(_MOVE_PRICING_FACTS)
             await conn.execute(_MOVE_RECEIPTS)
+            await conn.execute(_MOVE_CHECKPOINTS)
             await conn.execute(_MARK_HOURS)
         return discarded
 
