@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from recovea_proxy.meter import verify
-from recovea_proxy.meter.verify_cli import read_ledger
+from recovea_proxy.meter.verify_inputs import read_ledger
 from tests.receipt_support import (
     CHAT_JSON,
     CHAT_STREAM,
