@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,20 +25,22 @@ from typing import Any
 import orjson
 import uvloop
 
+from recovea_proxy.gc_tuning import settle_after_startup
 from recovea_proxy.headers import RequestHeaders
 from recovea_proxy.levers.cache import CacheLever
 from recovea_proxy.levers.cache_key import key_of
 from recovea_proxy.levers.cache_store import MemoryStore
-from recovea_proxy.levers.chain import LeverChain, LeverRequest, _Saved
+from recovea_proxy.levers.chain import LeverChain, LeverRequest
+from recovea_proxy.levers.chain import snapshot as take_snapshot
 from recovea_proxy.levers.dedup import DedupLever
-from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.levers.flights import Flight, FlightRegistry
 from recovea_proxy.levers.routing import RoutingLever
 from recovea_proxy.levers.slim import SlimLever
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.route_table import RouteTable, Rule
-from recovea_proxy.sources import UpstreamSource
+from recovea_proxy.sources import ReplaySource, UpstreamSource
 from recovea_proxy.surfaces import SurfaceMap
 
 _PLAIN: dict[str, Any] = {
@@ -136,7 +139,7 @@ def pieces() -> dict[str, Work]:
     async def snapshot(n: int) -> float:
         started = time.process_time()
         for _ in range(n):
-            _Saved(plain)
+            take_snapshot(plain)
         return time.process_time() - started
 
     async def key(n: int) -> float:
@@ -157,7 +160,7 @@ def pieces() -> dict[str, Work]:
                 if whole_chain:
                     await routed_chain.run(request)
                 else:
-                    await routing.before(request)
+                    routing.before(request)
             return time.process_time() - started
 
         return loop
@@ -178,7 +181,64 @@ def pieces() -> dict[str, Work]:
             requests = [_request(copy.deepcopy(parsed)) for _ in range(n)]
             started = time.process_time()
             for request in requests:
-                await slim.before(request)
+                slim.before(request)
+            return time.process_time() - started
+
+        return loop
+
+    answer = orjson.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok " * 40},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 40, "total_tokens": 70},
+        }
+    )  # fmt: skip
+    answered = ReplaySource(
+        200,
+        (
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", str(len(answer)).encode()),
+            (b"X-Request-Id", b"req_0123456789abcdef"),
+            (b"Date", b"Sat, 05 Dec 2026 23:00:00 GMT"),
+            (b"Server", b"mock"),
+            (b"Openai-Processing-Ms", b"120"),
+        ),
+        (answer,),
+    )
+
+    seeds = itertools.count()  # no two misses alike, over every loop
+
+    def whole(shared: bool) -> Work:
+        """A request from the chain to its end, as the pipe drives the levers' part:
+        the observers told the 1-chunk answer's start, fed it, closed; the releases
+        run; a leader leaves its flight. With `shared`, a miss (the answer stored)."""
+
+        async def loop(n: int) -> float:
+            requests = []
+            for _ in range(n):
+                parsed = {**_PLAIN, "stream": False, "temperature": 0, "seed": next(seeds)}
+                if not shared:
+                    del parsed["temperature"], parsed["seed"]
+                request = _request(parsed)
+                request.record.success = True
+                request.record.usage.finish_reason = "stop"
+                requests.append(request)
+            started = time.process_time()
+            for request in requests:
+                await chain.run(request)
+                observers = request.observers
+                for observer in observers:
+                    observer.begin(answered)
+                for observer in observers:
+                    observer.feed(answer)
+                for observer in observers:
+                    observer.close()
+                for release in request.release:
+                    release()
+                if request.flight is not None:
+                    flights.leader_left(request.flight, answered, clean=True)
             return time.process_time() - started
 
         return loop
@@ -199,7 +259,8 @@ def pieces() -> dict[str, Work]:
                     upstream.finish(clean=True)
                     continue
                 # as the pipe does for a leader: the flight observes each chunk
-                shared = flights.open(i.to_bytes(8, "big"), record)
+                shared = Flight(i.to_bytes(8, "big"), record)
+                flights.open(shared)
                 shared.begin(upstream)
                 upstream.start_body()
                 while chunk := await upstream.read():
@@ -215,6 +276,8 @@ def pieces() -> dict[str, Work]:
         "  of which the snapshot the chain takes, per lever": snapshot,
         "chain, cache miss + flight to lead (no upstream yet)": missed,
         "  of which the cache key": key,
+        "a plain request, whole (chain, then the answer's end)": whole(shared=False),
+        "a miss, whole (chain, flight led, the answer stored)": whole(shared=True),
         "routing lever, a rule matches (plan + body rewritten)": route("gpt-4o-mini", False),
         "routing lever, no rule for the model": route("gpt-4o", False),
         "chain with routing, a rule matches (cache, dedup skip)": route("gpt-4o-mini", True),
@@ -236,6 +299,7 @@ async def per_call_us(work: Work, loops: int) -> float:
 
 
 async def main(loops: int, only: str | None) -> None:
+    settle_after_startup()  # the gateway's collector settings: kept entries cost collections
     print(f"{'piece':56} cpu µs")
     for name, work in pieces().items():
         if only and only not in name:

@@ -34,6 +34,9 @@ HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"accept-encoding"}
 # Response headers replaced by the gateway's own.
 _NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
+#: a stored answer's headers never replayed (nor written to Redis): hop-by-hop,
+#: per-connection or per-client
+NOT_REPLAYED = HOP_BY_HOP | {b"content-length", b"set-cookie", b"date"}
 
 _HEX = frozenset(b"0123456789abcdef")
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import aiohttp
 
+from recovea_proxy.headers import NOT_REPLAYED
 from recovea_proxy.upstream import classify
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -117,7 +118,9 @@ class UpstreamSource:
 
 
 class ReplaySource:
-    """A stored response, replayed chunk by chunk as it first came."""
+    """A stored response, replayed chunk by chunk as it first came, with the stored
+    headers less those never replayed (`headers.NOT_REPLAYED`: the entry holds the
+    provider's headers as they came, so a miss spends nothing on them)."""
 
     __slots__ = (
         "_chunks",
@@ -131,19 +134,21 @@ class ReplaySource:
 
     errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, status: int, raw_headers: Headers, chunks: Sequence[bytes]) -> None:
+    def __init__(self, status: int, stored_headers: Headers, chunks: Sequence[bytes]) -> None:
         self.status = status
-        self.raw_headers = raw_headers
         self._chunks = chunks
         self._next = 0
         self.content_type = b""
         self.content_length = None
-        for name, value in raw_headers:
+        headers = []
+        for name, value in stored_headers:
             lowered = name.lower()
+            if lowered in NOT_REPLAYED:
+                continue
             if lowered == b"content-type":
                 self.content_type = value.lower()
-            elif lowered == b"content-length":
-                self.content_length = int(value) if value.isdigit() else None
+            headers.append((lowered, value))
+        self.raw_headers = headers
         self.identity_encoded = True
 
     async def read(self) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from recovea_proxy.meter.verify import decode_token, split_response
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant, stored
-from tests.support import Gateway, MockServer
+from tests.support import Gateway, MockServer, cli_json
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,41 @@ def test_answers_that_are_not_complete_are_not_kept(
         again = ask(cached, tenant, prompt, **fields)
         assert again.headers["x-recovea-cache"] == "miss"
         assert upstream_calls(mock, prompt) == 2
+
+
+def test_a_tool_call_is_kept_only_where_the_workspace_allows_it(
+    cached: Gateway, tenant: Tenant, mock: MockServer, db_env: dict[str, str]
+) -> None:
+    """A forced tool call ends with finish reason `stop` (as OpenAI's does), so the
+    answer itself is searched: by default it is not kept. A text answer to a request
+    that offered tools is kept, and a workspace that allows tool calls keeps them."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    forced = {"tools": tools, "tool_choice": {"type": "function", "function": {"name": "lookup"}}}
+    first = ask(cached, tenant, "cache-tool-call", **forced)
+    choice = first.json()["choices"][0]
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "lookup"
+    assert choice["finish_reason"] == "stop"
+    assert ask(cached, tenant, "cache-tool-call", **forced).headers["x-recovea-cache"] == "miss"
+    assert upstream_calls(mock, "cache-tool-call") == 2
+
+    ask(cached, tenant, "cache-tool-text", tools=tools)
+    assert ask(cached, tenant, "cache-tool-text", tools=tools).headers["x-recovea-cache"] == "hit"
+
+    allowing = make_tenant(db_env, "cache-tools-allowed")
+    admin = cli_json(
+        "key", "create", "--workspace", allowing.workspace, "--role", "admin", env=db_env
+    )
+    allowed = httpx.put(
+        f"{cached.url}/admin/v1/cache",
+        headers={"authorization": f"Bearer {admin['key']}"},
+        json={"tool_calls": True},
+    )
+    assert allowed.status_code == 200
+    ask(cached, allowing, "cache-tool-allowed", **forced)
+    kept = ask(cached, allowing, "cache-tool-allowed", **forced)
+    assert kept.headers["x-recovea-cache"] == "hit"
+    assert kept.json()["choices"][0]["message"]["tool_calls"][0]["id"] == "call_mock"
+    assert upstream_calls(mock, "cache-tool-allowed") == 1
 
 
 def test_refresh_and_max_age_go_upstream_and_refresh_writes(

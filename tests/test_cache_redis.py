@@ -28,7 +28,7 @@ from tests.support import Gateway, MockServer, metric_value, wait_until
 
 T = TypeVar("T")
 
-ENTRY = CacheEntry(
+ENTRY = CacheEntry.of(
     200,
     ((b"content-type", b"text/event-stream"),),
     (b'data: {"choices":[]}\n\n', b"data: [DONE]\n\n"),

@@ -160,6 +160,37 @@ def test_a_working_lever_reports_its_outcome() -> None:
     assert request.body == CLIENT_BODY.replace(b"  ", b" ")
 
 
+class AnswersAtOnce(_Lever):
+    """A lever that never waits: `before` returns its word, not a coroutine."""
+
+    name = "dedup"
+
+    def before(self, request: LeverRequest) -> str:
+        return "miss"
+
+
+class ContainedRaises(_Lever):
+    """A lever that promises to change nothing before it may fail, and fails."""
+
+    name = "cache"
+    contained = True
+
+    def before(self, request: LeverRequest) -> str:
+        raise KeyError("store index")
+
+
+def test_levers_that_answer_at_once_or_fail_contained_are_recorded() -> None:
+    """A lever may answer without a coroutine; a `contained` lever's fault (the chain
+    takes no snapshot for it) is still `error`, counted, and the next lever runs."""
+    request = lever_request()
+    metrics = GatewayMetrics()
+    asyncio.run(LeverChain((ContainedRaises(), AnswersAtOnce()), metrics).run(request))
+    assert request.record.levers_fired == {"cache": "error", "dedup": "miss"}
+    assert request.record.fell_back is True
+    assert request.body == CLIENT_BODY
+    assert _faults(metrics, "cache:KeyError") == 1
+
+
 class NotForThis(_Lever):
     """A lever with nothing to do for the request."""
 

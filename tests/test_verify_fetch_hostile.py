@@ -38,7 +38,7 @@ class EndlessLedger(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: EndlessLedger
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.server.requests += 1
         after = int(parse_qs(urlsplit(self.path).query)["after_seq"][0])
         page: dict[str, Any] = export(
@@ -70,9 +70,9 @@ def verify_against(server: EndlessLedger, tmp_path: Path) -> subprocess.Complete
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"keys": []}))
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/recovea/ledger?chain={CHAIN}"
+    command = ["-m", "recovea_proxy.meter.verify_cli", "--ledger", url, "--keys", str(keys)]
     return subprocess.run(
-        [sys.executable, "-m", "recovea_proxy.meter.verify_cli"]
-        + ["--ledger", url, "--keys", str(keys)],
+        [sys.executable, *command],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -10,39 +10,42 @@ exact`, with the original's usage (read again from the replayed bytes).
 Stored only: a 200 answer, complete (a terminal event, `success`), whose finish
 reason is not `length` or `content_filter`, not a tool call unless the workspace
 allows them, and not larger than `RECOVEA_CACHE_ENTRY_MAX_KB`. Partial streams never.
+A miss's answer is kept by the request's `flights.Flight` as it passes (the same
+object the dedup lever opens for followers) and stored by the lever's `Keeper`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
-from recovea_proxy.headers import HOP_BY_HOP
 from recovea_proxy.levers.cache_key import key_of, shareable
-from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
+from recovea_proxy.levers.cache_store import CacheEntry, CacheStore, entry_size
 from recovea_proxy.levers.chain import LeverRequest
-from recovea_proxy.record import RequestRecord
-from recovea_proxy.sources import Headers, ReplaySource, ResponseSource
+from recovea_proxy.levers.flights import Flight
+from recovea_proxy.sources import ReplaySource
 
 #: finish reasons of answers that are not kept (cut short, filtered)
 _INCOMPLETE = frozenset({"length", "content_filter", "max_tokens", "refusal"})
 #: finish reasons of tool calls (kept only when the workspace allows them)
 _TOOL_CALLS = frozenset({"tool_calls", "function_call", "tool_use"})
-#: response headers never stored: hop-by-hop, per-connection or per-client
-_NOT_STORED = HOP_BY_HOP | {b"content-length", b"set-cookie", b"date"}
 
 
 class CacheLever:
     """The `cache` lever of one workspace policy."""
 
     name = "cache"
+    contained = True
 
     def __init__(
         self, store: CacheStore, *, ttl_s: int, entry_max_bytes: int, tool_calls: bool
     ) -> None:
         self._store = store
-        self._ttl = ttl_s
-        self._entry_max = entry_max_bytes
-        self._tool_calls = tool_calls
+        self._shared = store.shared
+        # Two keepers: a request that offers the model no tools needs no scan of its
+        # answer for tool calls (with tools, one is looked for unless they are allowed).
+        self._keeper = Keeper(store, ttl_s, entry_max_bytes, tool_calls, scan=False)
+        self._keeper_scanning = Keeper(store, ttl_s, entry_max_bytes, tool_calls, scan=True)
         self.budget_s = store.budget_s
 
     def applies(self, request: LeverRequest) -> bool:
@@ -54,11 +57,11 @@ class CacheLever:
             and shareable(parsed, request.policy.cache)
         )
 
-    async def before(self, request: LeverRequest) -> str:
+    def before(self, request: LeverRequest) -> str | Awaitable[str]:
+        # Contained: the request is changed only once the lookup has answered.
         parsed = request.parsed
         record = request.record
         assert parsed is not None and record.workspace_id is not None
-        mode = request.headers.cache
         key = key_of(
             record.workspace_id,
             record.method,
@@ -67,18 +70,39 @@ class CacheLever:
             parsed,
             request.plan.key if request.plan is not None else b"",
         )
-        request.cache_key = key
-        if mode != "refresh":
-            entry = await self._store.lookup(key)
+        if request.headers.cache != "refresh":
+            entry = self._store.get(key)
+            if entry is None and self._shared:
+                return self._look_beyond(request, key)  # awaited by the chain
             if entry is not None and _fresh_enough(entry, request):
-                request.answer = ReplaySource(entry.status, entry.headers, entry.chunks)
-                record.cache_hit = True
-                record.cache_type = "exact"
-                return "hit"
-        request.observers.append(
-            CacheRecorder(self._store, key, self._ttl, record, self._entry_max, self._tool_calls)
-        )
+                return _hit(request, key, entry)
+        return self._miss(request, key)
+
+    async def _look_beyond(self, request: LeverRequest, key: bytes) -> str:
+        """The lookup in the shared store (Redis), when memory had nothing."""
+        entry = await self._store.lookup_shared(key)
+        if entry is not None and _fresh_enough(entry, request):
+            return _hit(request, key, entry)
+        return self._miss(request, key)
+
+    def _miss(self, request: LeverRequest, key: bytes) -> str:
+        """Keep the answer as it passes (the flight the dedup lever may open next)."""
+        parsed = request.parsed
+        offers_tools = parsed is not None and ("tools" in parsed or "functions" in parsed)
+        keeper = self._keeper_scanning if offers_tools else self._keeper
+        flight = Flight(key, request.record, keeper)
+        request.observers.append(flight)
+        request.cache_key = key
         return "miss"
+
+
+def _hit(request: LeverRequest, key: bytes, entry: CacheEntry) -> str:
+    request.answer = ReplaySource(entry.status, entry.headers, entry.chunks)
+    request.cache_key = key
+    record = request.record
+    record.cache_hit = True
+    record.cache_type = "exact"
+    return "hit"
 
 
 def _fresh_enough(entry: CacheEntry, request: LeverRequest) -> bool:
@@ -92,87 +116,53 @@ def _fresh_enough(entry: CacheEntry, request: LeverRequest) -> bool:
     return True
 
 
-class CacheRecorder:
-    """Keeps a missed request's answer as it passes, and stores it if it qualifies."""
+class Keeper:
+    """Stores a missed request's answer, kept by its `Flight` as it passed, when the
+    answer qualifies (one per lever and kind of request, shared by its requests)."""
 
-    __slots__ = (
-        "_chunks",
-        "_headers",
-        "_key",
-        "_max",
-        "_off",
-        "_record",
-        "_size",
-        "_status",
-        "_store",
-        "_tool_calls",
-        "_ttl",
-    )
+    __slots__ = ("_refuse_tools", "_scan", "_store", "_ttl", "entry_max")
 
     def __init__(
-        self,
-        store: CacheStore,
-        key: bytes,
-        ttl_s: int,
-        record: RequestRecord,
-        max_bytes: int,
-        tool_calls: bool,
+        self, store: CacheStore, ttl_s: int, entry_max_bytes: int, tool_calls: bool, *, scan: bool
     ) -> None:
         self._store = store
-        self._key = key
         self._ttl = ttl_s
-        self._record = record
-        self._max = max_bytes
-        self._tool_calls = tool_calls
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._status = 0
-        self._headers: Headers = ()
-        self._off = False
+        #: answers larger than this are not kept (the flight stops keeping them)
+        self.entry_max = entry_max_bytes
+        #: tool calls are not kept (the workspace has not allowed them)...
+        self._refuse_tools = not tool_calls
+        #: ... and the answer is searched for one (the request offered tools)
+        self._scan = scan and not tool_calls
 
-    def begin(self, source: ResponseSource) -> None:
-        self._status = source.status
-        if source.status != 200 or not source.identity_encoded:
-            self._off = True
-            return
-        self._headers = source.raw_headers  # filtered when stored
-
-    def feed(self, chunk: bytes) -> None:
-        if self._off:
-            return
-        self._size += len(chunk)
-        if self._size > self._max:
-            self._off = True
-            self._chunks = []
-            return
-        self._chunks.append(chunk)
-
-    def take(self, chunks: list[bytes], size: int) -> None:
-        """The whole answer, kept by the flight this request leads (which then feeds
-        no chunk here: one observer a chunk instead of two)."""
-        if size > self._max:
-            self._off = True
-        else:
-            self._chunks = chunks
-
-    def close(self) -> None:
-        record = self._record
-        if self._off or record.client_gone or record.error_code or record.success is not True:
+    def keep(self, flight: Flight) -> None:
+        """Store the flight's answer if it is a complete, cacheable 200."""
+        record, upstream = flight.leader, flight.upstream
+        if (
+            upstream is None
+            or upstream.status != 200
+            or not upstream.identity_encoded
+            or record.client_gone
+            or record.error_code
+            or record.success is not True
+        ):
             return
         reason = record.usage.finish_reason
-        if reason in _INCOMPLETE or (reason in _TOOL_CALLS and not self._tool_calls):
+        if reason in _INCOMPLETE or (self._refuse_tools and reason in _TOOL_CALLS):
             return
-        chunks = self._chunks
-        if not self._tool_calls:
-            for chunk in chunks:
-                if b'"function_call"' in chunk:
-                    return  # a Responses answer that calls a tool
-        headers = tuple(
-            [
-                (low, value)
-                for name, value in self._headers
-                if (low := name.lower()) not in _NOT_STORED
-            ]
-        )
-        entry = CacheEntry(self._status, headers, tuple(chunks), time.time())
-        self._store.save(self._key, entry, self._ttl)
+        chunks = flight.chunks
+        if self._scan and any(_calls_a_tool(chunk) for chunk in chunks):
+            return
+        # The headers as they came (a tuple of pairs already): those not to be replayed
+        # are left out when the entry is replayed or written to Redis, not here.
+        headers = tuple(upstream.raw_headers)
+        size = entry_size(headers, flight.size)
+        entry = CacheEntry(200, headers, tuple(chunks), time.time(), size)
+        self._store.save(flight.key, entry, self._ttl)
+
+
+def _calls_a_tool(chunk: bytes) -> bool:
+    """Whether a piece of an answer holds a tool call: Chat's `tool_calls` (a forced
+    `tool_choice` ends with `stop`, not `tool_calls`), a Responses `function_call`
+    item, an Anthropic `tool_use` block. Only looked for when the request offered
+    tools; a false alarm only means the answer is not kept."""
+    return b'"tool_calls"' in chunk or b'"function_call"' in chunk or b'"tool_use"' in chunk

@@ -23,6 +23,8 @@ import orjson
 
 #: fields that say who asks, not what is asked: left out of the key
 IDENTITY_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
+#: the types a `temperature` of 0 may come as (bool is not one: `false` is no number)
+_NUMBERS = (int, float)
 #: fields whose presence makes the answer depend on state outside the body
 STATEFUL_FIELDS = frozenset({"previous_response_id", "conversation"})
 
@@ -33,8 +35,8 @@ def shareable(parsed: dict[str, Any], cache_policy: str) -> bool:
         return False
     if cache_policy == "deterministic":
         temperature = parsed.get("temperature")
-        seed = parsed.get("seed")
-        if not (_is_zero(temperature) or (type(seed) is int)):
+        zero = type(temperature) in _NUMBERS and temperature == 0
+        if not (zero or type(parsed.get("seed")) is int):
             return False
     n = parsed.get("n")
     if type(n) is int and n > 1:
@@ -42,10 +44,6 @@ def shareable(parsed: dict[str, Any], cache_policy: str) -> bool:
     if parsed.get("store") is True:
         return False
     return STATEFUL_FIELDS.isdisjoint(parsed)
-
-
-def _is_zero(value: object) -> bool:
-    return type(value) in (int, float) and value == 0
 
 
 def key_of(

@@ -113,7 +113,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
         )
         self._client: Redis = Redis.from_pool(pool)
-        self._pending: asyncio.Queue[tuple[bytes, bytes, int]] = asyncio.Queue(pending_max)
+        self._pending: asyncio.Queue[tuple[bytes, CacheEntry, int]] = asyncio.Queue(pending_max)
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         #: monotonic time until which Redis is held down (0: it is up)
@@ -171,7 +171,8 @@ class RedisStore:
         if self._closed or ttl_s <= 0:
             return
         try:
-            self._pending.put_nowait((redis_key(key), entry.to_bytes(), ttl_s))
+            # serialized by the writer, off the request's path
+            self._pending.put_nowait((key, entry, ttl_s))
         except asyncio.QueueFull:
             self._count("backlog")
 
@@ -190,15 +191,15 @@ class RedisStore:
                 for _ in batch:
                     pending.task_done()
 
-    async def _write(self, batch: list[tuple[bytes, bytes, int]]) -> None:
+    async def _write(self, batch: list[tuple[bytes, CacheEntry, int]]) -> None:
         if self._down_until and time.monotonic() < self._down_until:
             self._count("down")
             return
         try:
             async with asyncio.timeout(self._write_timeout):
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for name, data, ttl_s in batch:
-                        pipe.set(name, data, ex=ttl_s)
+                    for key, entry, ttl_s in batch:
+                        pipe.set(redis_key(key), entry.to_bytes(), ex=ttl_s)
                     await pipe.execute()
         except (TimeoutError, RedisError, OSError) as exc:
             self._fault(exc)

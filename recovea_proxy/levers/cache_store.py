@@ -5,9 +5,11 @@ A cached body is the one place the gateway holds a response after the request: o
 in memory (this store) or in Redis (`cache_redis.RedisStore`), always with a TTL,
 never in Postgres.
 
-Every store has the same two calls: `lookup` (awaited by the cache lever, under the
-store's `budget_s` when it may wait) and `save` (never awaited by a request: the
-store does it off the hot path and owns whatever task that takes).
+Every store answers `get` (this process's memory: never waits), `lookup_shared` (the
+store beyond it, when `shared`: awaited by the cache lever only after `get` missed,
+bounded by the store itself), `lookup` (both, in that order) and `save` (never
+awaited by a request: the store does it off the hot path and owns whatever task that
+takes).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Protocol
 
+from recovea_proxy.headers import NOT_REPLAYED
+
 _MAGIC = b"RCV1"
 _COUNT = struct.Struct("!I")
 _HEAD = struct.Struct("!dHII")  # stored_at, status, header count, chunk count
@@ -26,7 +30,8 @@ _HEAD = struct.Struct("!dHII")  # stored_at, status, header count, chunk count
 
 @dataclass(slots=True)
 class CacheEntry:
-    """A stored answer: status, the headers worth replaying, the body as it came.
+    """A stored answer: status, the provider's headers (as they came: those never
+    replayed are left out on replay and in the wire form), the body as it came.
     Never changed once made (not frozen: a frozen dataclass's `__init__` costs a miss
     four `object.__setattr__` calls)."""
 
@@ -35,19 +40,29 @@ class CacheEntry:
     chunks: tuple[bytes, ...]
     #: wall-clock seconds when it was stored (ages are judged against it)
     stored_at: float
+    #: bytes it holds (what the memory bound counts): `entry_size`, reckoned once
+    size: int
 
-    @property
-    def size(self) -> int:
-        """Bytes it holds (what the memory bound counts)."""
-        return sum(map(len, self.chunks)) + sum(map(len, chain.from_iterable(self.headers))) + 64
+    @classmethod
+    def of(
+        cls,
+        status: int,
+        headers: tuple[tuple[bytes, bytes], ...],
+        chunks: tuple[bytes, ...],
+        stored_at: float,
+    ) -> CacheEntry:
+        """An entry whose size is reckoned from its parts."""
+        return cls(status, headers, chunks, stored_at, entry_size(headers, sum(map(len, chunks))))
 
     def to_bytes(self) -> bytes:
-        """Its wire form (for Redis): versioned, length-prefixed."""
+        """Its wire form (for Redis): versioned, length-prefixed, without the headers
+        that are never replayed."""
+        headers = [pair for pair in self.headers if pair[0].lower() not in NOT_REPLAYED]
         parts = [
             _MAGIC,
-            _HEAD.pack(self.stored_at, self.status, len(self.headers), len(self.chunks)),
+            _HEAD.pack(self.stored_at, self.status, len(headers), len(self.chunks)),
         ]
-        for name, value in self.headers:
+        for name, value in headers:
             parts += [_COUNT.pack(len(name)), name, _COUNT.pack(len(value)), value]
         for chunk in self.chunks:
             parts += [_COUNT.pack(len(chunk)), chunk]
@@ -74,7 +89,12 @@ class CacheEntry:
             raise ValueError("a truncated cache entry") from None
         if at != len(data):
             raise ValueError("a cache entry with trailing bytes")
-        return cls(status, tuple(headers), tuple(chunks), stored_at)
+        return cls.of(status, tuple(headers), tuple(chunks), stored_at)
+
+
+def entry_size(headers: tuple[tuple[bytes, bytes], ...], body_size: int) -> int:
+    """The bytes an entry with these headers and this much body holds."""
+    return body_size + sum(map(len, chain.from_iterable(headers))) + 64
 
 
 def _field(data: bytes, at: int) -> tuple[bytes, int]:
@@ -92,9 +112,19 @@ class CacheStore(Protocol):
     #: the longest a lookup may take, timed by the chain (None: it never waits, or it
     #: bounds its own wait, as `cache_redis.RedisStore` does)
     budget_s: float | None
+    #: whether there is a store beyond this process's memory (`lookup_shared`)
+    shared: bool
+
+    def get(self, key: bytes) -> CacheEntry | None:
+        """The fresh entry under `key` in this process's memory, or None."""
+        ...
+
+    async def lookup_shared(self, key: bytes) -> CacheEntry | None:
+        """The fresh entry under `key` in the store beyond memory, or None."""
+        ...
 
     async def lookup(self, key: bytes) -> CacheEntry | None:
-        """The fresh entry under `key`, or None."""
+        """The fresh entry under `key`, in memory or beyond, or None."""
         ...
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
@@ -106,6 +136,7 @@ class MemoryStore:
     """This process's entries, least recently used out first, within `max_bytes`."""
 
     budget_s: float | None = None
+    shared = False
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
@@ -116,6 +147,12 @@ class MemoryStore:
         return len(self._entries)
 
     async def lookup(self, key: bytes) -> CacheEntry | None:
+        return self.get(key)
+
+    async def lookup_shared(self, key: bytes) -> CacheEntry | None:
+        return None
+
+    def get(self, key: bytes) -> CacheEntry | None:
         found = self._entries.get(key)
         if found is None:
             return None
@@ -130,13 +167,14 @@ class MemoryStore:
         size = entry.size
         if size > self._max:
             return
-        if key in self._entries:
-            self._forget(key)
-        self._entries[key] = (time.monotonic() + ttl_s, entry)
+        entries = self._entries
+        replaced = entries.pop(key, None)
+        if replaced is not None:
+            self.size -= replaced[1].size
+        entries[key] = (time.monotonic() + ttl_s, entry)
         self.size += size
         while self.size > self._max:
-            oldest = next(iter(self._entries))
-            self._forget(oldest)
+            self._forget(next(iter(entries)))
 
     def _forget(self, key: bytes) -> None:
         _, entry = self._entries.pop(key)

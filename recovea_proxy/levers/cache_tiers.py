@@ -27,15 +27,19 @@ class TieredStore:
 
     #: memory never waits; Redis bounds its own wait
     budget_s: float | None = None
+    shared = True
 
     def __init__(self, memory: MemoryStore, shared: RedisStore) -> None:
         self._memory = memory
         self._shared = shared
 
+    def get(self, key: bytes) -> CacheEntry | None:
+        return self._memory.get(key)
+
     async def lookup(self, key: bytes) -> CacheEntry | None:
-        entry = await self._memory.lookup(key)
-        if entry is not None:
-            return entry
+        return self.get(key) or await self.lookup_shared(key)
+
+    async def lookup_shared(self, key: bytes) -> CacheEntry | None:
         found = await self._shared.fetch(key)
         if found is None:
             return None

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from recovea_proxy.levers.cache import CacheRecorder
 from recovea_proxy.levers.chain import LeverRequest
-from recovea_proxy.levers.flights import FlightRegistry
+from recovea_proxy.levers.flights import Flight, FlightRegistry
 
 
 class DedupLever:
@@ -17,6 +16,8 @@ class DedupLever:
 
     name = "dedup"
     budget_s: float | None = None
+    #: nothing that may fail comes after the request is changed
+    contained = True
 
     def __init__(self, flights: FlightRegistry) -> None:
         self._flights = flights
@@ -24,22 +25,25 @@ class DedupLever:
     def applies(self, request: LeverRequest) -> bool:
         return request.cache_key is not None
 
-    async def before(self, request: LeverRequest) -> str:
+    def before(self, request: LeverRequest) -> str:
         key = request.cache_key
         assert key is not None
-        subscription = self._flights.join(key)
+        flights = self._flights
+        subscription = flights.join(key)
         if subscription is None:
-            flights = self._flights
+            # The flight the cache lever attached to keep the answer (just before)
+            # becomes the shared call: one observer of the response, not two.
             observers = request.observers
-            # The cache's recorder (attached just before) reads the flight's buffer
-            # instead of being fed every chunk itself: the flight observes the response.
-            recorder = observers[-1] if observers and type(observers[-1]) is CacheRecorder else None
-            flight = request.flight = flights.open(key, request.record, recorder)
-            if recorder is None:
-                observers.append(flight)
-            else:
-                observers[-1] = flight
+            flight = observers[-1] if observers and type(observers[-1]) is Flight else None
+            attach = flight is None or flight.key != key
+            if attach:
+                flight = Flight(key, request.record)
+            assert flight is not None
+            flights.open(flight)
             request.release.append(partial(flights.abandon, flight))
+            if attach:
+                observers.append(flight)
+            request.flight = flight
             return "miss"
         request.answer = subscription
         request.record.dedup_singleflight = True

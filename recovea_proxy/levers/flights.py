@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import TYPE_CHECKING
 
 import structlog
@@ -31,7 +32,7 @@ from recovea_proxy.record import RequestRecord
 from recovea_proxy.sources import Headers, ResponseSource
 
 if TYPE_CHECKING:
-    from recovea_proxy.levers.cache import CacheRecorder
+    from recovea_proxy.levers.cache import Keeper
 
 _log = structlog.get_logger("recovea.flights")
 
@@ -45,99 +46,112 @@ class FlightBroken(Exception):
 
 
 class Flight:
-    """One shared upstream call and what it has answered so far; also the observer on
-    the leader's own response (the leader reads its upstream itself, in its own task:
-    a chunk costs the buffer append, and a wake-up only when followers wait). When the
-    exact cache records the same response, its recorder rides along: it is told the
-    start and the end, and takes the flight's buffer as the answer."""
+    """One shareable request's response as it passes: kept for the exact cache, and,
+    once the registry opens it, the shared call that followers join.
+
+    The cache lever makes it (a miss's answer is to be kept) and attaches it as an
+    observer of the request's own response; the dedup lever opens it in the registry
+    (the request leads a flight). The leader reads its upstream itself, in its own
+    task: a chunk costs the buffer append, and a wake-up only when followers wait.
+    One object for both jobs: the request pays for one, not a recorder and a flight.
+
+    The buffer is bounded: past the cache's entry bound the answer is no longer kept,
+    past `RECOVEA_FLIGHT_BUFFER_MAX_KB` no one new may join, and past both (with no
+    follower reading it) nothing more is buffered.
+    """
 
     __slots__ = (
         "_changed",
         "buffer_max",
         "chunks",
-        "content_length",
-        "content_type",
         "failure",
         "followers",
-        "identity_encoded",
         "joinable",
+        "keeper",
         "key",
         "leader",
-        "raw_headers",
-        "recorder",
+        "limit",
         "size",
         "state",
-        "status",
         "subscribers",
         "task",
+        "upstream",
     )
 
-    def __init__(
-        self,
-        key: bytes,
-        buffer_max: int,
-        leader: RequestRecord,
-        recorder: CacheRecorder | None = None,
-    ) -> None:
+    def __init__(self, key: bytes, leader: RequestRecord, keeper: Keeper | None = None) -> None:
         self.key = key
-        #: past this many bytes kept, no one new may join
-        self.buffer_max = buffer_max
-        #: the leading request's record, and the cache's recorder of its answer
+        #: the leading request's record
         self.leader = leader
-        self.recorder = recorder
+        #: what keeps the answer for the exact cache (None: it is not kept)
+        self.keeper = keeper
+        #: the response's source, once it has begun (status and headers)
+        self.upstream: ResponseSource | None = None
         #: waiting (for the response) | streaming | done | failed (before the first
         #: byte) | broken (after it)
         self.state = "waiting"
-        self.status = 0
-        self.raw_headers: Headers = ()
-        self.content_type = b""
-        self.content_length: int | None = None
-        self.identity_encoded = True
         self.chunks: list[bytes] = []
         self.size = 0
+        #: the size past which something changes (`_past_limit`); -1: nothing is kept
+        self.limit = keeper.entry_max if keeper is not None else -1
+        #: past this many bytes no one new may join (set when the registry opens it)
+        self.buffer_max = 0
         self.failure = ""
         self.subscribers = 0
         self.followers = 0
-        self.joinable = True
+        self.joinable = False
         self.task: asyncio.Task[None] | None = None
         #: set on the next change; made only when someone waits (a flight nobody
         #: joins never makes one)
         self._changed: asyncio.Event | None = None
 
     def begin(self, upstream: ResponseSource) -> None:
-        """The shared response has begun: its status and headers are known."""
-        if self.recorder is not None:
-            self.recorder.begin(upstream)
-        self.status = upstream.status
-        self.raw_headers = upstream.raw_headers
-        self.content_type = upstream.content_type
-        self.content_length = upstream.content_length
-        self.identity_encoded = upstream.identity_encoded
+        """The response has begun: its status and headers are known."""
+        self.upstream = upstream
         self.state = "streaming"
         if self._changed is not None:
             self.notify()
 
     def feed(self, chunk: bytes) -> None:
-        """One more chunk of the shared response (followers are woken, if any wait)."""
-        self.chunks.append(chunk)
+        """One more chunk of the response (followers are woken, if any wait)."""
         self.size += len(chunk)
-        if self.size > self.buffer_max:
-            self.joinable = False
+        if self.size > self.limit:
+            self._past_limit(chunk)
+        else:
+            self.chunks.append(chunk)
         if self._changed is not None:
             self.notify()
 
+    def _past_limit(self, chunk: bytes) -> None:
+        """The buffer passed a bound: no one new may join, or the answer is too large
+        to keep; once neither a follower nor the cache needs it, nothing is buffered."""
+        size = self.size
+        if self.joinable and size > self.buffer_max:
+            self.joinable = False
+        keeper = self.keeper
+        if keeper is not None and size > keeper.entry_max:
+            self.keeper = keeper = None
+        if self.joinable or keeper is not None or self.followers:
+            self.chunks.append(chunk)
+            limits = [sys.maxsize]
+            if self.joinable:
+                limits.append(self.buffer_max)
+            if keeper is not None:
+                limits.append(keeper.entry_max)
+            self.limit = min(limits)
+        else:
+            self.chunks = []
+            self.limit = -1
+
     def close(self) -> None:
         """The leader's response has ended (its record is settled by now)."""
-        record, recorder = self.leader, self.recorder
-        if self.state == "streaming" and not record.client_gone:
-            if record.error_code:
-                self.broken(record.error_code.removeprefix("upstream_"))
+        if self.state == "streaming" and not self.leader.client_gone:
+            if self.leader.error_code:
+                self.broken(self.leader.error_code.removeprefix("upstream_"))
             else:
                 self.done()
         # else the leader left early: `FlightRegistry.leader_left` decides
-        if recorder is not None:
-            recorder.take(self.chunks, self.size)
-            recorder.close()
+        if self.keeper is not None:
+            self.keeper.keep(self)
 
     def done(self) -> None:
         self.state = "done"
@@ -187,25 +201,32 @@ class Subscription:
         self._left = False
         flight.subscribers += 1
 
+    # The shared response's status and headers (read once it has begun: `ready`).
     @property
     def status(self) -> int:
-        return self._flight.status
+        return self._upstream.status
 
     @property
     def raw_headers(self) -> Headers:
-        return self._flight.raw_headers
+        return self._upstream.raw_headers
 
     @property
     def content_type(self) -> bytes:
-        return self._flight.content_type
+        return self._upstream.content_type
 
     @property
     def content_length(self) -> int | None:
-        return self._flight.content_length
+        return self._upstream.content_length
 
     @property
     def identity_encoded(self) -> bool:
-        return self._flight.identity_encoded
+        return self._upstream.identity_encoded
+
+    @property
+    def _upstream(self) -> ResponseSource:
+        upstream = self._flight.upstream
+        assert upstream is not None, "read before the shared response began"
+        return upstream
 
     async def ready(self, wait_s: float | None) -> bool:
         """Wait (at most `wait_s`) for the shared response to begin; False when it failed
@@ -265,15 +286,14 @@ class FlightRegistry:
         flight.followers += 1
         return Subscription(self, flight)
 
-    def open(
-        self, key: bytes, leader: RequestRecord, recorder: CacheRecorder | None = None
-    ) -> Flight:
-        """A new flight under `key` (its leader counted), which followers may join at
-        once: they wait for the leader's response to begin."""
-        flight = Flight(key, self.buffer_max, leader, recorder)
+    def open(self, flight: Flight) -> None:
+        """Open `flight` under its key (its leader counted): followers may join it at
+        once, and wait for the leader's response to begin."""
         flight.subscribers = 1
-        self._flights[key] = flight
-        return flight
+        flight.joinable = True
+        flight.buffer_max = self.buffer_max
+        flight.limit = min(self.buffer_max, flight.limit) if flight.limit >= 0 else self.buffer_max
+        self._flights[flight.key] = flight
 
     def abandon(self, flight: Flight) -> None:
         """The leader never got to its upstream call (an error before it): the

@@ -35,7 +35,7 @@ class RoutingLever:
             and request.policy.routes is not None
         )
 
-    async def before(self, request: LeverRequest) -> str:
+    def before(self, request: LeverRequest) -> str:
         table = request.policy.routes
         parsed = request.parsed
         assert table is not None and parsed is not None

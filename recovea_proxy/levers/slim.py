@@ -131,7 +131,7 @@ class SlimLever:
     def applies(self, request: LeverRequest) -> bool:
         return request.parsed is not None
 
-    async def before(self, request: LeverRequest) -> str:
+    def before(self, request: LeverRequest) -> str:
         parsed = request.parsed
         assert parsed is not None
         if not slim_body(parsed):

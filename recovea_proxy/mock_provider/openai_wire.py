@@ -76,12 +76,15 @@ def chat_json(body: dict[str, Any], plan: Plan, *, legacy: bool, openrouter: boo
     if legacy:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
     else:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": reason,
-        }
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        forced = _forced_function(body)
+        if forced is not None:
+            # A named function forced with `tool_choice`: the answer is the call, and the
+            # finish reason stays `stop` (as OpenAI's does), not `tool_calls`.
+            call = {"name": forced, "arguments": "{}"}
+            message.update(content=None, tool_calls=[{"id": "call_mock", "type": "function",
+                                                      "function": call}])  # fmt: skip
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
     doc: dict[str, Any] = {
         "id": plan.ident("cmpl-" if legacy else "chatcmpl-"),
         "object": "text_completion" if legacy else "chat.completion",
@@ -94,6 +97,15 @@ def chat_json(body: dict[str, Any], plan: Plan, *, legacy: bool, openrouter: boo
     doc["service_tier"] = plan.tier("default")
     doc["system_fingerprint"] = "fp_mock"
     return orjson.dumps(doc)
+
+
+def _forced_function(body: dict[str, Any]) -> str | None:
+    """The function a request forces with `tool_choice: {"type": "function", ...}`."""
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        return name if isinstance(name, str) else None
+    return None
 
 
 _ROLE = b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},' + (

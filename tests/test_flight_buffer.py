@@ -1,0 +1,110 @@
+"""A shareable request's `Flight` keeps its response for the cache and for followers,
+and no more than they need: past the cache's entry bound and the flight's buffer bound,
+with no follower reading, it buffers nothing more; a follower that joined in time
+still reads every byte."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from recovea_proxy.levers.cache import Keeper
+from recovea_proxy.levers.cache_store import MemoryStore
+from recovea_proxy.levers.flights import Flight, FlightRegistry
+from recovea_proxy.record import RequestRecord
+from recovea_proxy.sources import ReplaySource
+
+CHUNK = b"data: " + b"x" * 94 + b"\n\n"  # 102 bytes
+HEADERS = ((b"Content-Type", b"text/event-stream"), (b"Set-Cookie", b"session=1"))
+
+
+def settled_record() -> RequestRecord:
+    """The leader's record as the pipe leaves it after a complete answer."""
+    record = RequestRecord("r" * 32, "t" * 32, time.perf_counter_ns(), 0)
+    record.success = True
+    record.usage.finish_reason = "stop"
+    return record
+
+
+class ProviderAnswer:
+    """What a flight reads of the provider's response when it begins (its headers as
+    aiohttp hands them over: names as the provider wrote them)."""
+
+    status = 200
+    raw_headers = HEADERS
+    content_type = b"text/event-stream"
+    content_length = None
+    identity_encoded = True
+
+
+def answered(flight: Flight, chunks: int) -> None:
+    """The leader's response passes: begun, `chunks` chunks fed, closed."""
+    flight.begin(ProviderAnswer())  # type: ignore[arg-type]
+    for _ in range(chunks):
+        flight.feed(CHUNK)
+    flight.close()
+
+
+def test_an_answer_within_the_entry_bound_is_stored_with_its_headers_as_they_came() -> None:
+    store = MemoryStore(1 << 20)
+    flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 1024, False, scan=False))
+    answered(flight, 5)
+    entry = store.get(b"k" * 32)
+    assert entry is not None and entry.chunks == (CHUNK,) * 5
+    assert entry.size == 5 * len(CHUNK) + sum(len(n) + len(v) for n, v in HEADERS) + 64
+    # never replayed: the cookie stays out of what a hit sends
+    replayed = ReplaySource(entry.status, entry.headers, entry.chunks)
+    assert replayed.raw_headers == [(b"content-type", b"text/event-stream")]
+    assert b"session=1" not in entry.to_bytes()
+
+
+def test_past_the_entry_bound_a_cache_only_flight_buffers_nothing_more() -> None:
+    store = MemoryStore(1 << 20)
+    flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 1024, False, scan=False))
+    flight.begin(ProviderAnswer())  # type: ignore[arg-type]
+    for _ in range(10):  # 1,020 bytes: within the bound
+        flight.feed(CHUNK)
+    assert len(flight.chunks) == 10
+    for _ in range(30):
+        flight.feed(CHUNK)
+    assert flight.chunks == [] and flight.keeper is None
+    flight.close()
+    assert store.get(b"k" * 32) is None and len(store) == 0
+
+
+def test_an_open_flight_past_its_buffer_bound_stops_taking_followers_but_keeps_for_the_cache() -> (
+    None
+):
+    registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
+    store = MemoryStore(1 << 20)
+    flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 4096, False, scan=False))
+    registry.open(flight)
+    for _ in range(8):  # 816 bytes: past the flight's bound, within the entry's
+        flight.feed(CHUNK)
+    assert registry.join(b"k" * 32) is None  # no one new joins
+    assert len(flight.chunks) == 8
+    for _ in range(40):  # past both, nobody following: nothing more is buffered
+        flight.feed(CHUNK)
+    assert flight.chunks == []
+    flight.close()
+    assert store.get(b"k" * 32) is None
+
+
+def test_a_follower_that_joined_in_time_reads_every_byte_past_both_bounds() -> None:
+    registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
+    flight = Flight(
+        b"k" * 32, settled_record(), Keeper(MemoryStore(1 << 20), 60, 1024, False, scan=False)
+    )
+    registry.open(flight)
+    follower = registry.join(b"k" * 32)
+    assert follower is not None
+    answered(flight, 50)
+
+    async def read_all() -> bytes:
+        assert await follower.ready(1.0)
+        parts = []
+        while chunk := await follower.read():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    assert asyncio.run(read_all()) == CHUNK * 50
