@@ -234,8 +234,7 @@ class _Response:
         add_gateway_headers(out_headers, record)
         add_receipt_header(x.rt, out_headers, record, body)
         if self.observers:
-            self._feed_all(body)
-            self._close_observers()
+            self._feed_and_close(body)
         record.responded = True
         await x.send(
             {"type": "http.response.start", "status": source.status, "headers": out_headers}
@@ -291,6 +290,15 @@ class _Response:
         for observer in list(self.observers):
             try:
                 observer.feed(chunk)
+            except Exception as exc:
+                self.drop(observer, exc)
+
+    def _feed_and_close(self, body: bytes) -> None:
+        """A whole body's observers: each fed the body, then closed (one pass)."""
+        for observer in list(self.observers):
+            try:
+                observer.feed(body)
+                observer.close()
             except Exception as exc:
                 self.drop(observer, exc)
 

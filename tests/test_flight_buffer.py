@@ -6,10 +6,11 @@ still reads every byte."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 from recovea_proxy.levers.cache import Keeper
-from recovea_proxy.levers.cache_store import MemoryStore
+from recovea_proxy.levers.cache_store import CacheEntry, MemoryStore
 from recovea_proxy.levers.flights import Flight, FlightRegistry
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.sources import ReplaySource
@@ -108,3 +109,23 @@ def test_a_follower_that_joined_in_time_reads_every_byte_past_both_bounds() -> N
         return b"".join(parts)
 
     assert asyncio.run(read_all()) == CHUNK * 50
+
+
+def test_a_full_memory_store_leaves_nothing_for_the_collector_to_walk() -> None:
+    """Held entries are plain tuples of bytes and numbers, which the collector stops
+    tracking once it has seen them: a cache of thousands of entries adds nothing to
+    every later full collection (an object per entry would be walked for its life)."""
+    store = MemoryStore(1 << 30)
+    gc.collect()
+    before = len(gc.get_objects())
+    for number in range(2000):
+        headers = tuple((b"x-header-%d" % i, b"value %d" % number) for i in range(6))
+        entry = CacheEntry.of(200, headers, (b"body %d" % number,), time.time())
+        store.save(number.to_bytes(32, "big"), entry, 60)
+    del headers, entry
+    gc.collect()
+    gc.collect()
+    assert len(store) == 2000
+    assert len(gc.get_objects()) - before < 100
+    found = store.get((7).to_bytes(32, "big"))
+    assert found is not None and found.chunks == (b"body 7",)

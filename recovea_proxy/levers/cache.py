@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
+from itertools import chain
 
 from recovea_proxy.levers.cache_key import key_of, shareable
-from recovea_proxy.levers.cache_store import CacheEntry, CacheStore, entry_size
+from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
 from recovea_proxy.levers.chain import LeverRequest
 from recovea_proxy.levers.flights import Flight
 from recovea_proxy.sources import ReplaySource
@@ -153,9 +154,10 @@ class Keeper:
         if self._scan and any(_calls_a_tool(chunk) for chunk in chunks):
             return
         # The headers as they came (a tuple of pairs already): those not to be replayed
-        # are left out when the entry is replayed or written to Redis, not here.
+        # are left out when the entry is replayed or written to Redis, not here. The
+        # size is `cache_store.entry_size`, inline.
         headers = tuple(upstream.raw_headers)
-        size = entry_size(headers, flight.size)
+        size = flight.size + sum(map(len, chain.from_iterable(headers))) + 64
         entry = CacheEntry(200, headers, tuple(chunks), time.time(), size)
         self._store.save(flight.key, entry, self._ttl)
 

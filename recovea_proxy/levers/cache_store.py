@@ -132,6 +132,13 @@ class CacheStore(Protocol):
         ...
 
 
+#: how the memory store holds an entry: expiry (monotonic seconds), then the entry's
+#: fields in order. A plain tuple of bytes, tuples and numbers, which the collector
+#: stops tracking once it has seen it: a full cache costs no collection any time
+#: (an object per entry would be walked by every full collection for its life).
+_Held = tuple[float, int, tuple[tuple[bytes, bytes], ...], tuple[bytes, ...], float, int]
+
+
 class MemoryStore:
     """This process's entries, least recently used out first, within `max_bytes`."""
 
@@ -140,7 +147,7 @@ class MemoryStore:
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
-        self._entries: OrderedDict[bytes, tuple[float, CacheEntry]] = OrderedDict()
+        self._entries: OrderedDict[bytes, _Held] = OrderedDict()
         self.size = 0
 
     def __len__(self) -> int:
@@ -153,15 +160,15 @@ class MemoryStore:
         return None
 
     def get(self, key: bytes) -> CacheEntry | None:
-        found = self._entries.get(key)
-        if found is None:
+        held = self._entries.get(key)
+        if held is None:
             return None
-        expires, entry = found
+        expires, status, headers, chunks, stored_at, size = held
         if expires <= time.monotonic():
             self._forget(key)
             return None
         self._entries.move_to_end(key)
-        return entry
+        return CacheEntry(status, headers, chunks, stored_at, size)
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
         size = entry.size
@@ -170,12 +177,12 @@ class MemoryStore:
         entries = self._entries
         replaced = entries.pop(key, None)
         if replaced is not None:
-            self.size -= replaced[1].size
-        entries[key] = (time.monotonic() + ttl_s, entry)
+            self.size -= replaced[5]
+        expires = time.monotonic() + ttl_s
+        entries[key] = (expires, entry.status, entry.headers, entry.chunks, entry.stored_at, size)
         self.size += size
         while self.size > self._max:
             self._forget(next(iter(entries)))
 
     def _forget(self, key: bytes) -> None:
-        _, entry = self._entries.pop(key)
-        self.size -= entry.size
+        self.size -= self._entries.pop(key)[5]

@@ -28,23 +28,22 @@ class DedupLever:
     def before(self, request: LeverRequest) -> str:
         key = request.cache_key
         assert key is not None
+        # The flight the cache lever attached to keep the answer (just before) becomes
+        # the shared call when this request leads: one observer of the response, not two.
+        observers = request.observers
+        flight = observers[-1] if observers and type(observers[-1]) is Flight else None
+        attach = flight is None or flight.key != key
+        if attach:
+            flight = Flight(key, request.record)
+        assert flight is not None
         flights = self._flights
-        subscription = flights.join(key)
-        if subscription is None:
-            # The flight the cache lever attached to keep the answer (just before)
-            # becomes the shared call: one observer of the response, not two.
-            observers = request.observers
-            flight = observers[-1] if observers and type(observers[-1]) is Flight else None
-            attach = flight is None or flight.key != key
-            if attach:
-                flight = Flight(key, request.record)
-            assert flight is not None
-            flights.open(flight)
-            request.release.append(partial(flights.abandon, flight))
-            if attach:
-                observers.append(flight)
-            request.flight = flight
-            return "miss"
-        request.answer = subscription
-        request.record.dedup_singleflight = True
-        return "hit"
+        subscription = flights.lead_or_join(flight)
+        if subscription is not None:
+            request.answer = subscription
+            request.record.dedup_singleflight = True
+            return "hit"
+        request.release.append(partial(flights.abandon, flight))
+        if attach:
+            observers.append(flight)
+        request.flight = flight
+        return "miss"

@@ -144,11 +144,15 @@ class Flight:
 
     def close(self) -> None:
         """The leader's response has ended (its record is settled by now)."""
-        if self.state == "streaming" and not self.leader.client_gone:
-            if self.leader.error_code:
-                self.broken(self.leader.error_code.removeprefix("upstream_"))
-            else:
-                self.done()
+        leader = self.leader
+        if self.state == "streaming" and not leader.client_gone:
+            if leader.error_code:
+                self.broken(leader.error_code.removeprefix("upstream_"))
+            else:  # `done`, inline: every miss passes here
+                self.state = "done"
+                self.joinable = False
+                if self._changed is not None:
+                    self.notify()
         # else the leader left early: `FlightRegistry.leader_left` decides
         if self.keeper is not None:
             self.keeper.keep(self)
@@ -286,13 +290,25 @@ class FlightRegistry:
         flight.followers += 1
         return Subscription(self, flight)
 
+    def lead_or_join(self, flight: Flight) -> Subscription | None:
+        """Join the flight in progress under `flight`'s key, when one can be joined;
+        else open `flight` (None: the caller leads it). One call for both: every
+        shareable miss makes it."""
+        key = flight.key
+        current = self._flights.get(key)
+        if current is not None and current.joinable and current.followers < self._followers_max:
+            current.followers += 1
+            return Subscription(self, current)
+        self.open(flight)
+        return None
+
     def open(self, flight: Flight) -> None:
         """Open `flight` under its key (its leader counted): followers may join it at
         once, and wait for the leader's response to begin."""
         flight.subscribers = 1
         flight.joinable = True
-        flight.buffer_max = self.buffer_max
-        flight.limit = min(self.buffer_max, flight.limit) if flight.limit >= 0 else self.buffer_max
+        buffer_max = flight.buffer_max = self.buffer_max
+        flight.limit = buffer_max if flight.limit < 0 else min(buffer_max, flight.limit)
         self._flights[flight.key] = flight
 
     def abandon(self, flight: Flight) -> None:
@@ -318,7 +334,10 @@ class FlightRegistry:
         flight.subscribers -= 1
         if flight.state not in ("waiting", "streaming"):
             upstream.finish(clean=clean and flight.state == "done")
-            self._discard(flight)
+            # `_discard`, inline: every leader that finishes passes here
+            flight.joinable = False
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
             return
         if flight.subscribers <= 0:
             upstream.finish(clean=False)  # nobody reads on: drop the call
