@@ -1,6 +1,8 @@
 """What the levers add to one request, piece by piece, in CPU µs on this machine
 (in-process, best of five timed loops): the chain on a request it skips, the usage
-snapshot the chain takes before each lever, the cache key, the chain on a miss, and a
+snapshot the chain takes before each lever, the cache key, the chain on a miss, a whole
+plain request and a whole miss (the chain, then the answer's start, body and end as
+the pipe gives them to the observers, the answer stored, the leader's exit), and a
 leader reading its own upstream response through a flight against reading it
 directly (over a stand-in response whose chunks arrive one loop turn apart, as
 separate reads from a socket do).
