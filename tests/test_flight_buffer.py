@@ -82,7 +82,7 @@ def test_an_open_flight_past_its_buffer_bound_stops_taking_followers_but_keeps_f
     registry.open(flight)
     for _ in range(8):  # 816 bytes: past the flight's bound, within the entry's
         flight.feed(CHUNK)
-    assert registry.join(b"k" * 32) is None  # no one new joins
+    assert registry.lead_or_join(Flight(b"k" * 32, settled_record())) is None  # no one new joins
     assert len(flight.chunks) == 8
     for _ in range(40):  # past both, nobody following: nothing more is buffered
         flight.feed(CHUNK)
@@ -97,7 +97,7 @@ def test_a_follower_that_joined_in_time_reads_every_byte_past_both_bounds() -> N
         b"k" * 32, settled_record(), Keeper(MemoryStore(1 << 20), 60, 1024, False, scan=False)
     )
     registry.open(flight)
-    follower = registry.join(b"k" * 32)
+    follower = registry.lead_or_join(Flight(b"k" * 32, settled_record()))
     assert follower is not None
     answered(flight, 50)
 

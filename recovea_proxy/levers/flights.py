@@ -282,14 +282,6 @@ class FlightRegistry:
     def __len__(self) -> int:
         return len(self._flights)
 
-    def join(self, key: bytes) -> Subscription | None:
-        """A subscription to the flight in progress under `key`, when one can be joined."""
-        flight = self._flights.get(key)
-        if flight is None or not flight.joinable or flight.followers >= self._followers_max:
-            return None
-        flight.followers += 1
-        return Subscription(self, flight)
-
     def lead_or_join(self, flight: Flight) -> Subscription | None:
         """Join the flight in progress under `flight`'s key, when one can be joined;
         else open `flight` (None: the caller leads it). One call for both: every
