@@ -129,3 +129,52 @@ def test_a_full_memory_store_leaves_nothing_for_the_collector_to_walk() -> None:
     assert len(gc.get_objects()) - before < 100
     found = store.get((7).to_bytes(32, "big"))
     assert found is not None and found.chunks == (b"body 7",)
+
+
+def test_a_kept_entry_gives_the_collector_one_new_object_not_one_per_header() -> None:
+    """Until the next collection, every object a miss leaves behind counts toward it
+    and is walked by it: an entry with a dozen headers leaves one tuple, not a dozen
+    header pairs (which made the running gateway's collector run ~15 times as often)."""
+    store = MemoryStore(1 << 30)
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for number in range(500):
+            headers = tuple((b"x-header-%d" % i, b"value %d" % number) for i in range(12))
+            entry = CacheEntry.of(200, headers, (b"body %d" % number,), time.time())
+            store.save(number.to_bytes(32, "big"), entry, 60)
+        del headers, entry
+        left = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert len(store) == 500
+    assert left <= 500 + 50
+
+
+def test_the_memory_store_gives_back_each_chunk_and_header_as_it_was_kept() -> None:
+    """Held compactly (one header block, one body), an entry comes back as it went in:
+    a stream chunk for chunk, the headers pair for pair, values holding `: ` intact."""
+    store = MemoryStore(1 << 20)
+    chunks = (b'data: {"a":1}\n\n', b"", b"data: [DONE]\n\n", b"x" * 5000)
+    headers = ((b"Content-Type", b"text/event-stream"), (b"X-Note", b"a: b: c"), (b"X-Empty", b""))
+    store.save(b"s" * 32, CacheEntry.of(200, headers, chunks, 1.5), 60)
+    store.save(b"j" * 32, CacheEntry.of(201, (), (b"{}",), 2.5), 60)
+    stream, json = store.get(b"s" * 32), store.get(b"j" * 32)
+    assert stream is not None and json is not None
+    assert (stream.chunks, stream.stored_at) == (chunks, 1.5)
+    assert [tuple(pair) for pair in stream.headers] == list(headers)
+    assert (json.status, json.headers, json.chunks) == (201, (), (b"{}",))
+    again = store.get(b"s" * 32)  # unpacked by the first read, held so for the next
+    assert again is not None and (again.chunks, again.headers) == (chunks, stream.headers)
+    assert store.size == sum(entry.size for entry in (stream, json))
+
+
+def test_a_header_value_with_a_line_break_is_never_replayed_as_two_headers() -> None:
+    """A value that would split into another header when the entry is read back makes
+    the entry unusable: a miss, and the entry is forgotten."""
+    store = MemoryStore(1 << 20)
+    headers = ((b"content-type", b"application/json"), (b"x-odd", b"1\r\nx-injected: yes"))
+    store.save(b"k" * 32, CacheEntry.of(200, headers, (b"{}",), 1.0), 60)
+    assert store.get(b"k" * 32) is None
+    assert len(store) == 0 and store.size == 0

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import struct
 import time
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain, pairwise
+from operator import methodcaller
 from typing import Protocol
 
 from recovea_proxy.headers import NOT_REPLAYED
@@ -132,11 +134,54 @@ class CacheStore(Protocol):
         ...
 
 
-#: how the memory store holds an entry: expiry (monotonic seconds), then the entry's
-#: fields in order. A plain tuple of bytes, tuples and numbers, which the collector
-#: stops tracking once it has seen it: a full cache costs no collection any time
-#: (an object per entry would be walked by every full collection for its life).
-_Held = tuple[float, int, tuple[tuple[bytes, bytes], ...], tuple[bytes, ...], float, int]
+#: how the memory store holds an entry until it is first read: expiry (monotonic
+#: seconds), status, the headers as one `name: value` block (lines apart) and how many
+#: there are, the body as one bytes object and its chunks' lengths (packed; empty for a
+#: one-chunk body), when it was stored, its size. One tuple of bytes and numbers, not
+#: two dozen small objects (each header pair is three): until the next collection each
+#: object a miss leaves behind counts toward it and is walked by it, and held as pairs
+#: they made the running gateway's collector and page faults cost every miss ~4 µs
+#: (`perf`, bench/README.md), for entries most of which are never read.
+_Packed = tuple[float, int, bytes, int, bytes, bytes, float, int]
+#: ... and once it has been read (a hit): expiry, then the entry's fields in order, so
+#: later hits split nothing. Both are plain tuples the collector stops tracking once it
+#: has seen them (a full cache is not walked by every full collection), and both end
+#: with the entry's size.
+_Unpacked = tuple[float, int, tuple[tuple[bytes, bytes], ...], tuple[bytes, ...], float, int]
+_Held = _Packed | _Unpacked
+#: between a header's name and value, and between headers (neither can occur in a
+#: header: a value with a line break would give another line, and the entry is dropped)
+_PAIR = b": "
+_LINE = b"\r\n"
+
+
+def _packed(entry: CacheEntry, expires: float) -> _Packed:
+    chunks = entry.chunks
+    if len(chunks) == 1:
+        body, lengths = chunks[0], b""
+    else:
+        body, lengths = b"".join(chunks), array("I", map(len, chunks)).tobytes()
+    block = _LINE.join(map(_PAIR.join, entry.headers))
+    count = len(entry.headers)
+    return (expires, entry.status, block, count, body, lengths, entry.stored_at, entry.size)
+
+
+def _unpacked(held: _Packed) -> CacheEntry | None:
+    """The entry again; None when its header block does not split as it was joined."""
+    _, status, block, count, body, lengths, stored_at, size = held
+    lines = block.split(_LINE) if count else []
+    if len(lines) != count:
+        return None
+    split = map(methodcaller("partition", _PAIR), lines)
+    headers = tuple([(name, value) for name, _, value in split])
+    if lengths:
+        sizes = array("I")
+        sizes.frombytes(lengths)
+        cuts = list(accumulate(sizes, initial=0))
+        chunks = tuple([body[start:end] for start, end in pairwise(cuts)])
+    else:
+        chunks = (body,)
+    return CacheEntry(status, headers, chunks, stored_at, size)
 
 
 class MemoryStore:
@@ -160,15 +205,32 @@ class MemoryStore:
         return None
 
     def get(self, key: bytes) -> CacheEntry | None:
-        held = self._entries.get(key)
+        entries = self._entries
+        held = entries.get(key)
         if held is None:
             return None
-        expires, status, headers, chunks, stored_at, size = held
+        expires = held[0]
         if expires <= time.monotonic():
             self._forget(key)
             return None
-        self._entries.move_to_end(key)
-        return CacheEntry(status, headers, chunks, stored_at, size)
+        if len(held) == 6:  # read before
+            _, status, headers, chunks, stored_at, size = held
+            entry: CacheEntry | None = CacheEntry(status, headers, chunks, stored_at, size)
+        else:  # its first read: unpacked once, for this hit and the next
+            entry = _unpacked(held)
+            if entry is None:
+                self._forget(key)
+                return None
+            entries[key] = (
+                expires,
+                entry.status,
+                entry.headers,
+                entry.chunks,
+                entry.stored_at,
+                entry.size,
+            )
+        entries.move_to_end(key)
+        return entry
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
         size = entry.size
@@ -177,12 +239,11 @@ class MemoryStore:
         entries = self._entries
         replaced = entries.pop(key, None)
         if replaced is not None:
-            self.size -= replaced[5]
-        expires = time.monotonic() + ttl_s
-        entries[key] = (expires, entry.status, entry.headers, entry.chunks, entry.stored_at, size)
+            self.size -= replaced[-1]
+        entries[key] = _packed(entry, time.monotonic() + ttl_s)
         self.size += size
         while self.size > self._max:
             self._forget(next(iter(entries)))
 
     def _forget(self, key: bytes) -> None:
-        self.size -= self._entries.pop(key)[5]
+        self.size -= self._entries.pop(key)[-1]
