@@ -15,7 +15,9 @@ db µs/req). Needs valgrind (Debian package `valgrind`).
 
 `--modes` takes the names `bench.run` does (`bench.modes`); a lever mode's line also
 gives its count minus the same target's in the mode's `base`, over the floor's in
-that mode (`Δ base`), and for a gateway what answered the measured requests (cache
+that mode (`Δ base`), gateway-auth's minus `gateway-nolevers`'s in the same mode
+when that target ran (`Δ off`: the same requests with the workspace's levers off),
+and for a gateway what answered the measured requests (cache
 hits, flight joins, from its request log). `--against REF` adds gateway-auth as of
 that commit, as `bench.run --against` does.
 """
@@ -122,8 +124,10 @@ def table(results: dict[str, Counts], modes: tuple[Mode, ...], args: argparse.Na
     name_w = max([len("target"), *(len(name) for name in results)])
     mode_w = max([len("mode"), *(len(mode.name) for mode in modes)])
     head = f"{'target':{name_w}} {'mode':{mode_w}} {'instructions/req':>17} {'vs floor':>9}"
-    lines = [head + f" {'Δ base':>8} {'hits':>6} {'joined':>7}"]
+    lines = [head + f" {'Δ base':>8} {'Δ off':>7} {'hits':>6} {'joined':>7}"]
     floor = results.get("floor", {})
+    # the same requests with the workspace's levers off (when that target ran)
+    off = results.get("gateway-nolevers", {})
     base_of = {mode.name: mode.base for mode in modes}
     for name, counts in results.items():
         for mode, found in counts.items():
@@ -133,10 +137,13 @@ def table(results: dict[str, Counts], modes: tuple[Mode, ...], args: argparse.Na
             step = ""
             if base and base in counts and base in floor:
                 step = f"{(value - counts[base]['instr']) / floor[base]['instr']:+.3f}"
+            beside = ""
+            if name == "gateway-auth" and base and mode in off and mode in floor:
+                beside = f"{(value - off[mode]['instr']) / floor[mode]['instr']:+.3f}"
             hits = f"{found['hits']:.0f}" if "hits" in found else ""
             joined = f"{found['joined']:.0f}" if "joined" in found else ""
             line = f"{name:{name_w}} {mode:{mode_w}} {value:17,.0f} {ratio:>9} {step:>8}"
-            lines.append(line + f" {hits:>6} {joined:>7}")
+            lines.append(line + f" {beside:>7} {hits:>6} {joined:>7}")
     total = args.warmup + args.requests
     lines.append(f"(hits, joined: of the {total} requests of warm-up and measured run together)")
     return "\n".join(lines)

@@ -164,7 +164,8 @@ def start_target(
 def delta_pairs(modes: tuple[Mode, ...], name: str, reference: str | None) -> report.Pairs:
     """What `name`'s CPU per request is set beside, mode by mode: the `--against`
     gateway's in the same mode and in the mode's `base` (today's requests of the same
-    shape), and its own in the `base` mode."""
+    shape), its own in the `base` mode, and in a lever mode `gateway-nolevers`'s in
+    the same mode (the same requests with the workspace's levers off)."""
     pairs: report.Pairs = []
     for mode in modes:
         base = mode.base or mode.name
@@ -174,6 +175,7 @@ def delta_pairs(modes: tuple[Mode, ...], name: str, reference: str | None) -> re
             if reference:
                 pairs.append(((name, mode.name), (reference, base)))
             pairs.append(((name, mode.name), (name, base)))
+            pairs.append(((name, mode.name), ("gateway-nolevers", mode.name)))
     return pairs
 
 

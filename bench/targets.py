@@ -59,6 +59,9 @@ def targets(mock_url: str) -> list[Target]:
         Target("floor", [sys.executable, "-m", "bench.floor", "--upstream", mock_url]),
         gateway("gateway", mock_url),
         gateway("gateway-auth", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=workspace_key),
+        # the same with the workspace's levers off (cache policy `off`: no chain runs):
+        # what gateway-auth's levers cost a request that shares nothing
+        gateway("gateway-nolevers", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=no_levers_key),
         gateway("gateway-limited", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=limited_key),
         gateway("gateway-capped", mock_url, {"RECOVEA_PASSTHROUGH": "off"}, setup=capped_key),
         gateway(
@@ -116,6 +119,12 @@ def everything_key(env: dict[str, str]) -> str:
     return workspace_key(env, limit=far, capped=True, levers=True)
 
 
+def no_levers_key(env: dict[str, str]) -> str:
+    """`workspace_key` in a workspace whose cache policy is `off`: neither the cache nor
+    singleflight (nor any other lever) runs for its requests."""
+    return workspace_key(env, levers_off=True)
+
+
 def capped_key(env: dict[str, str]) -> str:
     """As `workspace_key`, under a workspace spend cap and a key cap far away (USD
     1,000,000 a month each): what a cap costs when it never binds."""
@@ -129,6 +138,7 @@ def workspace_key(
     limit: tuple[str, ...] = (),
     capped: bool = False,
     levers: bool = False,
+    levers_off: bool = False,
 ) -> str:
     """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI
     (`command`: how to run it, by default this checkout's)."""
@@ -164,6 +174,8 @@ def workspace_key(
         far = ("--usd", "1000000", "--period", "month")
         recovea("cap", "set", "--workspace", workspace, *far)
         recovea("cap", "set", "--workspace", workspace, "--key", created["key_id"], *far)
+    if levers_off:
+        recovea("cache", "set", "--workspace", workspace, "--policy", "off")
     if levers:
         recovea("cache", "set", "--workspace", workspace, "--policy", "deterministic")
         recovea("slim", "set", "--workspace", workspace, "on")
