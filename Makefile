@@ -26,7 +26,7 @@ mock: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check recovea_proxy tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n auto --dist loadfile --durations=25
 
 ## Mutation testing of the modules where a silent regression costs the most (slow: not
 ## part of `make test`). Every survivor must be killed by a test or explained in
