@@ -11,8 +11,9 @@ scoped to it, by query and by row-level security), and the receipt public keys.
 | GET /.well-known/recovea-receipt-keys | Ed25519 public keys (no auth) |
 
 Rows are written by the drainer, so a request's row and receipt appear within a
-flush interval (`RECOVEA_METER_FLUSH_INTERVAL_S`) of its end; usage reflects the
-last rollup (`RECOVEA_MAINTENANCE_INTERVAL_S`, or `recovea rollup`).
+flush interval (`RECOVEA_METER_FLUSH_INTERVAL_S`) of its end. The route table is
+here; the checkpoints are meter/checkpoint_api.py's, the usage meter/usage_api.py's,
+and the query parameters they share are read by meter/api_params.py.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from recovea_proxy.admin.api import bad_request, json_response, keyed, scoped
 from recovea_proxy.auth.resolver import KeyRecord
 from recovea_proxy.contract import (
     MOMENT,
-    MONEY,
     UUID,
     Operation,
     Param,
@@ -45,6 +45,7 @@ from recovea_proxy.contract import (
     string,
 )
 from recovea_proxy.errors import GatewayError
+from recovea_proxy.meter.api_params import int_param, moment
 from recovea_proxy.meter.checkpoint_api import (
     CHAIN_ID,
     CHECKPOINT,
@@ -52,29 +53,12 @@ from recovea_proxy.meter.checkpoint_api import (
     page_checkpoints,
 )
 from recovea_proxy.meter.event import COLUMNS
-from recovea_proxy.meter.rollup import COUNTS, parse_moment
+from recovea_proxy.meter.usage_api import get_usage
 from recovea_proxy.runtime import Runtime
 
 LEDGER_PAGE_MAX = 10_000
 #: the most rows one `GET /v1/recovea/requests` returns
 REQUESTS_PAGE_MAX = 500
-_GROUPS = {
-    "feature": "r.feature",
-    "model": "r.baseline_model",
-    "realized_model": "r.realized_model",
-    "end_user": "r.end_user_id",
-    "project": "coalesce(p.name, r.project_id::text)",
-    "team": "coalesce(t.name, r.team_id::text)",
-    "route": "coalesce(ro.provider || ' ' || ro.path, r.route_id::text)",
-    "provider": "r.provider",
-    "key": "r.rcv_key_id::text",
-    # over time: the rollup's hours, or their UTC days; ordered by time, not by requests
-    "hour": "r.hour",
-    "day": "date_trunc('day', r.hour, 'UTC')",
-}
-_OVER_TIME = ("hour", "day")
-_SUMS = (*COUNTS, "unpriced")
-
 
 _TEXT = nullable(string())
 _COUNT = nullable(integer())
@@ -127,12 +111,6 @@ RECEIPT = obj(
     }
 )
 _REQUEST_ID = Param("request_id", string(), "the request's x-request-id (32 hex digits)")
-_USAGE_SUMS = {name: _COUNT for name in (*COUNTS, "unpriced")}
-_USAGE_MONEY = {
-    "baseline_cost_usd": nullable(MONEY),
-    "realized_cost_usd": nullable(MONEY),
-    "savings_usd": nullable(MONEY),
-}
 
 
 def _not_found(what: str) -> GatewayError:
@@ -218,11 +196,11 @@ async def list_requests(request: Request, runtime: Runtime, key: KeyRecord) -> R
     """The workspace's latest rows in [from, to), newest first: exactly the columns of
     `GET /v1/recovea/requests/{id}`, at most `limit` of them."""
     now = datetime.now(UTC)
-    until = _moment(request, "to", now)
-    since = _moment(request, "from", until - timedelta(days=1))
+    until = moment(request, "to", now)
+    since = moment(request, "from", until - timedelta(days=1))
     if since >= until:
         raise bad_request("from must be before to.")
-    limit = _int_param(request, "limit", 50, REQUESTS_PAGE_MAX) or 1
+    limit = int_param(request, "limit", 50, REQUESTS_PAGE_MAX) or 1
     rows = await scoped(
         runtime,
         key,
@@ -273,16 +251,6 @@ async def get_receipt(request: Request, runtime: Runtime, key: KeyRecord) -> Res
     if row is None:
         raise _not_found("receipt")
     return json_response(_receipt_json(row))
-
-
-def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    # isdecimal, not isdigit: "²" is a digit that int() cannot read
-    if not raw.isdecimal() or not 0 <= int(raw) <= maximum:
-        raise bad_request(f"{name} must be an integer from 0 to {maximum}.")
-    return int(raw)
 
 
 # One statement, so one snapshot: the page and the chain's first and last seq agree
@@ -378,8 +346,8 @@ async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     and its signed checkpoints after `after_seq` (up to the page's last receipt when more
     pages follow)."""
     chain = request.query_params.get("chain")
-    after = _int_param(request, "after_seq", 0, 2**62)
-    limit = _int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
+    after = int_param(request, "after_seq", 0, 2**62)
+    limit = int_param(request, "limit", 1000, LEDGER_PAGE_MAX) or 1
     if not chain:
         return await _chains(runtime, key)
     if not CHAIN_ID.fullmatch(chain):
@@ -407,107 +375,6 @@ async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
             "checkpoints": checkpoints,
         }
     )
-
-
-def _moment(request: Request, name: str, default: datetime) -> datetime:
-    raw = request.query_params.get(name)
-    if not raw:
-        return default
-    try:
-        return parse_moment(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be an ISO 8601 date or time.") from None
-
-
-@declare(
-    Operation(
-        "Priced rollups grouped by one dimension: requests, tokens, costs, savings",
-        obj(
-            {
-                "object": {"const": "usage"},
-                "group_by": string(enum=list(_GROUPS)),
-                "from": string(format="date-time"),
-                "to": string(format="date-time"),
-                "data": array(obj({"key": _TEXT, **_USAGE_SUMS, **_USAGE_MONEY})),
-                "totals": obj({**_USAGE_SUMS, **_USAGE_MONEY}),
-            }
-        ),
-        query=(
-            Param("group_by", string(enum=list(_GROUPS)), "the dimension (default model)"),
-            Param("from", MOMENT, "start (default: 30 days before to)"),
-            Param("to", MOMENT, "end, exclusive (default: now)"),
-        ),
-        errors=(400,),
-    )
-)
-async def get_usage(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
-    group_by = request.query_params.get("group_by", "model")
-    expression = _GROUPS.get(group_by)
-    if expression is None:
-        raise bad_request(f"group_by must be one of {', '.join(_GROUPS)}.")
-    now = datetime.now(UTC)
-    until = _moment(request, "to", now)
-    since = _moment(request, "from", until - timedelta(days=30))
-    if since >= until:
-        raise bad_request("from must be before to.")
-    sums = ", ".join(f"sum(r.{name})::bigint AS {name}" for name in _SUMS)
-    order = "1" if group_by in _OVER_TIME else "sum(r.requests) DESC, 1"
-    rows = await scoped(
-        runtime,
-        key,
-        lambda c: c.fetch(
-            f"SELECT {expression} AS key, {sums},"
-            " sum(r.baseline_cost) AS baseline_cost, sum(r.realized_cost) AS realized_cost"
-            " FROM recovea.usage_rollups r"
-            " LEFT JOIN recovea.projects p ON p.id = r.project_id"
-            " LEFT JOIN recovea.teams t ON t.id = r.team_id"
-            " LEFT JOIN recovea.routes ro ON ro.route_id = r.route_id"
-            " WHERE r.customer_id = $1::uuid AND r.hour >= $2 AND r.hour < $3"
-            f" GROUP BY 1 ORDER BY {order}",
-            key.customer_id,
-            since,
-            until,
-        ),
-    )
-    data = [_usage_json(row, _group_key(row["key"])) for row in rows]
-    totals = _totals(data)
-    return json_response(
-        {
-            "object": "usage",
-            "group_by": group_by,
-            "from": since.isoformat(),
-            "to": until.isoformat(),
-            "data": data,
-            "totals": totals,
-        }
-    )
-
-
-def _group_key(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else format(value.normalize(), "f")
-
-
-def _usage_json(row: Any, key: Any) -> dict[str, Any]:
-    baseline, realized = row["baseline_cost"], row["realized_cost"]
-    savings = baseline - realized if baseline is not None and realized is not None else None
-    out: dict[str, Any] = {"key": key}
-    out.update({name: row[name] for name in _SUMS})
-    out["baseline_cost_usd"] = _money(baseline)
-    out["realized_cost_usd"] = _money(realized)
-    out["savings_usd"] = _money(savings)
-    return out
-
-
-def _totals(data: list[dict[str, Any]]) -> dict[str, Any]:
-    totals: dict[str, Any] = {name: sum(item[name] for item in data) for name in _SUMS}
-    for name in ("baseline_cost_usd", "realized_cost_usd", "savings_usd"):
-        values = [Decimal(item[name]) for item in data if item[name] is not None]
-        totals[name] = _money(sum(values, Decimal(0))) if values else None
-    return totals
 
 
 async def receipt_keys(request: Request) -> Response:

@@ -22,6 +22,7 @@ from recovea_proxy.admin.api import admin, keyed
 from recovea_proxy.asgi import Receive, Scope, Send
 from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.meter import api as ledger_api
+from recovea_proxy.meter import usage_api
 from recovea_proxy.meter.checkpoint_api import get_checkpoint
 from recovea_proxy.meter.event import RouteIds, event_row
 from recovea_proxy.meter.receipt_keys import SigningKey, key_id
@@ -167,7 +168,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/recovea/receipts/{request_id}", keyed(ledger_api.get_receipt, admin_only=False)),
         Route("/v1/recovea/ledger", keyed(ledger_api.get_ledger, admin_only=False)),
         Route("/v1/recovea/checkpoints", keyed(get_checkpoint, admin_only=False)),
-        Route("/v1/recovea/usage", keyed(ledger_api.get_usage, admin_only=False)),
+        Route("/v1/recovea/usage", keyed(usage_api.get_usage, admin_only=False)),
         Route("/.well-known/recovea-receipt-keys", ledger_api.receipt_keys),
         Route("/admin/v1/workspace", admin(admin_api.get_workspace), methods=["GET"]),
         Route("/admin/v1/workspaces", admin(admin_api.create_workspace), methods=["POST"]),
