@@ -262,7 +262,7 @@ def pieces() -> dict[str, Work]:
                     continue
                 # as the pipe does for a leader: the flight observes each chunk
                 shared = Flight(i.to_bytes(8, "big"), record)
-                flights.open(shared)
+                flights.lead_or_join(shared)
                 shared.begin(upstream)
                 upstream.start_body()
                 while chunk := await upstream.read():

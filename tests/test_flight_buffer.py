@@ -79,7 +79,7 @@ def test_an_open_flight_past_its_buffer_bound_stops_taking_followers_but_keeps_f
     registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
     store = MemoryStore(1 << 20)
     flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 4096, False, scan=False))
-    registry.open(flight)
+    assert registry.lead_or_join(flight) is None  # it leads
     for _ in range(8):  # 816 bytes: past the flight's bound, within the entry's
         flight.feed(CHUNK)
     assert registry.lead_or_join(Flight(b"k" * 32, settled_record())) is None  # no one new joins
@@ -96,7 +96,7 @@ def test_a_follower_that_joined_in_time_reads_every_byte_past_both_bounds() -> N
     flight = Flight(
         b"k" * 32, settled_record(), Keeper(MemoryStore(1 << 20), 60, 1024, False, scan=False)
     )
-    registry.open(flight)
+    assert registry.lead_or_join(flight) is None  # it leads
     follower = registry.lead_or_join(Flight(b"k" * 32, settled_record()))
     assert follower is not None
     answered(flight, 50)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from itertools import chain
 
 from recovea_proxy.levers.cache_key import key_of, shareable
 from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
@@ -91,7 +90,7 @@ class CacheLever:
         parsed = request.parsed
         offers_tools = parsed is not None and ("tools" in parsed or "functions" in parsed)
         keeper = self._keeper_scanning if offers_tools else self._keeper
-        flight = Flight(key, request.record, keeper)
+        flight = request.flight = Flight(key, request.record, keeper)
         request.observers.append(flight)
         request.cache_key = key
         return "miss"
@@ -154,12 +153,8 @@ class Keeper:
         if self._scan and any(_calls_a_tool(chunk) for chunk in chunks):
             return
         # The headers as they came (a tuple of pairs already): those not to be replayed
-        # are left out when the entry is replayed or written to Redis, not here. The
-        # size is `cache_store.entry_size`, inline.
-        headers = tuple(upstream.raw_headers)
-        size = flight.size + sum(map(len, chain.from_iterable(headers))) + 64
-        entry = CacheEntry(200, headers, tuple(chunks), time.time(), size)
-        self._store.save(flight.key, entry, self._ttl)
+        # are left out when the entry is replayed or written to Redis, not here.
+        self._store.keep(flight.key, 200, upstream.raw_headers, chunks, flight.size, self._ttl)
 
 
 def _calls_a_tool(chunk: bytes) -> bool:

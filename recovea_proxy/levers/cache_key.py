@@ -59,9 +59,7 @@ def key_of(
     body = parsed
     if not IDENTITY_FIELDS.isdisjoint(parsed):
         body = {name: value for name, value in parsed.items() if name not in IDENTITY_FIELDS}
-    digest = hashlib.sha256()
-    digest.update(f"{workspace_id}\n{method}\n{provider}\n{path}\n".encode())
+    head = f"{workspace_id}\n{method}\n{provider}\n{path}\n".encode()
     if plan:
-        digest.update(b"plan\n" + plan + b"\n")
-    digest.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
-    return digest.digest()
+        head += b"plan\n" + plan + b"\n"
+    return hashlib.sha256(head + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()

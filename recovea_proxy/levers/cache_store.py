@@ -18,9 +18,9 @@ import struct
 import time
 from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain, pairwise
-from operator import methodcaller
 from typing import Protocol
 
 from recovea_proxy.headers import NOT_REPLAYED
@@ -95,7 +95,8 @@ class CacheEntry:
 
 
 def entry_size(headers: tuple[tuple[bytes, bytes], ...], body_size: int) -> int:
-    """The bytes an entry with these headers and this much body holds."""
+    """The bytes an entry with these headers and this much body holds: its body, its
+    headers' names and values, and 64."""
     return body_size + sum(map(len, chain.from_iterable(headers))) + 64
 
 
@@ -133,10 +134,23 @@ class CacheStore(Protocol):
         """Keep `entry` for `ttl_s` seconds (done off the request's path)."""
         ...
 
+    def keep(
+        self,
+        key: bytes,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        chunks: list[bytes],
+        body_size: int,
+        ttl_s: int,
+    ) -> None:
+        """`save` an answer from its parts, stored now (a miss's answer as its flight
+        kept it; `body_size`: the chunks' total length)."""
+        ...
+
 
 #: how the memory store holds an entry until it is first read: expiry (monotonic
-#: seconds), status, the headers as one `name: value` block (lines apart) and how many
-#: there are, the body as one bytes object and its chunks' lengths (packed; empty for a
+#: seconds), status, the headers as one block (names and values, lines apart) and how
+#: many there are, the body as one bytes object and its chunks' lengths (packed; empty for a
 #: one-chunk body), when it was stored, its size. One tuple of bytes and numbers, not
 #: two dozen small objects (each header pair is three): until the next collection each
 #: object a miss leaves behind counts toward it and is walked by it, and held as pairs
@@ -149,31 +163,40 @@ _Packed = tuple[float, int, bytes, int, bytes, bytes, float, int]
 #: with the entry's size.
 _Unpacked = tuple[float, int, tuple[tuple[bytes, bytes], ...], tuple[bytes, ...], float, int]
 _Held = _Packed | _Unpacked
-#: between a header's name and value, and between headers (neither can occur in a
+#: between a header's name and value, and between headers (it cannot occur in a
 #: header: a value with a line break would give another line, and the entry is dropped)
-_PAIR = b": "
 _LINE = b"\r\n"
 
 
-def _packed(entry: CacheEntry, expires: float) -> _Packed:
-    chunks = entry.chunks
+def _packed(
+    expires: float,
+    status: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    chunks: Sequence[bytes],
+    body_size: int,
+    stored_at: float,
+) -> _Packed:
+    """How an entry is held until its first read; its size (`entry_size`) is reckoned
+    from the header block's length, not header by header."""
     if len(chunks) == 1:
         body, lengths = chunks[0], b""
     else:
         body, lengths = b"".join(chunks), array("I", map(len, chunks)).tobytes()
-    block = _LINE.join(map(_PAIR.join, entry.headers))
-    count = len(entry.headers)
-    return (expires, entry.status, block, count, body, lengths, entry.stored_at, entry.size)
+    block = _LINE.join(chain.from_iterable(headers))
+    count = len(headers)
+    # the block holds each name and value, and a line break after each but the last
+    size = body_size + (len(block) - 4 * count + 2 if count else 0) + 64
+    return (expires, status, block, count, body, lengths, stored_at, size)
 
 
 def _unpacked(held: _Packed) -> CacheEntry | None:
     """The entry again; None when its header block does not split as it was joined."""
     _, status, block, count, body, lengths, stored_at, size = held
     lines = block.split(_LINE) if count else []
-    if len(lines) != count:
+    if len(lines) != 2 * count:
         return None
-    split = map(methodcaller("partition", _PAIR), lines)
-    headers = tuple([(name, value) for name, _, value in split])
+    names_and_values = iter(lines)
+    headers = tuple(zip(names_and_values, names_and_values, strict=True))
     if lengths:
         sizes = array("I")
         sizes.frombytes(lengths)
@@ -233,14 +256,34 @@ class MemoryStore:
         return entry
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
-        size = entry.size
+        chunks = entry.chunks
+        expires = time.monotonic() + ttl_s
+        body_size = sum(map(len, chunks))
+        self._hold(
+            key, _packed(expires, entry.status, entry.headers, chunks, body_size, entry.stored_at)
+        )
+
+    def keep(
+        self,
+        key: bytes,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        chunks: list[bytes],
+        body_size: int,
+        ttl_s: int,
+    ) -> None:
+        now = time.monotonic()
+        self._hold(key, _packed(now + ttl_s, status, headers, chunks, body_size, time.time()))
+
+    def _hold(self, key: bytes, held: _Packed) -> None:
+        size = held[-1]
         if size > self._max:
             return
         entries = self._entries
         replaced = entries.pop(key, None)
         if replaced is not None:
             self.size -= replaced[-1]
-        entries[key] = _packed(entry, time.monotonic() + ttl_s)
+        entries[key] = held
         self.size += size
         while self.size > self._max:
             self._forget(next(iter(entries)))

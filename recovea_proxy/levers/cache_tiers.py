@@ -13,7 +13,8 @@ in memory — until Redis answers again).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from recovea_proxy.config import Settings
@@ -51,6 +52,17 @@ class TieredStore:
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
         self._memory.save(key, entry, ttl_s)
         self._shared.save(key, entry, ttl_s)
+
+    def keep(
+        self,
+        key: bytes,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        chunks: list[bytes],
+        body_size: int,
+        ttl_s: int,
+    ) -> None:
+        self.save(key, CacheEntry.of(status, tuple(headers), tuple(chunks), time.time()), ttl_s)
 
 
 @asynccontextmanager

@@ -26,24 +26,23 @@ class DedupLever:
         return request.cache_key is not None
 
     def before(self, request: LeverRequest) -> str:
-        key = request.cache_key
-        assert key is not None
         # The flight the cache lever attached to keep the answer (just before) becomes
         # the shared call when this request leads: one observer of the response, not two.
-        observers = request.observers
-        flight = observers[-1] if observers and type(observers[-1]) is Flight else None
-        attach = flight is None or flight.key != key
-        if attach:
-            flight = Flight(key, request.record)
-        assert flight is not None
+        flight = request.flight
+        if flight is None:  # a chain without the cache lever's flight
+            key = request.cache_key
+            assert key is not None
+            flight = request.flight = Flight(key, request.record)
+            request.observers.append(flight)
         flights = self._flights
         subscription = flights.lead_or_join(flight)
-        if subscription is not None:
-            request.answer = subscription
-            request.record.dedup_singleflight = True
-            return "hit"
-        request.release.append(partial(flights.abandon, flight))
-        if attach:
-            observers.append(flight)
-        request.flight = flight
-        return "miss"
+        if subscription is None:
+            request.release.append(partial(flights.abandon, flight))
+            return "miss"
+        # A follower: answered by the shared call. Its flight stays an observer of what
+        # it receives: kept for the cache by the first follower to finish when the
+        # leader's client left (the leader's own answer is then not kept).
+        request.answer = subscription
+        request.record.dedup_singleflight = True
+        request.flight = None
+        return "hit"

@@ -284,24 +284,21 @@ class FlightRegistry:
 
     def lead_or_join(self, flight: Flight) -> Subscription | None:
         """Join the flight in progress under `flight`'s key, when one can be joined;
-        else open `flight` (None: the caller leads it). One call for both: every
-        shareable miss makes it."""
+        else open `flight` (None: the caller leads it, counted as its first subscriber;
+        followers may join at once, and wait for its response to begin). One call for
+        both: every shareable miss makes it."""
         key = flight.key
-        current = self._flights.get(key)
+        flights = self._flights
+        current = flights.get(key)
         if current is not None and current.joinable and current.followers < self._followers_max:
             current.followers += 1
             return Subscription(self, current)
-        self.open(flight)
-        return None
-
-    def open(self, flight: Flight) -> None:
-        """Open `flight` under its key (its leader counted): followers may join it at
-        once, and wait for the leader's response to begin."""
         flight.subscribers = 1
         flight.joinable = True
         buffer_max = flight.buffer_max = self.buffer_max
         flight.limit = buffer_max if flight.limit < 0 else min(buffer_max, flight.limit)
-        self._flights[flight.key] = flight
+        flights[key] = flight
+        return None
 
     def abandon(self, flight: Flight) -> None:
         """The leader never got to its upstream call (an error before it): the
