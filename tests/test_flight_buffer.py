@@ -52,7 +52,8 @@ def test_an_answer_within_the_entry_bound_is_stored_with_its_headers_as_they_cam
     answered(flight, 5)
     entry = store.get(b"k" * 32)
     assert entry is not None and entry.chunks == (CHUNK,) * 5
-    assert entry.size == 5 * len(CHUNK) + sum(len(n) + len(v) for n, v in HEADERS) + 64
+    # the memory bound counts at least the body and every header's name and value
+    assert store.size == entry.size >= 5 * len(CHUNK) + sum(len(n) + len(v) for n, v in HEADERS)
     # never replayed: the cookie stays out of what a hit sends
     replayed = ReplaySource(entry.status, entry.headers, entry.chunks)
     assert replayed.raw_headers == [(b"content-type", b"text/event-stream")]
@@ -170,11 +171,13 @@ def test_the_memory_store_gives_back_each_chunk_and_header_as_it_was_kept() -> N
     assert store.size == sum(entry.size for entry in (stream, json))
 
 
-def test_a_header_value_with_a_line_break_is_never_replayed_as_two_headers() -> None:
-    """A value that would split into another header when the entry is read back makes
-    the entry unusable: a miss, and the entry is forgotten."""
+def test_a_header_value_with_a_line_break_comes_back_as_one_value_never_as_two_headers() -> (
+    None
+):
+    """The packed form keeps each name and value whole: a value holding a line break
+    (or a `: `) is read back as that one value, and the next header as the next."""
     store = MemoryStore(1 << 20)
     headers = ((b"content-type", b"application/json"), (b"x-odd", b"1\r\nx-injected: yes"))
     store.save(b"k" * 32, CacheEntry.of(200, headers, (b"{}",), 1.0), 60)
-    assert store.get(b"k" * 32) is None
-    assert len(store) == 0 and store.size == 0
+    entry = store.get(b"k" * 32)
+    assert entry is not None and entry.headers == headers

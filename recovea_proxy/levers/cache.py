@@ -154,7 +154,7 @@ class Keeper:
             return
         # The headers as they came (a tuple of pairs already): those not to be replayed
         # are left out when the entry is replayed or written to Redis, not here.
-        self._store.keep(flight.key, 200, upstream.raw_headers, chunks, flight.size, self._ttl)
+        self._store.keep(flight.key, 200, upstream.raw_headers, chunks, self._ttl)
 
 
 def _calls_a_tool(chunk: bytes) -> bool:

@@ -59,7 +59,6 @@ class TieredStore:
         status: int,
         headers: Sequence[tuple[bytes, bytes]],
         chunks: list[bytes],
-        body_size: int,
         ttl_s: int,
     ) -> None:
         self.save(key, CacheEntry.of(status, tuple(headers), tuple(chunks), time.time()), ttl_s)
