@@ -212,10 +212,11 @@ def pieces() -> dict[str, Work]:
 
     seeds = itertools.count()  # no two misses alike, over every loop
 
-    def whole(shared: bool) -> Work:
+    def whole(shared: bool, stored: bool = True) -> Work:
         """A request from the chain to its end, as the pipe drives the levers' part:
         the observers told the 1-chunk answer's start, fed it, closed; the releases
-        run; a leader leaves its flight. With `shared`, a miss (the answer stored)."""
+        run; a leader leaves its flight. With `shared`, a miss (the answer stored,
+        unless not `stored`: the flight keeps nothing for the cache)."""
 
         async def loop(n: int) -> float:
             requests = []
@@ -230,6 +231,8 @@ def pieces() -> dict[str, Work]:
             started = time.process_time()
             for request in requests:
                 await chain.run(request)
+                if not stored and request.flight is not None:
+                    request.flight.keeper = None
                 observers = request.observers
                 for observer in observers:
                     observer.begin(answered)
@@ -280,6 +283,7 @@ def pieces() -> dict[str, Work]:
         "  of which the cache key": key,
         "a plain request, whole (chain, then the answer's end)": whole(shared=False),
         "a miss, whole (chain, flight led, the answer stored)": whole(shared=True),
+        "  the same, the answer not stored": whole(shared=True, stored=False),
         "routing lever, a rule matches (plan + body rewritten)": route("gpt-4o-mini", False),
         "routing lever, no rule for the model": route("gpt-4o", False),
         "chain with routing, a rule matches (cache, dedup skip)": route("gpt-4o-mini", True),
