@@ -112,6 +112,14 @@ def test_a_follower_that_joined_in_time_reads_every_byte_past_both_bounds() -> N
     assert asyncio.run(read_all()) == CHUNK * 50
 
 
+def fill(store: MemoryStore, count: int, *, headers_each: int) -> None:
+    """Save `count` entries, each with its own headers and body (nothing shared)."""
+    for number in range(count):
+        headers = tuple((b"x-header-%d" % i, b"value %d" % number) for i in range(headers_each))
+        entry = CacheEntry.of(200, headers, (b"body %d" % number,), time.time())
+        store.save(number.to_bytes(32, "big"), entry, 60)
+
+
 def test_a_full_memory_store_leaves_nothing_for_the_collector_to_walk() -> None:
     """Held entries are plain tuples of bytes and numbers, which the collector stops
     tracking once it has seen them: a cache of thousands of entries adds nothing to
@@ -119,11 +127,7 @@ def test_a_full_memory_store_leaves_nothing_for_the_collector_to_walk() -> None:
     store = MemoryStore(1 << 30)
     gc.collect()
     before = len(gc.get_objects())
-    for number in range(2000):
-        headers = tuple((b"x-header-%d" % i, b"value %d" % number) for i in range(6))
-        entry = CacheEntry.of(200, headers, (b"body %d" % number,), time.time())
-        store.save(number.to_bytes(32, "big"), entry, 60)
-    del headers, entry
+    fill(store, 2000, headers_each=6)
     gc.collect()
     gc.collect()
     assert len(store) == 2000
@@ -141,11 +145,7 @@ def test_a_kept_entry_gives_the_collector_one_new_object_not_one_per_header() ->
     gc.disable()
     try:
         before = len(gc.get_objects())
-        for number in range(500):
-            headers = tuple((b"x-header-%d" % i, b"value %d" % number) for i in range(12))
-            entry = CacheEntry.of(200, headers, (b"body %d" % number,), time.time())
-            store.save(number.to_bytes(32, "big"), entry, 60)
-        del headers, entry
+        fill(store, 500, headers_each=12)
         left = len(gc.get_objects()) - before
     finally:
         gc.enable()
@@ -171,9 +171,7 @@ def test_the_memory_store_gives_back_each_chunk_and_header_as_it_was_kept() -> N
     assert store.size == sum(entry.size for entry in (stream, json))
 
 
-def test_a_header_value_with_a_line_break_comes_back_as_one_value_never_as_two_headers() -> (
-    None
-):
+def test_a_header_value_with_a_line_break_comes_back_as_one_value_never_as_two_headers() -> None:
     """The packed form keeps each name and value whole: a value holding a line break
     (or a `: `) is read back as that one value, and the next header as the next."""
     store = MemoryStore(1 << 20)

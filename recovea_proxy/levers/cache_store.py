@@ -229,9 +229,7 @@ class MemoryStore:
         return entry
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
-        blob = _pack(entry.headers, entry.chunks)
-        expires = time.monotonic() + ttl_s
-        self._hold(key, (expires, entry.status, blob, entry.stored_at, len(blob) + 64))
+        self.hold(key, entry.status, entry.headers, entry.chunks, entry.stored_at, ttl_s)
 
     def keep(
         self,
@@ -241,22 +239,32 @@ class MemoryStore:
         chunks: list[bytes],
         ttl_s: int,
     ) -> None:
-        blob = _pack(headers, chunks)
-        expires = time.monotonic() + ttl_s
-        self._hold(key, (expires, status, blob, time.time(), len(blob) + 64))
+        self.hold(key, status, headers, chunks, time.time(), ttl_s)
 
-    def _hold(self, key: bytes, held: _Packed) -> None:
-        size = held[-1]
+    def hold(
+        self,
+        key: bytes,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        chunks: list[bytes] | tuple[bytes, ...],
+        stored_at: float,
+        ttl_s: int,
+    ) -> int:
+        """Hold an entry given by its parts, packed; returns the size it counts for
+        (held only when within the store's bound)."""
+        blob = _pack(headers, chunks)
+        size = len(blob) + 64
         if size > self._max:
-            return
+            return size
         entries = self._entries
         replaced = entries.pop(key, None)
         if replaced is not None:
             self.size -= replaced[-1]
-        entries[key] = held
+        entries[key] = (time.monotonic() + ttl_s, status, blob, stored_at, size)
         self.size += size
         while self.size > self._max:
             self._forget(next(iter(entries)))
+        return size
 
     def _forget(self, key: bytes) -> None:
         self.size -= self._entries.pop(key)[-1]

@@ -61,7 +61,11 @@ class TieredStore:
         chunks: list[bytes],
         ttl_s: int,
     ) -> None:
-        self.save(key, CacheEntry.of(status, tuple(headers), tuple(chunks), time.time()), ttl_s)
+        # packed once, for memory; Redis is given the entry with the size memory counted
+        stored_at = time.time()
+        size = self._memory.hold(key, status, headers, chunks, stored_at, ttl_s)
+        entry = CacheEntry(status, tuple(headers), tuple(chunks), stored_at, size)
+        self._shared.save(key, entry, ttl_s)
 
 
 @asynccontextmanager
