@@ -1,0 +1,1 @@
+"""Reconciliation against the mock's admin usage reports."""
