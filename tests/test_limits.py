@@ -2,11 +2,10 @@
 over a limit gets 429 `rate_limited` in its surface's shape with `retry-after` and
 the provider's rate-limit headers, so the official SDKs wait and retry on their own;
 tokens are charged an estimate and trued up with the real usage; a cache hit is a
-request but no tokens; concurrency slots free when a request ends; with Redis the
-replicas share one bound, and a Redis that is gone fails open (or closed, when the
-limit says so).
+request but no tokens; concurrency slots free when a request ends; the admin API and
+the CLI set, list and clear limits (Redis-shared limits: `test_limits_redis.py`).
 
-Real gateway processes, the mock provider, Postgres and a real redis-server.
+Real gateway processes, the mock provider and Postgres.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import httpx
@@ -27,13 +25,14 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant
-from tests.redis_support import RedisServer
-from tests.support import Gateway, MockServer, cli, cli_json, metric_value, wait_until
-
-#: a short "minute" for the tests where the SDKs wait out a refusal
-FAST_WINDOW_S = 2
-#: a long one where the buckets must not refill noticeably during a test
-SLOW_WINDOW_S = 36000
+from tests.limits_support import (
+    FAST_WINDOW_S,
+    SLOW_WINDOW_S,
+    Limited,
+    chat,
+    duration_s,
+)
+from tests.support import Gateway, MockServer, cli, cli_json
 
 
 @pytest.fixture(scope="module")
@@ -52,48 +51,6 @@ def slow(mock: MockServer, workdir: Path, db_env: dict[str, str]) -> Iterator[Ga
     )
     yield gw
     gw.stop()
-
-
-class Limited:
-    """A tenant with an admin key to set its limits over the admin API."""
-
-    def __init__(self, env: dict[str, str], name: str, **tenant: Any) -> None:
-        self.tenant: Tenant = make_tenant(env, name, **tenant)
-        made = cli_json(
-            "key", "create", "--workspace", self.tenant.workspace, "--role", "admin", env=env
-        )
-        self.admin = {"authorization": f"Bearer {made['key']}"}
-
-    def set(self, gateway: Gateway, **limit: Any) -> dict[str, Any]:
-        response = httpx.put(f"{gateway.url}/admin/v1/limits", headers=self.admin, json=limit)
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()["limit"]
-        return result
-
-
-def duration_s(text: str) -> float:
-    """Seconds in OpenAI's reset format (`250ms`, `1.5s`, `6m0s`)."""
-    if text.endswith("ms"):
-        return float(text[:-2]) / 1000
-    minutes, _, seconds = text[:-1].rpartition("m")
-    return float(minutes or 0) * 60 + float(seconds)
-
-
-def chat(
-    gateway: Gateway,
-    tenant: Tenant,
-    *,
-    model: str = "gpt-4o-mini",
-    prompt: str = "hello",
-    headers: dict[str, str] | None = None,
-    **body: Any,
-) -> httpx.Response:
-    return httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json={"model": model, "messages": [{"role": "user", "content": prompt}], **body},
-        headers={**tenant.bearer, **(headers or {})},
-        timeout=30,
-    )
 
 
 def test_over_the_rpm_the_caller_gets_429_with_the_openai_headers(
@@ -416,108 +373,3 @@ def test_the_cli_sets_shows_and_clears_and_refuses_bad_input(db_env: dict[str, s
 
 
 # With Redis --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.kill()
-
-
-def test_two_gateways_sharing_redis_hold_one_bound(
-    mock: MockServer, workdir: Path, db_env: dict[str, str], own_redis: RedisServer
-) -> None:
-    """rpm 30 shared by two gateways: 90 requests sent at once, spread over both, admit
-    at most 30 (plus what refills during the run); both gateways asked the shared
-    bucket for leases."""
-    limited = Limited(db_env, "limits-shared")
-    cli_json("limit", "set", "--workspace", limited.tenant.workspace, "--rpm", "30", env=db_env)
-    env = {
-        **upstream_env(mock),
-        **db_env,
-        "RECOVEA_REDIS_URL": own_redis.url,
-        "RECOVEA_LIMIT_WINDOW_S": str(SLOW_WINDOW_S),
-        "RECOVEA_LIMIT_LEASE_SHARE": "0.2",  # slices of 6: leases carve the bucket
-    }
-    gateways = [Gateway(env, workdir), Gateway(env, workdir)]
-    try:
-
-        async def burst() -> list[int]:
-            async with httpx.AsyncClient(timeout=30) as client:
-                body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
-                answers = await asyncio.gather(
-                    *(
-                        client.post(
-                            f"{gateways[i % 2].url}/v1/chat/completions",
-                            json=body,
-                            headers=limited.tenant.bearer,
-                        )
-                        for i in range(90)
-                    )
-                )
-            return [answer.status_code for answer in answers]
-
-        statuses = asyncio.run(burst())
-        admitted = statuses.count(200)
-        assert statuses.count(200) + statuses.count(429) == 90
-        assert 30 - 6 * 2 <= admitted <= 30  # refill over the run: < 0.01 request
-        print(f"shared rpm 30: admitted {admitted} of 90 (overshoot {admitted - 30})")
-        # Both went to the shared bucket (which one got the slices is a race: a
-        # gateway may find it emptied by the other, and be refused every lease).
-        exchanges = [
-            {
-                outcome: metric_value(
-                    gw.metrics(), "recovea_rate_limit_leases_total", outcome=outcome
-                )
-                for outcome in ("granted", "refused")
-            }
-            for gw in gateways
-        ]
-        assert all(e["granted"] + e["refused"] >= 1 for e in exchanges), exchanges
-        assert sum(e["granted"] for e in exchanges) * 6 >= admitted, exchanges  # slices of 6
-    finally:
-        for gw in gateways:
-            gw.stop()
-
-
-def test_redis_gone_fails_open_counted_or_closed_when_asked(
-    mock: MockServer, workdir: Path, db_env: dict[str, str], own_redis: RedisServer
-) -> None:
-    """Redis killed: a limit that fails open admits (counted in
-    `gateway_fail_open_total{layer="ratelimit"}`); one set to fail closed refuses 429
-    `rate_limited` with `retry-after: 1`. Redis back: leases again."""
-    opened = Limited(db_env, "limits-fail-open")
-    closed = Limited(db_env, "limits-fail-closed")
-    gw = Gateway(
-        {
-            **upstream_env(mock),
-            **db_env,
-            "RECOVEA_REDIS_URL": own_redis.url,
-            "RECOVEA_LIMIT_LEASE_SHARE": "0.0001",  # a lease per request
-        },
-        workdir,
-    )
-    try:
-        opened.set(gw, rpm=1000)
-        closed.set(gw, rpm=1000, on_failure="closed")
-        assert chat(gw, opened.tenant).status_code == 200
-        assert chat(gw, closed.tenant).status_code == 200
-        own_redis.kill()
-        assert chat(gw, opened.tenant).status_code == 200
-        refused = chat(gw, closed.tenant)
-        assert refused.status_code == 429
-        assert refused.json()["error"]["code"] == "rate_limited"
-        assert refused.headers["retry-after"] == "1"
-        text = gw.metrics()
-        failed_open = sum(
-            metric_value(text, "gateway_fail_open_total", layer="ratelimit", reason=reason)
-            for reason in ("unreachable", "down", "timeout")
-        )
-        assert failed_open >= 1
-        own_redis.start()
-        wait_until(
-            lambda: chat(gw, closed.tenant).status_code == 200, 10, "leases after Redis is back"
-        )
-    finally:
-        gw.stop()
