@@ -1,14 +1,13 @@
 """Hard spend caps: a request is admitted only when every cap that applies has room for
 its estimated cost; leases keep the database off the hot path and the bound holds
-across processes; the caps fail closed (hybrid) and settle with the real usage."""
+across processes; the caps settle with the real usage (failing closed, and a killed
+process's lease: `test_caps_faults.py`)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import Iterator
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,89 +15,18 @@ import httpx
 import orjson
 import pytest
 
-from recovea_proxy.guards.caps_estimate import estimate
-from recovea_proxy.pricing.table import shipped_prices
+from tests.caps_support import (
+    FAST,
+    body,
+    burst,
+    estimated_usd,
+    post,
+    set_cap,
+    usd6,
+)
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant
-from tests.support import Gateway, MockServer, Postgres, cli, cli_json, wait_until
-
-MODEL = "gpt-4o"
-#: fast lease syncs, a short expiry and staleness, so the tests need no long waits
-FAST = {
-    "RECOVEA_CAP_SYNC_INTERVAL_S": "0.2",
-    "RECOVEA_CAP_LEASE_TTL_S": "3",
-    "RECOVEA_CAP_STALENESS_S": "1",
-    "RECOVEA_CAP_CONFIG_REFRESH_S": "30",
-    # a request that sets no max_tokens reserves 2 output tokens (the overrun test)
-    "RECOVEA_CAP_DEFAULT_OUTPUT_TOKENS": "2",
-}
-
-
-def body(prompt: str, *, max_tokens: int | None = 100, stream: bool = False) -> bytes:
-    request: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": stream,
-    }
-    if max_tokens is not None:
-        request["max_tokens"] = max_tokens
-    return orjson.dumps(request)
-
-
-def estimated_usd(raw: bytes, max_tokens: int = 100, model: str = MODEL) -> Decimal:
-    """What the gateway reserves for `raw` (the same estimate it makes)."""
-    price = shipped_prices().price_for(model)
-    assert price is not None
-    return Decimal(estimate(price, len(raw) // 4 + 1, max_tokens)).scaleb(-9)
-
-
-def usd6(value: Decimal, rounding: str = ROUND_FLOOR) -> str:
-    return str(value.quantize(Decimal("0.000001"), rounding=rounding))
-
-
-def caps_loaded(gateway: Gateway, after: int) -> bool:
-    return sum(1 for line in gateway.log_lines() if line.get("event") == "caps_loaded") > after
-
-
-def loads(gateway: Gateway) -> int:
-    return sum(1 for line in gateway.log_lines() if line.get("event") == "caps_loaded")
-
-
-def set_cap(env: dict[str, str], gateways: list[Gateway], *args: str) -> dict[str, Any]:
-    """`recovea cap …`, then wait until every gateway has reloaded its caps."""
-    before = [loads(gw) for gw in gateways]
-    result = cli_json("cap", *args, env=env)
-    for gw, seen in zip(gateways, before, strict=True):
-        wait_until(lambda gw=gw, seen=seen: caps_loaded(gw, seen), 10, "caps reloaded")
-    return result
-
-
-def post(gateway: Gateway, tenant: Tenant, raw: bytes, **headers: str) -> httpx.Response:
-    return httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        content=raw,
-        headers={**tenant.bearer, "content-type": "application/json", **headers},
-        timeout=30,
-    )
-
-
-async def burst(urls: list[str], tenant: Tenant, count: int, delay_ms: int) -> list[int]:
-    """`count` requests at once, spread over `urls`; their statuses."""
-    async with httpx.AsyncClient(timeout=60) as client:
-
-        async def one(i: int) -> int:
-            response = await client.post(
-                f"{urls[i % len(urls)]}/v1/chat/completions",
-                content=body(f"burst {i}"),
-                headers={
-                    **tenant.bearer,
-                    "content-type": "application/json",
-                    "x-mock-first-byte-delay-ms": str(delay_ms),
-                },
-            )
-            return response.status_code
-
-        return list(await asyncio.gather(*(one(i) for i in range(count))))
+from tests.support import Gateway, MockServer, cli, cli_json, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -397,57 +325,6 @@ def test_cap_commands_and_admin_api_validate_and_agree(
     assert gone.status_code == 200 and gone.json()["enabled"] is False
     shown = show(db_env, tenant)
     assert shown["caps"][0]["enabled"] is False
-
-
-def test_database_stopped_capped_refused_uncapped_served(
-    own_postgres: Postgres, mock: MockServer, workdir: Path
-) -> None:
-    """With the database stopped: a workspace with a cap whose lease can no longer be
-    confirmed gets 402 budget_unverifiable; a workspace without a cap is served."""
-    env = {
-        "RECOVEA_DATABASE_URL": own_postgres.url,
-        "RECOVEA_MASTER_KEY_FILE": str(workdir / "mk2"),
-    }
-    gw = Gateway({**upstream_env(mock), **env, **FAST}, workdir)
-    try:
-        capped = make_tenant(env, "caps-db-capped")
-        free = make_tenant(env, "caps-db-free")
-        set_cap(env, [gw], "set", "--workspace", capped.workspace, "--usd", "5")
-        # both keys resolved and cached while the database is up
-        assert post(gw, capped, body("warm 1")).status_code == 200
-        assert post(gw, free, body("warm 2")).status_code == 200
-        own_postgres.stop()
-        refused = wait_until(
-            lambda: (r := post(gw, capped, body("down"))).status_code == 402 and r, 20, "402"
-        )
-        assert refused.json()["error"]["code"] == "budget_unverifiable"
-        assert post(gw, free, body("down free")).status_code == 200
-    finally:
-        gw.stop(timeout=15)
-
-
-def test_a_killed_process_lease_expires_and_the_budget_comes_back(
-    mock: MockServer, workdir: Path, db_env: dict[str, str]
-) -> None:
-    """Gateway A leases the whole cap (lease fraction 1) and is killed with SIGKILL:
-    gateway B is refused while A's lease holds the budget, and served once it has
-    expired (a 3 s lease)."""
-    whole = {**FAST, "RECOVEA_CAP_LEASE_FRACTION": "1"}
-    first = Gateway({**upstream_env(mock), **db_env, **whole}, workdir)
-    second = Gateway({**upstream_env(mock), **db_env, **whole}, workdir)
-    try:
-        tenant = make_tenant(db_env, "caps-crash")
-        raw = body("crash")
-        cap = usd6(estimated_usd(raw) * Decimal("1.5"))
-        set_cap(db_env, [first, second], "set", "--workspace", tenant.workspace, "--usd", cap)
-        assert post(first, tenant, raw).status_code == 200
-        os.killpg(first.process.pid, signal.SIGKILL)
-        first.process.wait(10)
-        assert post(second, tenant, body("crash")).status_code == 402
-        wait_until(lambda: post(second, tenant, body("crash")).status_code == 200, 15, "expiry")
-    finally:
-        first.stop(timeout=5)
-        second.stop()
 
 
 async def test_a_websocket_session_is_refused_or_charged_at_the_handshake(
