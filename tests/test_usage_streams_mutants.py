@@ -1,8 +1,6 @@
-"""The usage taps held to the letter, chat streams and what the client receives: a chat
-stream's compact end read by position, a stream parsed only at its edges with bounded
-memory, the usage the gateway asks for on the client's behalf hidden again, the stream
-the client receives the one the provider would have sent, and where a path's metrics
-go.
+"""The usage taps held to the letter on chat streams: a chat stream's compact end read
+by position, a stream parsed only at its edges with bounded memory (what the gateway
+changes around a stream: `test_usage_rewrite_mutants.py`).
 
 Written while reviewing the surviving mutants of `make mutate`
 (mutation-survivors.md); each test states the behaviour a user would notice.
@@ -19,19 +17,13 @@ from recovea_proxy.providers import PROVIDERS
 from recovea_proxy.providers.anthropic import MessagesStreamTap
 from recovea_proxy.providers.base import (
     CHAT,
-    COMPLETIONS,
-    COUNT_TOKENS,
-    EMBEDDINGS,
     MESSAGES,
-    MODELS,
-    OTHER,
-    RESPONSES,
     WindowTap,
 )
-from recovea_proxy.providers.openai import ChatStreamTap, HiddenUsageFilter
+from recovea_proxy.providers.openai import ChatStreamTap
 from recovea_proxy.providers.usage import Usage
 from tests.test_usage_taps import OPENAI_STREAM
-from tests.usage_taps_support import ANTHROPIC, OPENAI, events, fed, message_delta, message_start
+from tests.usage_taps_support import OPENAI, events, fed, message_delta, message_start
 
 # --- chat streams -----------------------------------------------------------------
 
@@ -283,169 +275,3 @@ def test_a_taps_memory_is_bounded_whatever_the_streams_length(piece: int) -> Non
     held = sum(map(len, tap._head)) + sum(map(len, tap._tail))
     assert held <= 2 * WindowTap.WINDOW + 2 * piece
     tap.close()
-
-
-# --- the usage the gateway asks for on the client's behalf -------------------------
-
-
-def test_only_streamed_chat_and_completions_requests_are_rewritten() -> None:
-    """The gateway asks for stream usage on streamed Chat Completions and Completions
-    only; other requests (not streamed, or another endpoint) go upstream byte for byte,
-    with nothing to hide from the client."""
-    streamed = b'{"model":"m","stream":true}'
-    plain = b'{"model":"m"}'
-    for kind in (EMBEDDINGS, RESPONSES, MODELS, OTHER):
-        assert OPENAI.prepare_request(kind, orjson.loads(streamed), streamed) == (streamed, False)
-    for kind in (CHAT, COMPLETIONS):
-        assert OPENAI.prepare_request(kind, orjson.loads(plain), plain) == (plain, False)
-        assert OPENAI.prepare_request(kind, orjson.loads(streamed), streamed)[1] is True
-    assert ANTHROPIC.prepare_request(MESSAGES, orjson.loads(streamed), streamed) == (
-        streamed,
-        False,
-    )
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b'{"model":"m","stream":true,"stream_options":null}',
-        b' {"model":"m","stream":true}',
-        b'\n{"model":"m","stream":true,"stream_options":null}',
-    ],
-)
-def test_usage_is_asked_for_whatever_the_bodys_layout(body: bytes) -> None:
-    """`"stream_options": null`, or a body that does not start with `{`: the whole body
-    is rewritten, and the upstream sees one stream_options asking for usage."""
-    sent, hide = OPENAI.prepare_request(CHAT, orjson.loads(body), body)
-    assert hide is True
-    assert orjson.loads(sent)["stream_options"] == {"include_usage": True}
-    assert sent.count(b"stream_options") == 1
-
-
-# --- the stream the client receives ----------------------------------------------
-
-
-def azure_stream(crlf: bool) -> bytes:
-    """A chat stream as Azure OpenAI sends it: a first chunk with empty choices and its
-    prompt filter results (which the client must receive), content, the finish chunk,
-    the usage-only chunk the gateway asked for, and [DONE]."""
-    return b"".join(
-        events(
-            '{"id":"","choices":[],"prompt_filter_results":[{"prompt_index":0}],"usage":null}',
-            '{"usage":null,"id":"c1","choices":[{"index":0,"delta":{"content":"hi"}}]}',
-            '{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}',
-            '{"id":"c1","choices":[],"usage": {"prompt_tokens":3,"completion_tokens":1}}',
-            "[DONE]",
-            crlf=crlf,
-        )
-    )
-
-
-def plain_stream(crlf: bool) -> bytes:
-    """The stream the client would have received without the usage the gateway added."""
-    return b"".join(
-        events(
-            '{"id":"","choices":[],"prompt_filter_results":[{"prompt_index":0}]}',
-            '{"id":"c1","choices":[{"index":0,"delta":{"content":"hi"}}]}',
-            '{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}',
-            "[DONE]",
-            crlf=crlf,
-        )
-    )
-
-
-@pytest.mark.parametrize("crlf", [False, True])
-def test_the_client_gets_the_plain_stream_wherever_it_is_cut(crlf: bool) -> None:
-    """LF or CRLF line ends, cut at any byte: the added usage chunk (with its blank line)
-    and every `"usage":null` key are removed; everything else, the empty-choices chunk
-    that carries prompt filter results included, reaches the client unchanged."""
-    stream, expected = azure_stream(crlf), plain_stream(crlf)
-    for cut in range(len(stream) + 1):
-        stream_filter = HiddenUsageFilter()
-        out = stream_filter.feed(stream[:cut]) + stream_filter.feed(stream[cut:])
-        assert out + stream_filter.flush() == expected, cut
-
-
-@pytest.mark.parametrize("crlf", [False, True])
-def test_the_client_gets_the_plain_stream_byte_by_byte(crlf: bool) -> None:
-    """Fed one byte at a time, the filter still removes exactly what the gateway added."""
-    stream = azure_stream(crlf)
-    stream_filter = HiddenUsageFilter()
-    out = b"".join(stream_filter.feed(stream[i : i + 1]) for i in range(len(stream)))
-    assert out + stream_filter.flush() == plain_stream(crlf)
-
-
-def test_a_stream_that_sent_nothing_reaches_the_client_as_nothing() -> None:
-    """An upstream that ended before its first byte: the filter holds nothing back and
-    gives nothing (not a null the sender would choke on) when the stream ends."""
-    stream_filter = HiddenUsageFilter()
-    assert stream_filter.flush() == b""
-    assert stream_filter.feed(b"") + stream_filter.flush() == b""
-
-
-@pytest.mark.parametrize("crlf", [False, True])
-def test_a_stream_that_opens_with_a_blank_line_keeps_it(crlf: bool) -> None:
-    """A keep-alive blank line before the first event is the provider's, not part of the
-    usage event the filter removes: the client receives it."""
-    blank = b"\r\n" if crlf else b"\n"
-    stream = blank + azure_stream(crlf)
-    stream_filter = HiddenUsageFilter()
-    out = stream_filter.feed(blank) + stream_filter.feed(stream[len(blank) :])
-    assert out + stream_filter.flush() == blank + plain_stream(crlf)
-
-
-# --- where a path's metrics go, and how the key is sent ---------------------------
-
-
-@pytest.mark.parametrize(
-    ("path", "expected"),
-    [
-        ("/v1/chat/completions", (CHAT, "/v1/chat/completions")),
-        ("/v1/completions", (COMPLETIONS, "/v1/completions")),
-        ("/v1/embeddings", (EMBEDDINGS, "/v1/embeddings")),
-        ("/v1/responses", (RESPONSES, "/v1/responses")),
-        ("/v1/models", (MODELS, "/v1/models")),
-        ("/v1/models/gpt-4o", (MODELS, "/v1/models/{model}")),
-        ("/v1/files/file-abc/content", (OTHER, "/v1/files/*")),
-        ("/v1/files", (OTHER, "/v1/files/*")),
-        ("/v1/responses/resp_1/cancel", (OTHER, "/v1/responses/*")),
-        ("/v1/made-up/anything", (OTHER, "/v1/other")),
-        ("/v2/models/x", (OTHER, "/v1/other")),
-        ("/v1", (OTHER, "/v1/other")),
-        ("/x/v1/models", (OTHER, "/v1/other")),
-    ],
-)
-def test_an_openai_path_maps_to_a_bounded_route_template(
-    path: str, expected: tuple[str, str]
-) -> None:
-    """Every OpenAI path gets its endpoint kind and one of a fixed set of route
-    templates (the metrics' label), so a caller cannot grow the label set."""
-    assert OPENAI.endpoint_of(path) == expected
-    assert PROVIDERS["openrouter"].endpoint_of(path) == expected
-
-
-@pytest.mark.parametrize(
-    ("path", "expected"),
-    [
-        ("/v1/messages", (MESSAGES, "/v1/messages")),
-        ("/v1/messages/count_tokens", (COUNT_TOKENS, "/v1/messages/count_tokens")),
-        ("/v1/messages/batches", (OTHER, "/v1/messages/batches")),
-        ("/v1/messages/batches/b_1/results", (OTHER, "/v1/messages/batches/*")),
-        ("/v1/models", (MODELS, "/v1/models")),
-        ("/v1/models/claude-x", (MODELS, "/v1/models/{model}")),
-        ("/v1/files/f_1", (OTHER, "/v1/files/*")),
-        ("/v1/anything-else", (OTHER, "/v1/other")),
-    ],
-)
-def test_an_anthropic_path_maps_to_a_bounded_route_template(
-    path: str, expected: tuple[str, str]
-) -> None:
-    """The same bound on Anthropic's surface."""
-    assert ANTHROPIC.endpoint_of(path) == expected
-
-
-def test_each_provider_gets_the_key_in_its_own_header() -> None:
-    """OpenAI and OpenRouter take `Authorization: Bearer`, Anthropic `x-api-key`."""
-    assert OPENAI.credential_headers("k") == (("authorization", "Bearer k"),)
-    assert PROVIDERS["openrouter"].credential_headers("k") == (("authorization", "Bearer k"),)
-    assert ANTHROPIC.credential_headers("k") == (("x-api-key", "k"),)
