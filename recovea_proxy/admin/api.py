@@ -186,25 +186,33 @@ KEY = obj(
 PROVIDER = string(enum=list(ops.PROVIDERS))
 
 
-@declare(Operation("The caller's workspace", WORKSPACE))
+# Each handler's contract is an `Operation` named above it and declared on the line
+# after it, not with `@declare`: mutmut (`make mutate`) makes no mutants of a decorated
+# function.
+GET_WORKSPACE = Operation("The caller's workspace", WORKSPACE)
+
+
 async def get_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     return json_response(
         await scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
     )
 
 
-@declare(
-    Operation(
-        "Create a workspace and its first admin key (the operator workspace only)",
-        obj({"id": UUID, "admin_key_id": UUID, "admin_key": string(pattern="^rcv_")}),
-        status=201,
-        body=obj(
-            {"name": NAME, "plan": nullable(string(enum=["free", "pro"]))},
-            required=("name",),
-            closed=True,
-        ),
-    )
+declare(GET_WORKSPACE)(get_workspace)
+
+
+CREATE_WORKSPACE = Operation(
+    "Create a workspace and its first admin key (the operator workspace only)",
+    obj({"id": UUID, "admin_key_id": UUID, "admin_key": string(pattern="^rcv_")}),
+    status=201,
+    body=obj(
+        {"name": NAME, "plan": nullable(string(enum=["free", "pro"]))},
+        required=("name",),
+        closed=True,
+    ),
 )
+
+
 async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     body = declared_body(request)
     caller = await scoped(runtime, key, lambda c: ops.describe_workspace(c, key.customer_id))
@@ -221,37 +229,45 @@ async def create_workspace(request: Request, runtime: Runtime, key: KeyRecord) -
     )
 
 
-@declare(Operation("The workspace's rcv_ keys (last four characters only)", listing(KEY)))
+declare(CREATE_WORKSPACE)(create_workspace)
+
+
+LIST_KEYS = Operation("The workspace's rcv_ keys (last four characters only)", listing(KEY))
+
+
 async def list_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     keys = await scoped(runtime, key, lambda c: ops.list_keys(c, key.customer_id))
     return json_response({"data": keys})
 
 
-@declare(
-    Operation(
-        "Create an rcv_ key (shown once)",
-        obj(
-            {
-                "id": UUID,
-                "role": string(enum=["admin", "member"]),
-                "env": string(enum=["live", "test"]),
-                "key": string(pattern="^rcv_"),
-                "last_four": string(),
-            }
-        ),
-        status=201,
-        body=obj(
-            {
-                "role": nullable(string(enum=["admin", "member"])),
-                "env": nullable(string(enum=["live", "test"])),
-                "project": nullable(NAME),
-                "team": nullable(NAME),
-            },
-            required=(),
-            closed=True,
-        ),
-    )
+declare(LIST_KEYS)(list_keys)
+
+
+CREATE_KEY = Operation(
+    "Create an rcv_ key (shown once)",
+    obj(
+        {
+            "id": UUID,
+            "role": string(enum=["admin", "member"]),
+            "env": string(enum=["live", "test"]),
+            "key": string(pattern="^rcv_"),
+            "last_four": string(),
+        }
+    ),
+    status=201,
+    body=obj(
+        {
+            "role": nullable(string(enum=["admin", "member"])),
+            "env": nullable(string(enum=["live", "test"])),
+            "project": nullable(NAME),
+            "team": nullable(NAME),
+        },
+        required=(),
+        closed=True,
+    ),
 )
+
+
 async def create_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     body = declared_body(request)
     async with runtime.pool.acquire() as conn:
@@ -275,14 +291,17 @@ async def create_key(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     )
 
 
-@declare(
-    Operation(
-        "Revoke an rcv_ key of the workspace",
-        obj({"id": UUID, "revoked": {"const": True}}),
-        path=(Param("key_id", UUID),),
-        errors=(400, 404),
-    )
+declare(CREATE_KEY)(create_key)
+
+
+REVOKE_KEY = Operation(
+    "Revoke an rcv_ key of the workspace",
+    obj({"id": UUID, "revoked": {"const": True}}),
+    path=(Param("key_id", UUID),),
+    errors=(400, 404),
 )
+
+
 async def revoke_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     key_id = request.path_params["key_id"]
     ops.parse_id(key_id, "key id")
@@ -293,35 +312,41 @@ async def revoke_key(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
     return json_response({"id": key_id, "revoked": True})
 
 
-@declare(
-    Operation(
-        "The workspace's provider keys (last four characters only)",
-        listing(
-            obj(
-                {
-                    "provider": PROVIDER,
-                    "last_four": string(),
-                    "backend": string(),
-                    "created_at": string(format="date-time"),
-                }
-            )
-        ),
-    )
+declare(REVOKE_KEY)(revoke_key)
+
+
+LIST_PROVIDER_KEYS = Operation(
+    "The workspace's provider keys (last four characters only)",
+    listing(
+        obj(
+            {
+                "provider": PROVIDER,
+                "last_four": string(),
+                "backend": string(),
+                "created_at": string(format="date-time"),
+            }
+        )
+    ),
 )
+
+
 async def list_provider_keys(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     keys = await scoped(runtime, key, lambda c: ops.list_provider_keys(c, key.customer_id))
     return json_response({"data": keys})
 
 
-@declare(
-    Operation(
-        "Store (or replace) the workspace's key for a provider, envelope-encrypted",
-        obj({"provider": PROVIDER, "last_four": string()}),
-        body=obj({"key": string(minLength=1, maxLength=4096)}, closed=True),
-        path=(Param("provider", PROVIDER),),
-        errors=(404,),
-    )
+declare(LIST_PROVIDER_KEYS)(list_provider_keys)
+
+
+SET_PROVIDER_KEY = Operation(
+    "Store (or replace) the workspace's key for a provider, envelope-encrypted",
+    obj({"provider": PROVIDER, "last_four": string()}),
+    body=obj({"key": string(minLength=1, maxLength=4096)}, closed=True),
+    path=(Param("provider", PROVIDER),),
+    errors=(404,),
 )
+
+
 async def set_provider_key(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     provider = request.path_params["provider"]
     if provider not in ops.PROVIDERS:
@@ -332,6 +357,9 @@ async def set_provider_key(request: Request, runtime: Runtime, key: KeyRecord) -
         await ops.set_provider_key(conn, runtime.keyring, key.customer_id, provider, secret)
     runtime.auth.forget_provider_key(key.customer_id, provider)
     return json_response({"provider": provider, "last_four": secret.strip()[-4:]})
+
+
+declare(SET_PROVIDER_KEY)(set_provider_key)
 
 
 ADMIN_ROUTES = [

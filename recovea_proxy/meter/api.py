@@ -143,14 +143,17 @@ def _row_json(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-@declare(
-    Operation(
-        "The stored row of one request: exactly the request_events columns",
-        ROW,
-        path=(_REQUEST_ID,),
-        errors=(404,),
-    )
+# Each handler's contract is an `Operation` named above it and declared on the line
+# after it, not with `@declare`: mutmut (`make mutate`) makes no mutants of a decorated
+# function.
+GET_REQUEST = Operation(
+    "The stored row of one request: exactly the request_events columns",
+    ROW,
+    path=(_REQUEST_ID,),
+    errors=(404,),
 )
+
+
 async def get_request(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     request_id = _request_id(request)
     row = await scoped(
@@ -168,30 +171,33 @@ async def get_request(request: Request, runtime: Runtime, key: KeyRecord) -> Res
     return json_response(_row_json(row))
 
 
-@declare(
-    Operation(
-        "The workspace's latest rows in [from, to), newest first",
-        obj(
-            {
-                "object": {"const": "list"},
-                "from": string(format="date-time"),
-                "to": string(format="date-time"),
-                "data": array(ROW),
-                "has_more": boolean(),
-            }
+declare(GET_REQUEST)(get_request)
+
+
+LIST_REQUESTS = Operation(
+    "The workspace's latest rows in [from, to), newest first",
+    obj(
+        {
+            "object": {"const": "list"},
+            "from": string(format="date-time"),
+            "to": string(format="date-time"),
+            "data": array(ROW),
+            "has_more": boolean(),
+        }
+    ),
+    query=(
+        Param("from", MOMENT, "start (default: 24 hours before to)"),
+        Param("to", MOMENT, "end, exclusive (default: now)"),
+        Param(
+            "limit",
+            integer(minimum=0, maximum=REQUESTS_PAGE_MAX),
+            "rows per answer (default 50; 0 is read as 1)",
         ),
-        query=(
-            Param("from", MOMENT, "start (default: 24 hours before to)"),
-            Param("to", MOMENT, "end, exclusive (default: now)"),
-            Param(
-                "limit",
-                integer(minimum=0, maximum=REQUESTS_PAGE_MAX),
-                "rows per answer (default 50; 0 is read as 1)",
-            ),
-        ),
-        errors=(400,),
-    )
+    ),
+    errors=(400,),
 )
+
+
 async def list_requests(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     """The workspace's latest rows in [from, to), newest first: exactly the columns of
     `GET /v1/recovea/requests/{id}`, at most `limit` of them."""
@@ -225,6 +231,9 @@ async def list_requests(request: Request, runtime: Runtime, key: KeyRecord) -> R
     )
 
 
+declare(LIST_REQUESTS)(list_requests)
+
+
 def _receipt_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "request_id": row["request_id"].hex,
@@ -235,7 +244,9 @@ def _receipt_json(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-@declare(Operation("The receipt of one request", RECEIPT, path=(_REQUEST_ID,), errors=(404,)))
+GET_RECEIPT = Operation("The receipt of one request", RECEIPT, path=(_REQUEST_ID,), errors=(404,))
+
+
 async def get_receipt(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     request_id = _request_id(request)
     row = await scoped(
@@ -251,6 +262,9 @@ async def get_receipt(request: Request, runtime: Runtime, key: KeyRecord) -> Res
     if row is None:
         raise _not_found("receipt")
     return json_response(_receipt_json(row))
+
+
+declare(GET_RECEIPT)(get_receipt)
 
 
 # One statement, so one snapshot: the page and the chain's first and last seq agree
@@ -294,52 +308,52 @@ async def _chains(runtime: Runtime, key: KeyRecord) -> Response:
     return json_response({"object": "list", "data": chains})
 
 
-@declare(
-    Operation(
-        "The workspace's receipt chains; with chain=, one page of that chain",
-        {
-            "oneOf": [
-                obj(
-                    {
-                        "object": {"const": "list"},
-                        "data": array(
-                            obj(
-                                {
-                                    "chain": string(),
-                                    "first_seq": integer(),
-                                    "last_seq": integer(),
-                                    "receipts": integer(),
-                                    "first_ts": string(format="date-time"),
-                                    "last_ts": string(format="date-time"),
-                                }
-                            )
-                        ),
-                    }
-                ),
-                obj(
-                    {
-                        "object": {"const": "recovea-chain-v1"},
-                        "chain": string(),
-                        "first_seq": nullable(integer()),
-                        "last_seq": nullable(integer()),
-                        "receipts": array(
-                            obj({k: v for k, v in RECEIPT["properties"].items() if k != "chain"})
-                        ),
-                        "has_more": boolean(),
-                        "next_after_seq": nullable(integer()),
-                        "checkpoints": array(CHECKPOINT),
-                    }
-                ),
-            ]
-        },
-        query=(
-            Param("chain", string(pattern="^[A-Za-z0-9_-]{1,128}$"), "a chain id"),
-            Param("after_seq", integer(minimum=0, maximum=2**62), "receipts after this seq"),
-            Param("limit", integer(minimum=0, maximum=LEDGER_PAGE_MAX), "receipts per page"),
-        ),
-        errors=(400,),
-    )
+GET_LEDGER = Operation(
+    "The workspace's receipt chains; with chain=, one page of that chain",
+    {
+        "oneOf": [
+            obj(
+                {
+                    "object": {"const": "list"},
+                    "data": array(
+                        obj(
+                            {
+                                "chain": string(),
+                                "first_seq": integer(),
+                                "last_seq": integer(),
+                                "receipts": integer(),
+                                "first_ts": string(format="date-time"),
+                                "last_ts": string(format="date-time"),
+                            }
+                        )
+                    ),
+                }
+            ),
+            obj(
+                {
+                    "object": {"const": "recovea-chain-v1"},
+                    "chain": string(),
+                    "first_seq": nullable(integer()),
+                    "last_seq": nullable(integer()),
+                    "receipts": array(
+                        obj({k: v for k, v in RECEIPT["properties"].items() if k != "chain"})
+                    ),
+                    "has_more": boolean(),
+                    "next_after_seq": nullable(integer()),
+                    "checkpoints": array(CHECKPOINT),
+                }
+            ),
+        ]
+    },
+    query=(
+        Param("chain", string(pattern="^[A-Za-z0-9_-]{1,128}$"), "a chain id"),
+        Param("after_seq", integer(minimum=0, maximum=2**62), "receipts after this seq"),
+        Param("limit", integer(minimum=0, maximum=LEDGER_PAGE_MAX), "receipts per page"),
+    ),
+    errors=(400,),
 )
+
+
 async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
     """The workspace's chains; with `chain=`, one page of that chain (`recovea-chain-v1`)
     and the chain's stored first and last seq, so a verifier can tell a cut head or tail,
@@ -375,6 +389,9 @@ async def get_ledger(request: Request, runtime: Runtime, key: KeyRecord) -> Resp
             "checkpoints": checkpoints,
         }
     )
+
+
+declare(GET_LEDGER)(get_ledger)
 
 
 async def receipt_keys(request: Request) -> Response:
