@@ -10,6 +10,7 @@ import anthropic
 import openai
 import pytest
 
+from tests.node_support import install_node_sdks
 from tests.receipt_support import Signer
 from tests.support import Gateway, MockServer, Postgres, short_tmpdir
 
@@ -117,6 +118,12 @@ def sdk() -> Iterator[SdkClients]:
     clients = SdkClients()
     yield clients
     clients.close()
+
+
+@pytest.fixture(scope="module")
+def node_sdks() -> Path:
+    """tests/node with the official Node SDKs installed (tests using it: `needs_node`)."""
+    return install_node_sdks()
 
 
 @pytest.fixture(scope="session", autouse=True)
