@@ -103,15 +103,6 @@ def declared_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def json_body(
-    request: Request, allowed: set[str], *, strings_only: bool = True
-) -> dict[str, Any]:
-    """The body of a handler that declares no `Operation` (prefer `declared_body`): a
-    JSON object of the `allowed` fields (strings or null with `strings_only`)."""
-    kind: Schema = nullable(string()) if strings_only else {}
-    return await read_json(request, obj(dict.fromkeys(allowed, kind), required=(), closed=True))
-
-
 def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Authenticate (fail-closed), require the admin role, map errors to responses."""
     return keyed(handler, admin_only=True)
