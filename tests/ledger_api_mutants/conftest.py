@@ -28,9 +28,11 @@ from tests.ledger_api_mutants.support import (
     Tenant,
     World,
     _app,
+    _checkpointed,
     _operator_key,
     _signing_key,
     _tenant,
+    _two_hours,
 )
 from tests.support import Postgres, short_tmpdir
 
@@ -113,5 +115,27 @@ async def long_chain(postgres: Postgres, db_env: dict[str, str]) -> Tenant:
         return await _tenant(
             postgres.url, conn, keyring, "long", ReceiptSigner(_signing_key()), requests
         )
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def checkpointed(postgres: Postgres) -> Tenant:
+    """A workspace with checkpoints at seq 2 and 4 and receipts 1 to 3 stored."""
+    conn = await connect(postgres.url)
+    try:
+        return await _checkpointed(postgres.url, conn)
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def two_hours(postgres: Postgres) -> Tenant:
+    """A workspace with usage in two hours, rolled up: see `_two_hours`."""
+    conn = await connect(postgres.url)
+    try:
+        tenant = await _two_hours(postgres.url, conn)
+        await run_rollup(conn, timeout_s=30, max_tags=100)
+        return tenant
     finally:
         await conn.close()

@@ -24,9 +24,10 @@ from recovea_proxy.auth.keyring import Keyring
 from recovea_proxy.meter import api as ledger_api
 from recovea_proxy.meter import usage_api
 from recovea_proxy.meter.checkpoint_api import get_checkpoint
+from recovea_proxy.meter.checkpoints import checkpoint_row
 from recovea_proxy.meter.event import RouteIds, event_row
 from recovea_proxy.meter.receipt_keys import SigningKey, key_id
-from recovea_proxy.meter.receipts import ReceiptSigner
+from recovea_proxy.meter.receipts import CheckpointSigner, ReceiptSigner
 from recovea_proxy.meter.writer import EventWriter
 from recovea_proxy.providers.usage import Usage
 from recovea_proxy.record import RequestRecord
@@ -120,6 +121,61 @@ async def _tenant(
             _record(workspace, admin.id, model, now_ms - i * 1000, usage=usage)
             for i, (model, usage) in enumerate(requests)
         ]
+    routes = RouteIds()
+    rows = []
+    for rec in records:
+        signer.sign(rec, hashlib.sha256(b"response").hexdigest())
+        rows.append(event_row(rec, routes.id_for(rec)))
+    writer = EventWriter(owner)
+    try:
+        await writer.write(rows)
+    finally:
+        await writer.close()
+    place = records[0].receipt_place
+    assert place is not None
+    return Tenant(workspace, admin, member, [r.request_id for r in records], place[0])
+
+
+async def _checkpointed(owner: str, conn: Any) -> Tenant:
+    """A workspace whose chain of four receipts is signed by checkpoints at seq 2 and 4
+    (as the checkpoint task signs them), and whose fourth event the drainer set aside:
+    receipts 1 to 3 are stored, both checkpoints too."""
+    workspace = await ops.create_workspace(conn, f"checkpointed-{uuid.uuid4().hex[:8]}")
+    admin = await ops.create_key(conn, workspace, role="admin")
+    member = await ops.create_key(conn, workspace, project="web")
+    signer = CheckpointSigner(_signing_key(), every=2)
+    now_ms = int(time.time() * 1000)
+    routes = RouteIds()
+    records = [_record(workspace, admin.id, "gpt-4o", now_ms - i * 1000) for i in range(4)]
+    events, checkpoints = [], []
+    for seq, rec in enumerate(records, 1):
+        signer.sign(rec, hashlib.sha256(b"response").hexdigest())
+        events.append(event_row(rec, routes.id_for(rec)))
+        if seq % 2 == 0:
+            checkpoints += [checkpoint_row(*signed) for signed in signer.checkpoints()]
+    writer = EventWriter(owner)
+    try:
+        await writer.write([*events[:3], *checkpoints])
+    finally:
+        await writer.close()
+    place = records[0].receipt_place
+    assert place is not None
+    return Tenant(workspace, admin, member, [r.request_id for r in records[:3]], place[0])
+
+
+async def _two_hours(owner: str, conn: Any) -> Tenant:
+    """A workspace with one gpt-4o request two hours ago and two gpt-4o-mini requests
+    now: the model used most sorts last by name, and the busier hour is the later."""
+    workspace = await ops.create_workspace(conn, f"two-hours-{uuid.uuid4().hex[:8]}")
+    admin = await ops.create_key(conn, workspace, role="admin")
+    member = await ops.create_key(conn, workspace, project="web")
+    signer = ReceiptSigner(_signing_key())
+    now_ms = int(time.time() * 1000)
+    records = [
+        _record(workspace, admin.id, "gpt-4o", now_ms - 2 * 3600 * 1000),
+        _record(workspace, admin.id, "gpt-4o-mini", now_ms),
+        _record(workspace, admin.id, "gpt-4o-mini", now_ms),
+    ]
     routes = RouteIds()
     rows = []
     for rec in records:

@@ -1,6 +1,7 @@
 """The ledger API's reads, scoped by the code alone: a workspace sees exactly its own
-requests, receipts and chains (paged in seq order), another workspace's ids are 404; the
-route table under test is the gateway's own.
+requests (the latest, a page at a time, in a window), receipts and chains (paged in seq
+order, with the checkpoints signed within each page), another workspace's ids are 404;
+the route table under test is the gateway's own.
 
 Written while reviewing the surviving mutants of `make mutate`
 (mutation-survivors.md); each test states the behaviour a user would notice.
@@ -9,7 +10,7 @@ Written while reviewing the surviving mutants of `make mutate`
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -71,6 +72,86 @@ async def test_another_workspaces_request_is_not_found(ledger: Ledger) -> None:
                 "code": "not_found",
             }
         }
+
+
+async def test_the_latest_requests_are_the_workspaces_rows_newest_first(ledger: Ledger) -> None:
+    """`GET /v1/recovea/requests` lists the workspace's rows of the last 24 hours up to
+    now, newest first, each exactly its `GET /v1/recovea/requests/{id}` row, for any key
+    of it; another workspace's rows are not among them."""
+    before = datetime.now(UTC)
+    answer = await get(ledger, "/v1/recovea/requests", role="member")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    listed = answer.json()
+    assert list(listed) == ["object", "from", "to", "data", "has_more"]
+    assert (listed["object"], listed["has_more"]) == ("list", False)
+    assert [row["request_id"] for row in listed["data"]] == ledger.mine.requests
+    one = await get(ledger, f"/v1/recovea/requests/{ledger.mine.requests[0]}")
+    assert listed["data"][0] == one.json()
+    since, until = (datetime.fromisoformat(listed[name]) for name in ("from", "to"))
+    assert until - since == timedelta(days=1)
+    assert until.utcoffset() == timedelta(0)
+    assert before <= until <= datetime.now(UTC)
+
+
+async def test_the_latest_requests_come_limit_at_a_time(ledger: Ledger, long_chain: Tenant) -> None:
+    """`limit` rows at most (50 unless asked, 0 read as 1), and `has_more` says whether
+    older rows in the window were left out."""
+    mine = ledger.mine.requests
+    for limit, rows, more in ((2, mine[:2], True), (4, mine, False), (0, mine[:1], True)):
+        page = (await get(ledger, f"/v1/recovea/requests?limit={limit}")).json()
+        assert [row["request_id"] for row in page["data"]] == rows, limit
+        assert page["has_more"] is more, limit
+    default = (await get(ledger, "/v1/recovea/requests", long_chain)).json()
+    assert [row["request_id"] for row in default["data"]] == long_chain.requests[:50]
+    assert default["has_more"] is True
+    largest = await get(ledger, "/v1/recovea/requests?limit=500", long_chain)
+    assert len(largest.json()["data"]) == 500
+
+
+async def test_the_latest_requests_are_those_in_from_to(ledger: Ledger) -> None:
+    """The window is [from, to): a row at `from` is in it, a row at `to` is not; without
+    `from` it starts 24 hours before `to`."""
+    rows = (await get(ledger, "/v1/recovea/requests")).json()["data"]
+    newest, second, third = (row["ts"] for row in rows[:3])
+    window = {"from": third, "to": newest}
+    answer = await ledger.client.get(
+        "/v1/recovea/requests", params=window, headers=ledger.mine.auth()
+    )
+    listed = answer.json()
+    assert [row["ts"] for row in listed["data"]] == [second, third]
+    assert (listed["from"], listed["to"]) == (third, newest)
+    answer = await ledger.client.get(
+        "/v1/recovea/requests", params={"to": newest}, headers=ledger.mine.auth()
+    )
+    listed = answer.json()
+    assert [row["request_id"] for row in listed["data"]] == ledger.mine.requests[1:]
+    since = datetime.fromisoformat(newest) - timedelta(days=1)
+    assert (listed["from"], listed["to"]) == (since.isoformat(), newest)
+    past = (await get(ledger, "/v1/recovea/requests?from=2020-01-01&to=2020-01-02")).json()
+    assert (past["data"], past["has_more"]) == ([], False)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("from=2026-02-01&to=2026-01-01", "from must be before to."),
+        ("from=2026-01-01&to=2026-01-01", "from must be before to."),
+        ("from=yesterday", "from must be an ISO 8601 date or time."),
+        ("to=soon", "to must be an ISO 8601 date or time."),
+        ("limit=501", "limit must be an integer from 0 to 500."),
+        ("limit=two", "limit must be an integer from 0 to 500."),
+    ],
+)
+async def test_a_bad_request_list_query_is_a_400_that_says_why(
+    ledger: Ledger, query: str, message: str
+) -> None:
+    """A window that ends before it starts, a time that is not ISO 8601 or a page size
+    out of bounds is refused 400 with what is wrong."""
+    answer = await get(ledger, f"/v1/recovea/requests?{query}")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_request"
+    assert answer.json()["error"]["message"] == message
 
 
 # --- /v1/recovea/receipts --------------------------------------------------------------
@@ -161,6 +242,43 @@ async def test_another_workspaces_chain_reads_as_empty(ledger: Ledger) -> None:
         None,
         False,
     )
+
+
+async def test_each_chain_page_lists_the_checkpoints_signed_within_it(
+    ledger: Ledger, checkpointed: Tenant
+) -> None:
+    """A page of a chain lists the chain's signed checkpoints after its `after_seq`, up
+    to its last receipt when more pages follow: pages read in order list each
+    checkpoint once, beside the receipts it covers."""
+    base = f"/v1/recovea/ledger?chain={checkpointed.chain}&limit=2"
+    first = (await get(ledger, base, checkpointed)).json()
+    assert [r["seq"] for r in first["receipts"]] == [1, 2]
+    assert [c["seq"] for c in first["checkpoints"]] == [2]
+    [checkpoint] = first["checkpoints"]
+    assert set(checkpoint) == {"object", "chain", "seq", "kid", "token", "created_at"}
+    assert (checkpoint["object"], checkpoint["chain"]) == (
+        "recovea-checkpoint-v1",
+        checkpointed.chain,
+    )
+    assert checkpoint["kid"] == first["receipts"][0]["kid"]
+    assert datetime.fromisoformat(checkpoint["created_at"]).tzinfo is not None
+    rest = (await get(ledger, f"{base}&after_seq=2", checkpointed)).json()
+    assert [r["seq"] for r in rest["receipts"]] == [3]
+    assert [c["seq"] for c in rest["checkpoints"]] == [4]
+    assert (await get(ledger, base)).json()["checkpoints"] == []
+
+
+async def test_a_checkpoint_past_the_last_stored_receipt_is_on_the_last_page(
+    ledger: Ledger, checkpointed: Tenant
+) -> None:
+    """A checkpoint whose receipt was never stored (its event set aside) is listed on the
+    chain's last page, even one exactly full: a verifier sees the chain goes on past the
+    receipts it was given."""
+    path = f"/v1/recovea/ledger?chain={checkpointed.chain}&limit=3"
+    page = (await get(ledger, path, checkpointed)).json()
+    assert ([r["seq"] for r in page["receipts"]], page["last_seq"]) == ([1, 2, 3], 3)
+    assert page["has_more"] is False
+    assert [c["seq"] for c in page["checkpoints"]] == [2, 4]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """/v1/recovea/usage, scoped by the code alone: sums per grouping of the workspace's own
-rollup rows, costs and savings (a cache hit's included), null costs for unpriced models,
-window bounds.
+rollup rows (most requests first, or over time in time order), costs and savings (a
+cache hit's included), null costs for unpriced models, window bounds.
 
 Written while reviewing the surviving mutants of `make mutate`
 (mutation-survivors.md); each test states the behaviour a user would notice.
@@ -15,6 +15,7 @@ import pytest
 
 from tests.ledger_api_mutants.support import (
     Ledger,
+    Tenant,
     get,
 )
 
@@ -70,6 +71,40 @@ async def test_usage_costs_and_savings_are_decimal_strings(ledger: Ledger) -> No
     totals = body["totals"]
     for name in ("baseline_cost_usd", "realized_cost_usd"):
         assert Decimal(totals[name]) == sum(Decimal(row[name]) for row in body["data"])
+
+
+async def test_usage_by_a_dimension_puts_the_most_requests_first(
+    ledger: Ledger, two_hours: Tenant
+) -> None:
+    """Grouped by a dimension, the group with the most requests comes first, whatever
+    its name."""
+    body = (await get(ledger, "/v1/recovea/usage", two_hours)).json()
+    assert [(row["key"], row["requests"]) for row in body["data"]] == [
+        ("gpt-4o-mini", 2),
+        ("gpt-4o", 1),
+    ]
+
+
+@pytest.mark.parametrize("group_by", ["hour", "day"])
+async def test_usage_over_time_is_in_time_order(
+    ledger: Ledger, two_hours: Tenant, group_by: str
+) -> None:
+    """`group_by=hour|day` gives one row per hour (or UTC day) that holds usage, keyed
+    by its start in ISO 8601, oldest first even when a later one holds more requests;
+    the rows add up to the same totals as by model."""
+    body = (await get(ledger, f"/v1/recovea/usage?group_by={group_by}", two_hours)).json()
+    assert body["group_by"] == group_by
+    starts = [datetime.fromisoformat(row["key"]) for row in body["data"]]
+    assert starts == sorted(starts)
+    assert all(start.utcoffset() == timedelta(0) for start in starts)
+    if group_by == "hour":
+        assert [row["requests"] for row in body["data"]] == [1, 2]
+        assert starts[1] - starts[0] == timedelta(hours=2)
+    else:
+        assert all((start.hour, start.minute) == (0, 0) for start in starts)
+    by_model = (await get(ledger, "/v1/recovea/usage", two_hours)).json()
+    assert body["totals"] == by_model["totals"]
+    assert body["totals"]["requests"] == 3
 
 
 @pytest.mark.parametrize(
