@@ -119,10 +119,10 @@ def everything_key(env: dict[str, str]) -> str:
     return workspace_key(env, limit=far, capped=True, levers=True)
 
 
-def no_levers_key(env: dict[str, str]) -> str:
+def no_levers_key(env: dict[str, str], name: str = "bench") -> str:
     """`workspace_key` in a workspace whose cache policy is `off`: neither the cache nor
     singleflight (nor any other lever) runs for its requests."""
-    return workspace_key(env, levers_off=True)
+    return workspace_key(env, levers_off=True, name=name)
 
 
 def capped_key(env: dict[str, str]) -> str:
@@ -139,9 +139,10 @@ def workspace_key(
     capped: bool = False,
     levers: bool = False,
     levers_off: bool = False,
+    name: str = "bench",
 ) -> str:
-    """A workspace with an OpenAI provider key and an rcv_ key, made with the CLI
-    (`command`: how to run it, by default this checkout's)."""
+    """A workspace (`name`) with an OpenAI provider key and an rcv_ key, made with the
+    CLI (`command`: how to run it, by default this checkout's)."""
     cli = command or [sys.executable, "-m", "recovea_proxy"]
 
     def recovea(*args: str, stdin: str | None = None) -> dict[str, str]:
@@ -157,7 +158,7 @@ def workspace_key(
         result: dict[str, str] = orjson.loads(done.stdout)
         return result
 
-    workspace = recovea("workspace", "create", "bench")["workspace_id"]
+    workspace = recovea("workspace", "create", name)["workspace_id"]
     recovea(
         "provider-key",
         "set",

@@ -204,3 +204,17 @@ def test_suite_quick_measures_and_judges(tmp_path: Path) -> None:
     floor_memory = next(m for m in doc["memory"] if m["target"] == "floor")
     assert (20, 0) == (floor_memory["open_peak"], floor_memory["errors"])
     assert "everything-on" in done.stdout and "targets" in done.stdout
+
+
+def test_levers_ab_sets_one_gateways_two_workspaces_side_by_side() -> None:
+    """`bench.levers_ab` (small): one gateway serves a workspace with the levers on and
+    one with them off in turns beside the floor, and prints the difference. In the
+    cache-hit mode the first workspace's requests are hits and the second's are not:
+    the two sides differ in their policy, in the same process."""
+    argv = [sys.executable, "-m", "bench.levers_ab", "--pairs", "2", "--requests", "60"]
+    argv += ["--warmup", "10", "--rate", "300", "--modes", "chat-cache-hit"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "chat-cache-hit: floor " in done.stdout
+    assert " floor (95 % interval of the median " in done.stdout
+    assert "answered by a hit or a flight: on 100.0 %, off 0.0 %" in done.stdout
