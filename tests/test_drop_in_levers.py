@@ -141,6 +141,47 @@ def test_openai_sdk_reads_a_replayed_stream_chunk_for_chunk(
     assert upstream_calls(mock, prompt) == 1
 
 
+def test_openai_sdk_reads_responses_api_hits_as_the_originals(
+    sdk: SdkClients, gateway: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """The Responses API, a response and a response stream each asked twice: the SDK
+    parses the hit to the same response (and the same typed events, in order); the
+    provider is called once for each."""
+    client = sdk.openai(f"{gateway.url}/v1", api_key=tenant.key)
+
+    def create() -> tuple[str, dict[str, Any]]:
+        raw = client.responses.with_raw_response.create(
+            model=OPENAI_MODEL, input="levers-responses-json", temperature=0, extra_headers=USAGE
+        )
+        return raw.headers["x-recovea-cache"], raw.parse().model_dump()
+
+    def stream() -> tuple[str, list[dict[str, Any]]]:
+        with client.responses.with_streaming_response.create(
+            model=OPENAI_MODEL,
+            input="levers-responses-stream",
+            temperature=0,
+            stream=True,
+            extra_headers=USAGE,
+        ) as response:
+            return response.headers["x-recovea-cache"], [e.model_dump() for e in response.parse()]
+
+    (first_state, first), (second_state, second) = create(), create()
+    assert (first_state, second_state) == ("miss", "hit")
+    assert second == first
+    assert second["output"][0]["content"][0]["text"] == "mock reply: levers-responses-json"
+
+    (first_state, events), (second_state, replayed) = stream(), stream()
+    assert (first_state, second_state) == ("miss", "hit")
+    assert replayed == events
+    kinds = [event["type"] for event in replayed]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    text = "".join(e["delta"] for e in replayed if e["type"] == "response.output_text.delta")
+    assert text == "mock reply: levers-responses-stream"
+    assert replayed[-1]["response"]["usage"]["output_tokens"] == 9
+    assert upstream_calls(mock, "levers-responses-json") == 1
+    assert upstream_calls(mock, "levers-responses-stream") == 1
+
+
 async def test_openai_async_sdk_followers_read_the_shared_stream_as_its_leader(
     gateway: Gateway, tenant: Tenant, mock: MockServer
 ) -> None:
