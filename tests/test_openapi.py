@@ -75,8 +75,9 @@ def test_every_admin_and_ledger_route_declares_its_contract() -> None:
 
 def test_a_new_route_appears_at_once_and_is_named_until_it_declares() -> None:
     """A route behind the key wrapper whose handler declares nothing (a new endpoint,
-    such as spend caps) is in the document at once, with a placeholder, and
-    `undeclared` names it; declared, it leaves the list."""
+    such as spend caps) is in the document at once, with a placeholder (its docstring's
+    first line, any JSON object, the errors it could answer), and `undeclared` names it;
+    declared, it leaves the list."""
 
     async def show_caps(request: Any, runtime: Any, key: Any) -> Any:
         """The workspace's caps."""
@@ -86,6 +87,10 @@ def test_a_new_route_appears_at_once_and_is_named_until_it_declares() -> None:
     placeholder = openapi_document(routes)["paths"]["/admin/v1/caps"]["get"]
     assert placeholder["summary"] == "The workspace's caps."
     assert placeholder["x-recovea-undeclared"] is True
+    assert placeholder["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "type": "object"
+    }
+    assert sorted(placeholder["responses"]) == ["200", "400", "401", "403", "404", "413", "503"]
     declared = declare(Operation("Caps", obj({"data": array(obj({}))})))(show_caps)
     routes = [Route("/admin/v1/caps", admin(declared), methods=["GET"])]
     assert undeclared(routes) == []

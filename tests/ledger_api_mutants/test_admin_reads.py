@@ -1,7 +1,7 @@
 """The admin API's reads, scoped by the code alone: keys and provider keys of the caller's
-workspace only (last four characters), members refused; on the gateway's own role each
-read also sets the scope row-level security reads; an unreachable database is 503
-everywhere.
+workspace only (last four characters), members refused (and documented so); on the
+gateway's own role each read also sets the scope row-level security reads; an
+unreachable database is 503 everywhere.
 
 Written while reviewing the surviving mutants of `make mutate`
 (mutation-survivors.md); each test states the behaviour a user would notice.
@@ -17,11 +17,13 @@ import httpx
 import pytest
 
 from recovea_proxy.meter.receipt_keys import PublishedKeys
+from recovea_proxy.openapi import document
 from tests.ledger_api_mutants.support import (
     Ledger,
     World,
     _app,
     get,
+    routes,
 )
 from tests.support import free_port
 
@@ -74,6 +76,20 @@ async def test_the_admin_reads_need_an_admin_key(ledger: Ledger) -> None:
     assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "invalid_api_key")
     ledger_anonymous = await ledger.client.get("/v1/recovea/ledger")
     assert ledger_anonymous.status_code == 401
+
+
+async def test_only_the_admin_routes_are_documented_as_admin_only() -> None:
+    """In `/openapi.json`, each admin route says it needs an admin key and may answer
+    403; a ledger read, open to any key of the workspace, says neither."""
+    for path, operations in document(routes())["paths"].items():
+        for method, operation in operations.items():
+            admin_only = path.startswith("/admin/")
+            assert ("403" in operation["responses"]) is admin_only, (method, path)
+            assert ("description" in operation) is admin_only, (method, path)
+            if admin_only:
+                assert operation["description"] == (
+                    "Admin keys only (member keys get 403 `forbidden`)."
+                )
 
 
 async def test_the_receipt_keys_are_published_without_auth(ledger: Ledger) -> None:
