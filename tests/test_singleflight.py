@@ -62,17 +62,25 @@ async def test_twenty_identical_streams_share_one_call_and_survive_the_leader_le
         chunks = response.aiter_raw()
         await anext(chunks)  # the stream has begun: followers will join mid-stream
 
-        async def follow() -> tuple[str, bytes]:
-            reply = await client.post(
-                "/v1/chat/completions", json=body(prompt), headers=headers
+        async def join() -> httpx.Response:
+            """A follower's request, answered as far as its status and headers: the
+            gateway sends those once the request has joined the flight."""
+            request = client.build_request(
+                "POST", "/v1/chat/completions", json=body(prompt), headers=headers
             )
+            reply = await client.send(request, stream=True)
             assert reply.status_code == 200
-            return reply.headers["x-request-id"], reply.content
+            return reply
 
-        followers = [asyncio.create_task(follow()) for _ in range(19)]
-        await asyncio.sleep(0)  # let them start before the leader leaves
+        async def finish(reply: httpx.Response) -> tuple[str, bytes]:
+            content = await reply.aread()
+            await reply.aclose()
+            return reply.headers["x-request-id"], content
+
+        # Every follower has joined before the leader leaves (no race with its exit).
+        joined = await asyncio.gather(*(join() for _ in range(19)))
         await leader.__aexit__(None, None, None)  # the leader's client goes away
-        results = await asyncio.gather(*followers)
+        results = await asyncio.gather(*(finish(reply) for reply in joined))
 
         hit = await client.post("/v1/chat/completions", json=body(prompt), headers=headers)
     assert hit.headers["x-recovea-cache"] == "hit"
