@@ -1,7 +1,9 @@
 """Each gateway endpoint's contract, declared beside its handler and used by it.
 
-A handler of `/admin/v1` or `/v1/recovea` is decorated with `@declare(Operation(...))`:
-a summary, the JSON Schema of its request body and of its answer, its query and path
+A handler of `/admin/v1` or `/v1/recovea` is decorated with `@declare(Operation(...))`
+(or, in the modules mutation testing covers, given it on the line after its
+definition, `declare(OPERATION)(handler)`: mutmut makes no mutants of a decorated
+function): a summary, the JSON Schema of its request body and of its answer, its query and path
 parameters, and the error statuses it can answer beyond those of the key wrapper
 (`admin.api.keyed`: 401, 403, 503). The same `Operation` is read twice:
 
