@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.modes import Mode, chosen
 from bench.procs import free_port, pinned, started, tcp_open, wait_ready
@@ -57,7 +58,10 @@ def interval(values: list[float]) -> tuple[float, float]:
 def run(args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
     proxy_cores, others_cores = (str(cores - 1), f"0-{cores - 2}") if cores >= 2 else (None, None)
-    modes: tuple[Mode, ...] = chosen(args.modes)
+    try:
+        modes: tuple[Mode, ...] = chosen(args.modes)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     plan = Plan(args.requests, args.warmup, 16, args.rate, others_cores)
     workdir = Path(tempfile.mkdtemp(prefix="rcv-ab-"))
     mock_port = free_port()
@@ -120,16 +124,38 @@ def report(mode: Mode, cpu: dict[str, list[float]], answered: dict[str, float]) 
     )
 
 
+def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
+    """An argparse type: a number of `kind`, refused below `low` (a bench of no turns
+    or no requests has no median to print)."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.levers_ab")
-    parser.add_argument("--pairs", type=int, default=40, help="turns of each side per mode")
-    parser.add_argument("--requests", type=int, default=1000, help="measured requests a turn")
-    parser.add_argument("--warmup", type=int, default=100, help="requests before each turn")
-    parser.add_argument("--rate", type=float, default=800, help="open loop, requests/s")
+    parser.add_argument(
+        "--pairs", type=_at_least(1), default=40, help="turns of each side per mode"
+    )
+    parser.add_argument(
+        "--requests", type=_at_least(1), default=1000, help="measured requests a turn"
+    )
+    parser.add_argument(
+        "--warmup", type=_at_least(0), default=100, help="requests before each turn"
+    )
+    parser.add_argument(
+        "--rate", type=_at_least(1, float), default=800, help="open loop, requests/s"
+    )
     parser.add_argument("--modes", default="chat-cache-miss,chat-stream-16-cache-miss")
     parser.add_argument(
         "--cache-max-mb",
-        type=int,
+        type=_at_least(1),
         help="the gateway's RECOVEA_CACHE_MAX_MB (default: its own, 256): a small one is "
         "full after the first turns, so the misses measured evict as they store",
     )

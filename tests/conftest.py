@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import anthropic
 import openai
@@ -118,6 +119,17 @@ def sdk() -> Iterator[SdkClients]:
     clients = SdkClients()
     yield clients
     clients.close()
+
+
+@pytest.fixture(scope="module")
+def litellm() -> Iterator[ModuleType]:
+    """The LiteLLM SDK, imported with its own downloads (cost map, tokenizers) turned off."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        patch.setenv("LITELLM_OFFLINE_MODE", "true")
+        import litellm
+
+        yield litellm
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,11 @@ class MockServer:
         result: list[dict[str, Any]] = httpx.get(f"{self.url}/_mock/requests").json()
         return result
 
+    def calls_holding(self, text: str) -> int:
+        """How many requests since the last clear had `text` in their body (a test's
+        own prompt: how often the provider was called for it)."""
+        return sum(1 for r in self.requests() if text in str(r.get("body")))
+
     def clear(self) -> None:
         httpx.delete(f"{self.url}/_mock/requests")
 

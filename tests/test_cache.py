@@ -42,10 +42,6 @@ def ask(
     return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
-def upstream_calls(mock: MockServer, prompt: str) -> int:
-    return sum(1 for r in mock.requests() if prompt in str(r.get("body")))
-
-
 def test_a_deterministic_json_answer_is_served_again_from_the_cache(
     cached: Gateway, tenant: Tenant, mock: MockServer
 ) -> None:
@@ -58,7 +54,7 @@ def test_a_deterministic_json_answer_is_served_again_from_the_cache(
     assert first.headers["x-recovea-cache"] == "miss"
     assert second.headers["x-recovea-cache"] == "hit"
     assert second.content == first.content
-    assert upstream_calls(mock, "cache-json-1") == 1
+    assert mock.calls_holding("cache-json-1") == 1
     row = stored(cached, tenant, "requests", second.headers["x-request-id"])
     original = stored(cached, tenant, "requests", first.headers["x-request-id"])
     assert (row["cache_hit"], row["cache_type"]) == (True, "exact")
@@ -78,7 +74,7 @@ def test_a_stream_is_replayed_as_it_came(cached: Gateway, tenant: Tenant, mock: 
     second = ask(cached, tenant, "cache-stream-1", stream=True)
     assert second.headers["x-recovea-cache"] == "hit"
     assert split_response(second.content)[0] == split_response(first.content)[0]
-    assert upstream_calls(mock, "cache-stream-1") == 1
+    assert mock.calls_holding("cache-stream-1") == 1
     row = stored(cached, tenant, "requests", second.headers["x-request-id"])
     assert row["cache_hit"] is True
     assert row["output_tokens"] == 16
@@ -101,7 +97,7 @@ def test_requests_that_may_not_be_shared_always_go_upstream(
             response = ask(cached, tenant, prompt, **fields)
             assert response.status_code == 200
             assert response.headers["x-recovea-cache"] == "skip"
-        assert upstream_calls(mock, prompt) == 2, fields
+        assert mock.calls_holding(prompt) == 2, fields
 
 
 def test_answers_that_are_not_complete_are_not_kept(
@@ -116,7 +112,7 @@ def test_answers_that_are_not_complete_are_not_kept(
         ask(cached, tenant, prompt, **fields)
         again = ask(cached, tenant, prompt, **fields)
         assert again.headers["x-recovea-cache"] == "miss"
-        assert upstream_calls(mock, prompt) == 2
+        assert mock.calls_holding(prompt) == 2
 
 
 def test_a_tool_call_is_kept_only_where_the_workspace_allows_it(
@@ -132,7 +128,7 @@ def test_a_tool_call_is_kept_only_where_the_workspace_allows_it(
     assert choice["message"]["tool_calls"][0]["function"]["name"] == "lookup"
     assert choice["finish_reason"] == "stop"
     assert ask(cached, tenant, "cache-tool-call", **forced).headers["x-recovea-cache"] == "miss"
-    assert upstream_calls(mock, "cache-tool-call") == 2
+    assert mock.calls_holding("cache-tool-call") == 2
 
     ask(cached, tenant, "cache-tool-text", tools=tools)
     assert ask(cached, tenant, "cache-tool-text", tools=tools).headers["x-recovea-cache"] == "hit"
@@ -151,7 +147,7 @@ def test_a_tool_call_is_kept_only_where_the_workspace_allows_it(
     kept = ask(cached, allowing, "cache-tool-allowed", **forced)
     assert kept.headers["x-recovea-cache"] == "hit"
     assert kept.json()["choices"][0]["message"]["tool_calls"][0]["id"] == "call_mock"
-    assert upstream_calls(mock, "cache-tool-allowed") == 1
+    assert mock.calls_holding("cache-tool-allowed") == 1
 
 
 def test_refresh_and_max_age_go_upstream_and_refresh_writes(
@@ -165,7 +161,7 @@ def test_refresh_and_max_age_go_upstream_and_refresh_writes(
     young = ask(cached, tenant, "cache-refresh", headers={"cache-control": "max-age=0"})
     assert young.headers["x-recovea-cache"] == "miss"
     assert ask(cached, tenant, "cache-refresh").headers["x-recovea-cache"] == "hit"
-    assert upstream_calls(mock, "cache-refresh") == 3
+    assert mock.calls_holding("cache-refresh") == 3
     # A max-age that is no number (a superscript two, which str.isdigit takes and int does not) is
     # ignored, never a fault of the lever
     odd = ask(cached, tenant, "cache-refresh", headers={"cache-control": "max-age=²".encode()})
@@ -181,7 +177,7 @@ def test_entries_never_cross_workspaces(
     other = make_tenant(db_env, "cache-other")
     ask(cached, tenant, "cache-shared-question")
     assert ask(cached, other, "cache-shared-question").headers["x-recovea-cache"] == "miss"
-    assert upstream_calls(mock, "cache-shared-question") == 2
+    assert mock.calls_holding("cache-shared-question") == 2
 
 
 def test_an_answer_larger_than_the_entry_bound_is_not_kept(
@@ -203,6 +199,6 @@ def test_an_answer_larger_than_the_entry_bound_is_not_kept(
             if not kept:
                 assert len(first.content) > 8192  # the provider's part alone is past 4 KB
             assert again.headers["x-recovea-cache"] == ("hit" if kept else "miss")
-            assert upstream_calls(mock, prompt) == (1 if kept else 2)
+            assert mock.calls_holding(prompt) == (1 if kept else 2)
     finally:
         small.stop()

@@ -61,17 +61,6 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     assert not looked_up, f"the client tried to reach the network: {looked_up}"
 
 
-@pytest.fixture(scope="module")
-def litellm() -> Iterator[ModuleType]:
-    """The LiteLLM SDK, imported with its own downloads (cost map, tokenizers) turned off."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        patch.setenv("LITELLM_OFFLINE_MODE", "true")
-        import litellm
-
-        yield litellm
-
-
 def reply(prompt: str) -> str:
     return REPLY_PREFIX + prompt
 

@@ -58,21 +58,6 @@ def claude_tenant(db_env: dict[str, str]) -> Tenant:
     return tenant
 
 
-@pytest.fixture(scope="module")
-def litellm() -> Iterator[ModuleType]:
-    """The LiteLLM SDK, imported with its own downloads (cost map) turned off."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        patch.setenv("LITELLM_OFFLINE_MODE", "true")
-        import litellm
-
-        yield litellm
-
-
-def upstream_calls(mock: MockServer, prompt: str) -> int:
-    return sum(1 for r in mock.requests() if prompt in str(r.get("body")))
-
-
 def messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
@@ -101,7 +86,7 @@ def test_openai_sdk_reads_a_json_hit_as_the_original(
     assert (first_state, second_state) == ("miss", "hit")
     assert second == first
     assert second["choices"][0]["message"]["content"] == "mock reply: levers-sdk-json"
-    assert upstream_calls(mock, "levers-sdk-json") == 1
+    assert mock.calls_holding("levers-sdk-json") == 1
     row = stored(gateway, tenant, "requests", second_id)
     assert (row["cache_hit"], row["input_tokens"], row["output_tokens"]) == (True, 31, 9)
 
@@ -138,7 +123,7 @@ def test_openai_sdk_reads_a_replayed_stream_chunk_for_chunk(
         assert [(u["prompt_tokens"], u["completion_tokens"]) for u in usage] == [(31, 9)]
     else:
         assert usage == [], "the usage the gateway asked for is hidden on a hit as well"
-    assert upstream_calls(mock, prompt) == 1
+    assert mock.calls_holding(prompt) == 1
 
 
 def test_openai_sdk_reads_responses_api_hits_as_the_originals(
@@ -178,8 +163,8 @@ def test_openai_sdk_reads_responses_api_hits_as_the_originals(
     text = "".join(e["delta"] for e in replayed if e["type"] == "response.output_text.delta")
     assert text == "mock reply: levers-responses-stream"
     assert replayed[-1]["response"]["usage"]["output_tokens"] == 9
-    assert upstream_calls(mock, "levers-responses-json") == 1
-    assert upstream_calls(mock, "levers-responses-stream") == 1
+    assert mock.calls_holding("levers-responses-json") == 1
+    assert mock.calls_holding("levers-responses-stream") == 1
 
 
 async def test_openai_async_sdk_followers_read_the_shared_stream_as_its_leader(
@@ -217,7 +202,7 @@ async def test_openai_async_sdk_followers_read_the_shared_stream_as_its_leader(
 
     assert all(chunks == replayed for _, chunks in followers)
     assert "".join(c["choices"][0]["delta"]["content"] or "" for c in replayed if c["choices"])
-    assert upstream_calls(mock, prompt) == 1
+    assert mock.calls_holding(prompt) == 1
     for request_id, _ in followers:
         row = stored(gateway, tenant, "requests", request_id)
         assert (row["dedup_singleflight"], row["success"]) == (True, True)
@@ -266,8 +251,8 @@ def test_anthropic_sdk_reads_json_and_stream_hits_as_the_originals(
     final = second_stream[2]
     assert final["content"][0]["text"] == "mock reply: levers-claude-stream"
     assert final["usage"]["output_tokens"] == 9
-    assert upstream_calls(mock, "levers-claude-json") == 1
-    assert upstream_calls(mock, "levers-claude-stream") == 1
+    assert mock.calls_holding("levers-claude-json") == 1
+    assert mock.calls_holding("levers-claude-stream") == 1
 
 
 # LangChain ---------------------------------------------------------------------------------
@@ -308,7 +293,7 @@ def test_langchain_reads_hits_as_the_originals(
         runs = [[chunk.text for chunk in model.stream(streamed)] for _ in range(2)]
         assert runs[1] == runs[0]
         assert "".join(runs[1]) == f"mock reply: {streamed}"
-        assert (upstream_calls(mock, invoke), upstream_calls(mock, streamed)) == (1, 1)
+        assert (mock.calls_holding(invoke), mock.calls_holding(streamed)) == (1, 1)
 
 
 # The LiteLLM SDK (its own HTTP stack, and its own SSE parser for Anthropic) ---------------
@@ -365,7 +350,7 @@ def test_litellm_reads_hits_as_the_originals(
         runs.append([c.choices[0].delta.content or "" for c in stream if c.choices])
     assert runs[1] == runs[0]
     assert "".join(runs[1]) == f"mock reply: {streamed}"
-    assert (upstream_calls(mock, asked), upstream_calls(mock, streamed)) == (1, 1)
+    assert (mock.calls_holding(asked), mock.calls_holding(streamed)) == (1, 1)
 
 
 # The official Node SDKs (fetch, and their own SSE parsers) --------------------------------
@@ -388,7 +373,7 @@ def test_node_sdks_read_hits_as_the_originals(
         first, second = result[question]
         assert (first["cache"], second["cache"]) == ("miss", "hit"), question
         assert second["parsed"] == first["parsed"], question
-        assert upstream_calls(mock, prompt) == 1, question
+        assert mock.calls_holding(prompt) == 1, question
     chat = result["chat"][1]["parsed"]
     assert chat["choices"][0]["message"]["content"] == "mock reply: node-levers-chat"
     streamed = result["chatStream"][1]["parsed"]

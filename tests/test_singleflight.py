@@ -41,10 +41,6 @@ def body(prompt: str) -> dict[str, Any]:
     }
 
 
-def upstream_calls(mock: MockServer, prompt: str) -> int:
-    return sum(1 for r in mock.requests() if prompt in str(r.get("body")))
-
-
 async def test_twenty_identical_streams_share_one_call_and_survive_the_leader_leaving(
     gateway: Gateway, tenant: Tenant, mock: MockServer
 ) -> None:
@@ -88,7 +84,7 @@ async def test_twenty_identical_streams_share_one_call_and_survive_the_leader_le
     assert len(contents) == 1
     assert contents == {split_response(hit.content)[0]}
     assert next(iter(contents)).endswith(b"data: [DONE]\n\n")
-    assert upstream_calls(mock, prompt) == 1
+    assert mock.calls_holding(prompt) == 1
 
     leader_row = stored(gateway, tenant, "requests", leader_id)
     assert leader_row["dedup_singleflight"] is False
@@ -116,4 +112,4 @@ async def test_a_failed_shared_call_sends_followers_upstream_on_their_own(
             )
         )
     assert [r.status_code for r in replies] == [502, 502, 502]
-    assert upstream_calls(mock, prompt) == 3
+    assert mock.calls_holding(prompt) == 3

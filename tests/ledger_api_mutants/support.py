@@ -121,6 +121,19 @@ async def _tenant(
             _record(workspace, admin.id, model, now_ms - i * 1000, usage=usage)
             for i, (model, usage) in enumerate(requests)
         ]
+    return await _signed_and_stored(owner, workspace, admin, member, signer, records)
+
+
+async def _signed_and_stored(
+    owner: str,
+    workspace: str,
+    admin: ops.CreatedKey,
+    member: ops.CreatedKey,
+    signer: ReceiptSigner,
+    records: list[RequestRecord],
+) -> Tenant:
+    """Sign `records` in order, write their rows with the real writer, and return the
+    workspace as a `Tenant` (its chain: the first receipt's)."""
     routes = RouteIds()
     rows = []
     for rec in records:
@@ -176,19 +189,7 @@ async def _two_hours(owner: str, conn: Any) -> Tenant:
         _record(workspace, admin.id, "gpt-4o-mini", now_ms),
         _record(workspace, admin.id, "gpt-4o-mini", now_ms),
     ]
-    routes = RouteIds()
-    rows = []
-    for rec in records:
-        signer.sign(rec, hashlib.sha256(b"response").hexdigest())
-        rows.append(event_row(rec, routes.id_for(rec)))
-    writer = EventWriter(owner)
-    try:
-        await writer.write(rows)
-    finally:
-        await writer.close()
-    place = records[0].receipt_place
-    assert place is not None
-    return Tenant(workspace, admin, member, [r.request_id for r in records], place[0])
+    return await _signed_and_stored(owner, workspace, admin, member, signer, records)
 
 
 #: one input token of gpt-4o-mini ($0.15 a million), and a model no price table knows
