@@ -34,7 +34,6 @@ from recovea_proxy.levers.cache_key import key_of
 from recovea_proxy.levers.cache_store import MemoryStore
 from recovea_proxy.levers.chain import LeverChain, LeverRequest
 from recovea_proxy.levers.chain import snapshot as take_snapshot
-from recovea_proxy.levers.dedup import DedupLever
 from recovea_proxy.levers.flights import Flight, FlightRegistry
 from recovea_proxy.levers.routing import RoutingLever
 from recovea_proxy.levers.slim import SlimLever
@@ -120,22 +119,24 @@ def pieces() -> dict[str, Work]:
     """Each piece as a loop of n calls."""
     store = MemoryStore(1 << 30)
     flights = FlightRegistry(buffer_max_bytes=8 << 20, followers_max=100)
-    cache = CacheLever(store, ttl_s=3600, entry_max_bytes=4 << 20, tool_calls=False)
-    chain = LeverChain((cache, DedupLever(flights)), GatewayMetrics())
+    cache = CacheLever(store, flights, ttl_s=3600, entry_max_bytes=4 << 20, tool_calls=False)
+    chain = LeverChain((cache,), GatewayMetrics())
     plain = _request(_PLAIN)
 
     async def skipped(n: int) -> float:
         requests = [_request(_PLAIN) for _ in range(n)]
         started = time.process_time()
         for request in requests:
-            await chain.run(request)
+            if (pending := chain.start(request)) is not None:
+                await pending
         return time.process_time() - started
 
     async def missed(n: int) -> float:
         requests = [_request({**_PLAIN, "temperature": 0, "seed": i}) for i in range(n)]
         started = time.process_time()
         for request in requests:
-            await chain.run(request)
+            if (pending := chain.start(request)) is not None:
+                await pending
         return time.process_time() - started
 
     async def snapshot(n: int) -> float:
@@ -152,7 +153,7 @@ def pieces() -> dict[str, Work]:
         return time.process_time() - started
 
     routing = RoutingLever()
-    routed_chain = LeverChain((routing, cache, DedupLever(flights)), GatewayMetrics())
+    routed_chain = LeverChain((routing, cache), GatewayMetrics())
 
     def route(model: str, whole_chain: bool) -> Work:
         async def loop(n: int) -> float:
@@ -160,7 +161,8 @@ def pieces() -> dict[str, Work]:
             started = time.process_time()
             for request in requests:
                 if whole_chain:
-                    await routed_chain.run(request)
+                    if (pending := routed_chain.start(request)) is not None:
+                        await pending
                 else:
                     routing.before(request)
             return time.process_time() - started
@@ -230,7 +232,8 @@ def pieces() -> dict[str, Work]:
                 requests.append(request)
             started = time.process_time()
             for request in requests:
-                await chain.run(request)
+                if (pending := chain.start(request)) is not None:
+                    await pending
                 if not stored and request.flight is not None:
                     request.flight.keeper = None
                 observers = request.observers

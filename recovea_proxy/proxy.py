@@ -167,7 +167,9 @@ async def _serve(x: Exchange) -> None:
         await _call(x, request, principal)
         return
     try:
-        await chain.run(request)
+        pending = chain.start(request)
+        if pending is not None:  # a lever waits (a shared cache's lookup)
+            await pending
         if request.answer is not None:
             await _answer(x, request, request.answer, principal)
         else:
@@ -175,6 +177,10 @@ async def _serve(x: Exchange) -> None:
     finally:
         for release in request.release:
             release()
+        flight = request.flight
+        if flight is not None and flight.state == "waiting":
+            # it led a flight, but never got to its upstream call: followers go alone
+            rt.flights.fail(flight, "abandoned")
 
 
 async def _answer(

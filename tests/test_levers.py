@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +340,91 @@ def _marked(request: dict[str, Any]) -> bool:
 
 def _exposition(metrics: GatewayMetrics) -> str:
     return generate_latest(metrics.registry).decode()
+
+
+class WaitsThenMisses(_Lever):
+    """A lever that must wait (a shared store's lookup), without a budget."""
+
+    name = "cache"
+
+    async def before(self, request: LeverRequest) -> str:
+        await asyncio.sleep(0)
+        return "miss"
+
+
+class SharedNames(_Lever):
+    """A lever that reports under a second name too, as the cache lever does (`dedup`)."""
+
+    name = "cache"
+    also = ("dedup",)
+    contained = True
+
+    def __init__(self, *, applies: bool, raises: bool) -> None:
+        self._applies = applies
+        self._raises = raises
+
+    def applies(self, request: LeverRequest) -> bool:
+        return self._applies
+
+    def before(self, request: LeverRequest) -> str:
+        if self._raises:
+            raise OSError("store gone")
+        request.record.levers_fired["dedup"] = "miss"
+        return "miss"
+
+
+def test_a_chain_whose_levers_never_wait_is_run_at_once() -> None:
+    """`start` runs levers that answer at once to the end and leaves nothing to await
+    (the pipeline then costs no coroutine for the chain)."""
+    request = lever_request()
+    metrics = GatewayMetrics()
+    pending = LeverChain((ContainedRaises(), AnswersAtOnce()), metrics).start(request)
+    assert pending is None
+    assert request.record.levers_fired == {"cache": "error", "dedup": "miss"}
+    assert _faults(metrics, "cache:KeyError") == 1
+
+
+def test_a_lever_that_waits_hands_the_rest_of_the_chain_back() -> None:
+    """`start` stops at a lever that waits: the outcome, and the levers after it, come
+    from what it returns, once awaited."""
+    request = lever_request()
+    pending = LeverChain((WaitsThenMisses(), AnswersAtOnce()), GatewayMetrics()).start(request)
+    assert pending is not None
+    assert request.record.levers_fired == {}
+    asyncio.run(_awaited(pending))
+    assert request.record.levers_fired == {"cache": "miss", "dedup": "miss"}
+
+
+def test_a_lever_past_its_budget_is_undone_when_started_too() -> None:
+    """A lever with a budget runs under its timer from `start` as from `run`."""
+    request = lever_request()
+    metrics = GatewayMetrics()
+    pending = LeverChain((Hangs(), Working()), metrics).start(request)
+    assert pending is not None
+    asyncio.run(_awaited(pending))
+    assert request.record.levers_fired == {"cache": "error", "slim": "hit"}
+    assert request.body == CLIENT_BODY.replace(b"  ", b" ")
+    assert _faults(metrics, "cache:timeout") == 1
+
+
+@pytest.mark.parametrize(
+    ("applies", "raises", "fired"),
+    [
+        (False, False, {"cache": "skip", "dedup": "skip"}),
+        (True, True, {"cache": "error", "dedup": "skip"}),
+        (True, False, {"cache": "miss", "dedup": "miss"}),
+    ],
+)
+def test_a_lever_with_a_second_name_reports_under_both(
+    applies: bool, raises: bool, fired: dict[str, str]
+) -> None:
+    """The cache lever is also `dedup`: skipped or failed, both names say so."""
+    request = lever_request()
+    chain = LeverChain((SharedNames(applies=applies, raises=raises),), GatewayMetrics())
+    assert chain.start(request) is None
+    assert request.record.levers_fired == fired
+    assert request.record.fell_back is raises
+
+
+async def _awaited(pending: Awaitable[None]) -> None:
+    await pending

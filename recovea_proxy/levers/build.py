@@ -1,6 +1,6 @@
-"""Which levers a workspace policy turns on, in their fixed order (slim, routing, cache,
-dedup). The levers' shared resources (the cache store, the flight registry) are
-opened by the lifespan and handed in here."""
+"""Which levers a workspace policy turns on, in their fixed order (slim, routing, cache;
+the cache lever is also `dedup`). The levers' shared resources (the cache store, the
+flight registry) are opened by the lifespan and handed in here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from recovea_proxy.config import Settings
 from recovea_proxy.levers.cache import CacheLever
 from recovea_proxy.levers.cache_store import CacheStore
 from recovea_proxy.levers.chain import Lever
-from recovea_proxy.levers.dedup import DedupLever
 from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.levers.routing import RoutingLever
 from recovea_proxy.levers.slim import SlimLever
@@ -34,12 +33,12 @@ def lever_builder(
             levers.append(
                 CacheLever(
                     store,
+                    flights,
                     ttl_s=policy.cache_ttl_s,
                     entry_max_bytes=entry_max,
                     tool_calls=policy.cache_tool_calls,
                 )
             )
-            levers.append(DedupLever(flights))
         return tuple(levers)
 
     return build

@@ -10,8 +10,14 @@ exact`, with the original's usage (read again from the replayed bytes).
 Stored only: a 200 answer, complete (a terminal event, `success`), whose finish
 reason is not `length` or `content_filter`, not a tool call unless the workspace
 allows them, and not larger than `RECOVEA_CACHE_ENTRY_MAX_KB`. Partial streams never.
-A miss's answer is kept by the request's `flights.Flight` as it passes (the same
-object the dedup lever opens for followers) and stored by the lever's `Keeper`.
+A miss's answer is kept by the request's `flights.Flight` as it passes and stored by
+the lever's `Keeper`.
+
+Singleflight (`dedup`) is the same lever's second half: a shareable request that
+misses joins the flight in progress under its key (`dedup: hit`: it is answered by
+the shared call, its row says `dedup_singleflight`), or leads a new one (`dedup:
+miss`: its own upstream call becomes the shared one). See `flights.py` for what a
+flight guarantees.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Awaitable
 from recovea_proxy.levers.cache_key import key_of, shareable
 from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
 from recovea_proxy.levers.chain import LeverRequest
-from recovea_proxy.levers.flights import Flight
+from recovea_proxy.levers.flights import Flight, FlightRegistry
 from recovea_proxy.sources import ReplaySource
 
 #: finish reasons of answers that are not kept (cut short, filtered)
@@ -32,16 +38,29 @@ _TOOL_CALLS = frozenset({"tool_calls", "function_call", "tool_use"})
 
 
 class CacheLever:
-    """The `cache` lever of one workspace policy."""
+    """The `cache` and `dedup` levers of one workspace policy, as one step: both share
+    the request's key and its `Flight`, so a miss computes the key once and makes one
+    flight, which keeps the answer for the cache and is the shared call that identical
+    requests join. It reports under both names: `cache` (hit, miss) and `dedup`
+    (hit: it joined a flight in progress; miss: it leads one)."""
 
     name = "cache"
+    also = ("dedup",)
+    #: the request is changed only once the lookup has answered
     contained = True
 
     def __init__(
-        self, store: CacheStore, *, ttl_s: int, entry_max_bytes: int, tool_calls: bool
+        self,
+        store: CacheStore,
+        flights: FlightRegistry,
+        *,
+        ttl_s: int,
+        entry_max_bytes: int,
+        tool_calls: bool,
     ) -> None:
         self._store = store
         self._shared = store.shared
+        self._flights = flights
         # Two keepers: a request that offers the model no tools needs no scan of its
         # answer for tool calls (with tools, one is looked for unless they are allowed).
         self._keeper = Keeper(store, ttl_s, entry_max_bytes, tool_calls, scan=False)
@@ -58,23 +77,25 @@ class CacheLever:
         )
 
     def before(self, request: LeverRequest) -> str | Awaitable[str]:
-        # Contained: the request is changed only once the lookup has answered.
         parsed = request.parsed
         record = request.record
         assert parsed is not None and record.workspace_id is not None
+        plan = request.plan
+        surface = request.surface
         key = key_of(
             record.workspace_id,
             record.method,
-            request.surface.provider.name,
-            request.surface.upstream_path,
+            surface.provider.name,
+            surface.upstream_path,
             parsed,
-            request.plan.key if request.plan is not None else b"",
+            plan.key if plan is not None else b"",
         )
         if request.headers.cache != "refresh":
             entry = self._store.get(key)
-            if entry is None and self._shared:
-                return self._look_beyond(request, key)  # awaited by the chain
-            if entry is not None and _fresh_enough(entry, request):
+            if entry is None:
+                if self._shared:
+                    return self._look_beyond(request, key)  # awaited by the chain
+            elif _fresh_enough(entry, request):
                 return _hit(request, key, entry)
         return self._miss(request, key)
 
@@ -86,13 +107,26 @@ class CacheLever:
         return self._miss(request, key)
 
     def _miss(self, request: LeverRequest, key: bytes) -> str:
-        """Keep the answer as it passes (the flight the dedup lever may open next)."""
+        """Keep the answer as it passes, and lead a flight or join the one in progress.
+
+        The flight observes this request's response either way: a leader's (its own
+        upstream call), or a follower's (what it receives), kept for the cache by the
+        first follower to finish when the leader's client left (the leader's own
+        answer is then not kept)."""
         parsed = request.parsed
         offers_tools = parsed is not None and ("tools" in parsed or "functions" in parsed)
-        keeper = self._keeper_scanning if offers_tools else self._keeper
-        flight = request.flight = Flight(key, request.record, keeper)
+        record = request.record
+        flight = Flight(key, record, self._keeper_scanning if offers_tools else self._keeper)
+        subscription = self._flights.lead_or_join(flight)
         request.observers.append(flight)
         request.cache_key = key
+        if subscription is None:
+            request.flight = flight
+            record.levers_fired["dedup"] = "miss"
+        else:
+            request.answer = subscription
+            record.dedup_singleflight = True
+            record.levers_fired["dedup"] = "hit"
         return "miss"
 
 

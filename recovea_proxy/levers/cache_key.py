@@ -22,11 +22,11 @@ from typing import Any
 import orjson
 
 #: fields that say who asks, not what is asked: left out of the key
-IDENTITY_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
+IDENTITY_FIELDS = ("user", "metadata", "safety_identifier", "prompt_cache_key")
 #: the types a `temperature` of 0 may come as (bool is not one: `false` is no number)
 _NUMBERS = (int, float)
 #: fields whose presence makes the answer depend on state outside the body
-STATEFUL_FIELDS = frozenset({"previous_response_id", "conversation"})
+STATEFUL_FIELDS = ("previous_response_id", "conversation")
 
 
 def shareable(parsed: dict[str, Any], cache_policy: str) -> bool:
@@ -43,7 +43,11 @@ def shareable(parsed: dict[str, Any], cache_policy: str) -> bool:
         return False
     if parsed.get("store") is True:
         return False
-    return STATEFUL_FIELDS.isdisjoint(parsed)
+    # each field looked up (a set's isdisjoint would walk every key of the body)
+    for name in STATEFUL_FIELDS:
+        if name in parsed:
+            return False
+    return True
 
 
 def key_of(
@@ -57,8 +61,10 @@ def key_of(
     """The entry key of a shareable request; `plan`: its routing plan's key (a routed
     request may be answered by any of its targets, so only the same plan shares)."""
     body = parsed
-    if not IDENTITY_FIELDS.isdisjoint(parsed):
-        body = {name: value for name, value in parsed.items() if name not in IDENTITY_FIELDS}
+    for field in IDENTITY_FIELDS:
+        if field in parsed:
+            body = {name: value for name, value in parsed.items() if name not in IDENTITY_FIELDS}
+            break
     head = f"{workspace_id}\n{method}\n{provider}\n{path}\n".encode()
     if plan:
         head += b"plan\n" + plan + b"\n"

@@ -142,9 +142,9 @@ class CacheStore(Protocol):
         headers: Sequence[tuple[bytes, bytes]],
         chunks: list[bytes],
         ttl_s: int,
-    ) -> None:
+    ) -> int | None:
         """`save` an answer from its parts, stored now (a miss's answer as its flight
-        kept it)."""
+        kept it); the size memory counts for it, when the store says."""
         ...
 
 
@@ -229,30 +229,22 @@ class MemoryStore:
         return entry
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
-        self.hold(key, entry.status, entry.headers, entry.chunks, entry.stored_at, ttl_s)
+        self.keep(key, entry.status, entry.headers, entry.chunks, ttl_s, entry.stored_at)
 
     def keep(
         self,
         key: bytes,
         status: int,
         headers: Sequence[tuple[bytes, bytes]],
-        chunks: list[bytes],
-        ttl_s: int,
-    ) -> None:
-        self.hold(key, status, headers, chunks, time.time(), ttl_s)
-
-    def hold(
-        self,
-        key: bytes,
-        status: int,
-        headers: Sequence[tuple[bytes, bytes]],
         chunks: list[bytes] | tuple[bytes, ...],
-        stored_at: float,
         ttl_s: int,
+        stored_at: float | None = None,
     ) -> int:
-        """Hold an entry given by its parts, packed; returns the size it counts for
-        (held only when within the store's bound)."""
-        blob = _pack(headers, chunks)
+        """Hold an entry given by its parts, packed (`_pack`, inline: every miss whose
+        answer is kept passes here); returns the size it counts for (held only when
+        within the store's bound). `stored_at`: now, unless the entry is older."""
+        # tuple() returns a tuple as it is (aiohttp's headers are one): a copy only for a list
+        blob = marshal.dumps((tuple(headers), chunks), _MARSHAL_VERSION)
         size = len(blob) + 64
         if size > self._max:
             return size
@@ -260,6 +252,8 @@ class MemoryStore:
         replaced = entries.pop(key, None)
         if replaced is not None:
             self.size -= replaced[-1]
+        if stored_at is None:
+            stored_at = time.time()
         entries[key] = (time.monotonic() + ttl_s, status, blob, stored_at, size)
         self.size += size
         while self.size > self._max:

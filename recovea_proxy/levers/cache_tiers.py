@@ -63,7 +63,7 @@ class TieredStore:
     ) -> None:
         # packed once, for memory; Redis is given the entry with the size memory counted
         stored_at = time.time()
-        size = self._memory.hold(key, status, headers, chunks, stored_at, ttl_s)
+        size = self._memory.keep(key, status, headers, chunks, ttl_s, stored_at)
         entry = CacheEntry(status, tuple(headers), tuple(chunks), stored_at, size)
         self._shared.save(key, entry, ttl_s)
 

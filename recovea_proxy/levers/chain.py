@@ -101,10 +101,12 @@ class LeverRequest:
 class Lever(Protocol):
     """One optimization lever.
 
-    Optional attribute: `contained = True` promises that `before` changes nothing on
+    Optional attributes: `contained = True` promises that `before` changes nothing on
     the request or its record before its last step that may fail, so a fault leaves
-    nothing to undo and the chain takes no snapshot for it (the built-in cache and
-    dedup levers; a lever without the attribute gets the snapshot)."""
+    nothing to undo and the chain takes no snapshot for it (the built-in cache lever;
+    a lever without the attribute gets the snapshot). `also`: the other names the
+    lever reports under in `levers_fired` (the cache lever's `dedup`), recorded `skip`
+    when it does not apply or fails; on success the lever records them itself."""
 
     name: str
     #: the longest `before` may take (None: it never waits, and runs without a timer)
@@ -182,20 +184,73 @@ class LeverChain:
         self.levers = levers
         #: each lever with what the loop reads of it, read once here
         self._steps = tuple(
-            (lever, lever.name, lever.budget_s, getattr(lever, "contained", False))
-            for lever in levers
+            (
+                lever,
+                lever.name,
+                lever.budget_s,
+                getattr(lever, "contained", False),
+                tuple(getattr(lever, "also", ())),
+                index,
+            )
+            for index, lever in enumerate(levers)
         )
         self._faults = metrics.fail_open
 
+    def start(self, request: LeverRequest) -> Awaitable[None] | None:
+        """Run the levers on `request` (never raises for a lever's fault): None when
+        every lever answered at once, else what is left to await (a lever that waits,
+        or runs under a budget, and the levers after it). A chain whose levers never
+        wait costs no coroutine."""
+        fired = request.record.levers_fired
+        for lever, name, budget_s, contained, also, index in self._steps:
+            if request.answer is not None:
+                return None
+            if budget_s is not None:
+                return self._run_from(request, index)
+            if not lever.applies(request):
+                fired[name] = "skip"
+                for other in also:
+                    fired[other] = "skip"
+                continue
+            saved = None if contained else snapshot(request)
+            try:
+                outcome = lever.before(request)
+            except Exception as exc:  # fail-open by design: any fault in a lever is contained
+                self._fault(request, saved, name, also, exc)
+                continue
+            if isinstance(outcome, str):
+                fired[name] = outcome
+            else:
+                return self._await_then_run(request, index, outcome, saved)
+        return None
+
     async def run(self, request: LeverRequest) -> None:
         """Run the levers on `request` (never raises for a lever's fault)."""
-        record = request.record
-        fired = record.levers_fired
-        for lever, name, budget_s, contained in self._steps:
+        await self._run_from(request, 0)
+
+    async def _await_then_run(
+        self, request: LeverRequest, index: int, pending: Awaitable[str], saved: Snapshot | None
+    ) -> None:
+        """A lever that waits (without a budget): its outcome, then the levers after it."""
+        _, name, _, _, also, _ = self._steps[index]
+        try:
+            outcome = await pending
+        except Exception as exc:  # fail-open by design: any fault in a lever is contained
+            self._fault(request, saved, name, also, exc)
+        else:
+            request.record.levers_fired[name] = outcome
+        await self._run_from(request, index + 1)
+
+    async def _run_from(self, request: LeverRequest, first: int) -> None:
+        """The levers from the `first`-th on, each awaited when it waits."""
+        fired = request.record.levers_fired
+        for lever, name, budget_s, contained, also, _ in self._steps[first:]:
             if request.answer is not None:
                 break
             if not lever.applies(request):
                 fired[name] = "skip"
+                for other in also:
+                    fired[other] = "skip"
                 continue
             saved = None if contained else snapshot(request)
             try:
@@ -209,15 +264,29 @@ class LeverChain:
                         if not isinstance(outcome, str):
                             outcome = await outcome
             except Exception as exc:  # fail-open by design: any fault in a lever is contained
-                if saved is not None:
-                    restore(request, saved)
-                fired[name] = "error"
-                record.fell_back = True
-                reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-                self._faults.labels("lever", f"{name}:{reason}").inc()
-                _log.warning("lever_fault", lever=name, error=reason)
+                self._fault(request, saved, name, also, exc)
                 continue
             fired[name] = outcome
+
+    def _fault(
+        self,
+        request: LeverRequest,
+        saved: Snapshot | None,
+        name: str,
+        also: tuple[str, ...],
+        exc: Exception,
+    ) -> None:
+        """A lever failed: undo what it changed, record and count the fault."""
+        if saved is not None:
+            restore(request, saved)
+        record = request.record
+        record.levers_fired[name] = "error"
+        for other in also:
+            record.levers_fired[other] = "skip"
+        record.fell_back = True
+        reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        self._faults.labels("lever", f"{name}:{reason}").inc()
+        _log.warning("lever_fault", lever=name, error=reason)
 
 
 class ChainBook:

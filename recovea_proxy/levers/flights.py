@@ -300,14 +300,9 @@ class FlightRegistry:
         flights[key] = flight
         return None
 
-    def abandon(self, flight: Flight) -> None:
-        """The leader never got to its upstream call (an error before it): the
-        followers go on their own."""
-        if flight.state == "waiting":
-            self.fail(flight, "abandoned")
-
     def fail(self, flight: Flight, kind: str) -> None:
-        """The leader's call failed before its first byte: the followers go on their own."""
+        """The leader's call failed before its first byte, or it never made it (an
+        error before it): the followers go on their own."""
         flight.failed(kind)
         self._discard(flight)
 
