@@ -266,13 +266,23 @@ def pieces() -> dict[str, Work]:
                         pass
                     upstream.finish(clean=True)
                     continue
-                # as the pipe does for a leader: the flight observes each chunk
+                # as the pipe does for a leader: each chunk appended to the flight's
+                # buffer inline (`Recorder.intake`), within its room
                 shared = Flight(i.to_bytes(8, "big"), record)
                 flights.lead_or_join(shared)
                 shared.begin(upstream)
                 upstream.start_body()
+                keep, room = shared.intake()
+                taken = 0
                 while chunk := await upstream.read():
-                    shared.feed(chunk)
+                    if taken + len(chunk) <= room:
+                        keep(chunk)
+                        taken += len(chunk)
+                    else:
+                        shared.feed_past(taken, chunk)
+                        keep, room = shared.intake()
+                        taken = 0
+                shared.settle(taken)
                 shared.close()
                 flights.leader_left(shared, upstream, clean=True)
             return time.process_time() - started

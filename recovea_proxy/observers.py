@@ -5,6 +5,7 @@ them fail-open — except for `StopStream`, an observer's one way to end a respo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from recovea_proxy.sources import ResponseSource
@@ -26,6 +27,33 @@ class LeverObserver(Observer, Protocol):
 
     def begin(self, source: ResponseSource) -> None:
         """The response is about to be sent (status and headers are known)."""
+
+
+class Recorder(LeverObserver, Protocol):
+    """A lever observer that keeps every chunk of the response (a leader's flight): the
+    pipe appends them to its buffer itself instead of calling `feed` for each (a
+    stream's chunks cost a list append, not a call), within the room `intake` gives."""
+
+    @property
+    def waiter(self) -> object | None:
+        """Set while someone waits for the next chunk (the pipe then calls `notify`)."""
+        ...
+
+    def intake(self) -> tuple[Callable[[bytes], object], int]:
+        """The buffer's append, and the bytes the pipe may append before `feed_past`."""
+        ...
+
+    def feed_past(self, taken: int, chunk: bytes) -> None:
+        """A chunk past the room, after `taken` bytes appended since `intake`."""
+        ...
+
+    def settle(self, taken: int) -> None:
+        """The response ended, `taken` bytes appended since `intake`."""
+        ...
+
+    def notify(self) -> None:
+        """Wake whoever waits (`waiter`)."""
+        ...
 
 
 class StopStream(Exception):

@@ -35,7 +35,7 @@ from recovea_proxy.disconnect import DisconnectWatcher
 from recovea_proxy.errors import GatewayError, error_body, stream_error_event
 from recovea_proxy.exchange import Exchange
 from recovea_proxy.headers import response_headers
-from recovea_proxy.observers import LeverObserver, Observer, StopStream
+from recovea_proxy.observers import LeverObserver, Observer, Recorder, StopStream
 from recovea_proxy.providers.base import StreamFilter, StreamTap
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
@@ -55,10 +55,12 @@ async def deliver(
     *,
     hide_usage: bool = False,
     observers: list[LeverObserver] | None = None,
+    recorder: Recorder | None = None,
 ) -> None:
     """Send the response of `source` to the client; settle the record's outcome and
     usage. `hide_usage`: undo the usage the gateway asked for on the client's behalf;
-    `observers`: what the levers attached."""
+    `observers`: what the levers attached; `recorder`: the one of them that keeps every
+    chunk (a leader's flight), whose buffer a stream's chunks are appended to inline."""
     x.record.status_code = source.status
     response = _Response(x, source)
     if observers:
@@ -68,7 +70,10 @@ async def deliver(
             except Exception as exc:  # fail-open, as for every observer
                 response.drop(observer, exc)
             else:
-                response.observers.append(observer)
+                if observer is recorder:
+                    response.recorder = recorder
+                else:
+                    response.observers.append(observer)
     length = source.content_length
     if (
         source.content_type.startswith(_JSON_TYPE)
@@ -83,12 +88,14 @@ async def deliver(
 class _Response:
     """One response on its way: where it comes from, who reads it as it passes."""
 
-    __slots__ = ("observers", "source", "tap", "x")
+    __slots__ = ("observers", "recorder", "source", "tap", "x")
 
     def __init__(self, x: Exchange, source: ResponseSource) -> None:
         self.x = x
         self.source = source
         self.observers: list[Observer] = []
+        #: the observer that keeps every chunk, fed inline (`Recorder`), closed last
+        self.recorder: Recorder | None = None
         self.tap: StreamTap | None = None
 
     async def send_streamed(self, hide_usage: bool) -> None:
@@ -150,6 +157,11 @@ class _Response:
         read, send = source.read, x.send
         perf = time.perf_counter_ns
         sent = 0
+        # The recorder's buffer takes each chunk by a list append, within `room`; past
+        # it (a bound of the flight: a chunk may change what it keeps) by `feed_past`.
+        recorder = self.recorder
+        keep, room = recorder.intake() if recorder is not None else (_kept_nowhere, 0)
+        taken = 0
         try:
             while True:
                 waited = perf()
@@ -168,6 +180,21 @@ class _Response:
                 if faulty:
                     for broken, error in faulty:
                         self.drop(broken, error)
+                if recorder is not None:
+                    size = len(chunk)
+                    if taken + size <= room:
+                        keep(chunk)
+                        taken += size
+                        if recorder.waiter is not None:
+                            recorder.notify()
+                    else:
+                        try:
+                            recorder.feed_past(taken, chunk)
+                            keep, room = recorder.intake()
+                        except Exception as fault:  # fail-open, as for every observer
+                            self.drop(recorder, fault)
+                            recorder = None
+                        taken = 0
                 if stream_filter is not None:
                     chunk = stream_filter.feed(chunk)
                     if not chunk:
@@ -191,6 +218,8 @@ class _Response:
             )
         finally:
             record.response_bytes += sent
+            if recorder is not None and recorder is self.recorder:
+                recorder.settle(taken)
 
     async def send_buffered(self) -> None:
         """A JSON body read whole: usage from it, the receipt in a header."""
@@ -233,7 +262,7 @@ class _Response:
         out_headers.append((b"content-length", str(len(body)).encode()))
         add_gateway_headers(out_headers, record)
         add_receipt_header(x.rt, out_headers, record, body)
-        if self.observers:
+        if self.observers or self.recorder is not None:
             self._feed_and_close(body)
         record.responded = True
         await x.send(
@@ -286,8 +315,14 @@ class _Response:
             record.success = True if tap.usage.terminal else None
         self._close_observers()
 
+    def _all(self) -> list[Observer]:
+        """Every observer, the recorder last (it keeps the answer once all is settled)."""
+        if self.recorder is None:
+            return list(self.observers)
+        return [*self.observers, self.recorder]
+
     def _feed_all(self, chunk: bytes) -> None:
-        for observer in list(self.observers):
+        for observer in self._all():
             try:
                 observer.feed(chunk)
             except Exception as exc:
@@ -295,7 +330,7 @@ class _Response:
 
     def _feed_and_close(self, body: bytes) -> None:
         """A whole body's observers: each fed the body, then closed (one pass)."""
-        for observer in list(self.observers):
+        for observer in self._all():
             try:
                 observer.feed(body)
                 observer.close()
@@ -303,7 +338,7 @@ class _Response:
                 self.drop(observer, exc)
 
     def _close_observers(self) -> None:
-        for observer in list(self.observers):
+        for observer in self._all():
             try:
                 observer.close()
             except Exception as exc:
@@ -313,9 +348,15 @@ class _Response:
         """A faulty observer leaves the response; counted and logged (by type only)."""
         if observer in self.observers:
             self.observers.remove(observer)
+        elif observer is self.recorder:
+            self.recorder = None
         reason = type(exc).__name__
         self.x.rt.metrics.fail_open.labels("observer", reason).inc()
         self.x.rt.log.warning("observer_fault", observer=type(observer).__name__, error=reason)
+
+
+def _kept_nowhere(chunk: bytes) -> None:
+    """The append of a response without a recorder (never called)."""
 
 
 def _note_upstream_id(record: RequestRecord, upstream_id: bytes | None) -> None:

@@ -239,7 +239,9 @@ async def _call(
     if upload is not None:
         upload.settle()
     try:
-        await deliver(x, source, hide_usage=hide_usage, observers=request.observers)
+        await deliver(
+            x, source, hide_usage=hide_usage, observers=request.observers, recorder=flight
+        )
     finally:
         clean = not (record.client_gone or record.error_code)
         if flight is None:

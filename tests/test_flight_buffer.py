@@ -112,6 +112,44 @@ def test_a_follower_that_joined_in_time_reads_every_byte_past_both_bounds() -> N
     assert asyncio.run(read_all()) == CHUNK * 50
 
 
+def taken_inline(flight: Flight, chunks: int) -> None:
+    """The leader's response passes as the pipe hands it over (`Recorder`): appended to
+    the buffer within the room `intake` gives, `feed_past` beyond it, `settle` last."""
+    flight.begin(ProviderAnswer())  # type: ignore[arg-type]
+    keep, room = flight.intake()
+    taken = 0
+    for _ in range(chunks):
+        if taken + len(CHUNK) <= room:
+            keep(CHUNK)
+            taken += len(CHUNK)
+        else:
+            flight.feed_past(taken, CHUNK)
+            keep, room = flight.intake()
+            taken = 0
+    flight.settle(taken)
+    flight.close()
+
+
+def test_chunks_appended_inline_are_bounded_as_chunks_fed_one_by_one() -> None:
+    """Within both bounds, past the flight's, past both: a flight the pipe appends to
+    inline buffers and keeps for the cache exactly as one fed chunk by chunk."""
+    for chunks in (3, 8, 12, 48):
+        outcomes = []
+        for drive in (answered, taken_inline):
+            registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
+            store = MemoryStore(1 << 20)
+            flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 1024, False, scan=False))
+            assert registry.lead_or_join(flight) is None  # it leads
+            drive(flight, chunks)
+            entry = store.get(b"k" * 32)
+            outcomes.append((flight.size, len(flight.chunks), entry and entry.chunks))
+        assert outcomes[0] == outcomes[1], chunks
+        size, buffered, kept = outcomes[1]
+        assert size == chunks * len(CHUNK)
+        assert kept == ((CHUNK,) * chunks if size <= 1024 else None)
+        assert buffered == (chunks if size <= 1024 else 0)
+
+
 def fill(store: MemoryStore, count: int, *, headers_each: int) -> None:
     """Save `count` entries, each with its own headers and body (nothing shared)."""
     for number in range(count):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -61,7 +62,6 @@ class Flight:
     """
 
     __slots__ = (
-        "_changed",
         "buffer_max",
         "chunks",
         "failure",
@@ -76,6 +76,7 @@ class Flight:
         "subscribers",
         "task",
         "upstream",
+        "waiter",
     )
 
     def __init__(self, key: bytes, leader: RequestRecord, keeper: Keeper | None = None) -> None:
@@ -102,13 +103,13 @@ class Flight:
         self.task: asyncio.Task[None] | None = None
         #: set on the next change; made only when someone waits (a flight nobody
         #: joins never makes one)
-        self._changed: asyncio.Event | None = None
+        self.waiter: asyncio.Event | None = None
 
     def begin(self, upstream: ResponseSource) -> None:
         """The response has begun: its status and headers are known."""
         self.upstream = upstream
         self.state = "streaming"
-        if self._changed is not None:
+        if self.waiter is not None:
             self.notify()
 
     def feed(self, chunk: bytes) -> None:
@@ -118,8 +119,24 @@ class Flight:
             self._past_limit(chunk)
         else:
             self.chunks.append(chunk)
-        if self._changed is not None:
+        if self.waiter is not None:
             self.notify()
+
+    def intake(self) -> tuple[Callable[[bytes], object], int]:
+        """How the leader's pipe keeps chunks without a call each (`pipe.py`): append
+        them itself, while they total at most the room returned, and call `notify`
+        after each when `waiter` is set; past the room, `feed_past` the chunk (then
+        ask again); at the end `settle` what it appended."""
+        return self.chunks.append, self.limit - self.size
+
+    def feed_past(self, taken: int, chunk: bytes) -> None:
+        """A chunk past the room `intake` gave, after `taken` bytes appended since."""
+        self.size += taken
+        self.feed(chunk)
+
+    def settle(self, taken: int) -> None:
+        """The pipe appended `taken` bytes since its last `intake` (the response ended)."""
+        self.size += taken
 
     def _past_limit(self, chunk: bytes) -> None:
         """The buffer passed a bound: no one new may join, or the answer is too large
@@ -151,7 +168,7 @@ class Flight:
             else:  # `done`, inline: every miss passes here
                 self.state = "done"
                 self.joinable = False
-                if self._changed is not None:
+                if self.waiter is not None:
                     self.notify()
         # else the leader left early: `FlightRegistry.leader_left` decides
         if self.keeper is not None:
@@ -160,7 +177,7 @@ class Flight:
     def done(self) -> None:
         self.state = "done"
         self.joinable = False
-        if self._changed is not None:
+        if self.waiter is not None:
             self.notify()
 
     def broken(self, kind: str) -> None:
@@ -178,16 +195,16 @@ class Flight:
 
     def notify(self) -> None:
         """Wake whoever waits for this flight to change."""
-        changed = self._changed
+        changed = self.waiter
         if changed is not None:
-            self._changed = None
+            self.waiter = None
             changed.set()
 
     async def changed(self) -> None:
         """Wait for the next change (a chunk, the start, the end)."""
-        changed = self._changed
+        changed = self.waiter
         if changed is None:
-            changed = self._changed = asyncio.Event()
+            changed = self.waiter = asyncio.Event()
         await changed.wait()
 
 
