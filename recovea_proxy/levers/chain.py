@@ -87,8 +87,8 @@ class LeverRequest:
         self.observers: list[LeverObserver] = []
         #: the exact-cache key when the request may be shared (set by the cache lever)
         self.cache_key: bytes | None = None
-        #: the flight this request's upstream call feeds: made by the cache lever to
-        #: keep the answer, opened for followers by the dedup lever when it leads
+        #: the flight this request's upstream call feeds, when it leads one: made by
+        #: the cache lever to keep the answer and opened for followers
         self.flight: Flight | None = None
         #: called once when the request is done with whatever a lever holds for it
         self.release: list[Callable[[], None]] = []

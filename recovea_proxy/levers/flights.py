@@ -50,10 +50,11 @@ class Flight:
     """One shareable request's response as it passes: kept for the exact cache, and,
     once the registry opens it, the shared call that followers join.
 
-    The cache lever makes it (a miss's answer is to be kept) and attaches it as an
-    observer of the request's own response; the dedup lever opens it in the registry
-    (the request leads a flight). The leader reads its upstream itself, in its own
-    task: a chunk costs the buffer append, and a wake-up only when followers wait.
+    The cache lever makes it (a miss's answer is to be kept), attaches it as an
+    observer of the request's own response, and opens it in the registry (the request
+    leads a flight: its `dedup` half). The leader reads its upstream itself, in its
+    own task: its pipe appends each chunk to the buffer (`intake`), and wakes
+    followers only when one waits.
     One object for both jobs: the request pays for one, not a recorder and a flight.
 
     The buffer is bounded: past the cache's entry bound the answer is no longer kept,
