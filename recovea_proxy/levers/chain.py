@@ -189,7 +189,8 @@ class LeverChain:
                 lever.name,
                 lever.budget_s,
                 getattr(lever, "contained", False),
-                tuple(getattr(lever, "also", ())),
+                # what `levers_fired` says when it does not apply: its names, `skip`
+                dict.fromkeys((lever.name, *getattr(lever, "also", ())), "skip"),
                 index,
             )
             for index, lever in enumerate(levers)
@@ -202,21 +203,19 @@ class LeverChain:
         or runs under a budget, and the levers after it). A chain whose levers never
         wait costs no coroutine."""
         fired = request.record.levers_fired
-        for lever, name, budget_s, contained, also, index in self._steps:
+        for lever, name, budget_s, contained, skipped, index in self._steps:
             if request.answer is not None:
                 return None
             if budget_s is not None:
                 return self._run_from(request, index)
             if not lever.applies(request):
-                fired[name] = "skip"
-                for other in also:
-                    fired[other] = "skip"
+                fired.update(skipped)
                 continue
             saved = None if contained else snapshot(request)
             try:
                 outcome = lever.before(request)
             except Exception as exc:  # fail-open by design: any fault in a lever is contained
-                self._fault(request, saved, name, also, exc)
+                self._fault(request, saved, name, skipped, exc)
                 continue
             if isinstance(outcome, str):
                 fired[name] = outcome
@@ -232,11 +231,11 @@ class LeverChain:
         self, request: LeverRequest, index: int, pending: Awaitable[str], saved: Snapshot | None
     ) -> None:
         """A lever that waits (without a budget): its outcome, then the levers after it."""
-        _, name, _, _, also, _ = self._steps[index]
+        _, name, _, _, skipped, _ = self._steps[index]
         try:
             outcome = await pending
         except Exception as exc:  # fail-open by design: any fault in a lever is contained
-            self._fault(request, saved, name, also, exc)
+            self._fault(request, saved, name, skipped, exc)
         else:
             request.record.levers_fired[name] = outcome
         await self._run_from(request, index + 1)
@@ -244,13 +243,11 @@ class LeverChain:
     async def _run_from(self, request: LeverRequest, first: int) -> None:
         """The levers from the `first`-th on, each awaited when it waits."""
         fired = request.record.levers_fired
-        for lever, name, budget_s, contained, also, _ in self._steps[first:]:
+        for lever, name, budget_s, contained, skipped, _ in self._steps[first:]:
             if request.answer is not None:
                 break
             if not lever.applies(request):
-                fired[name] = "skip"
-                for other in also:
-                    fired[other] = "skip"
+                fired.update(skipped)
                 continue
             saved = None if contained else snapshot(request)
             try:
@@ -264,7 +261,7 @@ class LeverChain:
                         if not isinstance(outcome, str):
                             outcome = await outcome
             except Exception as exc:  # fail-open by design: any fault in a lever is contained
-                self._fault(request, saved, name, also, exc)
+                self._fault(request, saved, name, skipped, exc)
                 continue
             fired[name] = outcome
 
@@ -273,16 +270,16 @@ class LeverChain:
         request: LeverRequest,
         saved: Snapshot | None,
         name: str,
-        also: tuple[str, ...],
+        skipped: dict[str, str],
         exc: Exception,
     ) -> None:
-        """A lever failed: undo what it changed, record and count the fault."""
+        """A lever failed: undo what it changed, record (`error` under its name, `skip`
+        under its other names) and count the fault."""
         if saved is not None:
             restore(request, saved)
         record = request.record
+        record.levers_fired.update(skipped)
         record.levers_fired[name] = "error"
-        for other in also:
-            record.levers_fired[other] = "skip"
         record.fell_back = True
         reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
         self._faults.labels("lever", f"{name}:{reason}").inc()
