@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from recovea_proxy.meter.verify import decode_token, split_response
@@ -65,6 +66,38 @@ def test_a_deterministic_json_answer_is_served_again_from_the_cache(
     )
     receipt = decode_token(second.headers["recovea-receipt"]).payload
     assert receipt["cache_hit"] is True
+
+
+def test_short_and_long_questions_alike_are_served_again(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """A request of a few hundred bytes is keyed by its canonical bytes, one past a
+    kilobyte by their SHA-256: either is a hit when asked again, with its keys in
+    another order, and a miss when one word changes."""
+    for prompt in ("cache-size-short", "cache-size-long " + "padding " * 300):
+        first = ask(cached, tenant, prompt, max_tokens=64)
+        again = httpx.post(
+            f"{cached.url}/v1/chat/completions",
+            content=orjson.dumps(
+                {
+                    "max_tokens": 64,
+                    "stream": False,
+                    "temperature": 0,
+                    "messages": [{"content": prompt, "role": "user"}],
+                    "model": "gpt-4o-mini",
+                }
+            ),
+            headers={**tenant.bearer, "content-type": "application/json"},
+            timeout=30,
+        )
+        changed = ask(cached, tenant, prompt + " changed", max_tokens=64)
+        assert [r.headers["x-recovea-cache"] for r in (first, again, changed)] == [
+            "miss",
+            "hit",
+            "miss",
+        ]
+        assert again.content == first.content
+        assert mock.calls_holding(prompt) == 2  # the first and the changed one
 
 
 def test_a_stream_is_replayed_as_it_came(cached: Gateway, tenant: Tenant, mock: MockServer) -> None:

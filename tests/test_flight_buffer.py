@@ -52,8 +52,11 @@ def test_an_answer_within_the_entry_bound_is_stored_with_its_headers_as_they_cam
     answered(flight, 5)
     entry = store.get(b"k" * 32)
     assert entry is not None and entry.chunks == (CHUNK,) * 5
-    # the memory bound counts at least the body and every header's name and value
-    assert store.size == entry.size >= 5 * len(CHUNK) + sum(len(n) + len(v) for n, v in HEADERS)
+    # the memory bound counts the key, and at least the body and every header's name
+    # and value
+    assert (
+        store.size - 32 == entry.size >= 5 * len(CHUNK) + sum(len(n) + len(v) for n, v in HEADERS)
+    )
     # never replayed: the cookie stays out of what a hit sends
     replayed = ReplaySource(entry.status, entry.headers, entry.chunks)
     assert replayed.raw_headers == [(b"content-type", b"text/event-stream")]
@@ -206,7 +209,7 @@ def test_the_memory_store_gives_back_each_chunk_and_header_as_it_was_kept() -> N
     assert (json.status, json.headers, json.chunks) == (201, (), (b"{}",))
     again = store.get(b"s" * 32)  # unpacked by the first read, held so for the next
     assert again is not None and (again.chunks, again.headers) == (chunks, stream.headers)
-    assert store.size == sum(entry.size for entry in (stream, json))
+    assert store.size == sum(entry.size + 32 for entry in (stream, json))  # and the keys
 
 
 def test_a_header_value_with_a_line_break_comes_back_as_one_value_never_as_two_headers() -> None:

@@ -1,7 +1,7 @@
 """The exact cache's shared store: entries in Redis (`RECOVEA_REDIS_URL`), so that
 every replica answers from one cache.
 
-An entry lives under `recovea:cache:v1:<hex key>` as `CacheEntry.to_bytes()`, set
+An entry lives under `recovea:cache:v1:<hex SHA-256 of the key>` as `CacheEntry.to_bytes()`, set
 with `SET … EX <ttl>`: Redis forgets it at its TTL. Redis is fail-open:
 
 | what happens | the request | reason counted |
@@ -46,6 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from recovea_proxy.levers.cache_key import digest
 from recovea_proxy.levers.cache_store import CacheEntry
 from recovea_proxy.observability.metrics import GatewayMetrics
 
@@ -67,8 +68,9 @@ class CacheUnavailable(Exception):
 
 
 def redis_key(key: bytes) -> bytes:
-    """The Redis key an entry key is stored under."""
-    return KEY_PREFIX + key.hex().encode()
+    """The Redis key an entry key is stored under: its SHA-256 in hex (a key kept as
+    its material is hashed here, so Redis never holds a prompt in a key's name)."""
+    return KEY_PREFIX + digest(key).hex().encode()
 
 
 def fault_counter(metrics: GatewayMetrics) -> FaultCounter:

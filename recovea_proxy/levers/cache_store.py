@@ -53,7 +53,7 @@ class CacheEntry:
         stored_at: float,
     ) -> CacheEntry:
         """An entry whose size is reckoned from its parts."""
-        return cls(status, headers, chunks, stored_at, entry_size(headers, chunks))
+        return cls(status, headers, chunks, stored_at, entry_size(status, headers, chunks))
 
     def to_bytes(self) -> bytes:
         """Its wire form (for Redis): versioned, length-prefixed, without the headers
@@ -94,11 +94,12 @@ class CacheEntry:
 
 
 def entry_size(
-    headers: Sequence[tuple[bytes, bytes]], chunks: list[bytes] | tuple[bytes, ...]
+    status: int, headers: Sequence[tuple[bytes, bytes]], chunks: list[bytes] | tuple[bytes, ...]
 ) -> int:
-    """The bytes the memory store counts for an entry: its packed form (`_pack`: the
-    headers and the body, a few bytes of framing each) and 64."""
-    return len(_pack(headers, chunks)) + 64
+    """The bytes the memory store counts for an entry (without its key): its packed
+    form (`_pack`: the headers and the body, a few bytes of framing each, and three
+    numbers) and `_ENTRY_OVERHEAD`."""
+    return len(_pack(0.0, 0.0, status, headers, chunks)) + _ENTRY_OVERHEAD
 
 
 def _field(data: bytes, at: int) -> tuple[bytes, int]:
@@ -148,39 +149,42 @@ class CacheStore(Protocol):
         ...
 
 
-#: how the memory store holds an entry until it is first read: expiry (monotonic
-#: seconds), status, the headers and the body's chunks as one `marshal` blob (`_pack`),
-#: when it was stored, its size. One tuple of a bytes object and numbers, not two
-#: dozen small objects (each header pair is three): until the next collection each
-#: object a miss leaves behind counts toward it and is walked by it, and held as pairs
-#: they made the running gateway's collector and page faults cost every miss ~4 µs
-#: (`perf`, bench/README.md), for entries most of which are never read.
-_Packed = tuple[float, int, bytes, float, int]
+#: how the memory store holds an entry until it is first read: one bytes object, the
+#: `marshal` of (expiry in monotonic seconds, when it was stored, status, the headers,
+#: the body's chunks); its size is its length (`_held_size`). One object an entry, not
+#: half a dozen: a kept answer is the one thing a miss leaves behind, and each object
+#: left amid a request's short-lived ones keeps an allocator pool or heap block from
+#: being reused (bench/README.md: what keeping an answer costs the running gateway).
+_Packed = bytes
 #: ... and once it has been read (a hit): expiry, then the entry's fields in order, so
-#: later hits unpack nothing. Both are plain tuples the collector stops tracking once
-#: it has seen them (a full cache is not walked by every full collection), and both
-#: end with the entry's size.
+#: later hits unpack nothing; it ends with the entry's size.
 _Unpacked = tuple[float, int, tuple[tuple[bytes, bytes], ...], tuple[bytes, ...], float, int]
 _Held = _Packed | _Unpacked
 #: marshal's format version 2: plain tuples, lists and bytes, no back-references (no
 #: table of the objects written: the cheapest to write)
 _MARSHAL_VERSION = 2
+#: what an entry counts for beyond its packed bytes (and its key)
+_ENTRY_OVERHEAD = 64
 
 
-def _pack(headers: Sequence[tuple[bytes, bytes]], chunks: list[bytes] | tuple[bytes, ...]) -> bytes:
-    """The headers and the chunks as one bytes object: one C call (`marshal`, of
-    this process's own objects, read back only by this process), ~2.5x cheaper than
-    joining them and recording their lengths. Never sent anywhere: Redis gets the
+def _pack(
+    expires: float,
+    stored_at: float,
+    status: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    chunks: list[bytes] | tuple[bytes, ...],
+) -> bytes:
+    """An entry as one bytes object (`_Packed`): one C call (`marshal`, of this
+    process's own objects, read back only by this process), ~2.5x cheaper than joining
+    the parts and recording their lengths. Never sent anywhere: Redis gets the
     versioned wire form (`CacheEntry.to_bytes`)."""
     # tuple() returns a tuple as it is (aiohttp's headers are one): a copy only for a list
-    return marshal.dumps((tuple(headers), chunks), _MARSHAL_VERSION)
+    return marshal.dumps((expires, stored_at, status, tuple(headers), chunks), _MARSHAL_VERSION)
 
 
-def _unpacked(held: _Packed) -> CacheEntry:
-    """The entry again, from its packed form."""
-    _, status, blob, stored_at, size = held
-    headers, chunks = marshal.loads(blob)
-    return CacheEntry(status, tuple(headers), tuple(chunks), stored_at, size)
+def _held_size(held: _Held) -> int:
+    """The size an entry counts for (without its key)."""
+    return len(held) + _ENTRY_OVERHEAD if type(held) is bytes else held[-1]
 
 
 class MemoryStore:
@@ -208,25 +212,26 @@ class MemoryStore:
         held = entries.get(key)
         if held is None:
             return None
-        expires = held[0]
+        unpacked: _Unpacked
+        if isinstance(held, bytes):  # its first read: unpacked once, for this hit and the next
+            expires, stored_at, status, headers, chunks = marshal.loads(held)
+            unpacked = (
+                expires,
+                status,
+                tuple(headers),
+                tuple(chunks),
+                stored_at,
+                len(held) + _ENTRY_OVERHEAD,
+            )
+            entries[key] = unpacked
+        else:
+            unpacked = held
+        expires, status, headers, chunks, stored_at, size = unpacked
         if expires <= time.monotonic():
             self._forget(key)
             return None
-        if len(held) == 6:  # read before
-            _, status, headers, chunks, stored_at, size = held
-            entry = CacheEntry(status, headers, chunks, stored_at, size)
-        else:  # its first read: unpacked once, for this hit and the next
-            entry = _unpacked(held)
-            entries[key] = (
-                expires,
-                entry.status,
-                entry.headers,
-                entry.chunks,
-                entry.stored_at,
-                entry.size,
-            )
         entries.move_to_end(key)
-        return entry
+        return CacheEntry(status, headers, chunks, stored_at, size)
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
         self.keep(key, entry.status, entry.headers, entry.chunks, ttl_s, entry.stored_at)
@@ -240,25 +245,25 @@ class MemoryStore:
         ttl_s: int,
         stored_at: float | None = None,
     ) -> int:
-        """Hold an entry given by its parts, packed (`_pack`, inline: every miss whose
-        answer is kept passes here); returns the size it counts for (held only when
-        within the store's bound). `stored_at`: now, unless the entry is older."""
-        # tuple() returns a tuple as it is (aiohttp's headers are one): a copy only for a list
-        blob = marshal.dumps((tuple(headers), chunks), _MARSHAL_VERSION)
-        size = len(blob) + 64
-        if size > self._max:
+        """Hold an entry given by its parts, packed (`_pack`: every miss whose answer
+        is kept passes here); returns the size it counts for (held only when
+        it fits the store's bound with its key, which may be up to
+        `cache_key.MATERIAL_KEY_MAX` bytes). `stored_at`: now, unless the entry is older."""
+        if stored_at is None:
+            stored_at = time.time()
+        packed = _pack(time.monotonic() + ttl_s, stored_at, status, headers, chunks)
+        size = len(packed) + _ENTRY_OVERHEAD
+        if size + len(key) > self._max:
             return size
         entries = self._entries
         replaced = entries.pop(key, None)
         if replaced is not None:
-            self.size -= replaced[-1]
-        if stored_at is None:
-            stored_at = time.time()
-        entries[key] = (time.monotonic() + ttl_s, status, blob, stored_at, size)
-        self.size += size
+            self.size -= _held_size(replaced) + len(key)
+        entries[key] = packed
+        self.size += size + len(key)
         while self.size > self._max:
             self._forget(next(iter(entries)))
         return size
 
     def _forget(self, key: bytes) -> None:
-        self.size -= self._entries.pop(key)[-1]
+        self.size -= _held_size(self._entries.pop(key)) + len(key)
