@@ -27,6 +27,8 @@ class Gate:
         self.dir = short_tmpdir()
         self._server: asyncio.AbstractServer | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        #: one task per connection passing through; `shut` ends them all
+        self._passing: set[asyncio.Task[None]] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
         #: chunks that reached the gate while it stalled (a write is in progress)
@@ -47,12 +49,17 @@ class Gate:
         self._server = await asyncio.start_unix_server(self._pass, path=self.dir / SOCKET)
 
     async def shut(self) -> None:
+        """Stop accepting and cut every connection; return once each connection's task
+        has ended (a loop closed after this leaves no stream of the gate open)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
         (self.dir / SOCKET).unlink(missing_ok=True)
         self.cut()
+        for task in self._passing:
+            task.cancel()
+        await asyncio.gather(*self._passing, return_exceptions=True)
 
     def cut(self) -> None:
         for writer in list(self._open):
@@ -60,13 +67,19 @@ class Gate:
         self._open.clear()
 
     async def _pass(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._passing.add(task)
         try:
             up_reader, up_writer = await asyncio.open_unix_connection(self._target)
+            self._open.update((writer, up_writer))
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
         except OSError:
+            pass
+        finally:
+            # also when `shut` cancels a connection still reaching the server
             writer.transport.abort()
-            return
-        self._open.update((writer, up_writer))
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            self._passing.discard(task)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -217,12 +217,6 @@ def gate_to(postgres: Postgres) -> Gate:
     return Gate(Path(postgres.data_dir) / "pg")
 
 
-async def shut(gate: Gate) -> None:
-    """Shut the gate, and let the connections it cut finish closing in this loop."""
-    await gate.shut()
-    await asyncio.sleep(0.1)
-
-
 async def listeners(store: Store, name: str) -> int:
     """The connections the server holds under the application name `name`."""
     conn = await connect(store.owner)
@@ -300,11 +294,12 @@ WAITING_ROW_LOADS = (
 
 
 class Refuser:
-    """A unix socket where Postgres would be, that hangs up on every connection and
-    notes when each came."""
+    """A unix socket where Postgres would be (in `where`, a shut gate's directory, or
+    a directory of its own), that hangs up on every connection and notes when each
+    came."""
 
-    def __init__(self) -> None:
-        self.dir = short_tmpdir()
+    def __init__(self, where: Path | None = None) -> None:
+        self.dir = where or short_tmpdir()
         self.attempts: list[float] = []
         self._server: asyncio.AbstractServer | None = None
 
@@ -319,6 +314,7 @@ class Refuser:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        (self.dir / SOCKET).unlink(missing_ok=True)
 
     async def _hang_up(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.attempts.append(time.monotonic())

@@ -10,6 +10,7 @@ Written while reviewing the surviving mutants of `make mutate`
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import uuid
 from pathlib import Path
@@ -39,7 +40,6 @@ from tests.auth_mutants.support import (
     open_auth,
     put_on_own_key,
     refused,
-    shut,
     until,
     waiting,
 )
@@ -260,7 +260,7 @@ async def test_a_loaded_provider_key_is_served_while_the_store_stops_answering(
         gateway.pool.terminate()
         await gateway.resolver.close()
         await gateway.workspace_keys.close()
-        await shut(gate)
+        await gate.shut()
 
 
 async def test_a_workspace_put_on_its_own_key_stops_using_the_old_data_key_once_notified(
@@ -324,10 +324,15 @@ async def test_a_listener_the_store_refuses_retries_with_a_growing_delay(store: 
     try:
         async with Refuser() as refuser:
             await gateway.resolver.start(refuser.url(store.app))
-            await asyncio.sleep(1.5)
-            assert len(refuser.attempts) == 3
+            await until(lambda: len(refuser.attempts) >= 4)
+            attempts = refuser.attempts[:4]
     finally:
         await close_auth(gateway)
+    # Each delay starts once the attempt before it was refused, after the refuser noted
+    # it: a gap is never shorter than its delay (the margin is the clock's rounding).
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    assert all(gap > delay - 0.001 for gap, delay in zip(gaps, [0.25, 0.5, 1.0], strict=True)), gaps
+    assert attempts[2] - attempts[0] < 1.5
 
 
 def test_workspace_keys_ask_a_failing_kms_twice_at_most(

@@ -23,6 +23,7 @@ from tests.auth_mutants.support import (
     LOCK_KEYS,
     WAITING_LOCKERS,
     WAITING_LOOKUPS,
+    Refuser,
     Store,
     close_auth,
     gate_to,
@@ -31,7 +32,6 @@ from tests.auth_mutants.support import (
     made_up_key,
     open_auth,
     refused,
-    shut,
     until,
     until_async,
     waiting,
@@ -53,13 +53,15 @@ async def test_a_listener_that_cannot_connect_at_start_keeps_trying(
     resolver = gateway.resolver
     conn = await connect(store.owner)
     try:
-        await resolver.start(gate.url(store.app))
-        missed = await ops.create_key(conn, store.workspace)
-        await resolver.resolve(missed.secret)
-        await resolver.provider_keys.load(store.workspace, "openai")
-        await ops.revoke_key(conn, missed.id)  # a notice nobody hears
-        assert resolver.cached(missed.secret) is not None
-        await asyncio.sleep(0.6)  # a retry fails in the background first
+        async with Refuser(gate.dir) as refuser:  # where the gate will be, hanging up
+            await resolver.start(gate.url(store.app))
+            missed = await ops.create_key(conn, store.workspace)
+            await resolver.resolve(missed.secret)
+            await resolver.provider_keys.load(store.workspace, "openai")
+            await ops.revoke_key(conn, missed.id)  # a notice nobody hears
+            assert resolver.cached(missed.secret) is not None
+            # the attempt at start and a retry in the background are refused first
+            await until(lambda: len(refuser.attempts) >= 2)
         await gate.open()
         await until(lambda: resolver.cached(missed.secret) is None)
         assert resolver.provider_keys.cached(store.workspace, "openai") is None
@@ -70,7 +72,7 @@ async def test_a_listener_that_cannot_connect_at_start_keeps_trying(
     finally:
         await conn.close()
         await close_auth(gateway)
-        await shut(gate)
+        await gate.shut()
 
 
 async def test_a_lost_listener_reconnects_and_forgets_what_it_may_have_missed(
@@ -97,7 +99,7 @@ async def test_a_lost_listener_reconnects_and_forgets_what_it_may_have_missed(
     finally:
         await conn.close()
         await close_auth(gateway)
-        await shut(gate)
+        await gate.shut()
 
 
 async def test_closing_while_the_store_stops_answering_is_bounded_and_quiet(
@@ -119,7 +121,7 @@ async def test_closing_while_the_store_stops_answering_is_bounded_and_quiet(
         gate.resume()
         await gateway.workspace_keys.close()
         await gateway.pool.close()
-        await shut(gate)
+        await gate.shut()
 
 
 @pytest.mark.parametrize("listener", ["connected", "lost", "never connected"])
@@ -139,17 +141,23 @@ async def test_a_closed_resolver_leaves_no_listener_behind(
         if listener == "connected":
             await until_async(lambda: listeners(store, name), 1)
         if listener == "lost":
-            await shut(gate)
-            await asyncio.sleep(0.1)
+            await gate.shut()
+            # lost for sure: its first reconnect attempt (0.25 s on) is refused
+            async with Refuser(gate.dir) as refuser:
+                await until(lambda: len(refuser.attempts) >= 1)
     finally:
         await close_auth(gateway)
     if listener != "connected":
         await gate.open()  # the store reachable again
     try:
-        await asyncio.sleep(1.0)  # four times the first reconnect delay
+        await until_async(lambda: listeners(store, name), 0)
+        # Nothing to wait for: the window is the behaviour. A listener left behind
+        # would connect within it (its next attempts are due 0.25 s or 0.5 s on; the
+        # window is four times the first delay), and the count below would be 1.
+        await asyncio.sleep(1.0)
         assert await listeners(store, name) == 0
     finally:
-        await shut(gate)
+        await gate.shut()
 
 
 # --- lookups under load and overtaken by notices -----------------------------------------
@@ -174,6 +182,9 @@ async def test_key_lookups_take_at_most_half_the_pool(
             locked = await connect(store.owner)
             try:
                 await waiting(locked, WAITING_LOOKUPS, at_once)
+                # Nothing to wait for: the window is the behaviour. Every lookup was
+                # started at once; one let past half the pool would reach the lock
+                # within it, and the count below would be more than `at_once`.
                 await asyncio.sleep(0.2)
                 assert await locked.fetchval(WAITING_LOOKUPS) == at_once
             finally:
@@ -212,7 +223,7 @@ async def test_a_key_store_that_stops_answering_is_refused_within_the_auth_timeo
         gateway.pool.terminate()
         await resolver.close()
         await gateway.workspace_keys.close()
-        await shut(gate)
+        await gate.shut()
 
 
 async def test_a_lookup_overtaken_by_revocation_notices_three_times_is_refused_503(
@@ -287,4 +298,4 @@ async def test_a_store_that_never_answers_the_listener_does_not_hold_up_start(
         gate.resume()
         await conn.close()
         await close_auth(gateway)
-        await shut(gate)
+        await gate.shut()
