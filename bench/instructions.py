@@ -1,7 +1,8 @@
 """Instructions per request under callgrind: the same comparison as `bench.run`, counted
 in CPU instructions instead of CPU time, so the ratio does not move with a noisy
-neighbour, frequency scaling or the other core's load (repeat runs agree within
-~0.1% here, where CPU-time ratios wander by ±20%).
+neighbour, frequency scaling or the other core's load (repeat runs of one build agree
+within ~0.6 % here, ±5,000 to 8,000 instructions a gateway request, where CPU-time ratios
+wander by ±20%: a difference smaller than that needs several runs).
 
     python -m bench.instructions [--requests N] [--targets floor,gateway-auth]
                                  [--modes levers] [--against REF]
