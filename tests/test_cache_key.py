@@ -33,6 +33,12 @@ def key(parsed: dict[str, Any], workspace: str = WORKSPACE) -> bytes:
     return key_of(workspace, "POST", "openai", PATH, parsed)
 
 
+def material_of(parsed: dict[str, Any]) -> bytes:
+    """What the key stands for, spelled out here as the docs describe it."""
+    head = f"{WORKSPACE}\nPOST\nopenai\n{PATH}\n".encode()
+    return head + orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS)
+
+
 SHORT = "what is 2 + 2?"
 LONG = "a long question " * 100  # the body alone is past MATERIAL_KEY_MAX
 
@@ -54,9 +60,7 @@ def test_a_short_key_is_its_material_and_a_long_one_its_digest() -> None:
     agree on an entry's Redis name whatever their bound; Redis never sees a prompt."""
     for prompt in (SHORT, LONG):
         parsed = body(prompt)
-        material = f"{WORKSPACE}\nPOST\nopenai\n{PATH}\n".encode() + orjson.dumps(
-            parsed, option=orjson.OPT_SORT_KEYS
-        )
+        material = material_of(parsed)
         sha = hashlib.sha256(material).digest()
         found = key(parsed)
         if len(material) <= MATERIAL_KEY_MAX:
@@ -86,3 +90,14 @@ def test_the_memory_bound_counts_each_entry_with_its_key() -> None:
     )
     assert store.size <= 20_000 < store.size + sizes[0] + len(keys[0])
     assert len(held) < 20_000 // sizes[0]  # fewer than if keys cost nothing
+
+
+def test_the_kind_of_key_changes_exactly_past_the_bound() -> None:
+    """Material of exactly `MATERIAL_KEY_MAX` bytes is the key; one byte more, the
+    SHA-256 of it is."""
+    empty = len(material_of(body("")))
+    at_bound = body("x" * (MATERIAL_KEY_MAX - empty))
+    past_bound = body("x" * (MATERIAL_KEY_MAX - empty + 1))
+    assert len(material_of(at_bound)) == MATERIAL_KEY_MAX
+    assert key(at_bound) == material_of(at_bound)
+    assert key(past_bound) == hashlib.sha256(material_of(past_bound)).digest()
