@@ -1,8 +1,9 @@
 """The exact cache's shared store: entries in Redis (`RECOVEA_REDIS_URL`), so that
 every replica answers from one cache.
 
-An entry lives under `recovea:cache:v1:<hex SHA-256 of the key>` as `CacheEntry.to_bytes()`, set
-with `SET … EX <ttl>`: Redis forgets it at its TTL. Redis is fail-open:
+An entry lives under `recovea:cache:v1:<hex SHA-256 of the key>` as
+`CacheEntry.to_bytes()`, set with `SET … EX <ttl>`: Redis forgets it at its TTL.
+Redis is fail-open:
 
 | what happens | the request | reason counted |
 | --- | --- | --- |

@@ -152,9 +152,8 @@ class CacheStore(Protocol):
 #: how the memory store holds an entry until it is first read: one bytes object, the
 #: `marshal` of (expiry in monotonic seconds, when it was stored, status, the headers,
 #: the body's chunks); its size is its length (`_held_size`). One object an entry, not
-#: half a dozen: a kept answer is the one thing a miss leaves behind, and each object
-#: left amid a request's short-lived ones keeps an allocator pool or heap block from
-#: being reused (bench/README.md: what keeping an answer costs the running gateway).
+#: five: less for the allocator and the collector to hold for answers most of which are
+#: never read (a saving too small for the CPU-time bench to show, bench/README.md).
 _Packed = bytes
 #: ... and once it has been read (a hit): expiry, then the entry's fields in order, so
 #: later hits unpack nothing; it ends with the entry's size.
@@ -212,24 +211,17 @@ class MemoryStore:
         held = entries.get(key)
         if held is None:
             return None
-        unpacked: _Unpacked
         if isinstance(held, bytes):  # its first read: unpacked once, for this hit and the next
             expires, stored_at, status, headers, chunks = marshal.loads(held)
-            unpacked = (
-                expires,
-                status,
-                tuple(headers),
-                tuple(chunks),
-                stored_at,
-                len(held) + _ENTRY_OVERHEAD,
-            )
-            entries[key] = unpacked
+            unpacked = (expires, status, tuple(headers), tuple(chunks), stored_at, _held_size(held))
         else:
             unpacked = held
         expires, status, headers, chunks, stored_at, size = unpacked
         if expires <= time.monotonic():
             self._forget(key)
             return None
+        if unpacked is not held:
+            entries[key] = unpacked
         entries.move_to_end(key)
         return CacheEntry(status, headers, chunks, stored_at, size)
 
