@@ -34,7 +34,7 @@ from recovea_proxy.levers.cache_key import key_of
 from recovea_proxy.levers.cache_store import MemoryStore
 from recovea_proxy.levers.chain import LeverChain, LeverRequest
 from recovea_proxy.levers.chain import snapshot as take_snapshot
-from recovea_proxy.levers.flights import Flight, FlightRegistry
+from recovea_proxy.levers.flights import FlightRegistry
 from recovea_proxy.levers.routing import RoutingLever
 from recovea_proxy.levers.slim import SlimLever
 from recovea_proxy.observability.metrics import GatewayMetrics
@@ -119,7 +119,14 @@ def pieces() -> dict[str, Work]:
     """Each piece as a loop of n calls."""
     store = MemoryStore(1 << 30)
     flights = FlightRegistry(buffer_max_bytes=8 << 20, followers_max=100)
-    cache = CacheLever(store, flights, ttl_s=3600, entry_max_bytes=4 << 20, tool_calls=False)
+    cache = CacheLever(
+        store,
+        flights,
+        policy="deterministic",
+        ttl_s=3600,
+        entry_max_bytes=4 << 20,
+        tool_calls=False,
+    )
     chain = LeverChain((cache,), GatewayMetrics())
     plain = _request(_PLAIN)
 
@@ -268,8 +275,7 @@ def pieces() -> dict[str, Work]:
                     continue
                 # as the pipe does for a leader: each chunk appended to the flight's
                 # buffer inline (`Recorder.intake`), within its room
-                shared = Flight(i.to_bytes(8, "big"), record)
-                flights.lead_or_join(shared)
+                shared, _ = flights.lead_or_join(i.to_bytes(8, "big"), record, None)
                 shared.begin(upstream)
                 upstream.start_body()
                 keep, room = shared.intake()

@@ -51,6 +51,10 @@ class Recorder(LeverObserver, Protocol):
         """The response ended, `taken` bytes appended since `intake`."""
         ...
 
+    def whole(self, body: bytes) -> None:
+        """A body read whole (a buffered JSON answer): `feed` and `close` in one call."""
+        ...
+
     def notify(self) -> None:
         """Wake whoever waits (`waiter`)."""
         ...

@@ -262,8 +262,14 @@ class _Response:
         out_headers.append((b"content-length", str(len(body)).encode()))
         add_gateway_headers(out_headers, record)
         add_receipt_header(x.rt, out_headers, record, body)
-        if self.observers or self.recorder is not None:
+        if self.observers:
             self._feed_and_close(body)
+        recorder = self.recorder
+        if recorder is not None:  # last: it keeps the answer once all is settled
+            try:
+                recorder.whole(body)
+            except Exception as exc:  # fail-open, as for every observer
+                self.drop(recorder, exc)
         record.responded = True
         await x.send(
             {"type": "http.response.start", "status": source.status, "headers": out_headers}
@@ -329,8 +335,9 @@ class _Response:
                 self.drop(observer, exc)
 
     def _feed_and_close(self, body: bytes) -> None:
-        """A whole body's observers: each fed the body, then closed (one pass)."""
-        for observer in self._all():
+        """A whole body's observers but the recorder: each fed the body, then closed
+        (one pass)."""
+        for observer in list(self.observers):
             try:
                 observer.feed(body)
                 observer.close()

@@ -68,7 +68,7 @@ class RoutePlan:
     rule_id: str
     targets: tuple[Target, ...]
     #: mixed into the cache and flight keys: requests share answers only within a plan
-    key: bytes
+    key: str
     #: the share of the rule's requests shadow evaluation samples (0: off)
     shadow: float
 
@@ -107,7 +107,7 @@ class Rule:
         if not routed:
             return None
         targets = (*routed, Target(surface, self.model, model_label(self.model)))
-        key = "\n".join(f"{t.provider}:{t.model}" for t in targets).encode()
+        key = "\n".join(f"{t.provider}:{t.model}" for t in targets)
         return RoutePlan(self.id, targets, key, self.shadow)
 
 

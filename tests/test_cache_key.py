@@ -12,7 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
-from recovea_proxy.levers.cache_key import DIGEST_SIZE, MATERIAL_KEY_MAX, digest, key_of
+from recovea_proxy.levers.cache_key import (
+    DIGEST_SIZE,
+    MATERIAL_KEY_MAX,
+    digest,
+    key_of,
+    shareable,
+)
 from recovea_proxy.levers.cache_redis import redis_key
 from recovea_proxy.levers.cache_store import MemoryStore
 
@@ -34,9 +40,9 @@ def key(parsed: dict[str, Any], workspace: str = WORKSPACE) -> bytes:
 
 
 def material_of(parsed: dict[str, Any]) -> bytes:
-    """What the key stands for, spelled out here as the docs describe it."""
-    head = f"{WORKSPACE}\nPOST\nopenai\n{PATH}\n".encode()
-    return head + orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS)
+    """What the key stands for, spelled out here as the docs describe it: one JSON
+    array, the body's keys sorted."""
+    return orjson.dumps([WORKSPACE, "POST", "openai", PATH, parsed], option=orjson.OPT_SORT_KEYS)
 
 
 SHORT = "what is 2 + 2?"
@@ -101,3 +107,32 @@ def test_the_kind_of_key_changes_exactly_past_the_bound() -> None:
     assert len(material_of(at_bound)) == MATERIAL_KEY_MAX
     assert key(at_bound) == material_of(at_bound)
     assert key(past_bound) == hashlib.sha256(material_of(past_bound)).digest()
+
+
+@pytest.mark.parametrize(
+    ("fields", "policy", "expected"),
+    [
+        ({"temperature": 0}, "deterministic", True),
+        ({"temperature": 0.0}, "deterministic", True),
+        ({"temperature": False}, "deterministic", False),  # `false` == 0, but no number
+        ({"temperature": "0"}, "deterministic", False),
+        ({"temperature": 0.2}, "deterministic", False),
+        ({"seed": 7}, "deterministic", True),
+        ({"seed": True}, "deterministic", False),
+        ({}, "deterministic", False),
+        ({}, "all", True),
+        ({"temperature": 0}, "off", False),
+        ({"temperature": 0, "n": 1}, "deterministic", True),
+        ({"temperature": 0, "n": 2}, "deterministic", False),
+        ({"n": 3}, "all", False),
+        ({"temperature": 0, "store": False}, "deterministic", True),
+        ({"temperature": 0, "store": True}, "deterministic", False),
+        ({"temperature": 0, "previous_response_id": "resp_1"}, "deterministic", False),
+        ({"conversation": "conv_1"}, "all", False),
+        ({"temperature": 0, "n": 1, "store": False, "user": "u"}, "deterministic", True),
+    ],
+)
+def test_which_bodies_may_be_shared(fields: dict[str, Any], policy: str, expected: bool) -> None:
+    """`deterministic` takes a `temperature` of 0 or an integer `seed`; no policy shares
+    `n` > 1, `store: true` or an answer that depends on stored state."""
+    assert shareable({"model": "gpt-4o-mini", **fields}, policy) is expected

@@ -82,11 +82,18 @@ def test_an_open_flight_past_its_buffer_bound_stops_taking_followers_but_keeps_f
 ):
     registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
     store = MemoryStore(1 << 20)
-    flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 4096, False, scan=False))
-    assert registry.lead_or_join(flight) is None  # it leads
+    flight, joined = registry.lead_or_join(
+        b"k" * 32, settled_record(), Keeper(store, 60, 4096, False, scan=False)
+    )
+    assert (
+        joined is None and registry.lead_or_join(b"k" * 32, settled_record(), None)[1] is not None
+    )
+    # (that one joined while the flight was within its bound; it leaves again)
+    flight.followers -= 1
+    flight.subscribers -= 1
     for _ in range(8):  # 816 bytes: past the flight's bound, within the entry's
         flight.feed(CHUNK)
-    assert registry.lead_or_join(Flight(b"k" * 32, settled_record())) is None  # no one new joins
+    assert registry.lead_or_join(b"k" * 32, settled_record(), None)[1] is None  # no one joins
     assert len(flight.chunks) == 8
     for _ in range(40):  # past both, nobody following: nothing more is buffered
         flight.feed(CHUNK)
@@ -97,11 +104,11 @@ def test_an_open_flight_past_its_buffer_bound_stops_taking_followers_but_keeps_f
 
 def test_a_follower_that_joined_in_time_reads_every_byte_past_both_bounds() -> None:
     registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
-    flight = Flight(
+    flight, joined = registry.lead_or_join(
         b"k" * 32, settled_record(), Keeper(MemoryStore(1 << 20), 60, 1024, False, scan=False)
     )
-    assert registry.lead_or_join(flight) is None  # it leads
-    follower = registry.lead_or_join(Flight(b"k" * 32, settled_record()))
+    assert joined is None  # it leads
+    follower = registry.lead_or_join(b"k" * 32, settled_record(), None)[1]
     assert follower is not None
     answered(flight, 50)
 
@@ -141,8 +148,10 @@ def test_chunks_appended_inline_are_bounded_as_chunks_fed_one_by_one() -> None:
         for drive in (answered, taken_inline):
             registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
             store = MemoryStore(1 << 20)
-            flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 1024, False, scan=False))
-            assert registry.lead_or_join(flight) is None  # it leads
+            flight, joined = registry.lead_or_join(
+                b"k" * 32, settled_record(), Keeper(store, 60, 1024, False, scan=False)
+            )
+            assert joined is None  # it leads
             drive(flight, chunks)
             entry = store.get(b"k" * 32)
             outcomes.append((flight.size, len(flight.chunks), entry and entry.chunks))

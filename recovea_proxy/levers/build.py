@@ -34,6 +34,7 @@ def lever_builder(
                 CacheLever(
                     store,
                     flights,
+                    policy=policy.cache,
                     ttl_s=policy.cache_ttl_s,
                     entry_max_bytes=entry_max,
                     tool_calls=policy.cache_tool_calls,

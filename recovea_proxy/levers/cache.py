@@ -54,6 +54,7 @@ class CacheLever:
         store: CacheStore,
         flights: FlightRegistry,
         *,
+        policy: str,
         ttl_s: int,
         entry_max_bytes: int,
         tool_calls: bool,
@@ -61,6 +62,8 @@ class CacheLever:
         self._store = store
         self._shared = store.shared
         self._flights = flights
+        #: the workspace policy's `cache` (`deterministic` or `all`)
+        self._policy = policy
         # Two keepers: a request that offers the model no tools needs no scan of its
         # answer for tool calls (with tools, one is looked for unless they are allowed).
         self._keeper = Keeper(store, ttl_s, entry_max_bytes, tool_calls, scan=False)
@@ -73,30 +76,30 @@ class CacheLever:
             parsed is not None
             and request.record.method == "POST"
             and request.headers.cache != "skip"
-            and shareable(parsed, request.policy.cache)
+            and shareable(parsed, self._policy)
         )
 
     def before(self, request: LeverRequest) -> str | Awaitable[str]:
-        parsed = request.parsed
         record = request.record
-        assert parsed is not None and record.workspace_id is not None
         plan = request.plan
         surface = request.surface
+        parsed = request.parsed
+        assert parsed is not None  # `applies`
         key = key_of(
             record.workspace_id,
             record.method,
             surface.provider.name,
             surface.upstream_path,
             parsed,
-            plan.key if plan is not None else b"",
+            plan.key if plan is not None else "",
         )
         if request.headers.cache != "refresh":
             entry = self._store.get(key)
-            if entry is None:
-                if self._shared:
-                    return self._look_beyond(request, key)  # awaited by the chain
-            elif _fresh_enough(entry, request):
-                return _hit(request, key, entry)
+            if entry is not None:
+                if _fresh_enough(entry, request):
+                    return _hit(request, key, entry)
+            elif self._shared:
+                return self._look_beyond(request, key)  # awaited by the chain
         return self._miss(request, key)
 
     async def _look_beyond(self, request: LeverRequest, key: bytes) -> str:
@@ -114,10 +117,13 @@ class CacheLever:
         first follower to finish when the leader's client left (the leader's own
         answer is then not kept)."""
         parsed = request.parsed
-        offers_tools = parsed is not None and ("tools" in parsed or "functions" in parsed)
         record = request.record
-        flight = Flight(key, record, self._keeper_scanning if offers_tools else self._keeper)
-        subscription = self._flights.lead_or_join(flight)
+        keeper = (
+            self._keeper_scanning
+            if parsed is not None and ("tools" in parsed or "functions" in parsed)
+            else self._keeper
+        )
+        flight, subscription = self._flights.lead_or_join(key, record, keeper)
         request.observers.append(flight)
         request.cache_key = key
         if subscription is None:

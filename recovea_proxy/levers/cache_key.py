@@ -13,14 +13,18 @@ identity fields. A deny-list, not an allow-list: a parameter a provider
 adds tomorrow changes the key instead of being ignored. The workspace is in the key,
 so one tenant can neither read nor probe another's entries.
 
-A key whose material (all of the above, as bytes) is at most `MATERIAL_KEY_MAX` is
-that material itself, not its digest: as exact (two keys are equal exactly when
-their SHA-256 would be), and a dict hashes it in a fraction of what SHA-256 costs a
-miss (~1 µs here, with OpenSSL's set-up). Larger ones are their 32-byte digest, so an
-entry never costs more than that much for its key. Material is always longer than
-32 bytes (it names the workspace, the provider and the path), so the two kinds never
-meet; Redis names both by the SHA-256 (`digest`), so replicas agree whatever their
-bound.
+All of it is one JSON array, written by one `orjson.dumps` call (sorted keys):
+`[workspace, method, provider, path, body]`, or `[workspace, method, provider, path,
+plan, body]` for a routed request. JSON spells each part unambiguously, so two
+requests have the same material exactly when they ask the same thing.
+
+A key whose material is at most `MATERIAL_KEY_MAX` bytes is that material itself,
+not its digest: as exact (two keys are equal exactly when their SHA-256 would be),
+and a dict hashes it in a fraction of what SHA-256 costs a miss (~1 µs here, with
+OpenSSL's set-up). Larger ones are their 32-byte digest, so an entry never costs
+more than that much for its key. Material of 32 bytes or fewer is hashed too, so the
+two kinds never meet; Redis names both by the SHA-256 (`digest`), so replicas agree
+whatever their bound.
 """
 
 from __future__ import annotations
@@ -32,57 +36,61 @@ import orjson
 
 #: fields that say who asks, not what is asked: left out of the key
 IDENTITY_FIELDS = ("user", "metadata", "safety_identifier", "prompt_cache_key")
-#: the types a `temperature` of 0 may come as (bool is not one: `false` is no number)
-_NUMBERS = (int, float)
+_IDENTITY = frozenset(IDENTITY_FIELDS)
 #: the longest key kept as its material rather than its SHA-256 (see above)
 MATERIAL_KEY_MAX = 1024
 #: a digest's length: a key of this length is a SHA-256, never material
 DIGEST_SIZE = 32
 #: fields whose presence makes the answer depend on state outside the body
 STATEFUL_FIELDS = ("previous_response_id", "conversation")
+#: the fields that may rule a request out: most bodies have none of them, which one C
+#: call tells (`dict.keys().isdisjoint` looks each of these up in the body)
+_SCREENED = frozenset({"n", "store", *STATEFUL_FIELDS})
 
 
 def shareable(parsed: dict[str, Any], cache_policy: str) -> bool:
     """Whether a request with this body may be answered from the cache or a flight."""
-    if cache_policy == "off":
-        return False
     if cache_policy == "deterministic":
         temperature = parsed.get("temperature")
-        zero = type(temperature) in _NUMBERS and temperature == 0
-        if not (zero or type(parsed.get("seed")) is int):
+        # 0 or 0.0, not `false` (which == 0); a parsed body holds no other number type
+        if not ((temperature == 0 and temperature is not False) or type(parsed.get("seed")) is int):
             return False
+    elif cache_policy == "off":
+        return False
+    return parsed.keys().isdisjoint(_SCREENED) or _screened_shareable(parsed)
+
+
+def _screened_shareable(parsed: dict[str, Any]) -> bool:
+    """A body with one of the `_SCREENED` fields: whether it is shareable all the same
+    (`n` of 1, `store` false)."""
     n = parsed.get("n")
     if type(n) is int and n > 1:
         return False
     if parsed.get("store") is True:
         return False
-    # each field looked up (a set's isdisjoint would walk every key of the body)
-    for name in STATEFUL_FIELDS:
-        if name in parsed:
-            return False
-    return True
+    return all(name not in parsed for name in STATEFUL_FIELDS)
 
 
 def key_of(
-    workspace_id: str,
+    workspace_id: str | None,
     method: str,
     provider: str,
     path: str,
     parsed: dict[str, Any],
-    plan: bytes = b"",
+    plan: str = "",
 ) -> bytes:
     """The entry key of a shareable request: its material, or the SHA-256 of it when
     longer than `MATERIAL_KEY_MAX`; `plan`: its routing plan's key (a routed request
     may be answered by any of its targets, so only the same plan shares)."""
     body = parsed
-    for field in IDENTITY_FIELDS:
-        if field in parsed:
-            body = {name: value for name, value in parsed.items() if name not in IDENTITY_FIELDS}
-            break
-    head = f"{workspace_id}\n{method}\n{provider}\n{path}\n".encode()
-    if plan:
-        head += b"plan\n" + plan + b"\n"
-    material = head + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    if not parsed.keys().isdisjoint(_IDENTITY):
+        body = {name: value for name, value in parsed.items() if name not in _IDENTITY}
+    material = orjson.dumps(
+        (workspace_id, method, provider, path, plan, body)
+        if plan
+        else (workspace_id, method, provider, path, body),
+        option=orjson.OPT_SORT_KEYS,
+    )
     if DIGEST_SIZE < len(material) <= MATERIAL_KEY_MAX:
         return material
     return hashlib.sha256(material).digest()

@@ -177,8 +177,9 @@ def _pack(
     process's own objects, read back only by this process), ~2.5x cheaper than joining
     the parts and recording their lengths. Never sent anywhere: Redis gets the
     versioned wire form (`CacheEntry.to_bytes`)."""
-    # tuple() returns a tuple as it is (aiohttp's headers are one): a copy only for a list
-    return marshal.dumps((expires, stored_at, status, tuple(headers), chunks), _MARSHAL_VERSION)
+    # marshal takes the tuple or list of pairs every caller gives (aiohttp's headers
+    # are a tuple): no copy to a tuple first
+    return marshal.dumps((expires, stored_at, status, headers, chunks), _MARSHAL_VERSION)  # type: ignore[arg-type]
 
 
 def _held_size(held: _Held) -> int:
@@ -243,16 +244,20 @@ class MemoryStore:
         `cache_key.MATERIAL_KEY_MAX` bytes). `stored_at`: now, unless the entry is older."""
         if stored_at is None:
             stored_at = time.time()
-        packed = _pack(time.monotonic() + ttl_s, stored_at, status, headers, chunks)
+        # `_pack`, inline: every kept answer passes here
+        expires = time.monotonic() + ttl_s
+        packed = marshal.dumps((expires, stored_at, status, headers, chunks), _MARSHAL_VERSION)  # type: ignore[arg-type]
         size = len(packed) + _ENTRY_OVERHEAD
-        if size + len(key) > self._max:
+        counted = size + len(key)
+        if counted > self._max:
             return size
         entries = self._entries
-        replaced = entries.pop(key, None)
-        if replaced is not None:
-            self.size -= _held_size(replaced) + len(key)
-        entries[key] = packed
-        self.size += size + len(key)
+        held = entries.setdefault(key, packed)
+        if held is not packed:  # an entry under the key already (a concurrent miss kept it)
+            self.size -= _held_size(held) + len(key)
+            entries[key] = packed
+            entries.move_to_end(key)
+        self.size += counted
         while self.size > self._max:
             self._forget(next(iter(entries)))
         return size

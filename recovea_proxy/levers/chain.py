@@ -178,7 +178,7 @@ def restore(request: LeverRequest, saved: Snapshot) -> None:
 class LeverChain:
     """Levers in their fixed order, each fail-open; stops at the first answer."""
 
-    __slots__ = ("_faults", "_steps", "levers")
+    __slots__ = ("_faults", "_steps", "_timed_from", "_untimed", "levers")
 
     def __init__(self, levers: tuple[Lever, ...], metrics: GatewayMetrics) -> None:
         self.levers = levers
@@ -195,6 +195,15 @@ class LeverChain:
             )
             for index, lever in enumerate(levers)
         )
+        #: the index of the first lever that runs under a budget (None: none does)...
+        self._timed_from = next(
+            (index for index, lever in enumerate(levers) if lever.budget_s is not None), None
+        )
+        #: ... and the levers before it, as `start` reads them
+        self._untimed = tuple(
+            (lever, name, contained, skipped, index)
+            for lever, name, _, contained, skipped, index in self._steps[: self._timed_from]
+        )
         self._faults = metrics.fail_open
 
     def start(self, request: LeverRequest) -> Awaitable[None] | None:
@@ -203,11 +212,7 @@ class LeverChain:
         or runs under a budget, and the levers after it). A chain whose levers never
         wait costs no coroutine."""
         fired = request.record.levers_fired
-        for lever, name, budget_s, contained, skipped, index in self._steps:
-            if request.answer is not None:
-                return None
-            if budget_s is not None:
-                return self._run_from(request, index)
+        for lever, name, contained, skipped, index in self._untimed:
             if not lever.applies(request):
                 fired.update(skipped)
                 continue
@@ -217,11 +222,14 @@ class LeverChain:
             except Exception as exc:  # fail-open by design: any fault in a lever is contained
                 self._fault(request, saved, name, skipped, exc)
                 continue
-            if isinstance(outcome, str):
-                fired[name] = outcome
-            else:
-                return self._await_then_run(request, index, outcome, saved)
-        return None
+            if outcome.__class__ is not str:
+                return self._await_then_run(request, index, outcome, saved)  # type: ignore[arg-type]
+            fired[name] = outcome
+            if request.answer is not None:  # only a lever sets one
+                return None
+        if self._timed_from is None:
+            return None
+        return self._run_from(request, self._timed_from)
 
     async def run(self, request: LeverRequest) -> None:
         """Run the levers on `request` (never raises for a lever's fault)."""

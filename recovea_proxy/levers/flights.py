@@ -80,7 +80,15 @@ class Flight:
         "waiter",
     )
 
-    def __init__(self, key: bytes, leader: RequestRecord, keeper: Keeper | None = None) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        leader: RequestRecord,
+        keeper: Keeper | None = None,
+        buffer_max: int | None = None,
+    ) -> None:
+        """`buffer_max`: given when the flight is opened for followers (by the registry,
+        `lead_or_join`): past this many bytes no one new may join."""
         self.key = key
         #: the leading request's record
         self.leader = leader
@@ -93,14 +101,23 @@ class Flight:
         self.state = "waiting"
         self.chunks: list[bytes] = []
         self.size = 0
-        #: the size past which something changes (`_past_limit`); -1: nothing is kept
-        self.limit = keeper.entry_max if keeper is not None else -1
-        #: past this many bytes no one new may join (set when the registry opens it)
-        self.buffer_max = 0
+        #: the size past which something changes (`_past_limit`): the smallest bound
+        #: that applies; -1: nothing is kept
+        limit = keeper.entry_max if keeper is not None else -1
+        if buffer_max is None:
+            self.buffer_max = 0
+            self.joinable = False
+            #: the requests reading the call: a leader counts as its first
+            self.subscribers = 0
+        else:
+            self.buffer_max = buffer_max
+            self.joinable = True
+            self.subscribers = 1
+            if limit < 0 or buffer_max < limit:
+                limit = buffer_max
+        self.limit = limit
         self.failure = ""
-        self.subscribers = 0
         self.followers = 0
-        self.joinable = False
         self.task: asyncio.Task[None] | None = None
         #: set on the next change; made only when someone waits (a flight nobody
         #: joins never makes one)
@@ -174,6 +191,16 @@ class Flight:
         # else the leader left early: `FlightRegistry.leader_left` decides
         if self.keeper is not None:
             self.keeper.keep(self)
+
+    def whole(self, body: bytes) -> None:
+        """A body read whole (a buffered JSON answer): `feed` it, then `close` — one
+        call, as every JSON miss makes it."""
+        size = self.size = self.size + len(body)
+        if size > self.limit:
+            self._past_limit(body)
+        else:
+            self.chunks.append(body)
+        self.close()
 
     def done(self) -> None:
         self.state = "done"
@@ -300,23 +327,22 @@ class FlightRegistry:
     def __len__(self) -> int:
         return len(self._flights)
 
-    def lead_or_join(self, flight: Flight) -> Subscription | None:
-        """Join the flight in progress under `flight`'s key, when one can be joined;
-        else open `flight` (None: the caller leads it, counted as its first subscriber;
-        followers may join at once, and wait for its response to begin). One call for
-        both: every shareable miss makes it."""
-        key = flight.key
+    def lead_or_join(
+        self, key: bytes, leader: RequestRecord, keeper: Keeper | None
+    ) -> tuple[Flight, Subscription | None]:
+        """The request's flight (it observes the request's own response and keeps the
+        answer by `keeper`), and a subscription to the flight in progress under `key`
+        when one can be joined; else (None) the request's flight is opened under `key`
+        and the request leads it (counted as its first subscriber; followers may join
+        at once, and wait for its response to begin). One call for both: every
+        shareable miss makes it."""
         flights = self._flights
         current = flights.get(key)
         if current is not None and current.joinable and current.followers < self._followers_max:
             current.followers += 1
-            return Subscription(self, current)
-        flight.subscribers = 1
-        flight.joinable = True
-        buffer_max = flight.buffer_max = self.buffer_max
-        flight.limit = buffer_max if flight.limit < 0 else min(buffer_max, flight.limit)
-        flights[key] = flight
-        return None
+            return Flight(key, leader, keeper), Subscription(self, current)
+        flight = flights[key] = Flight(key, leader, keeper, self.buffer_max)
+        return flight, None
 
     def fail(self, flight: Flight, kind: str) -> None:
         """The leader's call failed before its first byte, or it never made it (an
@@ -334,12 +360,15 @@ class FlightRegistry:
     def leader_left(self, flight: Flight, upstream: ResponseSource, *, clean: bool) -> None:
         """The leader is done with the call: finished, or its client went away."""
         flight.subscribers -= 1
-        if flight.state not in ("waiting", "streaming"):
-            upstream.finish(clean=clean and flight.state == "done")
+        state = flight.state
+        if state != "streaming" and state != "waiting":
+            # ended: `done`, `broken` and `failed` have made it unjoinable already
+            upstream.finish(clean=clean and state == "done")
             # `_discard`, inline: every leader that finishes passes here
-            flight.joinable = False
-            if self._flights.get(flight.key) is flight:
-                del self._flights[flight.key]
+            flights = self._flights
+            gone = flights.pop(flight.key, None)
+            if gone is not flight and gone is not None:
+                flights[flight.key] = gone
             return
         if flight.subscribers <= 0:
             upstream.finish(clean=False)  # nobody reads on: drop the call
@@ -362,8 +391,10 @@ class FlightRegistry:
 
     def _discard(self, flight: Flight) -> None:
         flight.joinable = False
-        if self._flights.get(flight.key) is flight:
-            del self._flights[flight.key]
+        flights = self._flights
+        gone = flights.pop(flight.key, None)
+        if gone is not flight and gone is not None:
+            flights[flight.key] = gone  # a later flight under the same key: left open
 
     async def _relay(self, flight: Flight, upstream: ResponseSource) -> None:
         """Read the rest of the shared response for the followers."""
