@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench mock clean mutate venv compiled
+.PHONY: run test lint bench mock clean mutate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,18 +14,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The levers' hot modules compiled (mypyc), again whenever a source changes; without a
-## C compiler the gateway runs them interpreted (recovea_proxy/compiled.py).
-COMPILED := recovea_proxy/_compiled/stamp.json
-SOURCES := $(shell find recovea_proxy -name '*.py' -not -path '*/_compiled/*')
-
-$(COMPILED): $(STAMP) $(SOURCES)
-	-$(BIN)/recovea compile
-
-compiled: $(COMPILED)
-
 ## Run the gateway on its embedded defaults (127.0.0.1:8080, passthrough on).
-run: $(STAMP) $(COMPILED)
+run: $(STAMP)
 	RECOVEA_PASSTHROUGH=$${RECOVEA_PASSTHROUGH:-on} $(BIN)/recovea serve
 
 ## Start the local mock provider on :9000.
@@ -33,7 +23,7 @@ mock: $(STAMP)
 	$(BIN)/recovea mock-provider --port 9000
 
 ## Lint, type-check and run the whole test suite.
-test: $(STAMP) $(COMPILED)
+test: $(STAMP)
 	$(BIN)/ruff check recovea_proxy tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n auto --dist loadfile --durations=25
@@ -65,4 +55,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.suite
 
 clean:
-	rm -rf $(VENV) .recovea .pytest_cache .mypy_cache .ruff_cache mutants recovea_proxy/_compiled
+	rm -rf $(VENV) .recovea .pytest_cache .mypy_cache .ruff_cache mutants

@@ -43,12 +43,6 @@ def _mock_provider(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compile(args: argparse.Namespace) -> int:
-    from recovea_proxy.compiled import main as compile_main
-
-    return compile_main()
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `recovea` command."""
     from recovea_proxy.mock_provider import add_cli_arguments
@@ -71,11 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--port", type=int, default=9000, help="listen port (default 9000)")
     add_cli_arguments(mock)
     mock.set_defaults(run=_mock_provider)
-
-    compile_ = commands.add_parser(
-        "compile", help="compile the levers' hot modules (mypyc; used while current)"
-    )
-    compile_.set_defaults(run=_compile)
 
     from recovea_proxy.admin.commands import add_commands
     from recovea_proxy.meter.verify_cli import add_command as add_verify_receipt

@@ -16,18 +16,7 @@ and the pipeline skips this step.
 
 from __future__ import annotations
 
-from recovea_proxy import compiled
-
-# before any lever module is imported: their compiled copies, when built for these sources
-compiled.activate(__path__)
-
-from recovea_proxy.levers.chain import (  # noqa: E402 (after activate)
-    LEVER_FIELDS,
-    ChainBook,
-    Lever,
-    LeverChain,
-    LeverRequest,
-)
-from recovea_proxy.observers import LeverObserver  # noqa: E402
+from recovea_proxy.levers.chain import LEVER_FIELDS, ChainBook, Lever, LeverChain, LeverRequest
+from recovea_proxy.observers import LeverObserver
 
 __all__ = ["LEVER_FIELDS", "ChainBook", "Lever", "LeverChain", "LeverObserver", "LeverRequest"]

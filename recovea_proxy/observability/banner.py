@@ -1,6 +1,5 @@
 """What the gateway says when it has started: where it listens, passthrough on or off,
-where the ledger lives, the upstreams, the usage page, /metrics, and whether the
-levers' hot modules run compiled.
+where the ledger lives, the upstreams, the usage page and /metrics.
 
 On a console these are a few lines a person reads; in JSON they are the fields of
 the `gateway_started` event. Library chatter (pgserver's commands, uvicorn's
@@ -14,7 +13,6 @@ import sys
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from recovea_proxy import compiled
 from recovea_proxy.config import Settings
 from recovea_proxy.observability.redact import redact_text
 from recovea_proxy.store.embedded import PG_SUBDIR
@@ -30,8 +28,6 @@ def startup_facts(settings: Settings, upstreams: dict[str, str]) -> dict[str, An
         "upstreams": upstreams,
         "ui": f"{base}/ui/",
         "metrics": f"{base}/metrics",
-        # the levers' hot modules: compiled when built for these sources (`compiled.py`)
-        "levers": "compiled" if compiled.active else "interpreted",
     }
 
 
@@ -64,7 +60,6 @@ def banner_lines(facts: dict[str, Any]) -> list[str]:
         f"  upstreams    {upstreams}",
         f"  usage page   {facts['ui']}",
         f"  metrics      {facts['metrics']}",
-        f"  levers       {facts['levers']}",
     ]
 
 
