@@ -244,9 +244,7 @@ class MemoryStore:
         `cache_key.MATERIAL_KEY_MAX` bytes). `stored_at`: now, unless the entry is older."""
         if stored_at is None:
             stored_at = time.time()
-        # `_pack`, inline: every kept answer passes here
-        expires = time.monotonic() + ttl_s
-        packed = marshal.dumps((expires, stored_at, status, headers, chunks), _MARSHAL_VERSION)  # type: ignore[arg-type]
+        packed = _pack(time.monotonic() + ttl_s, stored_at, status, headers, chunks)
         size = len(packed) + _ENTRY_OVERHEAD
         counted = size + len(key)
         if counted > self._max:

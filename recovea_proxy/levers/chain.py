@@ -222,8 +222,8 @@ class LeverChain:
             except Exception as exc:  # fail-open by design: any fault in a lever is contained
                 self._fault(request, saved, name, skipped, exc)
                 continue
-            if outcome.__class__ is not str:
-                return self._await_then_run(request, index, outcome, saved)  # type: ignore[arg-type]
+            if not isinstance(outcome, str):
+                return self._await_then_run(request, index, outcome, saved)
             fired[name] = outcome
             if request.answer is not None:  # only a lever sets one
                 return None

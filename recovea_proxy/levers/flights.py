@@ -195,6 +195,7 @@ class Flight:
     def whole(self, body: bytes) -> None:
         """A body read whole (a buffered JSON answer): `feed` it, then `close` — one
         call, as every JSON miss makes it."""
+        # `feed`, inline, less its wake-up: `close` wakes whoever waits
         size = self.size = self.size + len(body)
         if size > self.limit:
             self._past_limit(body)
