@@ -14,7 +14,7 @@ import pytest
 from recovea_proxy.meter.verify import decode_token, split_response
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant, stored
-from tests.support import Gateway, MockServer, cli_json
+from tests.support import Gateway, MockServer, cli_json, metric_value
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +131,25 @@ def test_requests_that_may_not_be_shared_always_go_upstream(
             assert response.status_code == 200
             assert response.headers["x-recovea-cache"] == "skip"
         assert mock.calls_holding(prompt) == 2, fields
+
+
+def test_a_body_nested_past_what_the_key_can_spell_goes_upstream_unshared(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """A deterministic body nested 600 levels deep (the JSON parser reads it; the key's
+    canonical form cannot be written past ~250) is answered by the provider each time,
+    marked `skip` rather than counted as a lever fault, and its row is whole."""
+    prompt = "cache-nested-deep"
+    deep = orjson.loads(b"[" * 600 + b"]" * 600)
+    for _ in range(2):
+        response = ask(cached, tenant, prompt, response_format={"nested": deep})
+        assert response.status_code == 200
+        assert response.headers["x-recovea-cache"] == "skip"
+        row = stored(cached, tenant, "requests", response.headers["x-request-id"])
+        assert row["levers_fired"] == {"cache": "skip", "dedup": "skip"}
+        assert row["fell_back_to_baseline"] is False
+    assert mock.calls_holding(prompt) == 2
+    assert metric_value(cached.metrics(), "gateway_fail_open_total", layer="lever") == 0
 
 
 def test_answers_that_are_not_complete_are_not_kept(

@@ -25,6 +25,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 
+import orjson
+
 from recovea_proxy.levers.cache_key import key_of, shareable
 from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
 from recovea_proxy.levers.chain import LeverRequest
@@ -85,14 +87,20 @@ class CacheLever:
         surface = request.surface
         parsed = request.parsed
         assert parsed is not None  # `applies`
-        key = key_of(
-            record.workspace_id,
-            record.method,
-            surface.provider.name,
-            surface.upstream_path,
-            parsed,
-            plan.key if plan is not None else "",
-        )
+        try:
+            key = key_of(
+                record.workspace_id,
+                record.method,
+                surface.provider.name,
+                surface.upstream_path,
+                parsed,
+                plan.key if plan is not None else "",
+            )
+        except orjson.JSONEncodeError:
+            # nested deeper than orjson writes (~250 levels; it reads 1024): a body
+            # no client sends in earnest, not a fault of the lever, and not shared
+            record.levers_fired["dedup"] = "skip"
+            return "skip"
         if request.headers.cache != "refresh":
             entry = self._store.get(key)
             if entry is not None:

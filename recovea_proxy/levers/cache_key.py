@@ -4,7 +4,9 @@ in progress), and the key they are shared under.
 Eligible: a POST whose body is a JSON object, when the workspace's cache policy is
 not `off`; under `deterministic` (the default) only with `temperature` 0 or a
 `seed`. Never: `n` > 1, `store: true`, `previous_response_id` or `conversation` (the
-answer depends on state the body does not hold).
+answer depends on state the body does not hold); nor a body nested deeper than
+`orjson` writes (`key_of` raises `orjson.JSONEncodeError`: the cache lever says
+`skip`).
 
 The key is SHA-256 over the workspace, the method, the provider and path, a routed
 request's plan (its targets in order: any of them may answer), and the canonical

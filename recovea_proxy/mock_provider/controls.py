@@ -145,7 +145,10 @@ def identity(raw: bytes, body: Any) -> bytes:
     if isinstance(body, dict):
         if "stream_options" in body:
             body = {k: v for k, v in body.items() if k != "stream_options"}
-        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        try:
+            return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes
+            return raw
     return raw
 
 

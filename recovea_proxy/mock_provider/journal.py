@@ -92,7 +92,33 @@ def parse_json(raw: bytes) -> Any:
 async def list_requests(request: web.Request) -> web.Response:
     """`GET /_mock/requests`: the journal, oldest first."""
     entries: deque[dict[str, Any]] = request.app[JOURNAL_KEY]
-    return web.Response(body=orjson.dumps([*entries]), content_type=_JSON)
+    try:
+        return web.Response(body=orjson.dumps([*entries]), content_type=_JSON)
+    except orjson.JSONEncodeError:  # a body nested deeper than orjson writes
+        return web.Response(body=orjson.dumps([_writable(e) for e in entries]), content_type=_JSON)
+
+
+def _writable(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry, each of its body's fields that orjson cannot write back (too deep)
+    replaced by a note."""
+    body = entry["body"]
+    if not _writes(body):
+        if isinstance(body, dict):
+            body = {name: value if _writes(value) else _TOO_DEEP for name, value in body.items()}
+        else:
+            body = _TOO_DEEP
+    return {**entry, "body": body}
+
+
+_TOO_DEEP = "<JSON nested too deep to write>"
+
+
+def _writes(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 async def clear_requests(request: web.Request) -> web.Response:
