@@ -1,0 +1,148 @@
+"""One request's response writer on the gateway's HTTP/1.1 connection: uvicorn's
+`RequestResponseCycle` with its `send` done in fewer steps.
+
+uvicorn's `send` walks a response's headers one by one in Python (two regular
+expressions, a lowercase copy, three comparisons and a list extend a header: ~600
+bytecodes a request for the ~15 headers a gateway answer has, more than any other
+function a request runs). Here the start of a response checks every name with one
+search over the names joined, every value with one search over the values joined by
+a tab (the one control character a value may hold, so the join adds nothing the
+search would find) — a response these find fault with is handed to uvicorn's `send`,
+which refuses it with the error it meets first — finds the three framing headers (`content-length`,
+`transfer-encoding`, `connection`) by set intersection, and writes the header block
+with two C-level joins. What it writes, and what it refuses (`RuntimeError`, as
+uvicorn raises it), are uvicorn's, byte for byte; the framing headers are acted on in
+their order (all of a response's headers are walked only when one of them comes
+twice). The body is written as uvicorn writes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    RequestResponseCycle,
+)
+
+#: the headers that frame the response (uvicorn acts on them as it writes them)
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_HEADER_SEPARATOR = b": ".join
+_NO_BODY_STATUS = (204, 304)
+
+
+class GatewayCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle; `send` as the module docstring says."""
+
+    async def send(self, message: Any) -> None:
+        if self.response_started or self.access_log or message["type"] != "http.response.start":
+            if (
+                self.response_started
+                and not self.response_complete
+                and not self.flow.write_paused
+                and not self.disconnected
+            ):
+                self._body(message)
+                return
+            await RequestResponseCycle.send(self, message)
+            return
+        pairs = self.default_headers + list(message.get("headers", ()))
+        names = [name.lower() for name, _ in pairs]
+        values = [value for _, value in pairs]
+        if HEADER_RE.search(b"".join(names)) or HEADER_VALUE_RE.search(b"\t".join(values)):
+            # refused: by uvicorn's loop, so that the error is the one it raises first
+            await RequestResponseCycle.send(self, message)
+            return
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status = message["status"]
+        closes = False
+        framing = _FRAMING.intersection(names)
+        if framing:
+            closes = self._framing(framing, names, values)
+        lines = [STATUS_LINE[status]]
+        if pairs:
+            lines += (
+                b"\r\n".join(map(_HEADER_SEPARATOR, zip(names, values, strict=True))),
+                b"\r\n",
+            )
+        if not self.keep_alive and not closes:
+            lines.append(b"connection: close\r\n")
+        if (
+            self.chunked_encoding is None
+            and self.scope["method"] != "HEAD"
+            and status not in _NO_BODY_STATUS
+        ):
+            # Neither content-length nor transfer-encoding specified
+            self.chunked_encoding = True
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        self.transport.write(b"".join(lines))
+
+    def _framing(self, framing: frozenset[bytes], names: list[bytes], values: list[bytes]) -> bool:
+        """Act on the framing headers in their order, as uvicorn's loop does; whether
+        one says `connection: close`."""
+        closes = False
+        if any(names.count(name) > 1 for name in framing):  # one of them more than once
+            for name, value in zip(names, values, strict=True):
+                if name in framing:
+                    closes = self._frame(name, value) or closes
+            return closes
+        for name in sorted(framing, key=names.index):
+            closes = self._frame(name, values[names.index(name)]) or closes
+        return closes
+
+    def _frame(self, name: bytes, value: bytes) -> bool:
+        """uvicorn's step for one framing header; whether it says `connection: close`."""
+        if name == b"content-length":
+            if self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+        elif name == b"transfer-encoding":
+            if value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+        elif b"close" in [token.lower().strip() for token in value.split(b",")]:
+            self.keep_alive = False
+            return True
+        return False
+
+    def _body(self, message: Any) -> None:
+        """A piece of the body, after the start and before the end (uvicorn's body step,
+        unchanged)."""
+        if message["type"] != "http.response.body":
+            raise RuntimeError(
+                f"Expected ASGI message 'http.response.body', but got '{message['type']}'."
+            )
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+        elif self.chunked_encoding:
+            if body:
+                content = [b"%x\r\n" % len(body), body, b"\r\n"]
+            else:
+                content = []
+            if not more_body:
+                content.append(b"0\r\n\r\n")
+            self.transport.write(b"".join(content))
+        else:
+            num_bytes = len(body)
+            if num_bytes > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= num_bytes
+            self.transport.write(body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()

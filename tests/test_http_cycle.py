@@ -1,0 +1,154 @@
+"""The gateway's response writer (`http_cycle.GatewayCycle`) writes what uvicorn's
+writes and refuses what uvicorn's refuses: for any status, method, keep-alive and list
+of headers (framing headers in any order, repeated, malformed; names and values with
+forbidden bytes), the bytes on the wire, the error raised and the framing state it
+leaves are the same as `uvicorn`'s `RequestResponseCycle`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from recovea_proxy.http_cycle import GatewayCycle
+
+
+class Wire:
+    """A transport that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def _run(kind: type[RequestResponseCycle], case: dict[str, Any]) -> tuple[Any, ...]:
+    wire = Wire()
+    done: list[bool] = []
+    cycle = kind(
+        scope={"method": case["method"], "http_version": "1.1"},  # type: ignore[typeddict-item]
+        transport=wire,  # type: ignore[arg-type]
+        flow=FlowControl(wire),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=case["defaults"],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=case["keep_alive"],
+        on_response=lambda: done.append(True),
+    )
+    start = {"type": "http.response.start", "status": case["status"], "headers": case["headers"]}
+    messages = [start] + [
+        {"type": "http.response.body", "body": body, "more_body": more}
+        for body, more in case["bodies"]
+    ]
+    error = None
+    try:
+        for message in messages:
+            asyncio.run(cycle.send(message))  # type: ignore[arg-type]
+    except (RuntimeError, ValueError) as exc:
+        error = (type(exc), str(exc))
+    state = (cycle.keep_alive, cycle.chunked_encoding, cycle.expected_content_length)
+    return wire.written, wire.closed, error, state, done, cycle.response_complete
+
+
+_NAMES = st.sampled_from(
+    [
+        b"content-type",
+        b"Content-Length",
+        b"content-length",
+        b"Transfer-Encoding",
+        b"transfer-encoding",
+        b"Connection",
+        b"connection",
+        b"x-request-id",
+        b"X-Recovea-Cache",
+        b"bad name",
+        b"bad\x01",
+        b"set-cookie",
+    ]
+)
+_VALUES = st.sampled_from(
+    [
+        b"application/json",
+        b"5",
+        b"0",
+        b"12",
+        b"not-a-number",
+        b"chunked",
+        b"Chunked",
+        b"gzip",
+        b"close",
+        b"keep-alive, Close",
+        b"keep-alive",
+        b"a\tb",
+        b"bad\r\nvalue",
+        b"\x7f",
+        b"",
+    ]
+)
+_CASES = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from([200, 204, 304, 400, 429, 500, 599]),
+        "method": st.sampled_from(["POST", "GET", "HEAD"]),
+        "keep_alive": st.booleans(),
+        "defaults": st.sampled_from(
+            [[], [(b"server", b"uvicorn"), (b"date", b"Sun, 06 Dec 2026 17:00:00 GMT")]]
+        ),
+        "headers": st.lists(st.tuples(_NAMES, _VALUES), max_size=8),
+        "bodies": st.lists(
+            st.tuples(st.sampled_from([b"", b"hello", b"12345"]), st.booleans()), max_size=3
+        ).map(lambda pieces: [*pieces, (b"", False)]),
+    }
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_CASES)
+def test_the_gateway_writes_and_refuses_as_uvicorn_does(case: dict[str, Any]) -> None:
+    assert _run(GatewayCycle, case) == _run(RequestResponseCycle, case)
+
+
+def test_a_typical_answer_is_written_whole() -> None:
+    """A JSON answer with a length and the gateway's headers, as a client reads it."""
+    case = {
+        "status": 200,
+        "method": "POST",
+        "keep_alive": True,
+        "defaults": [(b"date", b"Sun, 06 Dec 2026 17:00:00 GMT")],
+        "headers": [
+            (b"Content-Type", b"application/json"),
+            (b"content-length", b"5"),
+            (b"x-recovea-cache", b"miss"),
+        ],
+        "bodies": [(b"hello", False)],
+    }
+    written, closed, error, state, done, complete = _run(GatewayCycle, case)
+    assert b"".join(written) == (
+        b"HTTP/1.1 200 OK\r\n"
+        b"date: Sun, 06 Dec 2026 17:00:00 GMT\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: 5\r\n"
+        b"x-recovea-cache: miss\r\n"
+        b"\r\n"
+        b"hello"
+    )
+    assert (closed, error, state, done, complete) == (False, None, (True, False, 0), [True], True)
