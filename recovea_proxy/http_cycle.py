@@ -10,9 +10,10 @@ of a response:
 
 - checks every name in one C pass over the names joined (`bytes.translate` deleting
   the bytes uvicorn refuses: a shorter result means one was there), and every value
-  in one pass over the values joined by a tab (the one control character a value may
-  hold, so the join adds nothing the pass would find); a response found at fault is
-  handed to uvicorn's `send`, which refuses it with the error it meets first;
+  in one pass over the values joined by a tab (`header_check.holds_refused_byte`;
+  a tab is the one control character a value may hold, so the join adds nothing the
+  pass would find); a response found at fault is handed to uvicorn's `send`, which
+  refuses it with the error it meets first;
 - finds the three framing headers (`content-length`, `transfer-encoding`,
   `connection`) by set intersection and acts on them in their order;
 - writes the header block with two C-level joins.
@@ -28,11 +29,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
-#: the bytes uvicorn refuses in a header name (`HEADER_RE`) and in a value
-#: (`HEADER_VALUE_RE`), as deletion tables: `bytes.translate` drops them in one C pass,
-#: ~6x faster than the regular expressions' search over a receipt's 1.3 KB
+from recovea_proxy.header_check import holds_refused_byte
+
+#: the bytes uvicorn refuses in a header name (its `HEADER_RE`), as a deletion table
+#: for `bytes.translate` (values: `header_check.holds_refused_byte`)
 _NAME_REFUSED = bytes(range(0x20)) + b'\x7f()<>@,;:[]={} \t\\"'
-_VALUE_REFUSED = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 #: the headers that frame the response (uvicorn acts on them as it writes them)
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _HEADER_SEPARATOR = b": ".join
@@ -59,9 +60,9 @@ class GatewayCycle(RequestResponseCycle):
         values = [value for _, value in pairs]
         joined_names = b"".join(names)
         joined_values = b"\t".join(values)
-        if len(joined_names.translate(None, _NAME_REFUSED)) != len(joined_names) or len(
-            joined_values.translate(None, _VALUE_REFUSED)
-        ) != len(joined_values):
+        if len(joined_names.translate(None, _NAME_REFUSED)) != len(
+            joined_names
+        ) or holds_refused_byte(joined_values):
             # refused: by uvicorn's loop, so that the error is the one it raises first
             await RequestResponseCycle.send(self, message)
             return
