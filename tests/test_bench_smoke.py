@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from bench import lever_costs, lever_log
+from bench import lever_costs, lever_log, levers_cg
 from bench.modes import ALL_MODES, chosen, loadgen_argv
 from bench.procs import free_port, started, tcp_open, wait_ready
 from tests.ledger_support import make_tenant
@@ -218,3 +218,27 @@ def test_levers_ab_sets_one_gateways_two_workspaces_side_by_side() -> None:
     assert "chat-cache-hit: floor " in done.stdout
     assert " floor (95 % interval of the median " in done.stdout
     assert "answered by a hit or a flight: on 100.0 %, off 0.0 %" in done.stdout
+
+
+def test_levers_cg_reads_a_dumps_counts_and_reports_on_minus_off(tmp_path: Path) -> None:
+    """`bench.levers_cg`'s arithmetic (the valgrind run itself is too slow for the
+    suite): a callgrind dump's totals per request by event, the simulated caches it
+    names, and the mean of on - off over the turns."""
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text(
+        "desc: I1 cache: 32768 B, 64 B, 8-way associative\n"
+        "desc: Timerange: Basic block 0 - 5\n"
+        "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n"
+        "totals: 2000 10 20 300 40 50 6 7 80\n"
+    )
+    counts = levers_cg.counts_of(dump, 10)
+    assert (counts["Ir"], counts["I1mr"], counts["DLmw"]) == (200, 30, 8)
+    assert levers_cg.caches_of(dump) == "I1 cache: 32768 B, 64 B, 8-way associative"
+    on = [dict.fromkeys(levers_cg.EVENTS, 0.0) for _ in range(2)]
+    off = [dict.fromkeys(levers_cg.EVENTS, 0.0) for _ in range(2)]
+    on[0]["Ir"], on[1]["Ir"], off[0]["Ir"], off[1]["Ir"] = 150.0, 170.0, 100.0, 120.0
+    on[1]["I1mr"] = 8.0
+    text = levers_cg.report("chat-cache-miss", {"on": on, "off": off}, 10, "")
+    last = text.splitlines()[-1].split()
+    assert last[:3] == ["on", "-", "off"]
+    assert [float(cell.replace(",", "")) for cell in last[3:5]] == [50.0, 4.0]
