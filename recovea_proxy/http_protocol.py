@@ -309,8 +309,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             _close_delimited(self.cycle)
 
     def _start_cycle(self) -> None:
-        """uvicorn's `on_headers_complete`, inline, making the gateway's cycle
-        (`http_cycle.GatewayCycle`: its `send` is uvicorn's in fewer steps)."""
+        """uvicorn's `on_headers_complete` (0.55, the oldest pyproject.toml allows),
+        inline, making the gateway's cycle (`http_cycle.GatewayCycle`: its `send` is
+        uvicorn's in fewer steps)."""
         parser = self.parser
         http_version = parser.get_http_version()
         scope = self.scope
