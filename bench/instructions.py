@@ -44,6 +44,12 @@ READY_DEADLINE_S = 600.0
 LOG_DEADLINE_S = 60.0
 
 
+def require_valgrind() -> None:
+    """Exit with a one-line reason when valgrind is not installed."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+
+
 def callgrind(pid: int, *command: str) -> None:
     subprocess.run(["callgrind_control", *command, str(pid)], capture_output=True, check=True)
 
@@ -169,8 +175,7 @@ def main() -> None:
         modes = chosen(args.modes)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    require_valgrind()
     workdir = Path(tempfile.mkdtemp(prefix="rcv-instr-"))
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.instructions import callgrind, loadgen
+from bench.instructions import callgrind, loadgen, require_valgrind
 from bench.levers_ab import both_keys
 from bench.modes import chosen
 from bench.procs import free_port, http_ok, started, tcp_open, wait_ready
@@ -57,8 +57,7 @@ def run(args: argparse.Namespace) -> None:
         (mode,) = chosen(args.mode)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    require_valgrind()
     workdir = Path(tempfile.mkdtemp(prefix="rcv-cg-"))
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"

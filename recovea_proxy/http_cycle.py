@@ -1,5 +1,6 @@
 """One request's response writer on the gateway's HTTP/1.1 connection: uvicorn's
-`RequestResponseCycle` with its `send` done in fewer steps.
+`RequestResponseCycle` with its `send` done in fewer steps, and `start_cycle`, which
+makes one for each request the connection has read the headers of.
 
 uvicorn's `send` walks a response's headers one by one in Python (two regular
 expressions, a lowercase copy, three comparisons and a list extend a header: ~600
@@ -25,9 +26,17 @@ The body is written as uvicorn writes it.
 
 from __future__ import annotations
 
+import asyncio
+import urllib.parse
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+import httptools
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from recovea_proxy.header_check import holds_refused_byte
 
@@ -157,3 +166,52 @@ class GatewayCycle(RequestResponseCycle):
             if not self.keep_alive:
                 self.transport.close()
             self.on_response()
+
+
+def start_cycle(protocol: HttpToolsProtocol) -> None:
+    """uvicorn's `on_headers_complete` (0.55, the oldest pyproject.toml allows) for the
+    connection `protocol` (the gateway's protocol calls it there), making a `GatewayCycle`
+    instead of uvicorn's cycle."""
+    parser = protocol.parser
+    http_version = parser.get_http_version()
+    scope = protocol.scope
+    scope["method"] = parser.get_method().decode("ascii")
+    if http_version != "1.1":
+        scope["http_version"] = http_version
+    if parser.should_upgrade() and protocol._should_upgrade():
+        return
+    parsed_url = httptools.parse_url(protocol.url)
+    raw_path = parsed_url.path
+    path = raw_path.decode("ascii")
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    scope["path"] = protocol.root_path + path
+    scope["raw_path"] = protocol.root_path.encode("ascii") + raw_path
+    scope["query_string"] = parsed_url.query or b""
+    if protocol.limit_concurrency is not None and (
+        len(protocol.connections) >= protocol.limit_concurrency
+        or len(protocol.tasks) >= protocol.limit_concurrency
+    ):
+        app = service_unavailable
+        protocol.logger.warning("Exceeded concurrency limit.")
+    else:
+        app = protocol.app
+    existing_cycle = protocol.cycle
+    protocol.cycle = GatewayCycle(
+        scope=scope,
+        transport=protocol.transport,
+        flow=protocol.flow,
+        logger=protocol.logger,
+        access_logger=protocol.access_logger,
+        access_log=protocol.access_log,
+        default_headers=protocol.server_state.default_headers,
+        message_event=asyncio.Event(),
+        expect_100_continue=protocol.expect_100_continue,
+        keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+        on_response=protocol.on_response_complete,
+    )
+    if existing_cycle is None or existing_cycle.response_complete:
+        protocol._start_asgi_task(protocol.cycle, app)
+    else:  # a pipelined request: queued behind the one in progress
+        protocol.flow.pause_reading()
+        protocol.pipeline.appendleft((protocol.cycle, app))

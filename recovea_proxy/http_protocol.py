@@ -50,13 +50,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, cast
 
-import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -66,7 +63,7 @@ from uvicorn.server import ServerState
 
 from recovea_proxy.config import Settings
 from recovea_proxy.errors import error_body
-from recovea_proxy.http_cycle import GatewayCycle
+from recovea_proxy.http_cycle import start_cycle
 from recovea_proxy.observability.connection_stats import REFUSALS
 
 #: framing a header may add on the wire beyond its name and value (`: ` and CRLF),
@@ -304,57 +301,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
-        self._start_cycle()
+        start_cycle(self)
         if self.scope["http_version"] == "1.0" and self.cycle is not None:
             _close_delimited(self.cycle)
-
-    def _start_cycle(self) -> None:
-        """uvicorn's `on_headers_complete` (0.55, the oldest pyproject.toml allows),
-        inline, making the gateway's cycle (`http_cycle.GatewayCycle`: its `send` is
-        uvicorn's in fewer steps)."""
-        parser = self.parser
-        http_version = parser.get_http_version()
-        scope = self.scope
-        scope["method"] = parser.get_method().decode("ascii")
-        if http_version != "1.1":
-            scope["http_version"] = http_version
-        if parser.should_upgrade() and self._should_upgrade():
-            return
-        parsed_url = httptools.parse_url(self.url)
-        raw_path = parsed_url.path
-        path = raw_path.decode("ascii")
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        scope["path"] = self.root_path + path
-        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
-        scope["query_string"] = parsed_url.query or b""
-        if self.limit_concurrency is not None and (
-            len(self.connections) >= self.limit_concurrency
-            or len(self.tasks) >= self.limit_concurrency
-        ):
-            app = service_unavailable
-            self.logger.warning("Exceeded concurrency limit.")
-        else:
-            app = self.app
-        existing_cycle = self.cycle
-        self.cycle = GatewayCycle(
-            scope=scope,
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
-            expect_100_continue=self.expect_100_continue,
-            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
-            on_response=self.on_response_complete,
-        )
-        if existing_cycle is None or existing_cycle.response_complete:
-            self._start_asgi_task(self.cycle, app)
-        else:  # a pipelined request: queued behind the one in progress
-            self.flow.pause_reading()
-            self.pipeline.appendleft((self.cycle, app))
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
@@ -453,9 +402,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         REFUSALS.count("body_timeout")
         if not cycle.response_started:
             message = f"The request body stalled for more than {allowance:g} s."
-            self.transport.write(
-                _refusal(_shape_of(self.url), message, 408, "request_timeout")
-            )
+            self.transport.write(_refusal(_shape_of(self.url), message, 408, "request_timeout"))
         cycle.keep_alive = False
         self.transport.close()
 
