@@ -274,6 +274,11 @@ def _record(row: asyncpg.Record) -> KeyRecord:
     )
 
 
+#: the policies without routing rules, each as its one object (the default first)
+_INTERNED: dict[LeverPolicy, LeverPolicy] = {DEFAULT_POLICY: DEFAULT_POLICY}
+_INTERNED_MAX = 4096
+
+
 def _policy(row: asyncpg.Record) -> LeverPolicy:
     """The workspace's lever policy from its key's row (one object per distinct value),
     with its routing rules compiled."""
@@ -286,7 +291,17 @@ def _policy(row: asyncpg.Record) -> LeverPolicy:
         routes=routes,
         slim=row["slim"],
     )
-    return DEFAULT_POLICY if policy == DEFAULT_POLICY else policy
+    if routes is not None:
+        return policy  # its rules are its own (they are left out of equality)
+    # One object per distinct policy: the chain book finds it by identity, not by
+    # hashing and comparing six fields a request (a workspace whose levers are off
+    # paid that on each request; the default policy never did).
+    interned = _INTERNED.get(policy)
+    if interned is not None:
+        return interned
+    if len(_INTERNED) < _INTERNED_MAX:
+        _INTERNED[policy] = policy
+    return policy
 
 
 def _routes(raw: object) -> RouteTable | None:
