@@ -199,7 +199,7 @@ def test_a_kept_entry_gives_the_collector_one_new_object_not_one_per_header() ->
 
 
 def test_the_memory_store_gives_back_each_chunk_and_header_as_it_was_kept() -> None:
-    """Held flat (one tuple of names, values and chunks), an entry comes back as it went in:
+    """Held compactly (one header block, one body), an entry comes back as it went in:
     a stream chunk for chunk, the headers pair for pair, values holding `: ` intact."""
     store = MemoryStore(1 << 20)
     chunks = (b'data: {"a":1}\n\n', b"", b"data: [DONE]\n\n", b"x" * 5000)
@@ -211,13 +211,13 @@ def test_the_memory_store_gives_back_each_chunk_and_header_as_it_was_kept() -> N
     assert (stream.chunks, stream.stored_at) == (chunks, 1.5)
     assert [tuple(pair) for pair in stream.headers] == list(headers)
     assert (json.status, json.headers, json.chunks) == (201, (), (b"{}",))
-    again = store.get(b"s" * 32)  # made an entry by the first read, held so for the next
+    again = store.get(b"s" * 32)  # unpacked by the first read, held so for the next
     assert again is not None and (again.chunks, again.headers) == (chunks, stream.headers)
     assert store.size == sum(entry.size + 32 for entry in (stream, json))  # and the keys
 
 
 def test_a_header_value_with_a_line_break_comes_back_as_one_value_never_as_two_headers() -> None:
-    """The flat form keeps each name and value whole: a value holding a line break
+    """The packed form keeps each name and value whole: a value holding a line break
     (or a `: `) is read back as that one value, and the next header as the next."""
     store = MemoryStore(1 << 20)
     headers = ((b"content-type", b"application/json"), (b"x-odd", b"1\r\nx-injected: yes"))

@@ -116,7 +116,7 @@ class Flight:
             if limit < 0 or buffer_max < limit:
                 limit = buffer_max
         self.limit = limit
-        self.failure = ""
+        # `failure` is set by `broken` and `failed`, before anyone reads it
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
         #: set on the next change; made only when someone waits (a flight nobody
@@ -201,7 +201,17 @@ class Flight:
             self._past_limit(body)
         else:
             self.chunks.append(body)
-        self.close()
+        leader = self.leader
+        if self.state == "streaming" and not leader.client_gone and not leader.error_code:
+            # `close`, inline, for the common end
+            self.state = "done"
+            self.joinable = False
+            if self.waiter is not None:
+                self.notify()
+            if self.keeper is not None:
+                self.keeper.keep(self)
+        else:
+            self.close()
 
     def done(self) -> None:
         self.state = "done"
@@ -365,11 +375,11 @@ class FlightRegistry:
         if state != "streaming" and state != "waiting":
             # ended: `done`, `broken` and `failed` have made it unjoinable already
             upstream.finish(clean=clean and state == "done")
-            # `_discard`, inline: every leader that finishes passes here
+            # `_discard`, inline: every leader that finishes passes here (a later
+            # flight under the same key is left open)
             flights = self._flights
-            gone = flights.pop(flight.key, None)
-            if gone is not flight and gone is not None:
-                flights[flight.key] = gone
+            if flights.get(flight.key) is flight:
+                del flights[flight.key]
             return
         if flight.subscribers <= 0:
             upstream.finish(clean=False)  # nobody reads on: drop the call
