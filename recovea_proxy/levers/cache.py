@@ -177,7 +177,7 @@ class Keeper:
     """Stores a missed request's answer, kept by its `Flight` as it passed, when the
     answer qualifies (one per lever and kind of request, shared by its requests)."""
 
-    __slots__ = ("_refuse_tools", "_scan", "_store", "_ttl", "entry_max")
+    __slots__ = ("_refused", "_scan", "_store", "_ttl", "entry_max")
 
     def __init__(
         self, store: CacheStore, ttl_s: int, entry_max_bytes: int, tool_calls: bool, *, scan: bool
@@ -186,25 +186,25 @@ class Keeper:
         self._ttl = ttl_s
         #: answers larger than this are not kept (the flight stops keeping them)
         self.entry_max = entry_max_bytes
-        #: tool calls are not kept (the workspace has not allowed them)...
-        self._refuse_tools = not tool_calls
-        #: ... and the answer is searched for one (the request offered tools)
+        #: the finish reasons of answers not kept: cut short or filtered, and tool calls
+        #: unless the workspace allows them...
+        self._refused = _INCOMPLETE if tool_calls else _INCOMPLETE | _TOOL_CALLS
+        #: ... and whether the answer is searched for a tool call (the request offered
+        #: tools, and the workspace has not allowed them)
         self._scan = scan and not tool_calls
 
     def keep(self, flight: Flight) -> None:
         """Store the flight's answer if it is a complete, cacheable 200."""
         record, upstream = flight.leader, flight.upstream
+        # `success` is True only for a whole answer: the pipe settles it None when the
+        # client left and False after an error (a broken or cut stream), before this.
         if (
-            upstream is None
+            record.success is not True
+            or upstream is None
             or upstream.status != 200
             or not upstream.identity_encoded
-            or record.client_gone
-            or record.error_code
-            or record.success is not True
+            or record.usage.finish_reason in self._refused
         ):
-            return
-        reason = record.usage.finish_reason
-        if reason in _INCOMPLETE or (self._refuse_tools and reason in _TOOL_CALLS):
             return
         chunks = flight.chunks
         if self._scan and any(_calls_a_tool(chunk) for chunk in chunks):

@@ -243,8 +243,9 @@ class LeverChain:
         return self._run_from(request, self._timed_from)
 
     def _start_one(self, request: LeverRequest) -> Awaitable[None] | None:
-        """`start` for a chain of one lever that never waits: the same steps, without
-        the loop."""
+        """`start` for a chain of one lever that never waits (the default policy's
+        cache): the loop's steps, without the loop, and those the lever spares (it
+        `screens` itself, or is `contained`) left out."""
         lever, name, contained, skipped, _, asks = self._untimed[0]
         if asks and not lever.applies(request):
             request.record.levers_fired.update(skipped)
