@@ -182,6 +182,11 @@ def test_lever_costs_times_every_piece() -> None:
     rows = [line for line in out.splitlines()[1:] if line.strip()]
     assert [row.rsplit(maxsplit=1)[0] for row in rows] == list(lever_costs.pieces())
     assert all(float(row.rsplit(maxsplit=1)[1]) > 0 for row in rows)
+    # for instruction counts: one piece, the collector off for its loops
+    argv += ["--only", "a miss, whole", "--no-collector"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+    (row,) = [line for line in out.splitlines()[1:] if line.strip()]
+    assert row.startswith("a miss, whole") and float(row.rsplit(maxsplit=1)[1]) > 0
 
 
 def test_suite_quick_measures_and_judges(tmp_path: Path) -> None:
