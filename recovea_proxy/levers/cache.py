@@ -35,8 +35,6 @@ from recovea_proxy.sources import ReplaySource
 
 #: finish reasons of answers that are not kept (cut short, filtered)
 _INCOMPLETE = frozenset({"length", "content_filter", "max_tokens", "refusal"})
-#: what `levers_fired` says of a request that may not be shared
-_SKIPPED = {"cache": "skip", "dedup": "skip"}
 #: finish reasons of tool calls (kept only when the workspace allows them)
 _TOOL_CALLS = frozenset({"tool_calls", "function_call", "tool_use"})
 
@@ -52,8 +50,6 @@ class CacheLever:
     also = ("dedup",)
     #: the request is changed only once the lookup has answered
     contained = True
-    #: `before` says `skip` itself when `applies` would be False
-    screens = True
 
     def __init__(
         self,
@@ -77,25 +73,20 @@ class CacheLever:
         self.budget_s = store.budget_s
 
     def applies(self, request: LeverRequest) -> bool:
-        """Always: `before` tells for itself whether the request may be shared
-        (`screens`), as part of the one call every shareable request makes."""
-        return True
+        parsed = request.parsed
+        return (
+            parsed is not None
+            and request.record.method == "POST"
+            and request.headers.cache != "skip"
+            and shareable(parsed, self._policy)
+        )
 
     def before(self, request: LeverRequest) -> str | Awaitable[str]:
-        """`skip` when the request may not be shared (it checks `applies` itself:
-        `screens`); else a hit, or a miss that leads or joins a flight."""
-        parsed = request.parsed
         record = request.record
-        if (
-            parsed is None
-            or record.method != "POST"
-            or request.headers.cache == "skip"
-            or not shareable(parsed, self._policy)
-        ):
-            record.levers_fired.update(_SKIPPED)
-            return "skip"
         plan = request.plan
         surface = request.surface
+        parsed = request.parsed
+        assert parsed is not None  # `applies`
         try:
             key = key_of(
                 record.workspace_id,

@@ -244,11 +244,7 @@ class MemoryStore:
         `cache_key.MATERIAL_KEY_MAX` bytes). `stored_at`: now, unless the entry is older."""
         if stored_at is None:
             stored_at = time.time()
-        # `_pack`, inline
-        packed = marshal.dumps(
-            (time.monotonic() + ttl_s, stored_at, status, headers, chunks),  # type: ignore[arg-type]
-            _MARSHAL_VERSION,
-        )
+        packed = _pack(time.monotonic() + ttl_s, stored_at, status, headers, chunks)
         size = len(packed) + _ENTRY_OVERHEAD
         counted = size + len(key)
         if counted > self._max:

@@ -104,13 +104,9 @@ class Lever(Protocol):
     Optional attributes: `contained = True` promises that `before` changes nothing on
     the request or its record before its last step that may fail, so a fault leaves
     nothing to undo and the chain takes no snapshot for it (the built-in cache lever;
-    a lever without the attribute gets the snapshot). `screens = True`: `before`
-    tells for itself whether it has anything to do (it says `skip`, having recorded
-    its other names so), and the chain does not call `applies` (the cache lever: its
-    test is the first step of the call every shareable request makes). `also`: the
-    other names the lever reports under in `levers_fired` (the cache lever's
-    `dedup`), recorded `skip` when it does not apply or fails; on success the lever
-    records them itself."""
+    a lever without the attribute gets the snapshot). `also`: the other names the
+    lever reports under in `levers_fired` (the cache lever's `dedup`), recorded `skip`
+    when it does not apply or fails; on success the lever records them itself."""
 
     name: str
     #: the longest `before` may take (None: it never waits, and runs without a timer)
@@ -182,7 +178,7 @@ def restore(request: LeverRequest, saved: Snapshot) -> None:
 class LeverChain:
     """Levers in their fixed order, each fail-open; stops at the first answer."""
 
-    __slots__ = ("_faults", "_steps", "_timed_from", "_untimed", "levers", "start")
+    __slots__ = ("_faults", "_steps", "_timed_from", "_untimed", "levers")
 
     def __init__(self, levers: tuple[Lever, ...], metrics: GatewayMetrics) -> None:
         self.levers = levers
@@ -196,8 +192,6 @@ class LeverChain:
                 # what `levers_fired` says when it does not apply: its names, `skip`
                 dict.fromkeys((lever.name, *getattr(lever, "also", ())), "skip"),
                 index,
-                # whether the chain asks `applies` (not for a lever that `screens`)
-                not getattr(lever, "screens", False),
             )
             for index, lever in enumerate(levers)
         )
@@ -207,24 +201,19 @@ class LeverChain:
         )
         #: ... and the levers before it, as `start` reads them
         self._untimed = tuple(
-            (lever, name, contained, skipped, index, asks)
-            for lever, name, _, contained, skipped, index, asks in self._steps[: self._timed_from]
+            (lever, name, contained, skipped, index)
+            for lever, name, _, contained, skipped, index in self._steps[: self._timed_from]
         )
         self._faults = metrics.fail_open
-        #: run the levers on a request (never raises for a lever's fault): None when
-        #: every lever answered at once, else what is left to await (a lever that
-        #: waits, or runs under a budget, and the levers after it). A chain whose
-        #: levers never wait costs no coroutine; one of a single such lever (the
-        #: default policy's cache) runs it without a loop.
-        self.start: Callable[[LeverRequest], Awaitable[None] | None] = (
-            self._start_one if len(levers) == 1 and self._timed_from is None else self._start_all
-        )
 
-    def _start_all(self, request: LeverRequest) -> Awaitable[None] | None:
-        """`start`: the levers that never wait in a loop, then the rest awaited."""
+    def start(self, request: LeverRequest) -> Awaitable[None] | None:
+        """Run the levers on `request` (never raises for a lever's fault): None when
+        every lever answered at once, else what is left to await (a lever that waits,
+        or runs under a budget, and the levers after it). A chain whose levers never
+        wait costs no coroutine."""
         fired = request.record.levers_fired
-        for lever, name, contained, skipped, index, asks in self._untimed:
-            if asks and not lever.applies(request):
+        for lever, name, contained, skipped, index in self._untimed:
+            if not lever.applies(request):
                 fired.update(skipped)
                 continue
             saved = None if contained else snapshot(request)
@@ -242,25 +231,6 @@ class LeverChain:
             return None
         return self._run_from(request, self._timed_from)
 
-    def _start_one(self, request: LeverRequest) -> Awaitable[None] | None:
-        """`start` for a chain of one lever that never waits (the default policy's
-        cache): the loop's steps, without the loop, and those the lever spares (it
-        `screens` itself, or is `contained`) left out."""
-        lever, name, contained, skipped, _, asks = self._untimed[0]
-        if asks and not lever.applies(request):
-            request.record.levers_fired.update(skipped)
-            return None
-        saved = None if contained else snapshot(request)
-        try:
-            outcome = lever.before(request)
-        except Exception as exc:  # fail-open by design: any fault in a lever is contained
-            self._fault(request, saved, name, skipped, exc)
-            return None
-        if isinstance(outcome, str):
-            request.record.levers_fired[name] = outcome
-            return None
-        return self._await_then_run(request, 0, outcome, saved)
-
     async def run(self, request: LeverRequest) -> None:
         """Run the levers on `request` (never raises for a lever's fault)."""
         await self._run_from(request, 0)
@@ -269,7 +239,7 @@ class LeverChain:
         self, request: LeverRequest, index: int, pending: Awaitable[str], saved: Snapshot | None
     ) -> None:
         """A lever that waits (without a budget): its outcome, then the levers after it."""
-        _, name, _, _, skipped, _, _ = self._steps[index]
+        _, name, _, _, skipped, _ = self._steps[index]
         try:
             outcome = await pending
         except Exception as exc:  # fail-open by design: any fault in a lever is contained
@@ -281,10 +251,10 @@ class LeverChain:
     async def _run_from(self, request: LeverRequest, first: int) -> None:
         """The levers from the `first`-th on, each awaited when it waits."""
         fired = request.record.levers_fired
-        for lever, name, budget_s, contained, skipped, _, asks in self._steps[first:]:
+        for lever, name, budget_s, contained, skipped, _ in self._steps[first:]:
             if request.answer is not None:
                 break
-            if asks and not lever.applies(request):
+            if not lever.applies(request):
                 fired.update(skipped)
                 continue
             saved = None if contained else snapshot(request)

@@ -116,7 +116,7 @@ class Flight:
             if limit < 0 or buffer_max < limit:
                 limit = buffer_max
         self.limit = limit
-        # `failure` is set by `broken` and `failed`, before anyone reads it
+        self.failure = ""
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
         #: set on the next change; made only when someone waits (a flight nobody
@@ -201,17 +201,7 @@ class Flight:
             self._past_limit(body)
         else:
             self.chunks.append(body)
-        leader = self.leader
-        if self.state == "streaming" and not leader.client_gone and not leader.error_code:
-            # `close`, inline, for the common end
-            self.state = "done"
-            self.joinable = False
-            if self.waiter is not None:
-                self.notify()
-            if self.keeper is not None:
-                self.keeper.keep(self)
-        else:
-            self.close()
+        self.close()
 
     def done(self) -> None:
         self.state = "done"
@@ -403,9 +393,8 @@ class FlightRegistry:
     def _discard(self, flight: Flight) -> None:
         flight.joinable = False
         flights = self._flights
-        gone = flights.pop(flight.key, None)
-        if gone is not flight and gone is not None:
-            flights[flight.key] = gone  # a later flight under the same key: left open
+        if flights.get(flight.key) is flight:  # a later flight under the same key: left open
+            del flights[flight.key]
 
     async def _relay(self, flight: Flight, upstream: ResponseSource) -> None:
         """Read the rest of the shared response for the followers."""
