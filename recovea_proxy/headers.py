@@ -35,8 +35,8 @@ _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"accept-encoding"}
 # Response headers replaced by the gateway's own.
 _NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
 #: a stored answer's headers never replayed (nor written to Redis): hop-by-hop,
-#: per-connection or per-client
-NOT_REPLAYED = HOP_BY_HOP | {b"content-length", b"set-cookie", b"date"}
+#: per-connection or per-client, and `age` (a hit says its own: how old the entry is)
+NOT_REPLAYED = HOP_BY_HOP | {b"content-length", b"set-cookie", b"date", b"age"}
 
 _HEX = frozenset(b"0123456789abcdef")
 
@@ -56,6 +56,8 @@ class RequestHeaders:
     parent_span_id: str | None = None
     content_length: int | None = None
     content_type: bytes | None = None
+    #: the request's `Cache-Control` (lines joined by commas; it is forwarded too)
+    cache_control: bytes | None = None
 
 
 def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
@@ -86,6 +88,9 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
                 out.trace_id = _trace_id_of(value)
                 if out.trace_id is not None:
                     out.parent_span_id = _span_id_of(value)
+            elif name == b"cache-control":
+                had = out.cache_control
+                out.cache_control = value if had is None else had + b"," + value
             try:
                 # aiohttp sends header values as UTF-8: only UTF-8 crosses unchanged
                 forward.append((name.decode("latin-1"), value.decode("utf-8")))

@@ -120,7 +120,8 @@ class UpstreamSource:
 class ReplaySource:
     """A stored response, replayed chunk by chunk as it first came, with the stored
     headers less those never replayed (`headers.NOT_REPLAYED`: the entry holds the
-    provider's headers as they came, so a miss spends nothing on them)."""
+    provider's headers as they came, so a miss spends nothing on them), and its `age`
+    in seconds when given (RFC 9111 §5.1: a cache says how old what it serves is)."""
 
     __slots__ = (
         "_chunks",
@@ -134,7 +135,9 @@ class ReplaySource:
 
     errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, status: int, stored_headers: Headers, chunks: Sequence[bytes]) -> None:
+    def __init__(
+        self, status: int, stored_headers: Headers, chunks: Sequence[bytes], age: int | None = None
+    ) -> None:
         self.status = status
         self._chunks = chunks
         self._next = 0
@@ -148,6 +151,8 @@ class ReplaySource:
             if lowered == b"content-type":
                 self.content_type = value.lower()
             headers.append((lowered, value))
+        if age is not None:
+            headers.append((b"age", b"%d" % age))
         self.raw_headers = headers
         self.identity_encoded = True
 

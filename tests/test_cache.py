@@ -222,6 +222,57 @@ def test_refresh_and_max_age_go_upstream_and_refresh_writes(
     assert row["levers_fired"]["cache"] == "hit"
 
 
+def test_cache_control_no_store_and_no_cache_as_http_caches_read_them(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """`Cache-Control: no-store`: the answer is not kept (the same request asked again
+    goes upstream), though a stored answer may be served to it; `no-cache`: no stored
+    answer is served, the provider's is kept. The header reaches the provider as sent."""
+    never_kept = ask(cached, tenant, "cache-no-store", headers={"cache-control": "no-store"})
+    assert never_kept.headers["x-recovea-cache"] == "miss"
+    sent = [r for r in mock.requests() if "cache-no-store" in str(r.get("body"))]
+    assert sent[-1]["headers"]["cache-control"] == "no-store"
+    assert ask(cached, tenant, "cache-no-store").headers["x-recovea-cache"] == "miss"
+    assert mock.calls_holding("cache-no-store") == 2
+    # kept by the plain request just now: no-store may read it
+    served = ask(cached, tenant, "cache-no-store", headers={"cache-control": "No-Store"})
+    assert served.headers["x-recovea-cache"] == "hit"
+    assert mock.calls_holding("cache-no-store") == 2
+
+    ask(cached, tenant, "cache-no-cache")
+    fresh = ask(cached, tenant, "cache-no-cache", headers={"cache-control": "no-cache"})
+    assert fresh.headers["x-recovea-cache"] == "miss"
+    assert mock.calls_holding("cache-no-cache") == 2
+    row = stored(cached, tenant, "requests", fresh.headers["x-request-id"])
+    assert (row["cache_hit"], row["levers_fired"]["cache"]) == (False, "miss")
+    # both together: neither read nor written
+    both = ask(cached, tenant, "cache-no-cache", headers={"cache-control": "no-cache, no-store"})
+    assert both.headers["x-recovea-cache"] == "miss"
+    assert ask(cached, tenant, "cache-no-cache").headers["x-recovea-cache"] == "hit"
+    assert mock.calls_holding("cache-no-cache") == 3
+
+
+def test_a_hit_says_its_age_and_a_hostile_max_age_is_no_fault(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """A hit carries `age` (seconds since the answer was stored; a miss has none); a
+    max-age of 5,000 digits counts as 2^31 seconds (RFC 9111), not a fault of the
+    lever: the answer is served, nothing falls back."""
+    first = ask(cached, tenant, "cache-age")
+    assert "age" not in first.headers
+    for stream in (False, True):
+        if stream:
+            ask(cached, tenant, "cache-age", stream=True)
+        hit = ask(cached, tenant, "cache-age", stream=stream)
+        assert hit.headers["x-recovea-cache"] == "hit"
+        assert 0 <= int(hit.headers["age"]) <= 60
+    huge = ask(cached, tenant, "cache-age", headers={"cache-control": "max-age=" + "9" * 5000})
+    assert huge.headers["x-recovea-cache"] == "hit"
+    row = stored(cached, tenant, "requests", huge.headers["x-request-id"])
+    assert (row["levers_fired"]["cache"], row["fell_back_to_baseline"]) == ("hit", False)
+    assert metric_value(cached.metrics(), "gateway_fail_open_total", layer="lever") == 0
+
+
 def test_entries_never_cross_workspaces(
     cached: Gateway, tenant: Tenant, mock: MockServer, db_env: dict[str, str]
 ) -> None:

@@ -248,14 +248,19 @@ def replicas(
     second.stop()
 
 
-def ask(gateway: Gateway, tenant: Tenant, prompt: str) -> httpx.Response:
+def ask(
+    gateway: Gateway, tenant: Tenant, prompt: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
     body: dict[str, Any] = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": prompt}],
         "temperature": 0,
     }
     response = httpx.post(
-        f"{gateway.url}/v1/chat/completions", json=body, headers=tenant.bearer, timeout=30
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={**tenant.bearer, **(headers or {})},
+        timeout=30,
     )
     assert response.status_code == 200, response.text
     return response
@@ -297,9 +302,17 @@ def test_what_one_replica_stored_the_other_answers(
     hit = ask(second, tenant, "redis-shared-1")
     assert hit.headers["x-recovea-cache"] == "hit"
     assert hit.content == missed.content
+    assert int(hit.headers["age"]) >= 0
     assert upstream_calls(mock, "redis-shared-1") == 1
     row = stored(second, tenant, "requests", hit.headers["x-request-id"])
     assert (row["cache_hit"], row["cache_type"]) == (True, "exact")
+    # an entry found in Redis is as old as it was stored: max-age=0 takes none
+    before = cache_keys(redis_server)
+    ask(first, tenant, "redis-shared-2")
+    stored_key(redis_server, before)
+    too_old = ask(second, tenant, "redis-shared-2", {"cache-control": "max-age=0"})
+    assert too_old.headers["x-recovea-cache"] == "miss"
+    assert upstream_calls(mock, "redis-shared-2") == 2
 
 
 def test_a_corrupt_value_in_redis_is_a_miss_not_an_error(

@@ -2,10 +2,12 @@
 when there is a fresh one, and a miss's answer is recorded for the next time.
 
 Per request, `X-Recovea-Cache: skip` neither reads nor writes (nor joins a flight),
-`refresh` does not read but writes, and `Cache-Control: max-age=N` caps the age of
-an entry the request accepts. A hit replays the stored bytes as they first came —
-JSON, or a stream event for event — and the row says `cache_hit`, `cache_type =
-exact`, with the original's usage (read again from the replayed bytes).
+`refresh` does not read but writes; the request's `Cache-Control` (`cache_control.py`)
+may say `no-cache` (as `refresh`), `no-store` (the answer is not kept) and `max-age=N`
+(caps the age of an entry the request accepts). A hit replays the stored bytes as they
+first came — JSON, or a stream event for event — with an `age` header, and the row
+says `cache_hit`, `cache_type = exact`, with the original's usage (read again from the
+replayed bytes).
 
 Stored only: a 200 answer, complete (a terminal event, `success`), whose finish
 reason is not `length` or `content_filter`, not a tool call unless the workspace
@@ -27,6 +29,7 @@ from collections.abc import Awaitable
 
 import orjson
 
+from recovea_proxy.levers.cache_control import NO_DIRECTIVES, CacheControl
 from recovea_proxy.levers.cache_key import key_of, shareable
 from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
 from recovea_proxy.levers.chain import LeverRequest
@@ -101,24 +104,31 @@ class CacheLever:
             # no client sends in earnest, not a fault of the lever, and not shared
             record.levers_fired["dedup"] = "skip"
             return "skip"
-        if request.headers.cache != "refresh":
+        headers = request.headers
+        control = (
+            NO_DIRECTIVES
+            if headers.cache_control is None
+            else CacheControl.parse(headers.cache_control)
+        )
+        if headers.cache != "refresh" and not control.no_cache:
             entry = self._store.get(key)
             if entry is not None:
-                if _fresh_enough(entry, request):
+                if control.accepts(entry.stored_at):
                     return _hit(request, key, entry)
             elif self._shared:
-                return self._look_beyond(request, key)  # awaited by the chain
-        return self._miss(request, key)
+                return self._look_beyond(request, key, control)  # awaited by the chain
+        return self._miss(request, key, control.no_store)
 
-    async def _look_beyond(self, request: LeverRequest, key: bytes) -> str:
+    async def _look_beyond(self, request: LeverRequest, key: bytes, control: CacheControl) -> str:
         """The lookup in the shared store (Redis), when memory had nothing."""
         entry = await self._store.lookup_shared(key)
-        if entry is not None and _fresh_enough(entry, request):
+        if entry is not None and control.accepts(entry.stored_at):
             return _hit(request, key, entry)
-        return self._miss(request, key)
+        return self._miss(request, key, control.no_store)
 
-    def _miss(self, request: LeverRequest, key: bytes) -> str:
-        """Keep the answer as it passes, and lead a flight or join the one in progress.
+    def _miss(self, request: LeverRequest, key: bytes, no_store: bool) -> str:
+        """Keep the answer as it passes (unless the request says `no-store`), and lead
+        a flight or join the one in progress.
 
         The flight observes this request's response either way: a leader's (its own
         upstream call), or a follower's (what it receives), kept for the cache by the
@@ -127,7 +137,9 @@ class CacheLever:
         parsed = request.parsed
         record = request.record
         keeper = (
-            self._keeper_scanning
+            None
+            if no_store
+            else self._keeper_scanning
             if parsed is not None and ("tools" in parsed or "functions" in parsed)
             else self._keeper
         )
@@ -145,23 +157,13 @@ class CacheLever:
 
 
 def _hit(request: LeverRequest, key: bytes, entry: CacheEntry) -> str:
-    request.answer = ReplaySource(entry.status, entry.headers, entry.chunks)
+    age = max(0, int(time.time() - entry.stored_at))
+    request.answer = ReplaySource(entry.status, entry.headers, entry.chunks, age)
     request.cache_key = key
     record = request.record
     record.cache_hit = True
     record.cache_type = "exact"
     return "hit"
-
-
-def _fresh_enough(entry: CacheEntry, request: LeverRequest) -> bool:
-    """Whether the entry is no older than the request's `Cache-Control: max-age`."""
-    for name, value in request.headers.forward:
-        if name == "cache-control":
-            for directive in value.split(","):
-                field, _, number = directive.strip().partition("=")
-                if field.lower() == "max-age" and number.strip().isdecimal():
-                    return time.time() - entry.stored_at <= int(number)
-    return True
 
 
 class Keeper:

@@ -1,0 +1,87 @@
+"""A request's `Cache-Control`, in-process: the directives the exact cache reads, as
+RFC 9111 spells them, and caller bytes that cannot fault the lever."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from recovea_proxy.headers import split_request_headers
+from recovea_proxy.levers.cache_control import MAX_AGE_CAP, NO_DIRECTIVES, CacheControl
+
+
+def read(value: bytes) -> tuple[bool, bool, int | None]:
+    parsed = CacheControl.parse(value)
+    return parsed.no_cache, parsed.no_store, parsed.max_age
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"no-cache", (True, False, None)),
+        (b"no-store", (False, True, None)),
+        (b"max-age=30", (False, False, 30)),
+        (b"No-Cache, NO-STORE", (True, True, None)),
+        (b"  max-age = 5 ,no-store", (False, True, 5)),
+        (b'max-age="7"', (False, False, 7)),
+        (b"max-age=0", (False, False, 0)),
+        (b"max-age=0007", (False, False, 7)),
+        # of several max-age, the smallest (the most careful) counts
+        (b"max-age=60, max-age=10, max-age=20", (False, False, 10)),
+        # not numbers: ignored, never an error
+        (b"max-age=-1", (False, False, None)),
+        (b"max-age=1.5", (False, False, None)),
+        (b"max-age=", (False, False, None)),
+        (b"max-age", (False, False, None)),
+        ("max-age=²".encode(), (False, False, None)),
+        # past the cap (and past what int() reads): the cap
+        (b"max-age=" + b"9" * 5000, (False, False, MAX_AGE_CAP)),
+        (b"max-age=4294967296", (False, False, MAX_AGE_CAP)),
+        # directives the cache does not read, and ones that only look alike
+        (b"private, must-revalidate, no-transform, only-if-cached", (False, False, None)),
+        (b"no-cached, xno-store, s-maxage=5", (False, False, None)),
+        (b"", (False, False, None)),
+        (b",,,", (False, False, None)),
+    ],
+)
+def test_directives(value: bytes, expected: tuple[bool, bool, int | None]) -> None:
+    assert read(value) == expected
+
+
+def test_a_value_without_directives_is_the_shared_empty_one() -> None:
+    """Every request without a directive the cache reads gets the same object: nothing
+    is made for it."""
+    assert CacheControl.parse(b"private, no-transform") is NO_DIRECTIVES
+    assert CacheControl.parse(b"no-store") is not NO_DIRECTIVES
+
+
+def test_max_age_accepts_only_answers_that_young() -> None:
+    now = time.time()
+    assert CacheControl.parse(b"max-age=60").accepts(now - 30)
+    assert not CacheControl.parse(b"max-age=60").accepts(now - 90)
+    assert not CacheControl.parse(b"max-age=0").accepts(now - 1)
+    assert NO_DIRECTIVES.accepts(now - 10**6)
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_without_error(value: bytes) -> None:
+    parsed = CacheControl.parse(value)
+    assert parsed.max_age is None or 0 <= parsed.max_age <= MAX_AGE_CAP
+
+
+def test_every_cache_control_line_is_read_and_all_are_forwarded() -> None:
+    """Several `Cache-Control` lines make one list (RFC 9110 §5.3); each line still
+    goes upstream as it came."""
+    headers = split_request_headers(
+        [(b"cache-control", b"max-age=60"), (b"accept", b"*/*"), (b"cache-control", b"no-store")]
+    )
+    assert headers.cache_control == b"max-age=60,no-store"
+    assert read(headers.cache_control) == (False, True, 60)
+    assert [pair for pair in headers.forward if pair[0] == "cache-control"] == [
+        ("cache-control", "max-age=60"),
+        ("cache-control", "no-store"),
+    ]
+    assert split_request_headers([(b"accept", b"*/*")]).cache_control is None
