@@ -131,6 +131,7 @@ def pieces() -> dict[str, Work]:
         ttl_s=3600,
         entry_max_bytes=4 << 20,
         tool_calls=False,
+        stats=flights.stats,
     )
     chain = LeverChain((cache,), GatewayMetrics())
     plain = _request(_PLAIN)

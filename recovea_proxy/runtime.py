@@ -268,6 +268,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
         flights = FlightRegistry(
             buffer_max_bytes=int(settings.flight_buffer_max_kb * 1024),
             followers_max=settings.flight_followers_max,
+            stats=metrics.cache,
         )
         stack.push_async_callback(flights.close)
         limits = await stack.enter_async_context(open_limits(settings, metrics, pool, app))

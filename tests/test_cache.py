@@ -48,7 +48,9 @@ def test_a_deterministic_json_answer_is_served_again_from_the_cache(
 ) -> None:
     """The second identical request (temperature 0) is a hit: the same body, one call
     upstream, `x-recovea-cache: hit`, and a row with cache_hit, cache_type exact and
-    the original's usage; its receipt says cache_hit and hashes what it received."""
+    the original's usage; its receipt says cache_hit and hashes what it received.
+    /metrics counts the miss, the kept answer and the hit."""
+    before = cached.metrics()
     first = ask(cached, tenant, "cache-json-1")
     second = ask(cached, tenant, "cache-json-1")
     assert (first.status_code, second.status_code) == (200, 200)
@@ -66,6 +68,13 @@ def test_a_deterministic_json_answer_is_served_again_from_the_cache(
     )
     receipt = decode_token(second.headers["recovea-receipt"]).payload
     assert receipt["cache_hit"] is True
+    after = cached.metrics()
+    assert grew(before, after, "recovea_cache_requests_total", outcome="miss") == 1
+    assert grew(before, after, "recovea_cache_requests_total", outcome="hit") == 1
+    assert grew(before, after, "recovea_cache_answers_total", outcome="kept") == 1
+    assert grew(before, after, "recovea_cache_entries") == 1
+    assert grew(before, after, "recovea_cache_bytes") > len(first.content)
+    assert grew(before, after, "recovea_cache_redis_hits_total") == 0
 
 
 def test_short_and_long_questions_alike_are_served_again(
@@ -157,6 +166,7 @@ def test_answers_that_are_not_complete_are_not_kept(
 ) -> None:
     """An answer cut by `max_tokens` (finish reason `length`) or an error is not stored:
     the next identical request goes upstream again."""
+    before = cached.metrics()
     for prompt, fields in (
         ("cache-cut", {"max_tokens": 2}),
         ("cache-error", {"headers": {"x-mock-fault": "500"}}),
@@ -165,6 +175,9 @@ def test_answers_that_are_not_complete_are_not_kept(
         again = ask(cached, tenant, prompt, **fields)
         assert again.headers["x-recovea-cache"] == "miss"
         assert mock.calls_holding(prompt) == 2
+    after = cached.metrics()
+    assert grew(before, after, "recovea_cache_answers_total", outcome="incomplete") == 4
+    assert grew(before, after, "recovea_cache_answers_total", outcome="kept") == 0
 
 
 def test_a_tool_call_is_kept_only_where_the_workspace_allows_it(
@@ -175,12 +188,15 @@ def test_a_tool_call_is_kept_only_where_the_workspace_allows_it(
     that offered tools is kept, and a workspace that allows tool calls keeps them."""
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     forced = {"tools": tools, "tool_choice": {"type": "function", "function": {"name": "lookup"}}}
+    before = cached.metrics()
     first = ask(cached, tenant, "cache-tool-call", **forced)
     choice = first.json()["choices"][0]
     assert choice["message"]["tool_calls"][0]["function"]["name"] == "lookup"
     assert choice["finish_reason"] == "stop"
     assert ask(cached, tenant, "cache-tool-call", **forced).headers["x-recovea-cache"] == "miss"
     assert mock.calls_holding("cache-tool-call") == 2
+    tool_calls = grew(before, cached.metrics(), "recovea_cache_answers_total", outcome="tool_call")
+    assert tool_calls == 2
 
     ask(cached, tenant, "cache-tool-text", tools=tools)
     assert ask(cached, tenant, "cache-tool-text", tools=tools).headers["x-recovea-cache"] == "hit"
@@ -228,6 +244,7 @@ def test_cache_control_no_store_and_no_cache_as_http_caches_read_them(
     """`Cache-Control: no-store`: the answer is not kept (the same request asked again
     goes upstream), though a stored answer may be served to it; `no-cache`: no stored
     answer is served, the provider's is kept. The header reaches the provider as sent."""
+    before = cached.metrics()
     never_kept = ask(cached, tenant, "cache-no-store", headers={"cache-control": "no-store"})
     assert never_kept.headers["x-recovea-cache"] == "miss"
     sent = [r for r in mock.requests() if "cache-no-store" in str(r.get("body"))]
@@ -250,6 +267,8 @@ def test_cache_control_no_store_and_no_cache_as_http_caches_read_them(
     assert both.headers["x-recovea-cache"] == "miss"
     assert ask(cached, tenant, "cache-no-cache").headers["x-recovea-cache"] == "hit"
     assert mock.calls_holding("cache-no-cache") == 3
+    no_store = grew(before, cached.metrics(), "recovea_cache_answers_total", outcome="no_store")
+    assert no_store == 2
 
 
 def test_a_hit_says_its_age_and_a_hostile_max_age_is_no_fault(
@@ -303,5 +322,14 @@ def test_an_answer_larger_than_the_entry_bound_is_not_kept(
                 assert len(first.content) > 8192  # the provider's part alone is past 4 KB
             assert again.headers["x-recovea-cache"] == ("hit" if kept else "miss")
             assert mock.calls_holding(prompt) == (1 if kept else 2)
+        too_large = metric_value(
+            small.metrics(), "recovea_cache_answers_total", outcome="too_large"
+        )
+        assert too_large == 2
     finally:
         small.stop()
+
+
+def grew(before: str, after: str, name: str, **labels: str) -> float:
+    """How much one sample of /metrics rose between two scrapes."""
+    return metric_value(after, name, **labels) - metric_value(before, name, **labels)

@@ -12,11 +12,17 @@ import time
 from recovea_proxy.levers.cache import Keeper
 from recovea_proxy.levers.cache_store import CacheEntry, MemoryStore
 from recovea_proxy.levers.flights import Flight, FlightRegistry
+from recovea_proxy.observability.cache_stats import CacheStats
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.sources import ReplaySource
 
 CHUNK = b"data: " + b"x" * 94 + b"\n\n"  # 102 bytes
 HEADERS = ((b"Content-Type", b"text/event-stream"), (b"Set-Cookie", b"session=1"))
+
+
+def keeper(store: MemoryStore, entry_max: int) -> Keeper:
+    """A keeper of answers up to `entry_max` bytes for 60 s, tool calls not kept."""
+    return Keeper(store, CacheStats(), 60, entry_max, False, scan=False)
 
 
 def settled_record() -> RequestRecord:
@@ -48,7 +54,7 @@ def answered(flight: Flight, chunks: int) -> None:
 
 def test_an_answer_within_the_entry_bound_is_stored_with_its_headers_as_they_came() -> None:
     store = MemoryStore(1 << 20)
-    flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 1024, False, scan=False))
+    flight = Flight(b"k" * 32, settled_record(), keeper(store, 1024))
     answered(flight, 5)
     entry = store.get(b"k" * 32)
     assert entry is not None and entry.chunks == (CHUNK,) * 5
@@ -65,7 +71,7 @@ def test_an_answer_within_the_entry_bound_is_stored_with_its_headers_as_they_cam
 
 def test_past_the_entry_bound_a_cache_only_flight_buffers_nothing_more() -> None:
     store = MemoryStore(1 << 20)
-    flight = Flight(b"k" * 32, settled_record(), Keeper(store, 60, 1024, False, scan=False))
+    flight = Flight(b"k" * 32, settled_record(), keeper(store, 1024))
     flight.begin(ProviderAnswer())  # type: ignore[arg-type]
     for _ in range(10):  # 1,020 bytes: within the bound
         flight.feed(CHUNK)
@@ -82,9 +88,7 @@ def test_an_open_flight_past_its_buffer_bound_stops_taking_followers_but_keeps_f
 ):
     registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
     store = MemoryStore(1 << 20)
-    flight, joined = registry.lead_or_join(
-        b"k" * 32, settled_record(), Keeper(store, 60, 4096, False, scan=False)
-    )
+    flight, joined = registry.lead_or_join(b"k" * 32, settled_record(), keeper(store, 4096))
     assert joined is None  # it leads
     for _ in range(8):  # 816 bytes: past the flight's bound, within the entry's
         flight.feed(CHUNK)
@@ -100,7 +104,7 @@ def test_an_open_flight_past_its_buffer_bound_stops_taking_followers_but_keeps_f
 def test_a_follower_that_joined_in_time_reads_every_byte_past_both_bounds() -> None:
     registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
     flight, joined = registry.lead_or_join(
-        b"k" * 32, settled_record(), Keeper(MemoryStore(1 << 20), 60, 1024, False, scan=False)
+        b"k" * 32, settled_record(), keeper(MemoryStore(1 << 20), 1024)
     )
     assert joined is None  # it leads
     follower = registry.lead_or_join(b"k" * 32, settled_record(), None)[1]
@@ -143,9 +147,7 @@ def test_chunks_appended_inline_are_bounded_as_chunks_fed_one_by_one() -> None:
         for drive in (answered, taken_inline):
             registry = FlightRegistry(buffer_max_bytes=512, followers_max=10)
             store = MemoryStore(1 << 20)
-            flight, joined = registry.lead_or_join(
-                b"k" * 32, settled_record(), Keeper(store, 60, 1024, False, scan=False)
-            )
+            flight, joined = registry.lead_or_join(b"k" * 32, settled_record(), keeper(store, 1024))
             assert joined is None  # it leads
             drive(flight, chunks)
             entry = store.get(b"k" * 32)
@@ -224,3 +226,42 @@ def test_a_header_value_with_a_line_break_comes_back_as_one_value_never_as_two_h
     store.save(b"k" * 32, CacheEntry.of(200, headers, (b"{}",), 1.0), 60)
     entry = store.get(b"k" * 32)
     assert entry is not None and entry.headers == headers
+
+
+def test_followers_keep_the_answer_only_when_their_leader_did_not() -> None:
+    """Every request of a flight observes the answer; the leader keeps it, and its
+    followers do not pack and store the same bytes again (in Redis, one write per
+    follower). When the leader's client left before the end, the first follower to
+    finish keeps it, once."""
+    for leader_stayed in (True, False):
+        store = MemoryStore(1 << 20)
+        registry = FlightRegistry(buffer_max_bytes=1 << 16, followers_max=10)
+        stats = registry.stats
+        keeps = Keeper(store, stats, 60, 4096, False, scan=False)
+        leader_record = settled_record()
+        if not leader_stayed:
+            leader_record.success = None  # as the pipe settles a client that left
+        flight, _ = registry.lead_or_join(b"k" * 32, leader_record, keeps)
+        followers = [registry.lead_or_join(b"k" * 32, settled_record(), keeps) for _ in range(3)]
+        answered(flight, 5)
+        for own, subscription in followers:
+            assert subscription is not None
+            answered(own, 5)  # a follower's own flight saw the same bytes
+        assert store.get(b"k" * 32) is not None
+        assert stats.joins == 3
+        assert stats.kept == 1  # one store: the leader's, or the first follower's
+        assert stats.not_kept["incomplete"] == (0 if leader_stayed else 1)
+
+
+def test_the_memory_store_counts_what_it_evicts() -> None:
+    """Entries dropped to make room are counted (`recovea_cache_evictions_total`);
+    an entry that alone is past the bound is never held, so never evicted."""
+    one = MemoryStore(1 << 20).keep(b"k" * 32, 200, HEADERS, [CHUNK], 60) + 32
+    store = MemoryStore(3 * one)
+    for n in range(5):
+        store.keep(n.to_bytes(32, "big"), 200, HEADERS, [CHUNK], 60)
+    assert (len(store), store.evicted) == (3, 2)
+    assert store.get((0).to_bytes(32, "big")) is None  # least recently used: out first
+    assert store.get((4).to_bytes(32, "big")) is not None
+    store.keep(b"x" * 32, 200, HEADERS, [CHUNK * 100], 60)
+    assert (len(store), store.evicted) == (3, 2)

@@ -15,7 +15,7 @@ import pytest
 from recovea_proxy.meter.verify import split_response
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant, stored
-from tests.support import Gateway, MockServer
+from tests.support import Gateway, MockServer, metric_value, wait_until
 
 SLOW = {"x-mock-chunk-delay-ms": "40", "x-mock-chunks": "30"}
 
@@ -50,6 +50,7 @@ async def test_twenty_identical_streams_share_one_call_and_survive_the_leader_le
     and every request has its row (followers marked dedup_singleflight, with usage)."""
     prompt = "flight-twenty"
     headers = {**tenant.bearer, **SLOW}
+    before = gateway.metrics()
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
         leader = client.stream("POST", "/v1/chat/completions", json=body(prompt), headers=headers)
         response = await leader.__aenter__()
@@ -95,6 +96,18 @@ async def test_twenty_identical_streams_share_one_call_and_survive_the_leader_le
         assert (row["input_tokens"], row["output_tokens"]) == (12, 16)
         assert row["success"] is True
 
+    # /metrics: 20 misses (the leader and its followers) and the later hit; 19 joins;
+    # the answer the leader's client left is not kept, and the first follower to finish
+    # keeps it for all (the others do not pack and store the same bytes again)
+    after = gateway.metrics()
+    assert grew(before, after, "recovea_cache_requests_total", outcome="miss") == 20
+    assert grew(before, after, "recovea_cache_requests_total", outcome="hit") == 1
+    assert grew(before, after, "recovea_singleflight_joins_total") == 19
+    assert grew(before, after, "recovea_cache_answers_total", outcome="kept") == 1
+    assert grew(before, after, "recovea_cache_answers_total", outcome="incomplete") == 1
+    assert metric_value(after, "recovea_cache_entries") >= 1
+    assert metric_value(after, "recovea_cache_bytes") > len(next(iter(contents)))
+
 
 async def test_a_failed_shared_call_sends_followers_upstream_on_their_own(
     gateway: Gateway, tenant: Tenant, mock: MockServer
@@ -104,6 +117,7 @@ async def test_a_failed_shared_call_sends_followers_upstream_on_their_own(
     themselves."""
     prompt = "flight-reset"
     headers = {**tenant.bearer, "x-mock-fault": "reset", "x-mock-first-byte-delay-ms": "300"}
+    before = gateway.metrics()
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
         replies = await asyncio.gather(
             *(
@@ -113,3 +127,87 @@ async def test_a_failed_shared_call_sends_followers_upstream_on_their_own(
         )
     assert [r.status_code for r in replies] == [502, 502, 502]
     assert mock.calls_holding(prompt) == 3
+    after = gateway.metrics()
+    assert grew(before, after, "recovea_singleflight_joins_total") == 2
+    assert grew(before, after, "recovea_singleflight_alone_total", reason="failed") == 2
+
+
+@pytest.fixture(scope="module")
+def bounded(mock: MockServer, workdir: Path, db_env: dict[str, str]) -> Iterator[Gateway]:
+    """A gateway whose followers wait 0.3 s for a first byte, one follower a flight."""
+    env = {
+        **upstream_env(mock),
+        **db_env,
+        "RECOVEA_FLIGHT_FIRST_BYTE_WAIT_S": "0.3",
+        "RECOVEA_FLIGHT_FOLLOWERS_MAX": "1",
+    }
+    gw = Gateway(env, workdir)
+    yield gw
+    gw.stop()
+
+
+async def test_a_follower_waits_for_the_first_byte_only_so_long(
+    bounded: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """A follower whose flight has not begun within RECOVEA_FLIGHT_FIRST_BYTE_WAIT_S
+    calls upstream on its own: two calls, both answered, the follower's row not marked
+    as shared."""
+    prompt = "flight-first-byte-wait"
+    headers = {**tenant.bearer, "x-mock-first-byte-delay-ms": "3000"}
+    before = bounded.metrics()
+    async with httpx.AsyncClient(base_url=bounded.url, timeout=60) as client:
+        leader = asyncio.ensure_future(
+            client.post("/v1/chat/completions", json=body(prompt), headers=headers)
+        )
+        await asyncio.to_thread(wait_until, lambda: mock.calls_holding(prompt) == 1, 10)
+        follower = await client.post("/v1/chat/completions", json=body(prompt), headers=headers)
+        first = await leader
+    assert (first.status_code, follower.status_code) == (200, 200)
+    assert follower.headers["x-recovea-cache"] == "miss"
+    assert mock.calls_holding(prompt) == 2
+    row = stored(bounded, tenant, "requests", follower.headers["x-request-id"])
+    assert (row["dedup_singleflight"], row["levers_fired"]["dedup"]) == (False, "miss")
+    after = bounded.metrics()
+    assert grew(before, after, "recovea_singleflight_joins_total") == 1
+    assert grew(before, after, "recovea_singleflight_alone_total", reason="waited") == 1
+
+
+async def test_past_the_followers_bound_a_request_calls_upstream_on_its_own(
+    bounded: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """With RECOVEA_FLIGHT_FOLLOWERS_MAX=1, the first identical request joins the slow
+    stream in flight and the second goes upstream itself: two calls for three
+    requests, three whole streams."""
+    prompt = "flight-followers-bound"
+    headers = {**tenant.bearer, **SLOW}
+    before = bounded.metrics()
+    async with httpx.AsyncClient(base_url=bounded.url, timeout=60) as client:
+        leader = await client.send(
+            client.build_request(
+                "POST", "/v1/chat/completions", json=body(prompt), headers=headers
+            ),
+            stream=True,
+        )
+        chunks = leader.aiter_raw()
+        await anext(chunks)  # the stream has begun
+        joined, alone = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=body(prompt), headers=headers) for _ in "ab")
+        )
+        rest = b"".join([part async for part in chunks])
+        await leader.aclose()
+    assert b"data: [DONE]\n\n" in rest  # before the receipt's line
+    assert all(r.status_code == 200 for r in (joined, alone))
+    shared = sorted(
+        stored(bounded, tenant, "requests", r.headers["x-request-id"])["dedup_singleflight"]
+        for r in (joined, alone)
+    )
+    assert shared == [False, True]
+    assert mock.calls_holding(prompt) == 2
+    after = bounded.metrics()
+    assert grew(before, after, "recovea_singleflight_joins_total") == 1
+    assert grew(before, after, "recovea_singleflight_alone_total", reason="followers") == 1
+
+
+def grew(before: str, after: str, name: str, **labels: str) -> float:
+    """How much one sample of /metrics rose between two scrapes."""
+    return metric_value(after, name, **labels) - metric_value(before, name, **labels)

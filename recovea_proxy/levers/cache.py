@@ -34,6 +34,7 @@ from recovea_proxy.levers.cache_key import key_of, shareable
 from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
 from recovea_proxy.levers.chain import LeverRequest
 from recovea_proxy.levers.flights import Flight, FlightRegistry
+from recovea_proxy.observability.cache_stats import CacheStats
 from recovea_proxy.sources import ReplaySource
 
 #: finish reasons of answers that are not kept (cut short, filtered)
@@ -63,16 +64,18 @@ class CacheLever:
         ttl_s: int,
         entry_max_bytes: int,
         tool_calls: bool,
+        stats: CacheStats,
     ) -> None:
         self._store = store
+        self._stats = stats
         self._shared = store.shared
         self._flights = flights
         #: the workspace policy's `cache` (`deterministic` or `all`)
         self._policy = policy
         # Two keepers: a request that offers the model no tools needs no scan of its
         # answer for tool calls (with tools, one is looked for unless they are allowed).
-        self._keeper = Keeper(store, ttl_s, entry_max_bytes, tool_calls, scan=False)
-        self._keeper_scanning = Keeper(store, ttl_s, entry_max_bytes, tool_calls, scan=True)
+        self._keeper = Keeper(store, stats, ttl_s, entry_max_bytes, tool_calls, scan=False)
+        self._keeper_scanning = Keeper(store, stats, ttl_s, entry_max_bytes, tool_calls, scan=True)
         self.budget_s = store.budget_s
 
     def applies(self, request: LeverRequest) -> bool:
@@ -114,6 +117,7 @@ class CacheLever:
             entry = self._store.get(key)
             if entry is not None:
                 if control.accepts(entry.stored_at):
+                    self._stats.hits += 1
                     return _hit(request, key, entry)
             elif self._shared:
                 return self._look_beyond(request, key, control)  # awaited by the chain
@@ -123,6 +127,9 @@ class CacheLever:
         """The lookup in the shared store (Redis), when memory had nothing."""
         entry = await self._store.lookup_shared(key)
         if entry is not None and control.accepts(entry.stored_at):
+            stats = self._stats
+            stats.hits += 1
+            stats.redis_hits += 1
             return _hit(request, key, entry)
         return self._miss(request, key, control.no_store)
 
@@ -136,6 +143,8 @@ class CacheLever:
         answer is then not kept)."""
         parsed = request.parsed
         record = request.record
+        stats = self._stats
+        stats.misses += 1
         keeper = (
             None
             if no_store
@@ -149,6 +158,8 @@ class CacheLever:
         if subscription is None:
             request.flight = flight
             record.levers_fired["dedup"] = "miss"
+            if no_store:
+                stats.not_kept["no_store"] += 1
         else:
             request.answer = subscription
             record.dedup_singleflight = True
@@ -168,14 +179,27 @@ def _hit(request: LeverRequest, key: bytes, entry: CacheEntry) -> str:
 
 class Keeper:
     """Stores a missed request's answer, kept by its `Flight` as it passed, when the
-    answer qualifies (one per lever and kind of request, shared by its requests)."""
+    answer qualifies (one per lever and kind of request, shared by its requests).
 
-    __slots__ = ("_refused", "_scan", "_store", "_ttl", "entry_max")
+    A follower's flight keeps its answer only when its leader's did not (the leader's
+    client left before the end): the same bytes are not packed and written again, to
+    memory and Redis, once per follower. What became of each answer a leader saw (or
+    a follower kept) is counted in `CacheStats`."""
+
+    __slots__ = ("_refused", "_scan", "_stats", "_store", "_ttl", "entry_max")
 
     def __init__(
-        self, store: CacheStore, ttl_s: int, entry_max_bytes: int, tool_calls: bool, *, scan: bool
+        self,
+        store: CacheStore,
+        stats: CacheStats,
+        ttl_s: int,
+        entry_max_bytes: int,
+        tool_calls: bool,
+        *,
+        scan: bool,
     ) -> None:
         self._store = store
+        self._stats = stats
         self._ttl = ttl_s
         #: answers larger than this are not kept (the flight stops keeping them)
         self.entry_max = entry_max_bytes
@@ -196,15 +220,26 @@ class Keeper:
             or upstream is None
             or upstream.status != 200
             or not upstream.identity_encoded
-            or record.usage.finish_reason in self._refused
         ):
+            refused = "incomplete"
+        elif (finish := record.usage.finish_reason) in self._refused:
+            refused = "tool_call" if finish in _TOOL_CALLS else "incomplete"
+        elif self._scan and any(_calls_a_tool(chunk) for chunk in flight.chunks):
+            refused = "tool_call"
+        elif flight.leads or not self._store.holds(flight.key):
+            # The headers as they came (a tuple of pairs already): those not to be
+            # replayed are left out when the entry is replayed or written to Redis.
+            self._store.keep(flight.key, 200, upstream.raw_headers, flight.chunks, self._ttl)
+            self._stats.kept += 1
             return
-        chunks = flight.chunks
-        if self._scan and any(_calls_a_tool(chunk) for chunk in chunks):
-            return
-        # The headers as they came (a tuple of pairs already): those not to be replayed
-        # are left out when the entry is replayed or written to Redis, not here.
-        self._store.keep(flight.key, 200, upstream.raw_headers, chunks, self._ttl)
+        else:
+            return  # a follower: its leader kept this answer
+        if flight.leads:
+            self._stats.not_kept[refused] += 1
+
+    def too_large(self) -> None:
+        """A leader's flight stopped keeping its answer: past `entry_max`."""
+        self._stats.not_kept["too_large"] += 1
 
 
 def _calls_a_tool(chunk: bytes) -> bool:

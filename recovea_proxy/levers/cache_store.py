@@ -124,6 +124,10 @@ class CacheStore(Protocol):
         """The fresh entry under `key` in this process's memory, or None."""
         ...
 
+    def holds(self, key: bytes) -> bool:
+        """Whether this process's memory holds an entry under `key` (fresh or not)."""
+        ...
+
     async def lookup_shared(self, key: bytes) -> CacheEntry | None:
         """The fresh entry under `key` in the store beyond memory, or None."""
         ...
@@ -197,9 +201,15 @@ class MemoryStore:
         self._max = max_bytes
         self._entries: OrderedDict[bytes, _Held] = OrderedDict()
         self.size = 0
+        #: entries dropped to make room (`recovea_cache_evictions_total`)
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def holds(self, key: bytes) -> bool:
+        """Whether an entry is held under `key` (fresh or not)."""
+        return key in self._entries
 
     async def lookup(self, key: bytes) -> CacheEntry | None:
         return self.get(key)
@@ -258,6 +268,7 @@ class MemoryStore:
         self.size += counted
         while self.size > self._max:
             self._forget(next(iter(entries)))
+            self.evicted += 1
         return size
 
     def _forget(self, key: bytes) -> None:

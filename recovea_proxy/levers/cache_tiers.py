@@ -37,6 +37,9 @@ class TieredStore:
     def get(self, key: bytes) -> CacheEntry | None:
         return self._memory.get(key)
 
+    def holds(self, key: bytes) -> bool:
+        return self._memory.holds(key)
+
     async def lookup(self, key: bytes) -> CacheEntry | None:
         return self.get(key) or await self.lookup_shared(key)
 
@@ -75,6 +78,7 @@ async def open_cache_store(
     """The store the settings ask for, open for the lifespan; a Redis store's pending
     writes are given a bounded time at the end."""
     memory = MemoryStore(int(settings.cache_max_mb * 1024 * 1024))
+    metrics.cache.memory = memory  # its entries, bytes and evictions, read at scrape
     if settings.redis_url is None:
         yield memory
         return

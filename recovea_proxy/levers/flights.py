@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from recovea_proxy.observability.cache_stats import CacheStats
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.sources import Headers, ResponseSource
 
@@ -71,6 +72,7 @@ class Flight:
         "keeper",
         "key",
         "leader",
+        "leads",
         "limit",
         "size",
         "state",
@@ -105,11 +107,15 @@ class Flight:
         #: that applies; -1: nothing is kept
         limit = keeper.entry_max if keeper is not None else -1
         if buffer_max is None:
+            #: whether the flight was opened for followers: its request leads the call
+            #: (else it is a follower's own, observing what the follower receives)
+            self.leads = False
             self.buffer_max = 0
             self.joinable = False
             #: the requests reading the call: a leader counts as its first
             self.subscribers = 0
         else:
+            self.leads = True
             self.buffer_max = buffer_max
             self.joinable = True
             self.subscribers = 1
@@ -164,6 +170,8 @@ class Flight:
             self.joinable = False
         keeper = self.keeper
         if keeper is not None and size > keeper.entry_max:
+            if self.leads:
+                keeper.too_large()
             self.keeper = keeper = None
         if self.joinable or keeper is not None or self.followers:
             self.chunks.append(chunk)
@@ -282,13 +290,18 @@ class Subscription:
         """Wait (at most `wait_s`) for the shared response to begin; False when it failed
         before its first byte or did not begin in time."""
         flight = self._flight
+        alone = self._registry.stats.alone
         try:
             async with asyncio.timeout(wait_s):
                 while flight.state == "waiting":
                     await flight.changed()
         except TimeoutError:
+            alone["waited"] += 1
             return False
-        return flight.state != "failed"
+        if flight.state == "failed":
+            alone["failed"] += 1
+            return False
+        return True
 
     async def read(self) -> bytes:
         flight = self._flight
@@ -319,11 +332,15 @@ class Subscription:
 class FlightRegistry:
     """The flights in progress, by key, and the tasks that make their calls."""
 
-    def __init__(self, *, buffer_max_bytes: int, followers_max: int) -> None:
+    def __init__(
+        self, *, buffer_max_bytes: int, followers_max: int, stats: CacheStats | None = None
+    ) -> None:
         self._flights: dict[bytes, Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.buffer_max = buffer_max_bytes
         self._followers_max = followers_max
+        #: joins, and why requests that found a flight went on their own
+        self.stats = stats if stats is not None else CacheStats()
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -339,9 +356,16 @@ class FlightRegistry:
         shareable miss makes it."""
         flights = self._flights
         current = flights.get(key)
-        if current is not None and current.joinable and current.followers < self._followers_max:
-            current.followers += 1
-            return Flight(key, leader, keeper), Subscription(self, current)
+        if current is not None:
+            if current.joinable and current.followers < self._followers_max:
+                current.followers += 1
+                self.stats.joins += 1
+                return Flight(key, leader, keeper), Subscription(self, current)
+            # past a bound, it leads a flight of its own (an ended one is no flight)
+            if current.joinable:
+                self.stats.alone["followers"] += 1
+            elif current.state == "streaming":
+                self.stats.alone["buffer"] += 1
         flight = flights[key] = Flight(key, leader, keeper, self.buffer_max)
         return flight, None
 

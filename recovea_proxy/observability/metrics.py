@@ -19,6 +19,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from recovea_proxy.observability.cache_stats import CacheStats, CacheStatsCollector
 from recovea_proxy.observability.connection_stats import REFUSALS
 from recovea_proxy.observability.route_stats import RouteStatsCollector
 
@@ -31,6 +32,9 @@ class GatewayMetrics:
         self.routes = RouteStatsCollector()
         self.registry.register(self.routes)
         self.registry.register(REFUSALS)
+        #: the exact cache's and singleflight's counts (plain numbers, read at scrape)
+        self.cache = CacheStats()
+        self.registry.register(CacheStatsCollector(self.cache))
         # The process's CPU, memory and file descriptors, and its garbage collections.
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
