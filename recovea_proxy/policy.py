@@ -9,6 +9,7 @@ imports the other.
 | `cache` | `off`, `deterministic` (`temperature` 0 or a `seed`), `all` | `deterministic` |
 | `cache_ttl_s` | seconds an answer may be served from the cache | 3600 |
 | `cache_tool_calls` | whether answers that are tool calls may be cached | false |
+| `cache_generation` | part of every cache key: `recovea cache purge` raises it | 0 |
 | `routes` | the workspace's routing rules, compiled (`route_table`) | none |
 | `slim` | lossless request trimming (`levers.slim`) | false |
 
@@ -34,6 +35,9 @@ class LeverPolicy:
     cache: str = "deterministic"
     cache_ttl_s: int = 3600
     cache_tool_calls: bool = False
+    #: part of every cache key of the workspace: raised, its stored answers are
+    #: unreachable (`recovea cache purge`)
+    cache_generation: int = 0
     #: whether the workspace has routing rules (the chain then holds the routing lever)
     routing: bool = False
     #: the rules themselves: left out of equality, so that one chain serves every rule

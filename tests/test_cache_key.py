@@ -61,6 +61,20 @@ def test_the_same_question_shares_a_key_and_a_different_one_never_does(prompt: s
     assert key(asked) != key(asked, workspace="ws_another_workspace")
 
 
+def test_a_purged_workspace_keys_the_same_question_anew() -> None:
+    """The cache generation (raised by a purge) is part of the key: each generation's
+    key differs, generation 0 keys as ever, and a long body's digest differs too."""
+    parsed = body("purge")
+    long = body("purge " * 400)
+    keys = {
+        key_of(WORKSPACE, "POST", "openai", PATH, parsed, "", generation) for generation in range(3)
+    }
+    assert len(keys) == 3
+    assert key_of(WORKSPACE, "POST", "openai", PATH, parsed, "", 0) == key(parsed)
+    digests = {key_of(WORKSPACE, "POST", "openai", PATH, long, "", g) for g in (0, 1)}
+    assert len(digests) == 2 and all(len(d) == DIGEST_SIZE for d in digests)
+
+
 def test_a_short_key_is_its_material_and_a_long_one_its_digest() -> None:
     """Both name the SHA-256 of the same material outside the process, so two replicas
     agree on an entry's Redis name whatever their bound; Redis never sees a prompt."""

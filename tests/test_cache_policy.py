@@ -114,3 +114,45 @@ def test_the_cli_refuses_a_bad_ttl_with_one_line(db_env: dict[str, str]) -> None
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert "ttl" in done.stderr
+
+
+def test_a_purge_leaves_the_workspaces_stored_answers_unserved(
+    gateway: Gateway, db_env: dict[str, str]
+) -> None:
+    """`recovea cache purge` and `POST /admin/v1/cache/purge` (admin keys only): the
+    running gateway serves none of the workspace's stored answers again (the same
+    request goes upstream, and its new answer is stored again); another workspace's
+    answer to the same question is still served."""
+    tenant = make_tenant(db_env, "cache-purge")
+    other = make_tenant(db_env, "cache-purge-other")
+    for who in (tenant, other):
+        ask(gateway, who, "purge-me", 0)
+        assert ask(gateway, who, "purge-me", 0).headers["x-recovea-cache"] == "hit"
+
+    before = heard(gateway, tenant)
+    purged = cli_json("cache", "purge", "--workspace", tenant.workspace, env=db_env)
+    assert (purged["purged"], purged["generation"]) == (True, 1)
+    wait_until(lambda: heard(gateway, tenant) > before, 10, "the purge to arrive")
+    assert ask(gateway, tenant, "purge-me", 0).headers["x-recovea-cache"] == "miss"
+    assert ask(gateway, tenant, "purge-me", 0).headers["x-recovea-cache"] == "hit"
+    assert ask(gateway, other, "purge-me", 0).headers["x-recovea-cache"] == "hit"
+
+    admin = cli_json(
+        "key", "create", "--workspace", tenant.workspace, "--role", "admin", env=db_env
+    )
+    url = f"{gateway.url}/admin/v1/cache/purge"
+    assert httpx.post(url, headers=tenant.bearer).status_code == 403  # a member key
+    before = heard(gateway, tenant)
+    again = httpx.post(url, headers={"authorization": f"Bearer {admin['key']}"})
+    assert again.status_code == 200
+    assert again.json() == {"workspace_id": tenant.workspace, "purged": True, "generation": 2}
+    wait_until(lambda: heard(gateway, tenant) > before, 10, "the purge to arrive")
+    assert ask(gateway, tenant, "purge-me", 0).headers["x-recovea-cache"] == "miss"
+    assert ask(gateway, other, "purge-me", 0).headers["x-recovea-cache"] == "hit"
+
+
+def test_purging_an_unknown_workspace_is_refused_with_one_line(db_env: dict[str, str]) -> None:
+    done = cli("cache", "purge", "--workspace", "00000000-0000-4000-8000-000000000000", env=db_env)
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0
+    assert "no workspace" in done.stderr

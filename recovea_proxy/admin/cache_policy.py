@@ -2,12 +2,17 @@
 and over the admin API (admin keys only):
 
 | `recovea cache set --workspace ID --policy off\\|deterministic\\|all [--ttl SECONDS]` |
+| `recovea cache purge --workspace ID` |
 | `GET /admin/v1/cache`  | the caller's workspace's policy |
 | `PUT /admin/v1/cache`  | `{"policy", "ttl_s", "tool_calls"}` (each optional) |
+| `POST /admin/v1/cache/purge` | the caller's workspace's stored answers, unreachable |
 
 The policy travels with the workspace's keys (the key lookup returns it), so a change
 sends the keys' revocation notice: every gateway forgets them and reads them again,
-with the new policy, on their next request.
+with the new policy, on their next request. A purge raises the workspace's cache
+generation, which is part of every cache key: once the notice has reached a gateway,
+none of the workspace's stored answers (in its memory or in Redis) is served again;
+they age out by their TTL or are evicted.
 """
 
 from __future__ import annotations
@@ -93,6 +98,23 @@ async def set_cache_policy(
     return {"workspace_id": str(workspace), **_json(row)}
 
 
+async def purge_cache(conn: asyncpg.Connection, workspace_id: str) -> dict[str, Any]:
+    """Leave every answer the workspace's cache holds unreachable (its generation
+    rises); the new generation."""
+    workspace = parse_id(workspace_id, "workspace id")
+    async with conn.transaction():
+        await scope(conn, str(workspace))
+        generation = await conn.fetchval(
+            "UPDATE recovea.workspaces SET cache_generation = cache_generation + 1"
+            " WHERE customer_id = $1 RETURNING cache_generation",
+            workspace,
+        )
+        if generation is None:
+            raise OperationError(f"no workspace {workspace}")
+        await forget_workspace_keys(conn, workspace)
+    return {"workspace_id": str(workspace), "purged": True, "generation": generation}
+
+
 POLICY = obj(
     {
         "policy": string(enum=list(CACHE_POLICIES)),
@@ -146,9 +168,25 @@ async def put_cache(request: Request, runtime: Runtime, key: KeyRecord) -> Respo
     return json_response(result)
 
 
+PURGED = obj({"workspace_id": UUID, "purged": boolean(), "generation": integer()})
+
+
+@declare(
+    Operation(
+        "Purge the workspace's exact cache: no answer stored so far is served again",
+        PURGED,
+    )
+)
+async def post_cache_purge(request: Request, runtime: Runtime, key: KeyRecord) -> Response:
+    async with runtime.pool.acquire() as conn:
+        result = await purge_cache(conn, key.customer_id)
+    return json_response(result)
+
+
 CACHE_ADMIN_ROUTES = [
     Route("/admin/v1/cache", admin(get_cache), methods=["GET"]),
     Route("/admin/v1/cache", admin(put_cache), methods=["PUT"]),
+    Route("/admin/v1/cache/purge", admin(post_cache_purge), methods=["POST"]),
 ]
 
 Command = Callable[[asyncpg.Connection, argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
@@ -160,18 +198,35 @@ async def cache_set(
     conn: asyncpg.Connection, args: argparse.Namespace, _: Settings
 ) -> dict[str, Any]:
     result = await set_cache_policy(conn, args.workspace, policy=args.policy, ttl_s=args.ttl)
-    if args.json:
-        print(orjson.dumps(result).decode())
-    else:
-        print(
-            f"workspace {result['workspace_id']}: cache {result['policy']},"
-            f" ttl {result['ttl_s']} s, tool calls {'kept' if result['tool_calls'] else 'not kept'}"
-        )
+    kept = "kept" if result["tool_calls"] else "not kept"
+    _report(args, result, f"cache {result['policy']}, ttl {result['ttl_s']} s, tool calls {kept}")
     return result
 
 
+async def cache_purge(
+    conn: asyncpg.Connection, args: argparse.Namespace, _: Settings
+) -> dict[str, Any]:
+    result = await purge_cache(conn, args.workspace)
+    _report(
+        args,
+        result,
+        f"cache purged (generation {result['generation']}); gateways stop serving its"
+        " stored answers on the workspace's next request",
+    )
+    return result
+
+
+def _report(args: argparse.Namespace, result: dict[str, Any], line: str) -> None:
+    """A command's result: one JSON object (`--json`), or one line about the workspace."""
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(f"workspace {result['workspace_id']}: {line}")
+
+
 def add_commands(commands: Any, run: Runner) -> None:
-    """`recovea cache set` on the `recovea` command's subparsers."""
+    """`recovea cache set` and `recovea cache purge` on the `recovea` command's
+    subparsers."""
     cache = commands.add_parser("cache", help="the exact cache and singleflight").add_subparsers(
         dest="action", required=True
     )
@@ -181,3 +236,7 @@ def add_commands(commands: Any, run: Runner) -> None:
     cs.add_argument("--ttl", type=int, help="seconds an answer may be served (default 3600)")
     cs.add_argument("--json", action="store_true", help="print one JSON object")
     cs.set_defaults(run=lambda args: run(cache_set, args))
+    cp = cache.add_parser("purge", help="serve none of a workspace's stored answers again")
+    cp.add_argument("--workspace", required=True, help="workspace id")
+    cp.add_argument("--json", action="store_true", help="print one JSON object")
+    cp.set_defaults(run=lambda args: run(cache_purge, args))

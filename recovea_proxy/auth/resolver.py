@@ -287,6 +287,7 @@ def _policy(row: asyncpg.Record) -> LeverPolicy:
         row["cache_policy"],
         row["cache_ttl_s"],
         row["cache_tool_calls"],
+        row["cache_generation"],
         routing=routes is not None,
         routes=routes,
         slim=row["slim"],

@@ -38,6 +38,7 @@ def lever_builder(
                     ttl_s=policy.cache_ttl_s,
                     entry_max_bytes=entry_max,
                     tool_calls=policy.cache_tool_calls,
+                    generation=policy.cache_generation,
                     stats=metrics.cache,
                 )
             )

@@ -65,6 +65,7 @@ class CacheLever:
         entry_max_bytes: int,
         tool_calls: bool,
         stats: CacheStats,
+        generation: int = 0,
     ) -> None:
         self._store = store
         self._stats = stats
@@ -72,6 +73,8 @@ class CacheLever:
         self._flights = flights
         #: the workspace policy's `cache` (`deterministic` or `all`)
         self._policy = policy
+        #: the workspace's cache generation (part of every key; raised by a purge)
+        self._generation = generation
         # Two keepers: a request that offers the model no tools needs no scan of its
         # answer for tool calls (with tools, one is looked for unless they are allowed).
         self._keeper = Keeper(store, stats, ttl_s, entry_max_bytes, tool_calls, scan=False)
@@ -101,6 +104,7 @@ class CacheLever:
                 surface.upstream_path,
                 parsed,
                 plan.key if plan is not None else "",
+                self._generation,
             )
         except orjson.JSONEncodeError:
             # nested deeper than orjson writes (~250 levels; it reads 1024): a body

@@ -80,17 +80,21 @@ def key_of(
     path: str,
     parsed: dict[str, Any],
     plan: str = "",
+    generation: int = 0,
 ) -> bytes:
     """The entry key of a shareable request: its material, or the SHA-256 of it when
     longer than `MATERIAL_KEY_MAX`; `plan`: its routing plan's key (a routed request
-    may be answered by any of its targets, so only the same plan shares)."""
+    may be answered by any of its targets, so only the same plan shares);
+    `generation`: the workspace's cache generation (a purge raises it; at 0, the
+    usual one, the material leaves it out)."""
     body = parsed
     if not parsed.keys().isdisjoint(_IDENTITY):
         body = {name: value for name, value in parsed.items() if name not in _IDENTITY}
+    space = workspace_id if not generation else (workspace_id, generation)
     material = orjson.dumps(
-        (workspace_id, method, provider, path, plan, body)
+        (space, method, provider, path, plan, body)
         if plan
-        else (workspace_id, method, provider, path, body),
+        else (space, method, provider, path, body),
         option=orjson.OPT_SORT_KEYS,
     )
     if DIGEST_SIZE < len(material) <= MATERIAL_KEY_MAX:
