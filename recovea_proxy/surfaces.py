@@ -73,6 +73,9 @@ class Surface:
     route: str
     error_shape: str
     invalid: bool = False
+    #: whether the provider stores this endpoint's answers unless the body says
+    #: `store: false` (OpenAI's Responses API)
+    stores_by_default: bool = False
     #: for a bare `/v1/*` OpenAI path: the same path on Anthropic's surface
     anthropic_twin: Surface | None = None
 
@@ -182,6 +185,7 @@ def _surface(provider_name: str, raw: bytes, cut: int) -> Surface:
         kind=kind,
         route=raw[:cut].decode("ascii") + template,
         error_shape=provider.error_shape,
+        stores_by_default=kind in provider.stores_by_default,
     )
 
 

@@ -142,6 +142,30 @@ def test_requests_that_may_not_be_shared_always_go_upstream(
         assert mock.calls_holding(prompt) == 2, fields
 
 
+def test_a_responses_request_is_shared_only_when_it_says_store_false(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """OpenAI's Responses API stores what it answers unless the body says `store:
+    false`: a deterministic Responses request without it is never shared (as `store:
+    true`); with `store: false` the same request is a hit the second time."""
+    for prompt, store, outcomes in (
+        ("cache-responses-stored", None, ["skip", "skip"]),
+        ("cache-responses-unstored", False, ["miss", "hit"]),
+    ):
+        body: dict[str, Any] = {"model": "gpt-4o-mini", "input": prompt, "temperature": 0}
+        if store is not None:
+            body["store"] = store
+        seen = []
+        for _ in range(2):
+            response = httpx.post(
+                f"{cached.url}/v1/responses", json=body, headers=tenant.bearer, timeout=30
+            )
+            assert response.status_code == 200, response.text
+            seen.append(response.headers["x-recovea-cache"])
+        assert seen == outcomes
+        assert mock.calls_holding(prompt) == (2 if store is None else 1)
+
+
 def test_a_body_nested_past_what_the_key_can_spell_goes_upstream_unshared(
     cached: Gateway, tenant: Tenant, mock: MockServer
 ) -> None:

@@ -129,14 +129,19 @@ def test_openai_sdk_reads_a_replayed_stream_chunk_for_chunk(
 def test_openai_sdk_reads_responses_api_hits_as_the_originals(
     sdk: SdkClients, gateway: Gateway, tenant: Tenant, mock: MockServer
 ) -> None:
-    """The Responses API, a response and a response stream each asked twice: the SDK
-    parses the hit to the same response (and the same typed events, in order); the
-    provider is called once for each."""
+    """The Responses API, a response and a response stream each asked twice (with
+    `store=False`: a response the provider stores is never shared): the SDK parses the
+    hit to the same response (and the same typed events, in order); the provider is
+    called once for each."""
     client = sdk.openai(f"{gateway.url}/v1", api_key=tenant.key)
 
     def create() -> tuple[str, dict[str, Any]]:
         raw = client.responses.with_raw_response.create(
-            model=OPENAI_MODEL, input="levers-responses-json", temperature=0, extra_headers=USAGE
+            model=OPENAI_MODEL,
+            input="levers-responses-json",
+            temperature=0,
+            store=False,
+            extra_headers=USAGE,
         )
         return raw.headers["x-recovea-cache"], raw.parse().model_dump()
 
@@ -145,6 +150,7 @@ def test_openai_sdk_reads_responses_api_hits_as_the_originals(
             model=OPENAI_MODEL,
             input="levers-responses-stream",
             temperature=0,
+            store=False,
             stream=True,
             extra_headers=USAGE,
         ) as response:

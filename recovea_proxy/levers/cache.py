@@ -88,6 +88,8 @@ class CacheLever:
             and request.record.method == "POST"
             and request.headers.cache != "skip"
             and shareable(parsed, self._policy)
+            # the provider stores what it answers unless told not to (as `store: true`)
+            and (not request.surface.stores_by_default or parsed.get("store") is False)
         )
 
     def before(self, request: LeverRequest) -> str | Awaitable[str]:

@@ -4,7 +4,10 @@ in progress), and the key they are shared under.
 Eligible: a POST whose body is a JSON object, when the workspace's cache policy is
 not `off`; under `deterministic` (the default) only with `temperature` 0 or a
 `seed`. Never: `n` > 1, `store: true`, `previous_response_id` or `conversation` (the
-answer depends on state the body does not hold); nor a body nested deeper than
+answer depends on state the body does not hold, or the provider keeps the answer
+itself; where a provider stores answers by default, as OpenAI's Responses API does,
+only a body that says `store: false` may be shared: the cache lever checks the
+request's surface for that); nor a body nested deeper than
 `orjson` writes (`key_of` raises `orjson.JSONEncodeError`: the cache lever says
 `skip`).
 

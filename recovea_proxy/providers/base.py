@@ -257,6 +257,9 @@ class Provider(ABC):
 
     #: endpoint kinds whose JSON bodies report usage (`usage_from_json` reads it)
     json_usage_kinds: frozenset[str] = frozenset()
+    #: endpoint kinds whose answers the provider stores unless the body says
+    #: `store: false` (an answer the exact cache must not share: see `levers.cache_key`)
+    stores_by_default: frozenset[str] = frozenset()
 
     def json_tail_tap(self, kind: str) -> StreamTap | None:
         """A fresh tap for a JSON body of this kind too large to buffer, or None if its

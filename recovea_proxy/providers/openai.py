@@ -346,6 +346,9 @@ class OpenAI(Provider):
     request_id_header = b"x-request-id"
     error_shape = "openai"
     json_usage_kinds = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, IMAGES, TRANSCRIPTIONS})
+    #: the Responses API stores a response unless told `store: false` (and `background`
+    #: needs it stored)
+    stores_by_default = frozenset({RESPONSES})
 
     def endpoint_of(self, path: str) -> tuple[str, str]:
         return openai_endpoint_of(path)
