@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recovea_proxy.headers import split_request_headers
-from recovea_proxy.levers.cache_control import MAX_AGE_CAP, NO_DIRECTIVES, CacheControl
+from recovea_proxy.levers.cache_control import (
+    DIRECTIVES_MAX,
+    MAX_AGE_CAP,
+    NO_DIRECTIVES,
+    CacheControl,
+)
 
 
 def read(value: bytes) -> tuple[bool, bool, int | None]:
@@ -49,6 +54,14 @@ def read(value: bytes) -> tuple[bool, bool, int | None]:
 )
 def test_directives(value: bytes, expected: tuple[bool, bool, int | None]) -> None:
     assert read(value) == expected
+
+
+def test_only_the_first_directives_are_read() -> None:
+    """A hostile value of thousands of commas costs a bounded split: directives past
+    the first `DIRECTIVES_MAX` are not read (nor is the rest of the value walked)."""
+    assert read(b"," * (DIRECTIVES_MAX - 1) + b"no-store") == (False, True, None)
+    assert read(b"," * DIRECTIVES_MAX + b"no-store") == (False, False, None)
+    assert read(b"," * 30_000 + b"no-store") == (False, False, None)
 
 
 def test_a_value_without_directives_is_the_shared_empty_one() -> None:

@@ -8,14 +8,17 @@
 
 Other directives are ignored. The header itself is forwarded to the provider as it
 came. Read from caller bytes, so every value is bounded and none can fault the lever:
-an unreadable `max-age` is ignored, and one past 2^31 counts as 2^31 (RFC 9111
-§1.2.2).
+an unreadable `max-age` is ignored, one past 2^31 counts as 2^31 (RFC 9111 §1.2.2),
+and only the first `DIRECTIVES_MAX` directives are read (a value of thousands of
+commas would otherwise cost the event loop milliseconds).
 """
 
 from __future__ import annotations
 
 import time
 
+#: directives read of one request's `Cache-Control` (real ones have a few)
+DIRECTIVES_MAX = 32
 #: the largest max-age taken as given (RFC 9111 §1.2.2: a larger one counts as this)
 MAX_AGE_CAP = 2**31
 #: digits past this many are a max-age past the cap (int() of a long run of digits is
@@ -42,7 +45,7 @@ class CacheControl:
         Names are case-insensitive; of several `max-age`, the smallest counts."""
         no_cache = no_store = False
         max_age: int | None = None
-        for directive in value.lower().split(b","):
+        for directive in value.lower().split(b",", DIRECTIVES_MAX)[:DIRECTIVES_MAX]:
             name, _, argument = directive.partition(b"=")
             name = name.strip()
             if name == b"no-cache":
