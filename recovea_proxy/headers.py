@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from recovea_proxy.clean import TAG_MAX, TRACE_ID_MAX, clean_text
+from recovea_proxy.errors import GatewayError
 
 HOP_BY_HOP = frozenset(
     {
@@ -39,6 +40,8 @@ _NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
 NOT_REPLAYED = HOP_BY_HOP | {b"content-length", b"set-cookie", b"date", b"age"}
 
 _HEX = frozenset(b"0123456789abcdef")
+#: what `X-Recovea-Cache` may say
+CACHE_DIRECTIVES = frozenset({"skip", "refresh"})
 
 
 @dataclass(slots=True)
@@ -131,7 +134,14 @@ def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None
     elif name == b"x-recovea-customer":
         out.customer = clean_tag(value)
     elif name == b"x-recovea-cache":
-        out.cache = value.decode("latin-1").strip().lower()
+        cache = value.decode("latin-1").strip().lower()
+        if cache not in CACHE_DIRECTIVES:
+            # a typo would otherwise read as no directive at all, and share an answer
+            # the caller meant to keep to itself
+            raise GatewayError(
+                400, "invalid_request", "X-Recovea-Cache must be `skip` or `refresh`."
+            )
+        out.cache = cache
     elif name == b"x-recovea-trace-id":
         # ASCII only: the trace id goes back out in a response header.
         out.trace_id = clean_text(value.decode("ascii", "ignore").strip(), TRACE_ID_MAX)

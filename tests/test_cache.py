@@ -242,6 +242,31 @@ def test_a_tool_call_is_kept_only_where_the_workspace_allows_it(
     assert mock.calls_holding("cache-tool-allowed") == 1
 
 
+def test_an_unknown_cache_directive_is_refused_not_ignored(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """`X-Recovea-Cache` says `skip` or `refresh` (in any case): anything
+    else is a 400 `invalid_request` in the surface's shape, and nothing goes upstream
+    (a typo of `skip` read as nothing would share an answer meant to be kept apart)."""
+    for value in ("skpi", "", "skip, refresh", "no-store"):
+        refused = ask(cached, tenant, "cache-bad-directive", headers={"x-recovea-cache": value})
+        assert refused.status_code == 400, value
+        assert refused.json()["error"]["code"] == "invalid_request"
+        assert "X-Recovea-Cache" in refused.json()["error"]["message"]
+    anthropic = httpx.post(
+        f"{cached.url}/anthropic/v1/messages",
+        json={"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []},
+        headers={**tenant.bearer, "anthropic-version": "2023-06-01", "x-recovea-cache": "x"},
+        timeout=30,
+    )
+    assert anthropic.status_code == 400
+    assert anthropic.json()["type"] == "error"
+    assert anthropic.json()["error"]["type"] == "invalid_request_error"
+    assert mock.calls_holding("cache-bad-directive") == 0
+    spaced = ask(cached, tenant, "cache-bad-directive", headers={"x-recovea-cache": "Skip"})
+    assert spaced.headers["x-recovea-cache"] == "skip"
+
+
 def test_refresh_and_max_age_go_upstream_and_refresh_writes(
     cached: Gateway, tenant: Tenant, mock: MockServer
 ) -> None:
