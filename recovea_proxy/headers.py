@@ -40,6 +40,12 @@ _NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
 NOT_REPLAYED = HOP_BY_HOP | {b"content-length", b"set-cookie", b"date", b"age"}
 
 _HEX = frozenset(b"0123456789abcdef")
+#: forwarded headers that change what the provider answers (an API version, beta
+#: features that change the answer's form or reach): two requests that differ in them
+#: never share an answer
+ANSWER_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta", b"openai-beta"})
+#: forwarded headers the gateway reads as they pass (`_read_forwarded`)
+_READ_FORWARDED = frozenset({b"traceparent", b"cache-control"}) | ANSWER_HEADERS
 #: what `X-Recovea-Cache` may say
 CACHE_DIRECTIVES = frozenset({"skip", "refresh"})
 
@@ -61,6 +67,9 @@ class RequestHeaders:
     content_type: bytes | None = None
     #: the request's `Cache-Control` (lines joined by commas; it is forwarded too)
     cache_control: bytes | None = None
+    #: the forwarded headers that shape the provider's answer (`ANSWER_HEADERS`), as
+    #: `name: value` lines in the order they came: part of the exact cache's key
+    answer_headers: bytes | None = None
 
 
 def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
@@ -87,13 +96,8 @@ def split_request_headers(raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
         else:
             if name == b"content-type":
                 out.content_type = value
-            elif name == b"traceparent" and out.trace_id is None:
-                out.trace_id = _trace_id_of(value)
-                if out.trace_id is not None:
-                    out.parent_span_id = _span_id_of(value)
-            elif name == b"cache-control":
-                had = out.cache_control
-                out.cache_control = value if had is None else had + b"," + value
+            elif name in _READ_FORWARDED:  # its hash is known: `_NOT_FORWARDED` took it
+                _read_forwarded(out, name, value)
             try:
                 # aiohttp sends header values as UTF-8: only UTF-8 crosses unchanged
                 forward.append((name.decode("latin-1"), value.decode("utf-8")))
@@ -126,6 +130,22 @@ def _span_id_of(traceparent: bytes) -> str | None:
     if len(span_id) == 16 and traceparent[35:36] == b"-" and _HEX.issuperset(span_id):
         return span_id.decode("ascii")
     return None
+
+
+def _read_forwarded(out: RequestHeaders, name: bytes, value: bytes) -> None:
+    """A forwarded header the gateway reads too."""
+    if name == b"traceparent":
+        if out.trace_id is None:  # an X-Recovea-Trace-Id before it wins
+            out.trace_id = _trace_id_of(value)
+            if out.trace_id is not None:
+                out.parent_span_id = _span_id_of(value)
+    elif name == b"cache-control":
+        had = out.cache_control
+        out.cache_control = value if had is None else had + b"," + value
+    else:  # one of `ANSWER_HEADERS`
+        line = name + b": " + value + b"\n"
+        had = out.answer_headers
+        out.answer_headers = line if had is None else had + line
 
 
 def _read_gateway_header(out: RequestHeaders, name: bytes, value: bytes) -> None:

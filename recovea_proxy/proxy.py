@@ -155,7 +155,9 @@ async def _serve(x: Exchange) -> None:
         record.stream = parsed.get("stream") is True
     x.ticket = await rt.limits.admit(principal, record.model, body, parsed, surface.error_shape)
 
-    request = LeverRequest(record, surface, headers, body, parsed, principal.policy)
+    request = LeverRequest(
+        record, surface, headers, body, parsed, principal.policy, x.scope["query_string"]
+    )
     if caps is not None:  # step 3: the spend cap's reservation
         reservation = x.reservation = await rt.caps.reserve(
             caps, principal, record, surface.upstream_path, parsed

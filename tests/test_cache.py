@@ -166,6 +166,40 @@ def test_a_responses_request_is_shared_only_when_it_says_store_false(
         assert mock.calls_holding(prompt) == (2 if store is None else 1)
 
 
+def test_what_the_provider_reads_beside_the_body_keeps_answers_apart(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """The same body with another `anthropic-version`, `anthropic-beta` or `OpenAI-Beta`
+    header, or another query string, may get another answer: it is not served the
+    first one's. Asked again exactly, it is a hit. Other headers (an SDK's own) do not
+    keep answers apart."""
+    prompt = "cache-beside-body"
+    # OpenAI's own mount: on the bare /v1, `anthropic-version` would pick Anthropic
+    url = f"{cached.url}/openai/v1/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+    body["temperature"] = 0
+
+    def post(query: str = "", **headers: str) -> str:
+        response = httpx.post(
+            url + query, json=body, headers={**tenant.bearer, **headers}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        return str(response.headers["x-recovea-cache"])
+
+    assert post() == "miss"
+    assert post(**{"x-stainless-retry-count": "1", "user-agent": "other"}) == "hit"
+    variants: list[tuple[str, dict[str, str]]] = [
+        ("", {"openai-beta": "feature=1"}),
+        ("", {"anthropic-beta": "output-128k-2025-02-19"}),
+        ("", {"anthropic-version": "2023-06-01"}),
+        ("?variant=1", {}),
+    ]
+    for query, headers in variants:
+        assert post(query, **headers) == "miss", (query, headers)
+        assert post(query, **headers) == "hit", (query, headers)
+    assert mock.calls_holding(prompt) == 1 + len(variants)
+
+
 def test_a_body_nested_past_what_the_key_can_spell_goes_upstream_unshared(
     cached: Gateway, tenant: Tenant, mock: MockServer
 ) -> None:

@@ -1,5 +1,6 @@
-"""A request's `Cache-Control`, in-process: the directives the exact cache reads, as
-RFC 9111 spells them, and caller bytes that cannot fault the lever."""
+"""A request's headers as the exact cache reads them, in-process: the `Cache-Control`
+directives, as RFC 9111 spells them, from caller bytes that cannot fault the lever;
+and the headers that shape the provider's answer (part of the key)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,30 @@ def test_every_cache_control_line_is_read_and_all_are_forwarded() -> None:
         ("cache-control", "no-store"),
     ]
     assert split_request_headers([(b"accept", b"*/*")]).cache_control is None
+
+
+def test_the_headers_that_shape_an_answer_are_read_in_order_and_forwarded() -> None:
+    """`anthropic-version`, `anthropic-beta` and `OpenAI-Beta` (every line, in order)
+    are kept for the cache key, and still forwarded; a traceparent is read beside them."""
+    trace = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    headers = split_request_headers(
+        [
+            (b"anthropic-beta", b"b1"),
+            (b"traceparent", trace),
+            (b"anthropic-version", b"2023-06-01"),
+            (b"anthropic-beta", b"b2"),
+            (b"user-agent", b"sdk"),
+        ]
+    )
+    assert headers.answer_headers == (
+        b"anthropic-beta: b1\nanthropic-version: 2023-06-01\nanthropic-beta: b2\n"
+    )
+    assert (headers.trace_id, headers.parent_span_id) == ("a" * 32, "b" * 16)
+    assert [name for name, _ in headers.forward][1:] == [
+        "anthropic-beta",
+        "traceparent",
+        "anthropic-version",
+        "anthropic-beta",
+        "user-agent",
+    ]
+    assert split_request_headers([(b"user-agent", b"sdk")]).answer_headers is None

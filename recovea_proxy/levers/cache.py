@@ -98,6 +98,14 @@ class CacheLever:
         surface = request.surface
         parsed = request.parsed
         assert parsed is not None  # `applies`
+        headers = request.headers
+        # what the provider reads besides the body: the query, answer-shaping headers
+        query, shaping = request.query, headers.answer_headers
+        beside = (
+            (query + b"\n" + (shaping or b"")).decode("latin-1")
+            if query or shaping is not None
+            else ""
+        )
         try:
             key = key_of(
                 record.workspace_id,
@@ -107,13 +115,13 @@ class CacheLever:
                 parsed,
                 plan.key if plan is not None else "",
                 self._generation,
+                beside,
             )
         except orjson.JSONEncodeError:
             # nested deeper than orjson writes (~250 levels; it reads 1024): a body
             # no client sends in earnest, not a fault of the lever, and not shared
             record.levers_fired["dedup"] = "skip"
             return "skip"
-        headers = request.headers
         control = (
             NO_DIRECTIVES
             if headers.cache_control is None

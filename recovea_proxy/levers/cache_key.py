@@ -12,15 +12,19 @@ request's surface for that); nor a body nested deeper than
 `skip`).
 
 The key is SHA-256 over the workspace, the method, the provider and path, a routed
-request's plan (its targets in order: any of them may answer), and the canonical
-JSON of the whole body (sorted keys, `stream` included) less a short deny-list of
-identity fields. A deny-list, not an allow-list: a parameter a provider
+request's plan (its targets in order: any of them may answer), the query string and
+the request headers that shape the answer (an API version, beta features), and the
+canonical JSON of the whole body (sorted keys, `stream` included) less a short
+deny-list of identity fields. A deny-list, not an allow-list: a parameter a provider
 adds tomorrow changes the key instead of being ignored. The workspace is in the key,
 so one tenant can neither read nor probe another's entries.
 
 All of it is one JSON array, written by one `orjson.dumps` call (sorted keys):
 `[workspace, method, provider, path, body]`, or `[workspace, method, provider, path,
-plan, body]` for a routed request. JSON spells each part unambiguously, so two
+plan, beside, body]` for a routed request or one whose provider reads something
+besides the body (`beside`: its query string, and the headers of
+`headers.ANSWER_HEADERS`, such as `anthropic-beta`); a purged workspace's `workspace`
+is `[workspace, generation]`. JSON spells each part unambiguously, so two
 requests have the same material exactly when they ask the same thing.
 
 A key whose material is at most `MATERIAL_KEY_MAX` bytes is that material itself,
@@ -84,19 +88,21 @@ def key_of(
     parsed: dict[str, Any],
     plan: str = "",
     generation: int = 0,
+    beside: str = "",
 ) -> bytes:
     """The entry key of a shareable request: its material, or the SHA-256 of it when
     longer than `MATERIAL_KEY_MAX`; `plan`: its routing plan's key (a routed request
     may be answered by any of its targets, so only the same plan shares);
     `generation`: the workspace's cache generation (a purge raises it; at 0, the
-    usual one, the material leaves it out)."""
+    usual one, the material leaves it out); `beside`: what the provider reads besides
+    the body (the query string, the headers that shape its answer), when anything."""
     body = parsed
     if not parsed.keys().isdisjoint(_IDENTITY):
         body = {name: value for name, value in parsed.items() if name not in _IDENTITY}
     space = workspace_id if not generation else (workspace_id, generation)
     material = orjson.dumps(
-        (space, method, provider, path, plan, body)
-        if plan
+        (space, method, provider, path, plan, beside, body)
+        if plan or beside
         else (space, method, provider, path, body),
         option=orjson.OPT_SORT_KEYS,
     )

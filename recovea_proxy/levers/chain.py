@@ -61,6 +61,7 @@ class LeverRequest:
         "parsed",
         "plan",
         "policy",
+        "query",
         "record",
         "release",
         "surface",
@@ -74,6 +75,7 @@ class LeverRequest:
         body: bytes,
         parsed: dict[str, Any] | None,
         policy: LeverPolicy,
+        query: bytes = b"",
     ) -> None:
         self.record = record
         self.surface = surface
@@ -81,6 +83,8 @@ class LeverRequest:
         self.body = body
         self.parsed = parsed
         self.policy = policy
+        #: the request's query string, as it came (it is forwarded with the path)
+        self.query = query
         #: a response a lever answers with (a cache hit, a flight in progress)
         self.answer: ResponseSource | None = None
         #: observers a lever attached to the response
