@@ -1,6 +1,7 @@
 """Singleflight: identical shareable requests in flight at once share one upstream
 call; a request that joins mid-stream gets what has passed, then the rest live; the
-leader's client leaving does not cut the others."""
+leader's client leaving does not cut the others; a call that breaks ends every stream
+alike; past the first-byte wait or the followers bound, a request goes on its own."""
 
 from __future__ import annotations
 
@@ -130,6 +131,52 @@ async def test_a_failed_shared_call_sends_followers_upstream_on_their_own(
     after = gateway.metrics()
     assert grew(before, after, "recovea_singleflight_joins_total") == 2
     assert grew(before, after, "recovea_singleflight_alone_total", reason="failed") == 2
+
+
+async def test_a_shared_call_that_breaks_after_its_first_byte_ends_every_stream_alike(
+    gateway: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """The provider cuts the shared stream after three events, once three followers
+    have joined: the leader and every follower get the same bytes, ending with the
+    same provider-shaped error event; one upstream call; every row says it failed, and
+    the broken answer is not kept."""
+    prompt = "flight-broken"
+    headers = {
+        **tenant.bearer,
+        "x-mock-fault": "reset-mid-stream",
+        "x-mock-chunk-delay-ms": "300",
+        "x-mock-chunks": "30",
+    }
+    before = gateway.metrics()
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+        request = client.build_request(
+            "POST", "/v1/chat/completions", json=body(prompt), headers=headers
+        )
+        leader = await client.send(request, stream=True)
+        chunks = leader.aiter_raw()
+        first = await anext(chunks)  # the stream has begun
+
+        async def follow() -> httpx.Response:
+            return await client.post("/v1/chat/completions", json=body(prompt), headers=headers)
+
+        followers = await asyncio.gather(*(follow() for _ in range(3)))
+        leader_bytes = first + b"".join([part async for part in chunks])
+        await leader.aclose()
+    streams = {split_response(leader_bytes)[0]} | {split_response(f.content)[0] for f in followers}
+    assert len(streams) == 1
+    stream = next(iter(streams))
+    assert b"data: [DONE]" not in stream
+    last_event = stream.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert b'"error"' in last_event and b"stream broke" in last_event
+    assert mock.calls_holding(prompt) == 1
+    for response in (leader, *followers):
+        row = stored(gateway, tenant, "requests", response.headers["x-request-id"])
+        assert row["success"] is False
+        assert row["status"] == "error"
+    after = gateway.metrics()
+    assert grew(before, after, "recovea_singleflight_joins_total") == 3
+    assert grew(before, after, "recovea_cache_answers_total", outcome="kept") == 0
+    assert grew(before, after, "recovea_cache_answers_total", outcome="incomplete") == 1
 
 
 @pytest.fixture(scope="module")
