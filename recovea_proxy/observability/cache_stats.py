@@ -3,6 +3,7 @@ and turned into Prometheus families only when `/metrics` is scraped (as
 `route_stats`): a miss pays an integer addition, not a prometheus-client child's lock.
 
     recovea_cache_requests_total{outcome}     hit | miss: requests the exact cache acted on
+                                              (a miss went upstream or joined a flight)
     recovea_cache_redis_hits_total            the hits Redis answered (memory had nothing)
     recovea_cache_answers_total{outcome}      what became of a missed request's answer:
                                               kept | incomplete | tool_call | too_large | no_store
