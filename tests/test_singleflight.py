@@ -144,7 +144,8 @@ async def test_a_shared_call_that_breaks_after_its_first_byte_ends_every_stream_
     headers = {
         **tenant.bearer,
         "x-mock-fault": "reset-mid-stream",
-        "x-mock-chunk-delay-ms": "300",
+        # the cut comes after three events: time enough for the followers to join
+        "x-mock-chunk-delay-ms": "600",
         "x-mock-chunks": "30",
     }
     before = gateway.metrics()
@@ -226,7 +227,8 @@ async def test_past_the_followers_bound_a_request_calls_upstream_on_its_own(
     stream in flight and the second goes upstream itself: two calls for three
     requests, three whole streams."""
     prompt = "flight-followers-bound"
-    headers = {**tenant.bearer, **SLOW}
+    # 3 s of stream: both later requests arrive while it is in flight
+    headers = {**tenant.bearer, "x-mock-chunk-delay-ms": "100", "x-mock-chunks": "30"}
     before = bounded.metrics()
     async with httpx.AsyncClient(base_url=bounded.url, timeout=60) as client:
         leader = await client.send(
