@@ -190,6 +190,11 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def grew(before: str, after: str, name: str, **labels: str) -> float:
+    """How much one sample of Prometheus text output rose between two scrapes."""
+    return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+
 class Postgres:
     """An embedded Postgres (pgserver) in its own short data directory."""
 

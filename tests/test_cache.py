@@ -14,7 +14,7 @@ import pytest
 from recovea_proxy.meter.verify import decode_token, split_response
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant, stored
-from tests.support import Gateway, MockServer, cli_json, metric_value
+from tests.support import Gateway, MockServer, cli_json, grew, metric_value
 
 
 @pytest.fixture(scope="module")
@@ -411,8 +411,3 @@ def test_an_answer_larger_than_the_entry_bound_is_not_kept(
         assert too_large == 2
     finally:
         small.stop()
-
-
-def grew(before: str, after: str, name: str, **labels: str) -> float:
-    """How much one sample of /metrics rose between two scrapes."""
-    return metric_value(after, name, **labels) - metric_value(before, name, **labels)

@@ -6,7 +6,7 @@ alike; past the first-byte wait or the followers bound, a request goes on its ow
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from recovea_proxy.meter.verify import split_response
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant, stored
-from tests.support import Gateway, MockServer, metric_value, wait_until
+from tests.support import Gateway, MockServer, grew, metric_value, wait_until
 
 SLOW = {"x-mock-chunk-delay-ms": "40", "x-mock-chunks": "30"}
 
@@ -150,12 +150,7 @@ async def test_a_shared_call_that_breaks_after_its_first_byte_ends_every_stream_
     }
     before = gateway.metrics()
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
-        request = client.build_request(
-            "POST", "/v1/chat/completions", json=body(prompt), headers=headers
-        )
-        leader = await client.send(request, stream=True)
-        chunks = leader.aiter_raw()
-        first = await anext(chunks)  # the stream has begun
+        leader, chunks, first = await begin_stream(client, prompt, headers)
 
         async def follow() -> httpx.Response:
             return await client.post("/v1/chat/completions", json=body(prompt), headers=headers)
@@ -231,14 +226,7 @@ async def test_past_the_followers_bound_a_request_calls_upstream_on_its_own(
     headers = {**tenant.bearer, "x-mock-chunk-delay-ms": "100", "x-mock-chunks": "30"}
     before = bounded.metrics()
     async with httpx.AsyncClient(base_url=bounded.url, timeout=60) as client:
-        leader = await client.send(
-            client.build_request(
-                "POST", "/v1/chat/completions", json=body(prompt), headers=headers
-            ),
-            stream=True,
-        )
-        chunks = leader.aiter_raw()
-        await anext(chunks)  # the stream has begun
+        leader, chunks, _ = await begin_stream(client, prompt, headers)
         joined, alone = await asyncio.gather(
             *(client.post("/v1/chat/completions", json=body(prompt), headers=headers) for _ in "ab")
         )
@@ -257,6 +245,14 @@ async def test_past_the_followers_bound_a_request_calls_upstream_on_its_own(
     assert grew(before, after, "recovea_singleflight_alone_total", reason="followers") == 1
 
 
-def grew(before: str, after: str, name: str, **labels: str) -> float:
-    """How much one sample of /metrics rose between two scrapes."""
-    return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+async def begin_stream(
+    client: httpx.AsyncClient, prompt: str, headers: dict[str, str]
+) -> tuple[httpx.Response, AsyncIterator[bytes], bytes]:
+    """The leader's streamed request, once its first bytes have come (the flight is
+    open for followers): the response, the rest of its bytes, and the first."""
+    request = client.build_request(
+        "POST", "/v1/chat/completions", json=body(prompt), headers=headers
+    )
+    leader = await client.send(request, stream=True)
+    chunks = leader.aiter_raw()
+    return leader, chunks, await anext(chunks)
