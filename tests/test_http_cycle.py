@@ -28,6 +28,9 @@ class Wire:
     def write(self, data: bytes) -> None:
         self.written.append(bytes(data))
 
+    def writelines(self, pieces: Any) -> None:
+        self.written.append(b"".join(pieces))  # one writev(2)
+
     def close(self) -> None:
         self.closed = True
 
@@ -124,7 +127,10 @@ _CASES = st.fixed_dictionaries(
 @settings(max_examples=600, deadline=None)
 @given(_CASES)
 def test_the_gateway_writes_and_refuses_as_uvicorn_does(case: dict[str, Any]) -> None:
-    assert _run(GatewayCycle, case) == _run(RequestResponseCycle, case)
+    written, *rest = _run(GatewayCycle, case)
+    uvicorn_written, *uvicorn_rest = _run(RequestResponseCycle, case)
+    # the same bytes on the wire (the gateway may write them in fewer calls)
+    assert (b"".join(written), rest) == (b"".join(uvicorn_written), uvicorn_rest)
 
 
 def test_a_typical_answer_is_written_whole() -> None:
@@ -142,7 +148,8 @@ def test_a_typical_answer_is_written_whole() -> None:
         "bodies": [(b"hello", False)],
     }
     written, closed, error, state, done, complete = _run(GatewayCycle, case)
-    assert b"".join(written) == (
+    # one write: the header block waits for the body (one segment, one send)
+    assert written == [
         b"HTTP/1.1 200 OK\r\n"
         b"date: Sun, 06 Dec 2026 17:00:00 GMT\r\n"
         b"content-type: application/json\r\n"
@@ -150,5 +157,48 @@ def test_a_typical_answer_is_written_whole() -> None:
         b"x-recovea-cache: miss\r\n"
         b"\r\n"
         b"hello"
-    )
+    ]
     assert (closed, error, state, done, complete) == (False, None, (True, False, 0), [True], True)
+
+
+def test_a_large_answer_leaves_with_its_head_in_one_call() -> None:
+    body = b"x" * (200 * 1024)
+    case = {
+        "status": 200,
+        "method": "POST",
+        "keep_alive": True,
+        "defaults": [],
+        "headers": [(b"content-length", str(len(body)).encode())],
+        "bodies": [(body, False)],
+    }
+    written, _, error, _, done, complete = _run(GatewayCycle, case)
+    assert written == [b"HTTP/1.1 200 OK\r\ncontent-length: 204800\r\n\r\n" + body]
+    assert (error, done, complete) == (None, [True], True)
+
+
+def test_a_stream_sends_its_head_before_any_body() -> None:
+    """A response without a length (an SSE stream) is not held: the client reads the
+    status and headers while the first event is still on its way."""
+    wire = Wire()
+    cycle = GatewayCycle(
+        scope={"method": "POST", "http_version": "1.1"},  # type: ignore[typeddict-item]
+        transport=wire,  # type: ignore[arg-type]
+        flow=FlowControl(wire),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=lambda: None,
+    )
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/event-stream")],
+    }
+    asyncio.run(cycle.send(start))  # type: ignore[arg-type]
+    assert wire.written == [
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    ]
