@@ -4,8 +4,14 @@ body chunks from a source and does not know which kind it has:
 | source | status and headers | body |
 | --- | --- | --- |
 | `UpstreamSource` | the provider's response | read off the upstream connection |
-| `ReplaySource` | stored with a cache entry | the stored chunks, one by one, as they came |
+| `ReplaySource` | stored with a cache entry | the stored chunks, as they came |
 | `flights.Subscription` | the shared call's | what has passed, then live |
+
+A source that holds chunks already (a replay, a flight's buffer) hands them on
+several at a time (`take`: up to `PIECE_MAX` bytes a read). The bytes, and so the
+events a client's SSE parser reads, are the ones that came; only the writes are
+fewer: a streamed hit of a 500-token answer stored as 500 reads would otherwise
+leave as 500 writes, each a pass through the pipe and a send of its own.
 
 `read` is the source's own coroutine function (for the upstream, aiohttp's `readany`
 itself, so a chunk costs no extra frame); a failure while reading is one of
@@ -23,6 +29,22 @@ from recovea_proxy.headers import NOT_REPLAYED
 from recovea_proxy.upstream import classify
 
 Headers = Sequence[tuple[bytes, bytes]]
+
+#: the most a held source hands on in one read (several stored chunks joined)
+PIECE_MAX = 64 * 1024
+
+
+def take(chunks: Sequence[bytes], at: int) -> tuple[bytes, int]:
+    """The chunks from `at` on, joined while they total at most `PIECE_MAX` (always
+    at least one), and the index after them; `at` must be within `chunks`."""
+    first = chunks[at]
+    size, end, count = len(first), at + 1, len(chunks)
+    while end < count:
+        size += len(chunks[end])
+        if size > PIECE_MAX:
+            break
+        end += 1
+    return (first if end == at + 1 else b"".join(chunks[at:end])), end
 
 
 class ResponseSource(Protocol):
@@ -118,7 +140,7 @@ class UpstreamSource:
 
 
 class ReplaySource:
-    """A stored response, replayed chunk by chunk as it first came, with the stored
+    """A stored response, replayed as it first came (`take`), with the stored
     headers less those never replayed (`headers.NOT_REPLAYED`: the entry holds the
     provider's headers as they came, so a miss spends nothing on them), and its `age`
     in seconds when given (RFC 9111 §5.1: a cache says how old what it serves is)."""
@@ -159,9 +181,8 @@ class ReplaySource:
     async def read(self) -> bytes:
         if self._next >= len(self._chunks):
             return b""
-        chunk = self._chunks[self._next]
-        self._next += 1
-        return chunk
+        piece, self._next = take(self._chunks, self._next)
+        return piece
 
     def kind_of(self, exc: BaseException) -> str:
         return "error"

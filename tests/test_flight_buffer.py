@@ -14,7 +14,7 @@ from recovea_proxy.levers.cache_store import CacheEntry, MemoryStore
 from recovea_proxy.levers.flights import Flight, FlightRegistry
 from recovea_proxy.observability.cache_stats import CacheStats
 from recovea_proxy.record import RequestRecord
-from recovea_proxy.sources import ReplaySource
+from recovea_proxy.sources import PIECE_MAX, ReplaySource, take
 
 CHUNK = b"data: " + b"x" * 94 + b"\n\n"  # 102 bytes
 HEADERS = ((b"Content-Type", b"text/event-stream"), (b"Set-Cookie", b"session=1"))
@@ -265,3 +265,57 @@ def test_the_memory_store_counts_what_it_evicts() -> None:
     assert store.get((4).to_bytes(32, "big")) is not None
     store.keep(b"x" * 32, 200, HEADERS, [CHUNK * 100], 60)
     assert (len(store), store.evicted) == (3, 2)
+
+
+async def read_out(source: ReplaySource) -> list[bytes]:
+    """Every read of `source` until its end."""
+    pieces = []
+    while piece := await source.read():
+        pieces.append(piece)
+    return pieces
+
+
+def test_a_stored_stream_is_replayed_in_few_pieces_byte_for_byte() -> None:
+    """A streamed answer stored as 1,000 reads of the provider (a token an event) is
+    handed to the pipe in pieces of at most `PIECE_MAX`, not 1,000 sends: the same
+    bytes, so the client's parser reads the same events."""
+    chunks = [CHUNK] * 1000  # 102,000 bytes
+    pieces = asyncio.run(read_out(ReplaySource(200, HEADERS, chunks)))
+    assert b"".join(pieces) == CHUNK * 1000
+    assert [len(piece) for piece in pieces] == [
+        (PIECE_MAX // len(CHUNK)) * len(CHUNK),
+        (1000 - PIECE_MAX // len(CHUNK)) * len(CHUNK),
+    ]
+
+
+def test_a_chunk_larger_than_a_piece_is_handed_on_alone_and_whole() -> None:
+    large = b"y" * (PIECE_MAX + 1)
+    assert take([CHUNK, large, CHUNK], 0) == (CHUNK, 1)
+    assert take([CHUNK, large, CHUNK], 1) == (large, 2)
+    assert take([CHUNK, large, CHUNK], 2) == (CHUNK, 3)
+    exact = [b"z" * (PIECE_MAX // 2)] * 3
+    assert take(exact, 0) == (b"z" * PIECE_MAX, 2)
+
+
+def test_a_follower_that_joins_late_reads_what_passed_at_once() -> None:
+    """What passed before a follower joined is one read (then the rest live, as it
+    comes)."""
+    registry = FlightRegistry(buffer_max_bytes=1 << 20, followers_max=10)
+    flight, _ = registry.lead_or_join(b"k" * 32, settled_record(), None)
+    flight.begin(ProviderAnswer())  # type: ignore[arg-type]
+    for _ in range(100):
+        flight.feed(CHUNK)
+    follower = registry.lead_or_join(b"k" * 32, settled_record(), None)[1]
+    assert follower is not None
+
+    async def follow() -> list[bytes]:
+        assert await follower.ready(1.0)
+        passed = await follower.read()
+        reading = asyncio.ensure_future(follower.read())
+        await asyncio.sleep(0)
+        flight.feed(b"data: [DONE]\n\n")
+        live = await reading
+        flight.close()
+        return [passed, live, await follower.read()]
+
+    assert asyncio.run(follow()) == [CHUNK * 100, b"data: [DONE]\n\n", b""]

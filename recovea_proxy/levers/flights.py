@@ -31,7 +31,7 @@ import structlog
 
 from recovea_proxy.observability.cache_stats import CacheStats
 from recovea_proxy.record import RequestRecord
-from recovea_proxy.sources import Headers, ResponseSource
+from recovea_proxy.sources import Headers, ResponseSource, take
 
 if TYPE_CHECKING:
     from recovea_proxy.levers.cache import Keeper
@@ -306,10 +306,9 @@ class Subscription:
     async def read(self) -> bytes:
         flight = self._flight
         while True:
-            if self._next < len(flight.chunks):
-                chunk = flight.chunks[self._next]
-                self._next += 1
-                return chunk
+            if self._next < len(flight.chunks):  # what has passed, several at a time
+                piece, self._next = take(flight.chunks, self._next)
+                return piece
             if flight.state == "done":
                 return b""
             if flight.state == "broken":
