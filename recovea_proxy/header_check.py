@@ -44,7 +44,10 @@ class ControlCharacterCheck:
 def holds_refused_byte(value: bytes) -> bool:
     """Whether `value` holds a byte uvicorn refuses in a header value (one C pass;
     `http_cycle` checks all of a response's values joined by a tab with it)."""
-    return b"\x00" in value.translate(_MARK)
+    # `find`, not `in`: on Python 3.11 `bytes in bytes` first tries the needle as an
+    # integer and builds a TypeError for it (~2,000 instructions a test, whatever the
+    # lengths); the gateway's byte scans on the request path use `find` for that.
+    return value.translate(_MARK).find(b"\x00") >= 0
 
 
 def install(protocol_module: ModuleType) -> bool:

@@ -261,4 +261,9 @@ def _calls_a_tool(chunk: bytes) -> bool:
     `tool_choice` ends with `stop`, not `tool_calls`), a Responses `function_call`
     item, an Anthropic `tool_use` block. Only looked for when the request offered
     tools; a false alarm only means the answer is not kept."""
-    return b'"tool_calls"' in chunk or b'"function_call"' in chunk or b'"tool_use"' in chunk
+    # `find`, not `in`: on Python 3.11 `bytes in bytes` builds a TypeError first
+    return (
+        chunk.find(b'"tool_calls"') >= 0
+        or chunk.find(b'"function_call"') >= 0
+        or chunk.find(b'"tool_use"') >= 0
+    )

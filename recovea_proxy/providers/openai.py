@@ -174,7 +174,8 @@ class ChatStreamTap(WindowTap):
     def read_end(self, end: bytes) -> bool:
         """The compact shape OpenAI and OpenRouter send: read the finish reason and the
         usage object by position, parse only the usage object."""
-        if b'"error"' in end or not end.endswith(b"data: [DONE]\n\n"):
+        # `find`, not `in` (as in `header_check`): no TypeError built on Python 3.11
+        if end.find(b'"error"') >= 0 or not end.endswith(b"data: [DONE]\n\n"):
             return False
         at = end.rfind(b'"usage":{')
         if at < 0:
@@ -190,7 +191,7 @@ class ChatStreamTap(WindowTap):
             return False
         start = reason_at + 17
         reason = end[start : end.find(b'"', start)]
-        if b"\\" in reason:
+        if reason.find(b"\\") >= 0:
             return False  # an escaped character: let the JSON parser read it
         tier_at = end.find(b'"service_tier":', end.rfind(b"\n", 0, at) + 1, at)
         tier: Any = None
@@ -278,7 +279,7 @@ class ImageStreamTap(StreamTap):
         if end.endswith(b"data: [DONE]"):
             end = end[:-12].rstrip()
         last = end.rsplit(b"\n", 1)[-1]
-        if b'"type":"error"' in last or b'"type": "error"' in last:
+        if last.find(b'"type":"error"') >= 0 or last.find(b'"type": "error"') >= 0:
             self.usage.error = True
             return
         found = usage_object(end, whole=not tail.trimmed)
@@ -313,14 +314,16 @@ class HiddenUsageFilter(StreamFilter):
                 out = out[1:]
             elif out[:2] == b"\r\n":
                 out = out[2:]
-        if b'"usage":null' in out:
+        if out.find(b'"usage":null') >= 0:  # `find`: see `read_end`
             out = out.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
         at = out.find(b'"choices":[]')
         while at >= 0:
             start = out.rfind(b"\n", 0, at) + 1
             end = out.find(b"\n", at)
             line = out[start:end]
-            if line.startswith(b"data:") and (b'"usage":{' in line or b'"usage": {' in line):
+            if line.startswith(b"data:") and (
+                line.find(b'"usage":{') >= 0 or line.find(b'"usage": {') >= 0
+            ):
                 blank = out[end + 1 : end + 3]
                 if blank[:1] == b"\n":
                     end += 1
