@@ -56,12 +56,10 @@ def test_a_killed_process_lease_expires_and_the_budget_comes_back(
     gateway B is refused while A's lease holds the budget, and served once it has
     expired (a 3 s lease).
 
-    A carves its lease for its one request and syncs no more before it dies (its
-    periodic sync is a minute away), so no sync finds that request in flight. With the
-    usual fast sync, on a loaded machine a sync could fall while A's request was in
-    flight and record its reservation as held; reclaiming the expired lease counts
-    that in full as spent (`guards/leases.py`), and B was refused for good (seen in CI;
-    reproduced by slowing A's answer by 0.6 s)."""
+    A syncs only to carve its lease (its periodic sync is a minute away): a sync that
+    found A's request in flight would record its reservation as held, and reclaiming
+    the expired lease counts that in full as spent (`guards/leases.py`), so B would be
+    refused for good however long it waited."""
     whole = {**FAST, "RECOVEA_CAP_LEASE_FRACTION": "1"}
     first = Gateway(
         {**upstream_env(mock), **db_env, **whole, "RECOVEA_CAP_SYNC_INTERVAL_S": "60"}, workdir
