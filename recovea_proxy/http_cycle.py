@@ -166,8 +166,7 @@ class GatewayCycle(RequestResponseCycle):
         head = self._head
         if self.scope["method"] == "HEAD":
             self.expected_content_length = 0
-            if head is not None:
-                self._write_head()
+            self._write_head()
         elif self.chunked_encoding:
             if body:
                 content = [b"%x\r\n" % len(body), body, b"\r\n"]

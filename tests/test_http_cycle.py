@@ -42,10 +42,12 @@ class Wire:
     def resume_reading(self) -> None: ...
 
 
-def _run(kind: type[RequestResponseCycle], case: dict[str, Any]) -> tuple[Any, ...]:
-    wire = Wire()
-    done: list[bool] = []
-    cycle = kind(
+def _cycle(
+    kind: type[RequestResponseCycle], wire: Wire, case: dict[str, Any], done: list[bool]
+) -> RequestResponseCycle:
+    """A cycle of `kind` writing to `wire`, for the case's method, defaults and
+    keep-alive; each finished response appends to `done`."""
+    return kind(
         scope={"method": case["method"], "http_version": "1.1"},  # type: ignore[typeddict-item]
         transport=wire,  # type: ignore[arg-type]
         flow=FlowControl(wire),  # type: ignore[arg-type]
@@ -58,6 +60,12 @@ def _run(kind: type[RequestResponseCycle], case: dict[str, Any]) -> tuple[Any, .
         keep_alive=case["keep_alive"],
         on_response=lambda: done.append(True),
     )
+
+
+def _run(kind: type[RequestResponseCycle], case: dict[str, Any]) -> tuple[Any, ...]:
+    wire = Wire()
+    done: list[bool] = []
+    cycle = _cycle(kind, wire, case, done)
     start = {"type": "http.response.start", "status": case["status"], "headers": case["headers"]}
     messages = [start] + [
         {"type": "http.response.body", "body": body, "more_body": more}
@@ -180,19 +188,7 @@ def test_a_stream_sends_its_head_before_any_body() -> None:
     """A response without a length (an SSE stream) is not held: the client reads the
     status and headers while the first event is still on its way."""
     wire = Wire()
-    cycle = GatewayCycle(
-        scope={"method": "POST", "http_version": "1.1"},  # type: ignore[typeddict-item]
-        transport=wire,  # type: ignore[arg-type]
-        flow=FlowControl(wire),  # type: ignore[arg-type]
-        logger=logging.getLogger("test"),
-        access_logger=logging.getLogger("test.access"),
-        access_log=False,
-        default_headers=[],
-        message_event=asyncio.Event(),
-        expect_100_continue=False,
-        keep_alive=True,
-        on_response=lambda: None,
-    )
+    cycle = _cycle(GatewayCycle, wire, {"method": "POST", "defaults": [], "keep_alive": True}, [])
     start = {
         "type": "http.response.start",
         "status": 200,

@@ -261,7 +261,7 @@ def _calls_a_tool(chunk: bytes) -> bool:
     `tool_choice` ends with `stop`, not `tool_calls`), a Responses `function_call`
     item, an Anthropic `tool_use` block. Only looked for when the request offered
     tools; a false alarm only means the answer is not kept."""
-    # `find`, not `in`: on Python 3.11 `bytes in bytes` builds a TypeError first
+    # `find`, not `in`: see `header_check.holds_refused_byte`
     return (
         chunk.find(b'"tool_calls"') >= 0
         or chunk.find(b'"function_call"') >= 0

@@ -221,7 +221,7 @@ def _data_lines(buf: bytes, *, whole_start: bool) -> list[bytes]:
     A window that starts mid-stream drops its first (possibly partial) line; an
     unterminated last line is never dispatched, as SSE requires.
     """
-    if buf.find(b"\n") < 0 and buf.find(b"\r") >= 0:  # `find`: as in `sse.MarkedLines`
+    if buf.find(b"\n") < 0 and buf.find(b"\r") >= 0:  # `find`: see `header_check`
         buf = buf.replace(b"\r", b"\n")
     lines = buf.split(b"\n")
     lines.pop()  # after the last line end: empty, or an unterminated fragment

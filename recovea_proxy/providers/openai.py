@@ -174,7 +174,7 @@ class ChatStreamTap(WindowTap):
     def read_end(self, end: bytes) -> bool:
         """The compact shape OpenAI and OpenRouter send: read the finish reason and the
         usage object by position, parse only the usage object."""
-        # `find`, not `in` (as in `header_check`): no TypeError built on Python 3.11
+        # `find`, not `in`: see `header_check.holds_refused_byte`
         if end.find(b'"error"') >= 0 or not end.endswith(b"data: [DONE]\n\n"):
             return False
         at = end.rfind(b'"usage":{')
@@ -314,7 +314,7 @@ class HiddenUsageFilter(StreamFilter):
                 out = out[1:]
             elif out[:2] == b"\r\n":
                 out = out[2:]
-        if out.find(b'"usage":null') >= 0:  # `find`: see `read_end`
+        if out.find(b'"usage":null') >= 0:  # `find`: see `header_check`
             out = out.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
         at = out.find(b'"choices":[]')
         while at >= 0:

@@ -28,8 +28,7 @@ class MarkedLines:
         """The complete lines of `chunk` (joined to the earlier tail) with a marker."""
         buf = self._tail + chunk if self._tail else chunk
         for marker in self._markers:
-            # `find`, not `in`: on Python 3.11 `bytes in bytes` builds a TypeError first
-            # (~2,000 instructions a test; this runs for every chunk and marker)
+            # `find`, not `in` (see `header_check.holds_refused_byte`): every chunk, marker
             if buf.find(marker) >= 0:
                 break
         else:
