@@ -41,11 +41,9 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from recovea_proxy.header_check import NAME_REFUSED as _NAME_REFUSED
 from recovea_proxy.header_check import holds_refused_byte
 
-#: the bytes uvicorn refuses in a header name (its `HEADER_RE`), as a deletion table
-#: for `bytes.translate` (values: `header_check.holds_refused_byte`)
-_NAME_REFUSED = bytes(range(0x20)) + b'\x7f()<>@,;:[]={} \t\\"'
 #: the headers that frame the response (uvicorn acts on them as it writes them)
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _HEADER_SEPARATOR = b": ".join

@@ -24,7 +24,7 @@ from recovea_proxy.levers.cache_tiers import TieredStore
 from tests.conftest import upstream_env
 from tests.ledger_support import Tenant, make_tenant, stored
 from tests.redis_support import RedisServer, SilentServer
-from tests.support import Gateway, MockServer, metric_value, wait_until
+from tests.support import Gateway, MockServer, grew, metric_value, wait_until
 
 T = TypeVar("T")
 
@@ -107,6 +107,51 @@ async def test_a_value_that_is_not_an_entry_is_a_counted_miss(
     finally:
         await store.close()
     assert faults == ["corrupt"]
+
+
+def _with(**changes: Any) -> CacheEntry:
+    """`ENTRY` with some fields changed, as a value in Redis could hold it."""
+    fields = {"status": ENTRY.status, "headers": ENTRY.headers, "stored_at": ENTRY.stored_at}
+    fields.update(changes)
+    return CacheEntry.of(fields["status"], fields["headers"], ENTRY.chunks, fields["stored_at"])
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        (_with(status=500), "a status never kept"),
+        (_with(status=0), "a status never kept"),
+        (_with(stored_at=float("nan")), "no real time"),
+        (_with(stored_at=float("inf")), "no real time"),
+        (_with(headers=((b"x-a", b"one\r\nset-cookie: s=1"),)), "cannot be written"),
+        (_with(headers=((b"x-a", b"nul\x00"),)), "cannot be written"),
+        (_with(headers=((b"bad name", b"v"),)), "cannot be written"),
+        (_with(headers=((b"", b"v"),)), "cannot be written"),
+        (_with(headers=((b"Content-Encoding", b"gzip"),)), "an encoded body"),
+    ],
+)
+def test_an_entry_no_gateway_could_have_stored_does_not_parse(
+    entry: CacheEntry, reason: str
+) -> None:
+    """Well-formed bytes whose entry could not be replayed as it is (another status
+    than 200, no real time to reckon an age from, a header the response writer refuses,
+    an encoded body the replay would call identity) are refused like garbage: the
+    lookup is then a counted miss, not a broken answer to the client."""
+    with pytest.raises(ValueError, match=reason):
+        CacheEntry.from_bytes(entry.to_bytes())
+
+
+def test_an_entry_a_gateway_stores_parses_back() -> None:
+    """The rules above refuse nothing a gateway keeps: a provider's usual headers, an
+    explicit identity encoding, a tab inside a value."""
+    entry = _with(
+        headers=(
+            (b"Content-Type", b"application/json"),
+            (b"content-encoding", b"identity"),
+            (b"x-request-id", b"req_1\tsecond"),
+        )
+    )
+    assert CacheEntry.from_bytes(entry.to_bytes()) == entry
 
 
 async def test_pending_writes_are_bounded(redis_server: RedisServer) -> None:
@@ -341,6 +386,37 @@ def test_a_corrupt_value_in_redis_is_a_miss_not_an_error(
             return False
 
     wait_until(parses_again, 10, "a good entry over the corrupt one")
+
+
+def test_an_entry_with_a_header_no_response_may_carry_is_a_miss(
+    replicas: tuple[Gateway, Gateway], tenant: Tenant, mock: MockServer, redis_server: RedisServer
+) -> None:
+    """A well-formed entry under a request's key whose header would split the response
+    (a CR LF in a value): the other gateway does not replay it but answers from the
+    provider (200, a miss, no planted header), and counts it `corrupt`."""
+    first, second = replicas
+    # counted as a difference: the metric files of earlier tests' gateways may be summed in
+    metrics_before = second.metrics()
+    before = cache_keys(redis_server)
+    ask(first, tenant, "redis-planted-1")
+    key = stored_key(redis_server, before)
+    with redis_server.client() as client:
+        good = CacheEntry.from_bytes(client.get(key))
+        planted = CacheEntry.of(
+            200,
+            (*good.headers, (b"x-planted", b"1\r\nset-cookie: session=stolen")),
+            good.chunks,
+            good.stored_at,
+        )
+        client.set(key, planted.to_bytes(), ex=60)
+    again = ask(second, tenant, "redis-planted-1")
+    assert again.headers["x-recovea-cache"] == "miss"
+    assert "x-planted" not in again.headers and "set-cookie" not in again.headers
+    assert upstream_calls(mock, "redis-planted-1") == 2
+    corrupt = grew(
+        metrics_before, second.metrics(), "gateway_fail_open_total", layer="cache", reason="corrupt"
+    )
+    assert corrupt == 1
 
 
 def test_redis_stopped_mid_run_then_started_again(

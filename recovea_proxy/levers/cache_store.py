@@ -15,6 +15,7 @@ takes).
 from __future__ import annotations
 
 import marshal
+import math
 import struct
 import time
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from recovea_proxy.header_check import holds_refused_byte, holds_refused_name_byte
 from recovea_proxy.headers import NOT_REPLAYED
 
 _MAGIC = b"RCV1"
@@ -90,7 +92,25 @@ class CacheEntry:
             raise ValueError("a truncated cache entry") from None
         if at != len(data):
             raise ValueError("a cache entry with trailing bytes")
+        _check_replayable(status, headers, stored_at)
         return cls.of(status, tuple(headers), tuple(chunks), stored_at)
+
+
+def _check_replayable(status: int, headers: list[tuple[bytes, bytes]], stored_at: float) -> None:
+    """Raise ValueError unless an entry read from its wire form is one this gateway
+    could have stored, so that replaying it cannot break the client's response: a 200
+    (the only status kept), stored at a real time (an age is reckoned from it), its
+    headers fit to write (uvicorn's rules for names and values) and its body as it
+    came (identity: the replay says so)."""
+    if status != 200:
+        raise ValueError("a cache entry of a status never kept")
+    if not math.isfinite(stored_at):
+        raise ValueError("a cache entry stored at no real time")
+    for name, value in headers:
+        if not name or holds_refused_name_byte(name) or holds_refused_byte(value):
+            raise ValueError("a cache entry with a header that cannot be written")
+        if name.lower() == b"content-encoding" and value.strip().lower() != b"identity":
+            raise ValueError("a cache entry of an encoded body")
 
 
 def entry_size(
