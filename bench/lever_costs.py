@@ -46,7 +46,7 @@ from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.policy import DEFAULT_POLICY, LeverPolicy
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.route_table import RouteTable, Rule
-from recovea_proxy.sources import ReplaySource, UpstreamSource
+from recovea_proxy.sources import ReplayPlan, ReplaySource, UpstreamSource
 from recovea_proxy.surfaces import SurfaceMap
 
 _PLAIN: dict[str, Any] = {
@@ -214,13 +214,15 @@ def pieces() -> dict[str, Work]:
     )  # fmt: skip
     answered = ReplaySource(
         200,
-        (
-            (b"Content-Type", b"application/json"),
-            (b"Content-Length", str(len(answer)).encode()),
-            (b"X-Request-Id", b"req_0123456789abcdef"),
-            (b"Date", b"Sat, 05 Dec 2026 23:00:00 GMT"),
-            (b"Server", b"mock"),
-            (b"Openai-Processing-Ms", b"120"),
+        ReplayPlan(
+            (
+                (b"Content-Type", b"application/json"),
+                (b"Content-Length", str(len(answer)).encode()),
+                (b"X-Request-Id", b"req_0123456789abcdef"),
+                (b"Date", b"Sat, 05 Dec 2026 23:00:00 GMT"),
+                (b"Server", b"mock"),
+                (b"Openai-Processing-Ms", b"120"),
+            )
         ),
         (answer,),
     )

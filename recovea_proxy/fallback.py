@@ -53,7 +53,7 @@ from recovea_proxy.levers import LeverRequest
 from recovea_proxy.providers import PROVIDERS
 from recovea_proxy.providers.sse import iter_events
 from recovea_proxy.route_table import Target
-from recovea_proxy.sources import Headers, UpstreamSource
+from recovea_proxy.sources import Headers, ReplayPlan, UpstreamSource
 from recovea_proxy.upstream import classify
 
 _TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
@@ -262,6 +262,8 @@ class PeekedSource:
         "raw_headers",
         "status",
     )
+
+    plan: ReplayPlan | None = None
 
     def __init__(self, inner: UpstreamSource, head: bytes) -> None:
         self._inner = inner

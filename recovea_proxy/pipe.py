@@ -37,6 +37,7 @@ from recovea_proxy.exchange import Exchange
 from recovea_proxy.headers import response_headers
 from recovea_proxy.observers import LeverObserver, Observer, Recorder, StopStream
 from recovea_proxy.providers.base import StreamFilter, StreamTap
+from recovea_proxy.providers.usage import copy_usage
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime
 from recovea_proxy.sources import ResponseSource
@@ -249,15 +250,26 @@ class _Response:
             ) from exc
         finally:
             record.upstream_wait_ns += time.perf_counter_ns() - waited
-        try:
-            parsed = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        record.usage = clean_usage(provider.usage_from_json(x.surface.kind, parsed))
+        plan = source.plan
+        if plan is not None and plan.usage is not None:  # a replay: read at its first one
+            record.usage = copy_usage(plan.usage)
+        else:
+            try:
+                parsed = orjson.loads(body) if body else None
+            except orjson.JSONDecodeError:
+                parsed = None
+            record.usage = clean_usage(provider.usage_from_json(x.surface.kind, parsed))
+            if plan is not None:
+                plan.usage = copy_usage(record.usage)
         record.success = 200 <= source.status < 300 and not record.usage.error
-        out_headers, upstream_id = response_headers(
-            source.raw_headers, provider.request_id_header, keep_length=False
-        )
+        if plan is None:
+            out_headers, upstream_id = response_headers(
+                source.raw_headers, provider.request_id_header, keep_length=False
+            )
+        else:
+            out_headers, upstream_id = plan.returned_headers(
+                provider.request_id_header, source.raw_headers
+            )
         _note_upstream_id(record, upstream_id)
         out_headers.append((b"content-length", str(len(body)).encode()))
         add_gateway_headers(out_headers, record)

@@ -25,7 +25,8 @@ from typing import Protocol
 
 import aiohttp
 
-from recovea_proxy.headers import NOT_REPLAYED
+from recovea_proxy.headers import NOT_REPLAYED, response_headers
+from recovea_proxy.providers.usage import Usage
 from recovea_proxy.upstream import classify
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -49,6 +50,12 @@ def take(chunks: Sequence[bytes], at: int) -> tuple[bytes, int]:
 
 class ResponseSource(Protocol):
     """A response the pipe can send on."""
+
+    @property
+    def plan(self) -> ReplayPlan | None:
+        """What is known of the answer from its earlier replays (a `ReplaySource`'s;
+        None for any other source)."""
+        ...
 
     @property
     def status(self) -> int: ...
@@ -106,6 +113,7 @@ class UpstreamSource:
     )
 
     errors: tuple[type[BaseException], ...] = (TimeoutError, aiohttp.ClientError, OSError)
+    plan: ReplayPlan | None = None
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
         self._response = response
@@ -139,11 +147,50 @@ class UpstreamSource:
             self._response.close()  # a broken or abandoned response: drop the connection
 
 
+class ReplayPlan:
+    """What every replay of one stored answer sends besides its body, worked out once
+    and shared by its replays: the stored headers lowercased, less those never
+    replayed (`headers.NOT_REPLAYED`: the entry holds the provider's headers as they
+    came, so a miss spends nothing on them), its content type, and, once the pipe has
+    read it from the first whole replay of a JSON body, its usage (`pipe.py`: the
+    same bytes give the same usage, so later hits copy it instead of parsing)."""
+
+    __slots__ = ("_returned", "content_type", "headers", "usage")
+
+    def __init__(self, stored_headers: Headers) -> None:
+        headers = []
+        content_type = b""
+        for name, value in stored_headers:
+            lowered = name.lower()
+            if lowered in NOT_REPLAYED:
+                continue
+            if lowered == b"content-type":
+                content_type = value.lower()
+            headers.append((lowered, value))
+        self.headers = tuple(headers)
+        self.content_type = content_type
+        self.usage: Usage | None = None
+        #: `returned_headers` as worked out for a provider's request-id header
+        self._returned: tuple[bytes, Headers, bytes | None] | None = None
+
+    def returned_headers(
+        self, request_id_header: bytes, replayed: Headers
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """What `headers.response_headers` returns for a replay of a body read whole
+        (its length not kept) whose headers are `replayed` (a `ReplaySource`'s: this
+        plan's, then its own age), worked out once for the plan's: the same for every
+        hit. The replay's own come last, as they are."""
+        returned = self._returned
+        if returned is None or returned[0] != request_id_header:
+            out, upstream_id = response_headers(self.headers, request_id_header, keep_length=False)
+            returned = self._returned = (request_id_header, tuple(out), upstream_id)
+        return [*returned[1], *replayed[len(self.headers) :]], returned[2]
+
+
 class ReplaySource:
-    """A stored response, replayed as it first came (`take`), with the stored
-    headers less those never replayed (`headers.NOT_REPLAYED`: the entry holds the
-    provider's headers as they came, so a miss spends nothing on them), and its `age`
-    in seconds when given (RFC 9111 §5.1: a cache says how old what it serves is)."""
+    """A stored response, replayed as it first came (`take`), with the headers of its
+    `ReplayPlan` and its `age` in seconds when given (RFC 9111 §5.1: a cache says how
+    old what it serves is)."""
 
     __slots__ = (
         "_chunks",
@@ -151,6 +198,7 @@ class ReplaySource:
         "content_length",
         "content_type",
         "identity_encoded",
+        "plan",
         "raw_headers",
         "status",
     )
@@ -158,24 +206,17 @@ class ReplaySource:
     errors: tuple[type[BaseException], ...] = ()
 
     def __init__(
-        self, status: int, stored_headers: Headers, chunks: Sequence[bytes], age: int | None = None
+        self, status: int, plan: ReplayPlan, chunks: Sequence[bytes], age: int | None = None
     ) -> None:
         self.status = status
+        self.plan = plan
         self._chunks = chunks
         self._next = 0
-        self.content_type = b""
+        self.content_type = plan.content_type
         self.content_length = None
-        headers = []
-        for name, value in stored_headers:
-            lowered = name.lower()
-            if lowered in NOT_REPLAYED:
-                continue
-            if lowered == b"content-type":
-                self.content_type = value.lower()
-            headers.append((lowered, value))
-        if age is not None:
-            headers.append((b"age", b"%d" % age))
-        self.raw_headers = headers
+        self.raw_headers = (
+            [*plan.headers, (b"age", b"%d" % age)] if age is not None else list(plan.headers)
+        )
         self.identity_encoded = True
 
     async def read(self) -> bytes:

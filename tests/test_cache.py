@@ -77,6 +77,35 @@ def test_a_deterministic_json_answer_is_served_again_from_the_cache(
     assert grew(before, after, "recovea_cache_redis_hits_total") == 0
 
 
+def test_every_hit_of_a_json_answer_records_the_original_usage_and_headers(
+    cached: Gateway, tenant: Tenant, mock: MockServer
+) -> None:
+    """Later hits of one entry copy the usage the first hit read from the stored body
+    (and the headers it worked out): each hit's row carries the original's counts and
+    finish reason, each response the provider's headers less those never replayed."""
+    first = ask(cached, tenant, "cache-json-again")
+    hits = [ask(cached, tenant, "cache-json-again") for _ in range(3)]
+    assert [r.headers["x-recovea-cache"] for r in hits] == ["hit"] * 3
+    assert mock.calls_holding("cache-json-again") == 1
+    columns = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+    original = stored(cached, tenant, "requests", first.headers["x-request-id"])
+    assert original["output_tokens"] > 0 and original["finish_reason"] == "stop"
+    for hit in hits:
+        row = stored(cached, tenant, "requests", hit.headers["x-request-id"])
+        assert [row[c] for c in (*columns, "finish_reason", "status")] == [
+            original[c] for c in (*columns, "finish_reason", "status")
+        ]
+        assert row["cache_hit"] is True
+        assert hit.content == first.content
+        assert hit.headers["content-type"] == first.headers["content-type"]
+        assert (
+            hit.headers["x-recovea-upstream-request-id"]
+            == first.headers["x-recovea-upstream-request-id"]
+        )
+        assert int(hit.headers["age"]) >= 0 and "set-cookie" not in hit.headers
+        assert hit.headers["x-request-id"] != first.headers["x-request-id"]
+
+
 def test_short_and_long_questions_alike_are_served_again(
     cached: Gateway, tenant: Tenant, mock: MockServer
 ) -> None:

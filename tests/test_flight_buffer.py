@@ -9,12 +9,15 @@ import asyncio
 import gc
 import time
 
+import pytest
+
+from recovea_proxy.headers import response_headers
 from recovea_proxy.levers.cache import Keeper
 from recovea_proxy.levers.cache_store import CacheEntry, MemoryStore
 from recovea_proxy.levers.flights import Flight, FlightRegistry
 from recovea_proxy.observability.cache_stats import CacheStats
 from recovea_proxy.record import RequestRecord
-from recovea_proxy.sources import PIECE_MAX, ReplaySource, take
+from recovea_proxy.sources import PIECE_MAX, ReplayPlan, ReplaySource, take
 
 CHUNK = b"data: " + b"x" * 94 + b"\n\n"  # 102 bytes
 HEADERS = ((b"Content-Type", b"text/event-stream"), (b"Set-Cookie", b"session=1"))
@@ -64,7 +67,7 @@ def test_an_answer_within_the_entry_bound_is_stored_with_its_headers_as_they_cam
         store.size - 32 == entry.size >= 5 * len(CHUNK) + sum(len(n) + len(v) for n, v in HEADERS)
     )
     # never replayed: the cookie stays out of what a hit sends
-    replayed = ReplaySource(entry.status, entry.headers, entry.chunks)
+    replayed = ReplaySource(entry.status, ReplayPlan(entry.headers), entry.chunks)
     assert replayed.raw_headers == [(b"content-type", b"text/event-stream")]
     assert b"session=1" not in entry.to_bytes()
 
@@ -275,12 +278,70 @@ async def read_out(source: ReplaySource) -> list[bytes]:
     return pieces
 
 
+def test_the_replays_of_one_entry_share_its_plan_and_say_their_own_age() -> None:
+    """Every hit of an entry is handed the same entry and plan by the memory store (its
+    headers are lowercased and cleared of those never replayed once, not per hit); each
+    replay says its own age, and one replay's headers never reach another's."""
+    store = MemoryStore(1 << 20)
+    store.keep(b"k" * 40, 200, HEADERS, [CHUNK], 60)
+    first, second = store.get(b"k" * 40), store.get(b"k" * 40)
+    assert first is not None and first is second
+    plan = ReplayPlan(first.headers)
+    assert plan.headers == ((b"content-type", b"text/event-stream"),)
+    assert plan.content_type == b"text/event-stream"
+    young, old = ReplaySource(200, plan, first.chunks, 1), ReplaySource(200, plan, first.chunks, 9)
+    assert young.raw_headers == [(b"content-type", b"text/event-stream"), (b"age", b"1")]
+    assert old.raw_headers == [(b"content-type", b"text/event-stream"), (b"age", b"9")]
+    young.raw_headers.append((b"x-one", b"1"))
+    assert plan.headers == ((b"content-type", b"text/event-stream"),)
+    assert ReplaySource(200, plan, first.chunks).raw_headers == [
+        (b"content-type", b"text/event-stream")
+    ]
+
+
+@pytest.mark.parametrize("age", [None, 0, 42])
+def test_a_replays_returned_headers_are_the_ones_its_raw_headers_give(age: int | None) -> None:
+    """The headers a JSON replay returns, worked out once per entry by its plan, are
+    those `response_headers` gives for the replay's own raw headers (the age aside,
+    which the plan puts last): the provider's request id moved to
+    `x-recovea-upstream-request-id`, framing and per-connection headers left out; and
+    for another provider's request-id header the plan works them out again."""
+    stored = (
+        (b"Content-Type", b"application/json"),
+        (b"Content-Length", b"120"),
+        (b"X-Request-Id", b"req_fallback"),
+        (b"Request-Id", b"req_anthropic"),
+        (b"Set-Cookie", b"s=1"),
+        (b"Date", b"Sat, 05 Dec 2026 23:00:00 GMT"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"OpenAI-Processing-Ms", b"120"),
+    )
+    plan = ReplayPlan(stored)
+    for id_header, upstream in (
+        (b"x-request-id", b"req_fallback"),
+        (b"request-id", b"req_anthropic"),
+    ):
+        for _ in range(2):  # the second time from what the plan kept
+            replay = ReplaySource(200, plan, [b"{}"], age)
+            returned, upstream_id = plan.returned_headers(id_header, replay.raw_headers)
+            expected, expected_id = response_headers(
+                replay.raw_headers, id_header, keep_length=False
+            )
+            assert upstream_id == expected_id == upstream
+            assert sorted(returned) == sorted(expected)
+            if age is not None:
+                assert returned[-1] == (b"age", b"%d" % age)
+            assert (b"x-recovea-upstream-request-id", upstream) in returned
+            names = {name for name, _ in returned}
+            assert not names & {b"content-length", b"set-cookie", b"date", b"x-request-id"}
+
+
 def test_a_stored_stream_is_replayed_in_few_pieces_byte_for_byte() -> None:
     """A streamed answer stored as 1,000 reads of the provider (a token an event) is
     handed to the pipe in pieces of at most `PIECE_MAX`, not 1,000 sends: the same
     bytes, so the client's parser reads the same events."""
     chunks = [CHUNK] * 1000  # 102,000 bytes
-    pieces = asyncio.run(read_out(ReplaySource(200, HEADERS, chunks)))
+    pieces = asyncio.run(read_out(ReplaySource(200, ReplayPlan(HEADERS), chunks)))
     assert b"".join(pieces) == CHUNK * 1000
     assert [len(piece) for piece in pieces] == [
         (PIECE_MAX // len(CHUNK)) * len(CHUNK),

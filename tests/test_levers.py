@@ -26,7 +26,7 @@ from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.policy import DEFAULT_POLICY
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.runtime import Runtime, open_runtime
-from recovea_proxy.sources import ReplaySource
+from recovea_proxy.sources import ReplayPlan, ReplaySource
 from recovea_proxy.surfaces import SurfaceMap
 from tests.conftest import FAKE_OPENAI_KEY, upstream_env
 from tests.support import MockServer, Postgres, metric_value
@@ -61,7 +61,9 @@ class RewritesThenFails(_Lever):
         record.cache_type = "exact"
         record.dedup_singleflight = True
         record.usage.input_tokens = 12
-        request.answer = ReplaySource(200, [(b"content-type", b"application/json")], [b"{}"])
+        request.answer = ReplaySource(
+            200, ReplayPlan([(b"content-type", b"application/json")]), [b"{}"]
+        )
         request.observers.append(_NoObserver())
         request.cache_key = b"k"
         raise RuntimeError("cache backend exploded")

@@ -6,8 +6,8 @@ Per request, `X-Recovea-Cache: skip` neither reads nor writes (nor joins a fligh
 may say `no-cache` (as `refresh`), `no-store` (the answer is not kept) and `max-age=N`
 (caps the age of an entry the request accepts). A hit replays the stored bytes as they
 first came — JSON, or a stream event for event — with an `age` header, and the row
-says `cache_hit`, `cache_type = exact`, with the original's usage (read again from the
-replayed bytes).
+says `cache_hit`, `cache_type = exact`, with the original's usage (read from the
+replayed bytes; for a JSON answer, once: later hits of the entry copy it, `ReplayPlan`).
 
 Stored only: a 200 answer, complete (a terminal event, `success`), whose finish
 reason is not `length` or `content_filter`, not a tool call unless the workspace
@@ -35,7 +35,7 @@ from recovea_proxy.levers.cache_store import CacheEntry, CacheStore
 from recovea_proxy.levers.chain import LeverRequest
 from recovea_proxy.levers.flights import Flight, FlightRegistry
 from recovea_proxy.observability.cache_stats import CacheStats
-from recovea_proxy.sources import ReplaySource
+from recovea_proxy.sources import ReplayPlan, ReplaySource
 
 #: finish reasons of answers that are not kept (cut short, filtered)
 _INCOMPLETE = frozenset({"length", "content_filter", "max_tokens", "refusal"})
@@ -183,7 +183,10 @@ class CacheLever:
 
 def _hit(request: LeverRequest, key: bytes, entry: CacheEntry) -> str:
     age = max(0, int(time.time() - entry.stored_at))
-    request.answer = ReplaySource(entry.status, entry.headers, entry.chunks, age)
+    plan = entry.plan
+    if plan is None:  # the entry's first replay (every one, for an entry read from Redis)
+        plan = entry.plan = ReplayPlan(entry.headers)
+    request.answer = ReplaySource(entry.status, plan, entry.chunks, age)
     request.cache_key = key
     record = request.record
     record.cache_hit = True

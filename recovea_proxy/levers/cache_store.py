@@ -20,11 +20,12 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from recovea_proxy.header_check import holds_refused_byte, holds_refused_name_byte
 from recovea_proxy.headers import NOT_REPLAYED
+from recovea_proxy.sources import ReplayPlan
 
 _MAGIC = b"RCV1"
 _COUNT = struct.Struct("!I")
@@ -36,7 +37,8 @@ class CacheEntry:
     """A stored answer: status, the provider's headers (as they came: those never
     replayed are left out on replay and in the wire form), the body as it came.
     Never changed once made (not frozen: a frozen dataclass's `__init__` costs a miss
-    four `object.__setattr__` calls)."""
+    four `object.__setattr__` calls), but for `plan`: what its replays share, made by
+    the first (the memory store hands every hit of an entry the same object)."""
 
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
@@ -45,6 +47,7 @@ class CacheEntry:
     stored_at: float
     #: bytes the memory store counts for it (its bound): `entry_size`, reckoned once
     size: int
+    plan: ReplayPlan | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -179,9 +182,9 @@ class CacheStore(Protocol):
 #: five: less for the allocator and the collector to hold for answers most of which are
 #: never read (a saving too small for the CPU-time bench to show, bench/README.md).
 _Packed = bytes
-#: ... and once it has been read (a hit): expiry, then the entry's fields in order, so
-#: later hits unpack nothing; it ends with the entry's size.
-_Unpacked = tuple[float, int, tuple[tuple[bytes, bytes], ...], tuple[bytes, ...], float, int]
+#: ... and once it has been read (a hit): its expiry and the entry, so later hits
+#: unpack nothing and share the entry's `plan`.
+_Unpacked = tuple[float, CacheEntry]
 _Held = _Packed | _Unpacked
 #: marshal's format version 2: plain tuples, lists and bytes, no back-references (no
 #: table of the objects written: the cheapest to write)
@@ -208,7 +211,7 @@ def _pack(
 
 def _held_size(held: _Held) -> int:
     """The size an entry counts for (without its key)."""
-    return len(held) + _ENTRY_OVERHEAD if type(held) is bytes else held[-1]
+    return len(held) + _ENTRY_OVERHEAD if isinstance(held, bytes) else held[1].size
 
 
 class MemoryStore:
@@ -244,17 +247,18 @@ class MemoryStore:
             return None
         if isinstance(held, bytes):  # its first read: unpacked once, for this hit and the next
             expires, stored_at, status, headers, chunks = marshal.loads(held)
-            unpacked = (expires, status, tuple(headers), tuple(chunks), stored_at, _held_size(held))
+            entry = CacheEntry(status, tuple(headers), tuple(chunks), stored_at, _held_size(held))
+            unpacked = (expires, entry)
         else:
             unpacked = held
-        expires, status, headers, chunks, stored_at, size = unpacked
+            expires, entry = held
         if expires <= time.monotonic():
             self._forget(key)
             return None
         if unpacked is not held:
             entries[key] = unpacked
         entries.move_to_end(key)
-        return CacheEntry(status, headers, chunks, stored_at, size)
+        return entry
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
         self.keep(key, entry.status, entry.headers, entry.chunks, ttl_s, entry.stored_at)

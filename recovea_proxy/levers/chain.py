@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import fields
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -23,7 +22,7 @@ from recovea_proxy.levers.flights import Flight
 from recovea_proxy.observability.metrics import GatewayMetrics
 from recovea_proxy.observers import LeverObserver
 from recovea_proxy.policy import LeverPolicy
-from recovea_proxy.providers.usage import Usage
+from recovea_proxy.providers.usage import USAGE_FIELDS, usage_values
 from recovea_proxy.record import RequestRecord
 from recovea_proxy.route_table import RoutePlan
 from recovea_proxy.sources import ResponseSource
@@ -43,8 +42,6 @@ LEVER_FIELDS = (
 )
 _CHAINS_MAX = 4096
 _lever_fields = attrgetter(*LEVER_FIELDS)
-_USAGE_FIELDS = tuple(field.name for field in fields(Usage))
-_usage_fields = attrgetter(*_USAGE_FIELDS)
 
 
 class LeverRequest:
@@ -146,7 +143,7 @@ def snapshot(request: LeverRequest) -> Snapshot:
         request.parsed is not None,
         _lever_fields(record),
         usage,
-        _usage_fields(usage),
+        usage_values(usage),
         len(request.observers),
         len(request.release),
         request.cache_key,
@@ -164,7 +161,7 @@ def restore(request: LeverRequest, saved: Snapshot) -> None:
     request.parsed = _parsed(body) if parsed else None
     for name, value in zip(LEVER_FIELDS, lever_fields, strict=True):
         setattr(record, name, value)
-    for name, value in zip(_USAGE_FIELDS, usage_fields, strict=True):
+    for name, value in zip(USAGE_FIELDS, usage_fields, strict=True):
         setattr(usage, name, value)
     record.usage = usage
     if request.answer is not None:

@@ -31,7 +31,7 @@ import structlog
 
 from recovea_proxy.observability.cache_stats import CacheStats
 from recovea_proxy.record import RequestRecord
-from recovea_proxy.sources import Headers, ResponseSource, take
+from recovea_proxy.sources import Headers, ReplayPlan, ResponseSource, take
 
 if TYPE_CHECKING:
     from recovea_proxy.levers.cache import Keeper
@@ -251,6 +251,7 @@ class Subscription:
     __slots__ = ("_flight", "_left", "_next", "_registry")
 
     errors: tuple[type[BaseException], ...] = (FlightBroken,)
+    plan: ReplayPlan | None = None
 
     def __init__(self, registry: FlightRegistry, flight: Flight) -> None:
         self._registry = registry
