@@ -94,6 +94,8 @@ _NAMES = st.sampled_from(
         b"X-Recovea-Cache",
         b"bad name",
         b"bad\x01",
+        b"bad\nname",
+        b"",
         b"set-cookie",
     ]
 )
