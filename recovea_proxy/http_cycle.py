@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from collections.abc import Sequence
 from typing import Any
 
 import httptools
@@ -75,19 +74,16 @@ class GatewayCycle(RequestResponseCycle):
             await RequestResponseCycle.send(self, message)
             return
         pairs = self.default_headers + list(message.get("headers", ()))
-        # The names and values apart, the names lowercased and checked, in a few C calls
-        # rather than a pass of bytecodes per header: the names joined by a LF (a byte
-        # refused in a name, so a clean join holds exactly the LFs put there)
-        names_in, values = zip(*pairs, strict=True) if pairs else ((), ())
-        joined_names = b"\n".join(names_in).lower()
-        separators = len(pairs) - 1 if pairs else 0
+        names = [name.lower() for name, _ in pairs]
+        values = [value for _, value in pairs]
+        joined_names = b"".join(names)
+        joined_values = b"\t".join(values)
         if len(joined_names.translate(None, _NAME_REFUSED)) != len(
             joined_names
-        ) - separators or holds_refused_byte(b"\t".join(values)):
+        ) or holds_refused_byte(joined_values):
             # refused: by uvicorn's loop, so that the error is the one it raises first
             await RequestResponseCycle.send(self, message)
             return
-        names = joined_names.split(b"\n") if pairs else []
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.disconnected:
@@ -127,9 +123,7 @@ class GatewayCycle(RequestResponseCycle):
         if head is not None and not self.disconnected:
             self.transport.write(head)
 
-    def _framing(
-        self, framing: frozenset[bytes], names: list[bytes], values: Sequence[bytes]
-    ) -> bool:
+    def _framing(self, framing: frozenset[bytes], names: list[bytes], values: list[bytes]) -> bool:
         """Act on the framing headers in their order, as uvicorn's loop does; whether
         one says `connection: close`."""
         closes = False

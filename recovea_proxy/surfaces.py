@@ -57,8 +57,6 @@ _NOT_ENCODABLE = (
 _PRINTABLE = frozenset(range(0x21, 0x7F))
 INVALID_ROUTE = "invalid_path"
 _ANTHROPIC_KEY = b"sk-ant-"
-#: the request headers that may carry a credential (`for_headers`)
-_CREDENTIAL_HEADERS = (b"x-api-key", b"authorization")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,22 +109,10 @@ def for_headers(surface: Surface, headers: list[tuple[bytes, bytes]]) -> Surface
     twin = surface.anthropic_twin
     if twin is None:
         return surface
-    # Every OpenAI call on a bare path passes here. A dict of the headers (built in C)
-    # answers with a few lookups what a walk of all of them answers in ~20 bytecodes a
-    # header; when a name came more than once, every value of it is looked at.
-    named = dict(headers)
-    if b"anthropic-version" in named:
-        return twin
-    if len(named) == len(headers):
-        headers = [(name, named[name]) for name in _CREDENTIAL_HEADERS if name in named]
-    return twin if _anthropic_key_only(headers) else surface
-
-
-def _anthropic_key_only(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the credential headers among `headers` hold an Anthropic-shaped key and
-    no rcv_ key."""
     anthropic_key = rcv_key = False
     for name, value in headers:
+        if name == b"anthropic-version":
+            return twin
         if name == b"x-api-key":
             credential = value.strip()
         elif name == b"authorization" and value[:7].lower() == b"bearer ":
@@ -137,7 +123,7 @@ def _anthropic_key_only(headers: list[tuple[bytes, bytes]]) -> bool:
             anthropic_key = True
         elif credential[:4].lower() == b"rcv_":
             rcv_key = True
-    return anthropic_key and not rcv_key
+    return twin if anthropic_key and not rcv_key else surface
 
 
 def query_is_clean(query: bytes) -> bool:
