@@ -103,7 +103,7 @@ def test_the_memory_bound_counts_each_entry_with_its_key() -> None:
     sizes = [
         store.keep(k, 200, ((b"content-type", b"application/json"),), [b"{}"], 60) for k in keys
     ]
-    held = [k for k in keys if store.get(k) is not None]
+    held = [k for k in keys if store.holds(k)]
     assert held == keys[-len(held) :]  # the newest, in order
     assert store.size == sum(
         size + len(k) for size, k in zip(sizes, keys, strict=True) if k in held

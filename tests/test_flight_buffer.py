@@ -205,7 +205,8 @@ def test_a_kept_entry_gives_the_collector_one_new_object_not_one_per_header() ->
 
 def test_the_memory_store_gives_back_each_chunk_and_header_as_it_was_kept() -> None:
     """Held compactly (one header block, one body), an entry comes back as it went in:
-    a stream chunk for chunk, the headers pair for pair, values holding `: ` intact."""
+    a stream chunk for chunk, the headers pair for pair in the form a replay sends
+    them (names lowercased), values holding `: ` intact."""
     store = MemoryStore(1 << 20)
     chunks = (b'data: {"a":1}\n\n', b"", b"data: [DONE]\n\n", b"x" * 5000)
     headers = ((b"Content-Type", b"text/event-stream"), (b"X-Note", b"a: b: c"), (b"X-Empty", b""))
@@ -214,7 +215,7 @@ def test_the_memory_store_gives_back_each_chunk_and_header_as_it_was_kept() -> N
     stream, json = store.get(b"s" * 32), store.get(b"j" * 32)
     assert stream is not None and json is not None
     assert (stream.chunks, stream.stored_at) == (chunks, 1.5)
-    assert [tuple(pair) for pair in stream.headers] == list(headers)
+    assert [tuple(pair) for pair in stream.headers] == [(n.lower(), v) for n, v in headers]
     assert (json.status, json.headers, json.chunks) == (201, (), (b"{}",))
     again = store.get(b"s" * 32)  # unpacked by the first read, held so for the next
     assert again is not None and (again.chunks, again.headers) == (chunks, stream.headers)
@@ -264,10 +265,30 @@ def test_the_memory_store_counts_what_it_evicts() -> None:
     for n in range(5):
         store.keep(n.to_bytes(32, "big"), 200, HEADERS, [CHUNK], 60)
     assert (len(store), store.evicted) == (3, 2)
-    assert store.get((0).to_bytes(32, "big")) is None  # least recently used: out first
-    assert store.get((4).to_bytes(32, "big")) is not None
+    assert not store.holds((0).to_bytes(32, "big"))  # least recently used: out first
+    assert store.holds((4).to_bytes(32, "big"))
     store.keep(b"x" * 32, 200, HEADERS, [CHUNK * 100], 60)
     assert (len(store), store.evicted) == (3, 2)
+
+
+def test_an_entry_once_read_counts_what_it_then_holds() -> None:
+    """The first read unpacks an entry into objects and gives it a replay plan; it then
+    counts for those (several times its packed bytes for a small answer), and the store
+    makes room for it, least recently used first, so read entries stay within the bound
+    too."""
+    packed = MemoryStore(1 << 20).keep(b"k" * 32, 200, HEADERS, [CHUNK], 60)
+    store = MemoryStore(8 * (packed + 32))
+    keys = [n.to_bytes(32, "big") for n in range(8)]
+    for key in keys:
+        store.keep(key, 200, HEADERS, [CHUNK], 60)
+    assert (len(store), store.evicted, store.size) == (8, 0, 8 * (packed + 32))
+    entry = store.get(keys[7])
+    assert entry is not None and entry.size > 2 * packed
+    assert store.size <= 8 * (packed + 32) and store.evicted > 0
+    assert store.holds(keys[7]) and not store.holds(keys[0])
+    assert store.size == entry.size + 32 + (len(store) - 1) * (packed + 32)
+    again = store.get(keys[7])  # held unpacked: counted once
+    assert again is entry and store.size == entry.size + 32 + (len(store) - 1) * (packed + 32)
 
 
 async def read_out(source: ReplaySource) -> list[bytes]:

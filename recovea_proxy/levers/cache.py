@@ -184,7 +184,7 @@ class CacheLever:
 def _hit(request: LeverRequest, key: bytes, entry: CacheEntry) -> str:
     age = max(0, int(time.time() - entry.stored_at))
     plan = entry.plan
-    if plan is None:  # the entry's first replay (every one, for an entry read from Redis)
+    if plan is None:  # an entry read from Redis (the memory store makes one when it reads)
         plan = entry.plan = ReplayPlan(entry.headers)
     request.answer = ReplaySource(entry.status, plan, entry.chunks, age)
     request.cache_key = key

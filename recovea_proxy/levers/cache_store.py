@@ -35,18 +35,21 @@ _HEAD = struct.Struct("!dHII")  # stored_at, status, header count, chunk count
 @dataclass(slots=True)
 class CacheEntry:
     """A stored answer: status, the provider's headers (as they came: those never
-    replayed are left out on replay and in the wire form), the body as it came.
-    Never changed once made (not frozen: a frozen dataclass's `__init__` costs a miss
-    four `object.__setattr__` calls), but for `plan`: what its replays share, made by
-    the first (the memory store hands every hit of an entry the same object)."""
+    replayed are left out on replay and in the wire form; an entry the memory store
+    hands out holds only its plan's, the replay's form), the body as it came. Never
+    changed once made (not frozen: a frozen dataclass's `__init__` costs a miss four
+    `object.__setattr__` calls), but for `plan`: what its replays share (made when the
+    memory store first reads the entry, which then hands every hit the same object;
+    by the cache lever for an entry read from Redis)."""
 
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     chunks: tuple[bytes, ...]
     #: wall-clock seconds when it was stored (ages are judged against it)
     stored_at: float
-    #: bytes the memory store counts for it (its bound): `entry_size`, reckoned once
-    size: int
+    #: bytes the memory store counts for it (its bound): `entry_size`, reckoned once;
+    #: more once the store has read it (`_unpacked_size`). Not part of what it is.
+    size: int = field(compare=False)
     plan: ReplayPlan | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -209,6 +212,29 @@ def _pack(
     return marshal.dumps((expires, stored_at, status, headers, chunks), _MARSHAL_VERSION)  # type: ignore[arg-type]
 
 
+#: what an entry once read holds beyond its packed bytes, per header and per chunk:
+#: each as Python objects (a pair's tuple, two bytes objects; a chunk's bytes object),
+#: and the header lists its plan works out for the response (a pair's tuple each)...
+_UNPACKED_PER_HEADER = 250
+_UNPACKED_PER_CHUNK = 40
+#: ... and the entry, its plan and the usage it learns
+_UNPACKED_FIXED = 400
+
+
+def _unpacked_size(packed: int, plan: ReplayPlan, chunks: tuple[bytes, ...]) -> int:
+    """The size an entry counts for once it has been read (without its key): its
+    unpacked objects and its plan's, so that hit entries stay within the bound too
+    (tracemalloc puts a JSON answer with nine headers at ~4.1 KB read, ~0.9 KB packed)."""
+    return (
+        packed
+        + _ENTRY_OVERHEAD
+        + _UNPACKED_FIXED
+        + _UNPACKED_PER_HEADER * len(plan.headers)
+        + _UNPACKED_PER_CHUNK * len(chunks)
+        + sum(len(value) for _, value in plan.headers)
+    )
+
+
 def _held_size(held: _Held) -> int:
     """The size an entry counts for (without its key)."""
     return len(held) + _ENTRY_OVERHEAD if isinstance(held, bytes) else held[1].size
@@ -247,16 +273,23 @@ class MemoryStore:
             return None
         if isinstance(held, bytes):  # its first read: unpacked once, for this hit and the next
             expires, stored_at, status, headers, chunks = marshal.loads(held)
-            entry = CacheEntry(status, tuple(headers), tuple(chunks), stored_at, _held_size(held))
-            unpacked = (expires, entry)
-        else:
-            unpacked = held
-            expires, entry = held
+            if expires <= time.monotonic():
+                self._forget(key)
+                return None
+            # The replay's form of the headers is all a hit needs: held instead of them.
+            plan = ReplayPlan(headers)
+            chunks = tuple(chunks)
+            size = _unpacked_size(len(held), plan, chunks)
+            entry = CacheEntry(status, plan.headers, chunks, stored_at, size, plan)
+            entries[key] = (expires, entry)
+            entries.move_to_end(key)
+            self.size += size - _held_size(held)
+            self._make_room()
+            return entry
+        expires, entry = held
         if expires <= time.monotonic():
             self._forget(key)
             return None
-        if unpacked is not held:
-            entries[key] = unpacked
         entries.move_to_end(key)
         return entry
 
@@ -290,10 +323,15 @@ class MemoryStore:
             entries[key] = packed
             entries.move_to_end(key)
         self.size += counted
-        while self.size > self._max:
+        self._make_room()
+        return size
+
+    def _make_room(self) -> None:
+        """Drop the least recently used entries while the store is past its bound."""
+        entries = self._entries
+        while self.size > self._max and entries:
             self._forget(next(iter(entries)))
             self.evicted += 1
-        return size
 
     def _forget(self, key: bytes) -> None:
         self.size -= _held_size(self._entries.pop(key)) + len(key)
