@@ -41,8 +41,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from recovea_proxy.header_check import NAME_REFUSED as _NAME_REFUSED
-from recovea_proxy.header_check import holds_refused_byte
+from recovea_proxy.header_check import holds_refused_byte, holds_refused_name_byte
 
 #: the headers that frame the response (uvicorn acts on them as it writes them)
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
@@ -78,9 +77,7 @@ class GatewayCycle(RequestResponseCycle):
         values = [value for _, value in pairs]
         joined_names = b"".join(names)
         joined_values = b"\t".join(values)
-        if len(joined_names.translate(None, _NAME_REFUSED)) != len(
-            joined_names
-        ) or holds_refused_byte(joined_values):
+        if holds_refused_name_byte(joined_names) or holds_refused_byte(joined_values):
             # refused: by uvicorn's loop, so that the error is the one it raises first
             await RequestResponseCycle.send(self, message)
             return

@@ -13,6 +13,7 @@ import pytest
 
 from tests.node_support import install_node_sdks
 from tests.receipt_support import Signer
+from tests.redis_support import RedisServer, SilentServer
 from tests.support import Gateway, MockServer, Postgres, short_tmpdir
 
 FAKE_OPENAI_KEY = "sk-test-Zq3J8x1RkD5mV0aLpN7uYc2Wf9Tb4HsE"
@@ -172,3 +173,19 @@ def no_key_leaks(workdir: Path) -> Iterator[None]:
 def signer() -> Signer:
     """A fresh Ed25519 receipt signer (for the verifier's tests)."""
     return Signer()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session (a test that kills it starts it again)."""
+    server = RedisServer()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    """A server that accepts connections and never answers (a Redis that hangs)."""
+    server = SilentServer()
+    yield server
+    server.close()

@@ -271,26 +271,24 @@ class MemoryStore:
         held = entries.get(key)
         if held is None:
             return None
+        entry: CacheEntry | None = None
         if isinstance(held, bytes):  # its first read: unpacked once, for this hit and the next
             expires, stored_at, status, headers, chunks = marshal.loads(held)
-            if expires <= time.monotonic():
-                self._forget(key)
-                return None
+        else:
+            expires, entry = held
+        if expires <= time.monotonic():
+            self._forget(key)
+            return None
+        entries.move_to_end(key)
+        if entry is None:
             # The replay's form of the headers is all a hit needs: held instead of them.
             plan = ReplayPlan(headers)
             chunks = tuple(chunks)
             size = _unpacked_size(len(held), plan, chunks)
             entry = CacheEntry(status, plan.headers, chunks, stored_at, size, plan)
             entries[key] = (expires, entry)
-            entries.move_to_end(key)
             self.size += size - _held_size(held)
             self._make_room()
-            return entry
-        expires, entry = held
-        if expires <= time.monotonic():
-            self._forget(key)
-            return None
-        entries.move_to_end(key)
         return entry
 
     def save(self, key: bytes, entry: CacheEntry, ttl_s: int) -> None:
