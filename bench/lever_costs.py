@@ -144,8 +144,10 @@ def pieces() -> dict[str, Work]:
                 await pending
         return time.process_time() - started
 
+    seeds = itertools.count()  # no two misses alike, over every loop (a repeat would join)
+
     async def missed(n: int) -> float:
-        requests = [_request({**_PLAIN, "temperature": 0, "seed": i}) for i in range(n)]
+        requests = [_request({**_PLAIN, "temperature": 0, "seed": next(seeds)}) for _ in range(n)]
         started = time.process_time()
         for request in requests:
             if (pending := chain.start(request)) is not None:
@@ -226,8 +228,6 @@ def pieces() -> dict[str, Work]:
         ),
         (answer,),
     )
-
-    seeds = itertools.count()  # no two misses alike, over every loop
 
     def whole(shared: bool, stored: bool = True) -> Work:
         """A request from the chain to its end, as the pipe drives the levers' part:
