@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -57,6 +58,17 @@ class GatewayCycle(RequestResponseCycle):
 
     #: the header block of a response of known length, until its body's first piece
     _head: bytes | None = None
+    #: called once if the connection is lost before the response is complete (`lost`):
+    #: set by whoever streams the response (`disconnect.DisconnectWatcher`)
+    on_disconnect: Callable[[], object] | None = None
+
+    def lost(self) -> None:
+        """The connection was lost (uvicorn's `connection_lost` has marked the cycle
+        `disconnected` if its response was not complete): tell whoever watches."""
+        gone = self.on_disconnect
+        if gone is not None and self.disconnected:
+            self.on_disconnect = None
+            gone()
 
     async def send(self, message: Any) -> None:
         if self.response_started or self.access_log or message["type"] != "http.response.start":

@@ -63,7 +63,7 @@ from uvicorn.server import ServerState
 
 from recovea_proxy.config import Settings
 from recovea_proxy.errors import error_body
-from recovea_proxy.http_cycle import start_cycle
+from recovea_proxy.http_cycle import GatewayCycle, start_cycle
 from recovea_proxy.observability.connection_stats import REFUSALS
 
 #: framing a header may add on the wire beyond its name and value (`: ` and CRLF),
@@ -226,6 +226,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._cancel_header_deadline()
         self._cancel_body_deadline()
         super().connection_lost(exc)
+        cycle = self.cycle
+        if isinstance(cycle, GatewayCycle):
+            cycle.lost()  # a stream in progress is cut at once (`disconnect.py`)
 
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:
