@@ -302,10 +302,17 @@ class HiddenUsageFilter(StreamFilter):
         self._drop_blank = False
 
     def feed(self, chunk: bytes) -> bytes:
-        buf = self._tail + chunk if self._tail else chunk
-        cut = buf.rfind(b"\n") + 1
-        self._tail = buf[cut:]
-        out = buf[:cut]
+        if self._tail:
+            buf = self._tail + chunk
+            self._tail = b""
+        else:
+            buf = chunk
+        if buf[-1:] == b"\n":  # the usual chunk: whole events (no search for the last line end)
+            out = buf
+        else:
+            cut = buf.rfind(b"\n") + 1
+            self._tail = buf[cut:]
+            out = buf[:cut]
         if self._drop_blank and out:
             # The usage event's data line ended an earlier chunk; its blank line is the
             # first complete line now (a chunk without a line end leaves it pending).
@@ -314,8 +321,10 @@ class HiddenUsageFilter(StreamFilter):
                 out = out[1:]
             elif out[:2] == b"\r\n":
                 out = out[2:]
-        if out.find(b'"usage":null') >= 0:  # `find`: see `header_check`
-            out = out.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
+        # Every chunk of a stream that asks for usage holds the key: replaced without a
+        # search first (`replace` hands back the same bytes when there is none; a
+        # `find` costs more than either, its arguments parsed the old way on 3.11).
+        out = out.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")
         at = out.find(b'"choices":[]')
         while at >= 0:
             start = out.rfind(b"\n", 0, at) + 1
