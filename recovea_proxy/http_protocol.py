@@ -41,6 +41,10 @@ bytes came meanwhile (or the app has paused reading, or the client waits for its
 `100 Continue`). A body that stalls gets 408 `request_timeout` if no answer has
 begun, and the connection closes; the app's next `receive` sees the client gone.
 
+When the connection is lost, the request in progress hears of it at once
+(`GatewayCycle.lost`): a stream is cut without a task of its own watching
+(`disconnect.py`).
+
 uvicorn instantiates the protocol itself, once per connection; `http_protocol(settings)`
 gives it a picklable factory (a partial of the class defined here), so that
 `--workers N` sends the same bounds to every worker process.
