@@ -8,30 +8,38 @@ finish reason and skips the rest with a couple of `bytes.find` calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator
 
 # A provider line longer than this is not an event a tap needs; the tail is dropped
 # rather than grown without bound.
 MAX_PENDING_LINE = 4 * 1024 * 1024
 
 
+@functools.cache
+def _screen(markers: tuple[bytes, ...]) -> Callable[[bytes], re.Match[bytes] | None]:
+    """Whether a buffer holds any of `markers`, in one call: a compiled alternation's
+    `search` (one pattern per tap class). For the small chunk every read brings it costs
+    a third less than a `bytes.find` per marker (whose arguments 3.11 parses the old
+    way, ~270 instructions each); on a large buffer the two cost the same."""
+    return re.compile(b"|".join(re.escape(marker) for marker in markers)).search
+
+
 class MarkedLines:
     """Splits a byte stream into lines and returns those holding any marker."""
 
-    __slots__ = ("_markers", "_tail")
+    __slots__ = ("_markers", "_screen", "_tail")
 
     def __init__(self, markers: Iterable[bytes]) -> None:
         self._markers = tuple(markers)
+        self._screen = _screen(self._markers)
         self._tail = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The complete lines of `chunk` (joined to the earlier tail) with a marker."""
         buf = self._tail + chunk if self._tail else chunk
-        for marker in self._markers:
-            # `find`, not `in` (see `header_check.holds_refused_byte`): every chunk, marker
-            if buf.find(marker) >= 0:
-                break
-        else:
+        if self._screen(buf) is None:
             # The common chunk: no marker. Keep only an unfinished last line, if any.
             if buf[-1:] == b"\n":
                 self._tail = b""
@@ -45,7 +53,8 @@ class MarkedLines:
             self._tail = buf if len(buf) <= MAX_PENDING_LINE else b""
             return []
         self._tail = buf[cut + 1 :]
-        # bytes.find is a C scan per marker; a regex alternation is several times slower.
+        # Where the markers are (a rare chunk: one holds a marker): a C scan per marker,
+        # several times faster than walking a regex alternation's matches.
         starts: list[int] = []
         for marker in self._markers:
             at = buf.find(marker, 0, cut)
