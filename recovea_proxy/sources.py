@@ -20,6 +20,8 @@ itself, so a chunk costs no extra frame); a failure while reading is one of
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -99,11 +101,20 @@ class ResponseSource(Protocol):
 
 
 class UpstreamSource:
-    """The provider's own response, on the shared client session."""
+    """The provider's own response, on the shared client session.
+
+    Once the status line is on its way (`start_body`), a read may wait at most the idle
+    timeout: the source's own watch, one timer per idle window, set for when the read
+    in progress began. (aiohttp's read timer would do it, but it makes and cancels a
+    uvloop timer for every chunk it receives: 1 to 2 µs a chunk, more than a chunk's own
+    work in the pipe, on every token of a model's stream.)"""
 
     __slots__ = (
         "_idle_s",
+        "_readany",
         "_response",
+        "_waiting_since",
+        "_watch",
         "content_length",
         "content_type",
         "identity_encoded",
@@ -124,7 +135,10 @@ class UpstreamSource:
         self.content_type = headers.get("content-type", "").encode("latin-1").lower()
         self.content_length = response.content_length
         self.identity_encoded = headers.get("content-encoding") in (None, "identity")
-        self.read = response.content.readany
+        self.read = self._readany = response.content.readany
+        #: when the read in progress began (monotonic seconds; 0: none is)
+        self._waiting_since = 0.0
+        self._watch: asyncio.TimerHandle | None = None
 
     def kind_of(self, exc: BaseException) -> str:
         kind = classify(exc)
@@ -133,14 +147,49 @@ class UpstreamSource:
     def start_body(self) -> None:
         connection = self._response.connection
         protocol = connection.protocol if connection is not None else None
-        if protocol is not None:
-            # aiohttp's read timeout bounds the wait for the response headers; from here
-            # on it is the idle timeout between body chunks (one timer for the whole
-            # body, re-armed by aiohttp as data arrives, instead of one per read).
-            protocol.read_timeout = self._idle_s
-            protocol.start_timeout()
+        if protocol is None:
+            return
+        # aiohttp's read timer bounded the wait for the response headers: stopped here
+        # (it is set again for the connection's next request)
+        protocol.read_timeout = None
+        protocol.start_timeout()
+        self.read = self._read_watched
+        self._watch = asyncio.get_running_loop().call_later(self._idle_s, self._check_idle)
+
+    async def _read_watched(self) -> bytes:
+        """`readany`, noting when the wait began (what the idle watch measures)."""
+        self._waiting_since = time.monotonic()
+        try:
+            return await self._readany()
+        finally:
+            self._waiting_since = 0.0
+
+    def _check_idle(self) -> None:
+        """Fail the read in progress once it has waited the idle timeout; else look again
+        when it (or a read that begins later) could have."""
+        if self._response.closed:
+            self._watch = None
+            return
+        delay = self._idle_s
+        since = self._waiting_since
+        if since:
+            waited = time.monotonic() - since
+            if waited >= delay:
+                self._watch = None
+                # what aiohttp's own read timer raises (`kind_of`: `idle_timeout`)
+                exc = aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+                connection = self._response.connection
+                if connection is not None and connection.protocol is not None:
+                    connection.protocol.set_exception(exc)
+                self._response.content.set_exception(exc)
+                return
+            delay -= waited
+        self._watch = asyncio.get_running_loop().call_later(delay, self._check_idle)
 
     def finish(self, *, clean: bool) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if clean:
             self._response.release()
         else:

@@ -266,6 +266,27 @@ def test_idle_stream_times_out(start_gateway: Callable[..., Gateway]) -> None:
     assert record["error_code"] == "upstream_idle_timeout"
 
 
+def test_a_stream_longer_than_the_idle_timeout_is_not_cut(
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    """The idle-read timeout bounds each silence, not the stream: chunks 150 ms apart
+    for ~1.2 s, under a 0.5 s timeout, all reach the client and the request succeeds."""
+    gw = start_gateway(RECOVEA_IDLE_READ_TIMEOUT_S="0.5")
+    response = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        content=STREAM_CHAT,
+        headers={**AUTH, "x-mock-chunks": "8", "x-mock-chunk-delay-ms": "150"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert b"upstream_idle_timeout" not in response.content
+    assert response.content.count(b"data: ") >= 8
+    assert b"data: [DONE]" in response.content
+    record = gw.record(response.headers["x-request-id"])
+    assert record["success"] is True
+    assert record["latency_total_ms"] > 1000
+
+
 def test_mid_stream_provider_error_event_is_recorded(gateway: Gateway) -> None:
     """A provider's own error event mid-stream passes through and marks the request failed."""
     response = httpx.post(
