@@ -154,7 +154,8 @@ class UpstreamSource:
         protocol.read_timeout = None
         protocol.start_timeout()
         self.read = self._read_watched
-        self._watch = asyncio.get_running_loop().call_later(self._idle_s, self._check_idle)
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(self._idle_s, self._check_idle)
 
     async def _read_watched(self) -> bytes:
         """`readany`, noting when the wait began (what the idle watch measures)."""
