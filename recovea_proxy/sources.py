@@ -14,7 +14,8 @@ fewer: a streamed hit of a 500-token answer stored as 500 reads would otherwise
 leave as 500 writes, each a pass through the pipe and a send of its own.
 
 `read` is the source's own coroutine function (for the upstream, aiohttp's `readany`
-itself, so a chunk costs no extra frame); a failure while reading is one of
+itself until the body starts; from then a thin wrapper that notes when each wait
+begins, for the idle watch); a failure while reading is one of
 `errors`, which `kind_of` names with a bounded label (`reset`, `idle_timeout`, ...).
 """
 

@@ -49,7 +49,7 @@ class StreamingApp:
         self.after_stop: list[str] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        record = RequestRecord("r" * 32, "t" * 32, 0, 0)
+        record = _record()
         self.records.append(record)
         self.receivers.append(receive)
         assert (await receive())["type"] == "http.request"  # the body, read first
@@ -103,6 +103,21 @@ async def _first_event(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamW
     return reader, writer
 
 
+def _record() -> RequestRecord:
+    return RequestRecord("r" * 32, "t" * 32, 0, 0)
+
+
+async def _watched_forever(receive: Any, record: RequestRecord, watching: asyncio.Event) -> None:
+    """A stream that never ends by itself, watched from its first step (`watching` set
+    once the watch is made)."""
+    watcher = DisconnectWatcher(receive, record)
+    watching.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        watcher.stop()
+
+
 async def test_the_gateway_server_cuts_a_stream_whose_client_left() -> None:
     """The client closes its socket after the first event: the stream's task is
     cancelled and its record says `client_gone`. The server hands the app the cycle's
@@ -135,19 +150,13 @@ async def test_a_stream_that_ended_is_not_cut_when_its_client_leaves() -> None:
 async def test_a_client_gone_before_the_stream_began_cuts_it_at_its_first_wait() -> None:
     """A cycle already marked disconnected when the watcher is made: the streaming task
     is cancelled at its next wait, without any callback."""
-    record = RequestRecord("r" * 32, "t" * 32, 0, 0)
+    record = _record()
     cycle = GatewayCycle.__new__(GatewayCycle)
     cycle.disconnected = True
 
-    async def streaming() -> None:
-        watcher = DisconnectWatcher(cycle.receive, record)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            watcher.stop()
-
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.create_task(streaming()), 10)
+        streaming = _watched_forever(cycle.receive, record, asyncio.Event())
+        await asyncio.wait_for(asyncio.create_task(streaming), 10)
     assert record.client_gone is True
     assert cycle.on_disconnect is None
 
@@ -155,7 +164,7 @@ async def test_a_client_gone_before_the_stream_began_cuts_it_at_its_first_wait()
 async def test_under_another_server_a_task_reads_receive_for_the_disconnect() -> None:
     """`receive` of a server that is not the gateway's: the watcher reads it (after its
     start-up delay) and cancels the stream at `http.disconnect`."""
-    record = RequestRecord("r" * 32, "t" * 32, 0, 0)
+    record = _record()
     left = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
@@ -163,16 +172,7 @@ async def test_under_another_server_a_task_reads_receive_for_the_disconnect() ->
         return {"type": "http.disconnect"}
 
     watching = asyncio.Event()
-
-    async def streaming() -> None:
-        watcher = DisconnectWatcher(receive, record)
-        watching.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            watcher.stop()
-
-    task = asyncio.create_task(streaming())
+    task = asyncio.create_task(_watched_forever(receive, record, watching))
     await watching.wait()
     assert not record.client_gone
     left.set()
@@ -184,7 +184,7 @@ async def test_under_another_server_a_task_reads_receive_for_the_disconnect() ->
 async def test_under_another_server_a_stream_that_ends_stops_its_watch() -> None:
     """The stream ends before its client leaves: nothing is cancelled, and the client
     leaving afterwards marks nothing."""
-    record = RequestRecord("r" * 32, "t" * 32, 0, 0)
+    record = _record()
     left = asyncio.Event()
     reads = 0
 
