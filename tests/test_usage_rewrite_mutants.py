@@ -24,6 +24,7 @@ from recovea_proxy.providers.base import (
     RESPONSES,
 )
 from recovea_proxy.providers.openai import HiddenUsageFilter
+from recovea_proxy.providers.sse import MAX_PENDING_LINE
 from tests.usage_taps_support import ANTHROPIC, OPENAI, events
 
 # --- the usage the gateway asks for on the client's behalf -------------------------
@@ -114,6 +115,23 @@ def test_the_client_gets_the_plain_stream_byte_by_byte(crlf: bool) -> None:
     stream_filter = HiddenUsageFilter()
     out = b"".join(stream_filter.feed(stream[i : i + 1]) for i in range(len(stream)))
     assert out + stream_filter.flush() == plain_stream(crlf)
+
+
+def test_a_line_longer_than_the_bound_passes_on_whole_and_bounded() -> None:
+    """A provider line with no line end, sent in small pieces past `MAX_PENDING_LINE`:
+    the filter holds no more than the bound (past it, the line so far is passed on as
+    it came), and the client receives every byte, in order."""
+    piece = b"x" * 4096
+    pieces = MAX_PENDING_LINE // len(piece) + 3
+    stream = b"data: {" + piece * pieces + b'}\n\ndata: {"id":"c1","usage":null}\n\n'
+    stream_filter = HiddenUsageFilter()
+    received = []
+    for at in range(0, len(stream), len(piece)):
+        received.append(stream_filter.feed(stream[at : at + len(piece)]))
+        held = at + len(piece) - sum(len(out) for out in received)
+        assert held <= MAX_PENDING_LINE + len(piece)
+    received.append(stream_filter.flush())
+    assert b"".join(received) == stream.replace(b',"usage":null', b"")
 
 
 def test_a_stream_that_sent_nothing_reaches_the_client_as_nothing() -> None:

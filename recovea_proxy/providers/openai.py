@@ -41,6 +41,7 @@ from recovea_proxy.providers.base import (
     WindowTap,
 )
 from recovea_proxy.providers.json_tail import JsonTail, usage_object
+from recovea_proxy.providers.sse import MAX_PENDING_LINE
 from recovea_proxy.providers.usage import Usage, as_count, nested_count, served_tier
 
 _EXACT = {
@@ -295,24 +296,36 @@ class HiddenUsageFilter(StreamFilter):
     """Removes the usage the gateway asked for on the client's behalf from a chat stream:
     the `"usage":null` key of every chunk and the final usage-only event."""
 
-    __slots__ = ("_drop_blank", "_tail")
+    __slots__ = ("_drop_blank", "_held", "_held_size")
 
     def __init__(self) -> None:
-        self._tail = b""
+        #: the line in progress (no line end yet), as its pieces came: joined once, when
+        #: it ends, so a long line sent in small pieces is copied once, not per piece
+        self._held: list[bytes] = []
+        self._held_size = 0
         self._drop_blank = False
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._tail:
-            buf = self._tail + chunk
-            self._tail = b""
+        held = self._held
+        if not held and chunk[-1:] == b"\n":  # the usual chunk: whole events
+            out = chunk
         else:
-            buf = chunk
-        if buf[-1:] == b"\n":  # the usual chunk: whole events (no search for the last line end)
-            out = buf
-        else:
-            cut = buf.rfind(b"\n") + 1
-            self._tail = buf[cut:]
-            out = buf[:cut]
+            cut = chunk.rfind(b"\n") + 1
+            if not cut:  # the line goes on
+                held.append(chunk)
+                self._held_size += len(chunk)
+                if self._held_size <= MAX_PENDING_LINE:
+                    return b""
+                # A line this long is no usage event: passed on as it came, so that
+                # what is held stays bounded (nothing is lost).
+                self._drop_blank = False
+                return self.flush()
+            out = b"".join((*held, chunk[:cut])) if held else chunk[:cut]
+            held.clear()
+            rest = chunk[cut:]
+            if rest:
+                held.append(rest)
+            self._held_size = len(rest)
         if self._drop_blank and out:
             # The usage event's data line ended an earlier chunk; its blank line is the
             # first complete line now (a chunk without a line end leaves it pending).
@@ -347,8 +360,10 @@ class HiddenUsageFilter(StreamFilter):
         return out
 
     def flush(self) -> bytes:
-        tail, self._tail = self._tail, b""
-        return tail
+        held = b"".join(self._held)
+        self._held.clear()
+        self._held_size = 0
+        return held
 
 
 class OpenAI(Provider):

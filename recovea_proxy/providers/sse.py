@@ -29,30 +29,76 @@ def _screen(markers: tuple[bytes, ...]) -> Callable[[bytes], re.Match[bytes] | N
 class MarkedLines:
     """Splits a byte stream into lines and returns those holding any marker."""
 
-    __slots__ = ("_markers", "_screen", "_tail")
+    __slots__ = ("_held", "_held_size", "_marked", "_markers", "_overlap", "_screen", "_span")
 
     def __init__(self, markers: Iterable[bytes]) -> None:
         self._markers = tuple(markers)
         self._screen = _screen(self._markers)
-        self._tail = b""
+        #: the line in progress (no line end yet), as its pieces came: joined only when
+        #: it ends with a marker in it, so a long line sent in small pieces is neither
+        #: copied nor screened again with each piece
+        self._held: list[bytes] = []
+        self._held_size = 0
+        #: whether a marker is in what is held; its last bytes, which a marker may span
+        #: into the next piece (one byte short of the longest marker)
+        self._marked = False
+        self._span = max(len(marker) for marker in self._markers) - 1
+        self._overlap = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """The complete lines of `chunk` (joined to the earlier tail) with a marker."""
-        buf = self._tail + chunk if self._tail else chunk
-        if self._screen(buf) is None:
+        """The complete lines of `chunk` (joined to the line held before it) with a
+        marker."""
+        if self._held:
+            return self._feed_held(chunk)
+        if self._screen(chunk) is None:
             # The common chunk: no marker. Keep only an unfinished last line, if any.
-            if buf[-1:] == b"\n":
-                self._tail = b""
-            else:
-                cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
-                tail = buf[cut + 1 :]
-                self._tail = tail if len(tail) <= MAX_PENDING_LINE else b""
+            if chunk[-1:] != b"\n":
+                cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+                self._hold(chunk[cut + 1 :], marked=False)
             return []
+        return self._marked_lines(chunk)
+
+    def _feed_held(self, chunk: bytes) -> list[bytes]:
+        """`feed`, with a line in progress: only what is new is screened."""
+        marked = self._marked or self._screen(self._overlap + chunk) is not None
+        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+        if cut < 0:  # the line goes on
+            self._held_size += len(chunk)
+            if self._held_size > MAX_PENDING_LINE:
+                self._hold(b"", marked=False)  # no event a tap needs: dropped
+            else:
+                self._held.append(chunk)
+                self._marked = marked
+                self._overlap = (self._overlap + chunk)[-self._span :]
+            return []
+        if not marked:
+            self._hold(chunk[cut + 1 :], marked=False)
+            return []
+        buf = b"".join((*self._held, chunk))
+        return self._marked_lines(buf)
+
+    def _hold(self, tail: bytes, *, marked: bool) -> None:
+        """Hold `tail` as the line in progress (nothing, when empty or past the bound)."""
+        self._held.clear()
+        if tail and len(tail) <= MAX_PENDING_LINE:
+            self._held.append(tail)
+            self._held_size = len(tail)
+            self._marked = marked
+            self._overlap = tail[-self._span :]
+        else:
+            self._held_size = 0
+            self._marked = False
+            self._overlap = b""
+
+    def _marked_lines(self, buf: bytes) -> list[bytes]:
+        """The complete lines of `buf` with a marker; what follows its last line end is
+        held."""
         cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
         if cut < 0:
-            self._tail = buf if len(buf) <= MAX_PENDING_LINE else b""
+            self._hold(buf, marked=True)
             return []
-        self._tail = buf[cut + 1 :]
+        tail = buf[cut + 1 :]
+        self._hold(tail, marked=tail != b"" and self._screen(tail) is not None)
         # Where the markers are (a rare chunk: one holds a marker): a C scan per marker,
         # several times faster than walking a regex alternation's matches.
         starts: list[int] = []
