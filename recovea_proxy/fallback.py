@@ -116,12 +116,11 @@ async def walk(
         else:
             credentials = principal.upstream_credentials
         try:
-            response = await rt.session.request(
+            response = await rt.upstream.request(
                 x.scope["method"],
                 upstream_url(x, target.provider),
-                headers=[*forward, *credentials],
-                data=body or None,
-                allow_redirects=False,
+                [*forward, *credentials],
+                body or None,
             )
         except _TRANSPORT_ERRORS as exc:
             kind = classify(exc)

@@ -274,12 +274,8 @@ async def _attempt(
         if request.headers.content_length is not None:
             # sent as declared, not re-framed as chunked (providers may not take chunked)
             forward.append(("content-length", str(request.headers.content_length)))
-    response = await rt.session.request(
-        x.scope["method"],
-        upstream_url(x, provider.name),
-        headers=forward,
-        data=data,
-        allow_redirects=False,
+    response = await rt.upstream.request(
+        x.scope["method"], upstream_url(x, provider.name), forward, data
     )
     return UpstreamSource(response, rt.settings.idle_read_timeout_s), hide_usage
 

@@ -51,7 +51,7 @@ from recovea_proxy.store.database import app_url, connect, open_pool, owner_url
 from recovea_proxy.store.embedded import release as release_embedded
 from recovea_proxy.store.migrate import apply_migrations
 from recovea_proxy.store.service import ensure_partitions, passthrough_workspace
-from recovea_proxy.upstream import open_session
+from recovea_proxy.upstream import UpstreamClient, open_session
 
 
 @dataclass(slots=True)
@@ -61,6 +61,8 @@ class Runtime:
     settings: Settings
     metrics: GatewayMetrics
     session: aiohttp.ClientSession
+    #: the upstream calls of requests, on `session`
+    upstream: UpstreamClient
     auth: Authenticator
     #: the lever chain of each workspace policy
     chains: ChainBook
@@ -304,6 +306,7 @@ async def open_runtime(settings: Settings, metrics: GatewayMetrics) -> AsyncIter
             settings=settings,
             metrics=metrics,
             session=session,
+            upstream=UpstreamClient(session),
             auth=auth,
             chains=ChainBook(lever_builder(settings, cache_store, flights, metrics), metrics),
             flights=flights,
