@@ -50,7 +50,14 @@ from bench.procs import (
     tcp_open,
     wait_ready,
 )
-from bench.targets import Target, at_ref, postmaster_pid, stop_embedded_postgres, targets
+from bench.targets import (
+    Target,
+    at_ref,
+    postmaster_pid,
+    reference_name,
+    stop_embedded_postgres,
+    targets,
+)
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 READY_DEADLINE_S = 30.0
@@ -215,6 +222,13 @@ def parse_args() -> argparse.Namespace:
         "compare before and after in one run",
     )
     parser.add_argument(
+        "--against-levers",
+        choices=("on", "off"),
+        default="on",
+        help="`off`: the --against gateway's workspace has its levers off "
+        "(gateway-nolevers@REF: that commit's gateway without the levers)",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         help="open loop at this many requests/s instead of closed loop (every target then "
@@ -271,9 +285,10 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
     with contextlib.ExitStack() as stack:
         stack.callback(clean_up, workdir, skipped)  # runs last
-        reference = f"gateway-auth@{args.against}" if args.against else None
+        reference = reference_name(args.against, args.against_levers) if args.against else None
         if reference:
-            chosen.append(at_ref(reference, mock_url, workdir / "against"))
+            levers_off = args.against_levers == "off"
+            chosen.append(at_ref(reference, mock_url, workdir / "against", levers_off=levers_off))
             stack.enter_context(worktree(args.against, workdir / "against"))
         mock_argv = [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)]
         mock = stack.enter_context(

@@ -97,17 +97,25 @@ def gateway(
     )
 
 
-def at_ref(name: str, mock_url: str, checkout: Path) -> Target:
-    """gateway-auth as another checkout of the project (`bench.run --against REF`)."""
+def at_ref(name: str, mock_url: str, checkout: Path, *, levers_off: bool = False) -> Target:
+    """gateway-auth as another checkout of the project (`bench.run --against REF`);
+    `levers_off`: its workspace's levers off, as gateway-nolevers (`--against-levers
+    off`: that checkout's gateway without the levers)."""
     command = [sys.executable, "-m", "bench.at_ref", str(checkout)]
     return Target(
         name,
         [*command, "serve"],
         {**gateway(name, mock_url).env, "RECOVEA_PASSTHROUGH": "off"},
         ready_path="/readyz",
-        setup=lambda env: workspace_key(env, command),
+        setup=lambda env: workspace_key(env, command, levers_off=levers_off),
         request_log=True,
     )
+
+
+def reference_name(ref: str, levers: str) -> str:
+    """The `--against` target's name: `gateway-auth@REF`, or `gateway-nolevers@REF`
+    with its levers off."""
+    return f"gateway-{'auth' if levers == 'on' else 'nolevers'}@{ref}"
 
 
 def everything_key(env: dict[str, str]) -> str:
