@@ -14,7 +14,13 @@ interval of that median.
 
     python -m bench.levers_ab [--pairs 40] [--requests 1000] [--rate 800]
                               [--modes chat-cache-miss,chat-stream-16-cache-miss]
-                              [--cache-max-mb MB]
+                              [--cache-max-mb MB] [--against REF]
+
+`--against REF`: the off side is instead the gateway as of commit REF (a temporary
+worktree, a second process on the same core), its workspace's levers off: what the
+whole gateway with the levers on and missing costs over that commit's gateway
+without them. Two processes differ by more than one process's two workspaces do, so
+its interval is wider; the turns still alternate, so the machine's drift pairs out.
 """
 
 from __future__ import annotations
@@ -32,8 +38,15 @@ from typing import Any
 
 from bench.modes import Mode, chosen
 from bench.procs import free_port, pinned, started, tcp_open, wait_ready
-from bench.run import READY_DEADLINE_S, Live, Plan, measure, start_target
-from bench.targets import Target, no_levers_key, targets, workspace_key
+from bench.run import READY_DEADLINE_S, Live, Plan, measure, start_target, worktree
+from bench.targets import (
+    Target,
+    at_ref,
+    no_levers_key,
+    reference_name,
+    targets,
+    workspace_key,
+)
 
 #: the resamples behind the interval of a median
 _RESAMPLES = 5000
@@ -90,6 +103,16 @@ def run(args: argparse.Namespace) -> None:
             "off": Live(gateway, live.base_url, live.pid, live.db_pid, off_key, live.log),
             "floor": floor,
         }
+        if args.against:
+            checkout = workdir / "against"
+            stack.enter_context(worktree(args.against, checkout))
+            reference = at_ref(
+                reference_name(args.against, "off"), mock_url, checkout, levers_off=True
+            )
+            sides["off"] = start_target(
+                stack, reference, mock_url, mock.pid, workdir, proxy_cores, others_cores
+            )
+            print(f"off: {reference.name}", file=sys.stderr, flush=True)
         for mode in modes:
             cpu: dict[str, list[float]] = {name: [] for name in sides}
             answered = {"on": 0.0, "off": 0.0}
@@ -158,6 +181,11 @@ def main() -> None:
         type=_at_least(1),
         help="the gateway's RECOVEA_CACHE_MAX_MB (default: its own, 256): a small one is "
         "full after the first turns, so the misses measured evict as they store",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="the off side is the gateway as of this commit, its workspace's levers off",
     )
     run(parser.parse_args())
 
