@@ -209,7 +209,7 @@ async def _failure(upstream: UpstreamClient, url: URL, lean: bool) -> BaseExcept
             response = await upstream.session.request(
                 "POST", url, headers=list(_HEADERS), data=_BODY, allow_redirects=False
             )
-    except Exception as exc:  # noqa: BLE001 (what is raised is what is compared)
+    except Exception as exc:  # what is raised is what is compared
         return exc
     response.release()
     raise AssertionError("the request did not fail")
