@@ -37,7 +37,7 @@ from bench import lever_log
 from bench.modes import NAMED, Mode, chosen, loadgen_argv
 from bench.procs import NotReady, free_port, http_ok, started, tcp_open, wait_ready
 from bench.run import worktree
-from bench.targets import Target, at_ref, reference_name, stop_embedded_postgres, targets
+from bench.targets import Target, at_ref, stop_embedded_postgres, targets
 
 READY_DEADLINE_S = 600.0
 #: a gateway under callgrind flushes its request log late
@@ -191,9 +191,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         if args.against:
             checkout = workdir / "against"
-            name = reference_name(args.against, args.against_levers)
-            levers_off = args.against_levers == "off"
-            chosen_targets.append(at_ref(name, mock_url, checkout, levers_off=levers_off))
+            chosen_targets.append(at_ref(args.against, mock_url, checkout, args.against_levers))
             stack.enter_context(worktree(args.against, checkout))
         mock_argv = [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)]
         mock = stack.enter_context(started(mock_argv, {}, workdir / "mock.log"))

@@ -39,14 +39,7 @@ from typing import Any
 from bench.modes import Mode, chosen
 from bench.procs import free_port, pinned, started, tcp_open, wait_ready
 from bench.run import READY_DEADLINE_S, Live, Plan, measure, start_target, worktree
-from bench.targets import (
-    Target,
-    at_ref,
-    no_levers_key,
-    reference_name,
-    targets,
-    workspace_key,
-)
+from bench.targets import Target, at_ref, no_levers_key, targets, workspace_key
 
 #: the resamples behind the interval of a median
 _RESAMPLES = 5000
@@ -106,9 +99,7 @@ def run(args: argparse.Namespace) -> None:
         if args.against:
             checkout = workdir / "against"
             stack.enter_context(worktree(args.against, checkout))
-            reference = at_ref(
-                reference_name(args.against, "off"), mock_url, checkout, levers_off=True
-            )
+            reference = at_ref(args.against, mock_url, checkout, levers="off")
             sides["off"] = start_target(
                 stack, reference, mock_url, mock.pid, workdir, proxy_cores, others_cores
             )

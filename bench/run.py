@@ -54,7 +54,6 @@ from bench.targets import (
     Target,
     at_ref,
     postmaster_pid,
-    reference_name,
     stop_embedded_postgres,
     targets,
 )
@@ -285,10 +284,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rcv-bench-"))
     with contextlib.ExitStack() as stack:
         stack.callback(clean_up, workdir, skipped)  # runs last
-        reference = reference_name(args.against, args.against_levers) if args.against else None
-        if reference:
-            levers_off = args.against_levers == "off"
-            chosen.append(at_ref(reference, mock_url, workdir / "against", levers_off=levers_off))
+        reference = None
+        if args.against:
+            against = at_ref(args.against, mock_url, workdir / "against", args.against_levers)
+            reference = against.name
+            chosen.append(against)
             stack.enter_context(worktree(args.against, workdir / "against"))
         mock_argv = [sys.executable, "-m", "recovea_proxy.mock_provider", "--port", str(mock_port)]
         mock = stack.enter_context(

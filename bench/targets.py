@@ -97,10 +97,13 @@ def gateway(
     )
 
 
-def at_ref(name: str, mock_url: str, checkout: Path, *, levers_off: bool = False) -> Target:
-    """gateway-auth as another checkout of the project (`bench.run --against REF`);
-    `levers_off`: its workspace's levers off, as gateway-nolevers (`--against-levers
-    off`: that checkout's gateway without the levers)."""
+def at_ref(ref: str, mock_url: str, checkout: Path, levers: str = "on") -> Target:
+    """gateway-auth as `checkout`, another checkout of the project at `ref` (`bench.run
+    --against REF`): `gateway-auth@REF`; with `levers` `off` (`--against-levers off`)
+    its workspace's levers are off, as gateway-nolevers: `gateway-nolevers@REF`, that
+    commit's gateway without the levers."""
+    levers_off = levers == "off"
+    name = f"gateway-{'nolevers' if levers_off else 'auth'}@{ref}"
     command = [sys.executable, "-m", "bench.at_ref", str(checkout)]
     return Target(
         name,
@@ -110,12 +113,6 @@ def at_ref(name: str, mock_url: str, checkout: Path, *, levers_off: bool = False
         setup=lambda env: workspace_key(env, command, levers_off=levers_off),
         request_log=True,
     )
-
-
-def reference_name(ref: str, levers: str) -> str:
-    """The `--against` target's name: `gateway-auth@REF`, or `gateway-nolevers@REF`
-    with its levers off."""
-    return f"gateway-{'auth' if levers == 'on' else 'nolevers'}@{ref}"
 
 
 def everything_key(env: dict[str, str]) -> str:

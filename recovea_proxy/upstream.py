@@ -74,11 +74,12 @@ class UpstreamClient:
     than 1.1.
     """
 
-    __slots__ = ("_connector", "_lean", "_params", "_request_kwargs", "_timeout", "session")
+    __slots__ = ("_connector", "_params", "_request_kwargs", "_timeout", "lean", "session")
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
-        self._lean = (
+        #: whether requests with a body in memory take the lean steps
+        self.lean = (
             aiohttp.__version__.startswith(_LEAN_AIOHTTP)
             and session.timeout.total is None
             and not session.trace_configs
@@ -87,7 +88,7 @@ class UpstreamClient:
             and not session.trust_env
             and getattr(session, "_version", None) == aiohttp.HttpVersion11
         )
-        if not self._lean:
+        if not self.lean:
             return
         connector = session.connector
         assert connector is not None
@@ -115,11 +116,6 @@ class UpstreamClient:
             "max_headers": session._max_headers,
         }
 
-    @property
-    def lean(self) -> bool:
-        """Whether requests with a body in memory take the lean steps."""
-        return self._lean
-
     async def request(
         self,
         method: str,
@@ -130,7 +126,7 @@ class UpstreamClient:
         """Send one request, redirects not followed; its response, begun (status and
         headers read). Raises what `ClientSession.request` raises."""
         if (
-            not self._lean
+            not self.lean
             or method in IDEMPOTENT_METHODS
             or not (data is None or type(data) is bytes)
         ):
