@@ -213,3 +213,21 @@ async def _failure(upstream: UpstreamClient, url: URL, lean: bool) -> BaseExcept
         return exc
     response.release()
     raise AssertionError("the request did not fail")
+
+
+async def test_a_provider_s_oversized_header_is_refused_as_the_session_refuses_it() -> None:
+    """The session's header limits bound what a provider may send: a header line past
+    them fails the call (a client error the gateway answers 502), by either path."""
+
+    async def oversized(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(len(_BODY))
+                writer.write(b"HTTP/1.1 200 OK\r\nx-huge: " + b"a" * 100_000 + b"\r\n\r\n")
+                await writer.drain()
+
+    async with serving(oversized) as url, client() as upstream:
+        lean, full = [await _failure(upstream, url, lean) for lean in (True, False)]
+    assert type(lean) is type(full)
+    assert isinstance(lean, aiohttp.ClientError)
