@@ -65,17 +65,33 @@ class Recorder:
                     break
                 writer.write(_RESPONSE)
                 await writer.drain()
-        writer.close()
 
 
 @contextlib.asynccontextmanager
 async def serving(handler: Handler) -> AsyncIterator[URL]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    """A server running `handler` per connection; on exit every connection it still
+    has is closed and its handler ended."""
+    connections: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+            connections.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield URL(f"http://127.0.0.1:{port}/v1/chat/completions")
     finally:
         server.close()
+        for task in list(connections):
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -130,9 +146,8 @@ async def test_a_refused_connection_raises_what_the_session_raises() -> None:
 
 
 async def test_a_provider_that_hangs_up_before_answering() -> None:
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.close()
+    async def hang_up(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # then `serving` closes the connection
 
     async with serving(hang_up) as url, client() as upstream:
         lean, full = [await _failure(upstream, url, lean) for lean in (True, False)]
@@ -142,18 +157,14 @@ async def test_a_provider_that_hangs_up_before_answering() -> None:
 
 
 async def test_a_provider_that_never_answers_times_out_on_the_first_byte() -> None:
-    silent: list[asyncio.StreamWriter] = []
-
-    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        silent.append(writer)  # held open, never written to
+    async def never_answer(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+        await reader.read()  # held open, never written to, until the client hangs up
 
     async with (
         serving(never_answer) as url,
         client(RECOVEA_FIRST_BYTE_TIMEOUT_S="0.2") as upstream,
     ):
         lean, full = [await _failure(upstream, url, lean) for lean in (True, False)]
-    for writer in silent:
-        writer.close()
     assert type(lean) is type(full)
     assert isinstance(lean, aiohttp.ServerTimeoutError)
     assert classify(lean) == "timeout"
